@@ -1,0 +1,1 @@
+"""The ``keel`` command line: one typer module per command group."""

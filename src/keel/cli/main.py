@@ -1,0 +1,48 @@
+"""Entry point of the ``keel`` console script."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from keel import __version__
+from keel.cli import chat, doctor, keys, models, serve
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"keel {__version__}")
+        raise typer.Exit()
+
+
+def build() -> typer.Typer:
+    app = typer.Typer(no_args_is_help=True, add_completion=False,
+                      help="keel: a self-hosted control plane for LLM features and AI agents.")
+
+    @app.callback()
+    def root(
+        ctx: typer.Context,
+        config: Path | None = typer.Option(
+            None, "--config", "-c", envvar="KEEL_CONFIG", help="Path to keel.toml.",
+            exists=False, dir_okay=False,
+        ),
+        version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                     help="Print the version and exit."),
+    ) -> None:
+        ctx.obj = {"config": config}
+
+    serve.register(app)
+    chat.register(app)
+    models.register(app)
+    doctor.register(app)
+    app.add_typer(keys.build(), name="keys", help="Create, list and revoke API keys.")
+    return app
+
+
+def main() -> None:
+    build()()
+
+
+if __name__ == "__main__":
+    main()

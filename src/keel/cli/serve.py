@@ -1,0 +1,76 @@
+"""``keel serve``: run the gateway with uvicorn (uvloop + httptools)."""
+
+from __future__ import annotations
+
+import os
+
+import typer
+
+from keel.cli.common import admin_key_path, console, fail, settings_from, write_secret
+from keel.config import Settings
+from keel.errors import KeelError
+
+
+def factory() -> object:
+    """uvicorn app factory: every worker builds its own app from the same settings."""
+    from keel.app import create_app
+    from keel.config import load_settings
+
+    return create_app(load_settings())
+
+
+def prepare(settings: Settings) -> None:
+    """One-time setup before workers start: data dir, migrations, a bootstrap admin key."""
+    from keel.app import open_database
+    from keel.auth.keys import KeyStore
+
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    db = open_database(settings)
+    try:
+        store = KeyStore(db)
+        path = admin_key_path(settings)
+        if settings.auth_required and not path.exists() and not store.list():
+            new = store.create("default", admin=True, name="bootstrap admin (keel serve)")
+            write_secret(path, new.secret)
+            console.print(f"created an admin API key; it is in [bold]{path}[/] (mode 0600). "
+                          "`keel chat` uses it.")
+    finally:
+        db.dispose()
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("serve")
+    def serve(
+        ctx: typer.Context,
+        host: str | None = typer.Option(None, "--host", help="Bind address."),
+        port: int | None = typer.Option(None, "--port", "-p", help="Port."),
+        workers: int | None = typer.Option(None, "--workers", "-w",
+                                           help="Worker processes (state is shared via "
+                                                "SQLite/Redis)."),
+        log_level: str = typer.Option("info", "--log-level"),
+    ) -> None:
+        """Run the OpenAI-compatible gateway."""
+        overrides = {"server.host": host, "server.port": port, "server.workers": workers}
+        settings = settings_from(ctx, **overrides)
+        try:
+            prepare(settings)
+        except KeelError as exc:
+            fail(exc.message)
+        # Workers rebuild settings from the environment: pass flags down that way.
+        config = (ctx.obj or {}).get("config")
+        if config is not None:
+            os.environ["KEEL_CONFIG"] = str(config)
+        for key, value in overrides.items():
+            if value is not None:
+                os.environ["KEEL_" + key.upper().replace(".", "__")] = str(value)
+
+        import uvicorn
+
+        s = settings.server
+        console.print(f"keel gateway on http://{s.host}:{s.port} "
+                      f"(workers={s.workers}, console: /console, API: /v1)")
+        uvicorn.run(
+            "keel.cli.serve:factory", factory=True, host=s.host, port=s.port,
+            workers=s.workers if s.workers > 1 else None, loop="uvloop", http="httptools",
+            access_log=s.access_log, log_level=log_level, timeout_graceful_shutdown=10,
+        )

@@ -1,0 +1,237 @@
+"""Settings: ``keel.toml``, then ``KEEL_*`` environment variables, then CLI flags.
+
+One pydantic settings object. Later sources win: CLI flags (passed as init kwargs) override
+the environment, which overrides the TOML file, which overrides the defaults. String values
+in the TOML file may reference environment variables as ``${VAR}``; an unset variable is a
+:class:`~keel.errors.ConfigError`, never a silent empty string.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from keel.errors import ConfigError
+
+_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+ProviderKind = Literal["local", "openai"]
+ModelKind = Literal["chat", "embedding"]
+
+
+class ModelSpec(BaseModel):
+    """One row of the model table: a public name routed to a provider's model."""
+
+    name: str
+    provider: ProviderKind = "openai"
+    kind: ModelKind = "chat"
+    upstream: str = ""
+    context: int = 8192
+    input_usd_per_1m: float = 0.0
+    output_usd_per_1m: float = 0.0
+    base_url: str | None = None
+    api_key: SecretStr | None = None
+    path: str | None = None  # GGUF path for local models; default model when unset
+
+    @property
+    def upstream_model(self) -> str:
+        return self.upstream or self.name
+
+    def cost_usd(self, prompt_tokens: int, completion_tokens: int) -> float:
+        return (
+            prompt_tokens * self.input_usd_per_1m + completion_tokens * self.output_usd_per_1m
+        ) / 1_000_000
+
+
+class ServerSettings(BaseModel):
+    host: str = "127.0.0.1"
+    port: int = 8080
+    workers: int = 1
+    max_body_bytes: int = 1_048_576
+    access_log: bool = False
+
+
+class LocalModelSettings(BaseModel):
+    threads: int = 0  # 0 = all cores
+    context: int = 4096
+    idle_unload_s: float = 300.0
+    max_tokens_default: int = 256
+    # Nominal compute cost of the local model, so spend dashboards are never blank.
+    input_usd_per_1m: float = 0.01
+    output_usd_per_1m: float = 0.02
+
+
+class OpenAISettings(BaseModel):
+    """Defaults for every model with ``provider = "openai"``."""
+
+    base_url: str = "https://api.openai.com/v1"
+    api_key: SecretStr | None = None
+    timeout_s: float = 60.0
+    connect_timeout_s: float = 5.0
+    retries: int = 2
+    max_connections: int = 256
+
+
+class RequestLogSettings(BaseModel):
+    enabled: bool = True
+    batch_size: int = 200
+    flush_interval_s: float = 0.25
+    queue_limit: int = 50_000
+    store_bodies: bool = True
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="KEEL_", env_nested_delimiter="__", extra="forbid", validate_default=True
+    )
+
+    data_dir: Path = Path(".keel")
+    database_url: str = ""  # default: sqlite:///<data_dir>/keel.db
+    kv_url: str = ""  # default: sqlite:///<data_dir>/kv.db
+    default_model: str = "gemma-3-270m"
+    auth_required: bool = True
+    server: ServerSettings = Field(default_factory=ServerSettings)
+    local: LocalModelSettings = Field(default_factory=LocalModelSettings)
+    openai: OpenAISettings = Field(default_factory=OpenAISettings)
+    request_log: RequestLogSettings = Field(default_factory=RequestLogSettings)
+    models: list[ModelSpec] = Field(default_factory=list)
+
+    @field_validator("models")
+    @classmethod
+    def _unique_names(cls, models: list[ModelSpec]) -> list[ModelSpec]:
+        seen: set[str] = set()
+        for m in models:
+            if m.name in seen:
+                raise ValueError(f"model {m.name!r} is defined twice in [[models]]")
+            seen.add(m.name)
+        return models
+
+    # -- derived ----------------------------------------------------------------------
+
+    @property
+    def db_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.data_dir / 'keel.db'}"
+
+    @property
+    def kv(self) -> str:
+        return self.kv_url or f"sqlite:///{self.data_dir / 'kv.db'}"
+
+    @property
+    def model_dir(self) -> Path:
+        return self.data_dir / "models"
+
+    def model_table(self) -> list[ModelSpec]:
+        """Configured models, plus the built-in local default unless overridden."""
+        names = {m.name for m in self.models}
+        builtins = [
+            ModelSpec(name="gemma-3-270m", provider="local", context=self.local.context,
+                      input_usd_per_1m=self.local.input_usd_per_1m,
+                      output_usd_per_1m=self.local.output_usd_per_1m),
+            ModelSpec(name="all-minilm-l6-v2", provider="local", kind="embedding", context=256),
+        ]
+        return [b for b in builtins if b.name not in names] + list(self.models)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings,)  # env and TOML are merged by load_settings()
+
+
+def _expand(value: Any, where: str) -> Any:
+    if isinstance(value, str):
+
+        def sub(m: re.Match[str]) -> str:
+            var = m.group(1)
+            if var not in os.environ:
+                raise ConfigError(f"{where} references ${{{var}}} but {var} is not set")
+            return os.environ[var]
+
+        return _VAR.sub(sub, value)
+    if isinstance(value, dict):
+        return {k: _expand(v, f"{where}.{k}") for k, v in value.items()}
+    if isinstance(value, list):
+        return [_expand(v, f"{where}[{i}]") for i, v in enumerate(value)]
+    return value
+
+
+def read_toml(path: Path) -> dict[str, Any]:
+    try:
+        raw = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path} is not valid TOML: {exc}") from None
+    result: dict[str, Any] = _expand(raw, path.name)
+    return result
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in over.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = _merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def _env_overrides() -> dict[str, Any]:
+    """KEEL_* variables as a nested dict (``KEEL_SERVER__PORT`` -> server.port)."""
+    out: dict[str, Any] = {}
+    fields = Settings.model_fields
+    for key, value in os.environ.items():
+        if not key.startswith("KEEL_") or key == "KEEL_CONFIG":
+            continue
+        path = key[5:].lower().split("__")
+        if path[0] not in fields:
+            continue
+        node = out
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+        node[path[-1]] = value
+    return out
+
+
+def load_settings(config: Path | None = None, **overrides: Any) -> Settings:
+    """Build the settings object.
+
+    ``config`` defaults to ``$KEEL_CONFIG`` or ``./keel.toml`` when that file exists.
+    ``overrides`` are CLI flags; ``None`` values are ignored. Nested keys use dots.
+    """
+    if config is None:
+        env_path = os.environ.get("KEEL_CONFIG")
+        config = Path(env_path) if env_path else Path("keel.toml")
+        data = read_toml(config) if config.exists() else {}
+    else:
+        data = read_toml(config)
+    data = _merge(data, _env_overrides())
+    flags: dict[str, Any] = {}
+    for key, value in overrides.items():
+        if value is None:
+            continue
+        node = flags
+        parts = key.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = value
+    data = _merge(data, flags)
+    try:
+        # init kwargs only: env was merged above so nested TOML tables and env combine.
+        return Settings.model_validate(data)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or '(root)'}: {e['msg']}" for e in exc.errors()
+        )
+        raise ConfigError(f"invalid settings: {problems}") from None

@@ -1,0 +1,1 @@
+"""The OpenAI-compatible HTTP gateway: routes, request pipeline, auth and error mapping."""

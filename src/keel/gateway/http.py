@@ -1,0 +1,86 @@
+"""HTTP helpers shared by the gateway routes: bodies, identities, JSON and errors."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import orjson
+from starlette.requests import Request
+from starlette.responses import Response
+
+from keel.errors import AuthenticationError, KeelError, PayloadTooLarge, PermissionDenied
+
+log = logging.getLogger("keel.gateway")
+
+
+class ORJSONResponse(Response):
+    media_type = "application/json"
+
+    def render(self, content: Any) -> bytes:
+        return orjson.dumps(content)
+
+
+def error_response(exc: KeelError, *, request_id: str | None = None) -> Response:
+    headers = {"x-keel-request-id": request_id} if request_id else None
+    return ORJSONResponse(exc.to_dict(), status_code=exc.http_status, headers=headers)
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The request body, refusing anything over ``limit`` bytes without buffering it."""
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        try:
+            size = int(declared)
+        except ValueError:
+            size = -1
+        if size > limit:
+            raise PayloadTooLarge(
+                f"request body is {size} bytes; the limit is {limit} bytes "
+                "(server.max_body_bytes)"
+            )
+        if size >= 0:
+            return await request.body()
+    parts: list[bytes] = []
+    total = 0
+    async for chunk in request.stream():
+        total += len(chunk)
+        if total > limit:
+            raise PayloadTooLarge(
+                f"request body exceeds the limit of {limit} bytes (server.max_body_bytes)"
+            )
+        parts.append(chunk)
+    return b"".join(parts)
+
+
+def bearer_token(request: Request) -> str:
+    auth = request.headers.get("authorization")
+    if auth:
+        scheme, _, token = auth.partition(" ")
+        if scheme.lower() == "bearer" and token.strip():
+            return token.strip()
+        raise AuthenticationError(
+            "Authorization header must be 'Bearer <api key>'"
+        )
+    key = request.headers.get("x-api-key")
+    if key:
+        return key.strip()
+    raise AuthenticationError(
+        "missing API key: send 'Authorization: Bearer <key>' "
+        "(create one with `keel keys create --tenant NAME`)"
+    )
+
+
+def client_ip(request: Request, trusted_proxies: frozenset[str] = frozenset()) -> str:
+    peer = request.client.host if request.client else "unknown"
+    if peer in trusted_proxies:
+        fwd = request.headers.get("x-forwarded-for")
+        if fwd:
+            return fwd.split(",")[0].strip() or peer
+    return peer
+
+
+def require_admin(admin: bool) -> None:
+    if not admin:
+        raise PermissionDenied("this endpoint needs an admin API key (`keel keys create "
+                               "--tenant T --admin`)")

@@ -1,0 +1,162 @@
+"""OpenAI-compatible endpoints: chat completions, completions, embeddings, models."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator
+from typing import Any
+
+import orjson
+from fastapi import APIRouter
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+
+from keel.errors import KeelError
+from keel.gateway.context import ANONYMOUS, JSON, Principal, RequestContext, Route
+from keel.gateway.http import (
+    ORJSONResponse,
+    bearer_token,
+    client_ip,
+    error_response,
+    log,
+    read_body,
+)
+from keel.gateway.services import Services
+from keel.gateway.validation import (
+    parse_json,
+    validate_chat,
+    validate_completion,
+    validate_embeddings,
+)
+
+_VALIDATORS = {"chat": validate_chat, "completions": validate_completion}
+
+
+async def authenticate(svc: Services, request: Request) -> Principal:
+    if not svc.settings.auth_required:
+        return ANONYMOUS
+    return await svc.keys.resolve(bearer_token(request))
+
+
+class OpenAIRoutes:
+    def __init__(self, svc: Services) -> None:
+        self.svc = svc
+
+    def router(self) -> APIRouter:
+        r = APIRouter()
+        r.add_api_route("/v1/chat/completions", self.chat, methods=["POST"],
+                        summary="Create a chat completion (OpenAI-compatible)")
+        r.add_api_route("/v1/completions", self.completions, methods=["POST"],
+                        summary="Create a text completion (OpenAI-compatible)")
+        r.add_api_route("/v1/embeddings", self.embeddings, methods=["POST"],
+                        summary="Create embeddings (OpenAI-compatible)")
+        r.add_api_route("/v1/models", self.models, methods=["GET"], summary="List models")
+        r.add_api_route("/v1/models/{model_id:path}", self.model, methods=["GET"],
+                        summary="Retrieve a model")
+        return r
+
+    # -- endpoints --------------------------------------------------------------------
+
+    async def chat(self, request: Request) -> Response:
+        return await self._handle(request, "chat")
+
+    async def completions(self, request: Request) -> Response:
+        return await self._handle(request, "completions")
+
+    async def embeddings(self, request: Request) -> Response:
+        return await self._handle(request, "embeddings")
+
+    async def models(self, request: Request) -> Response:
+        await authenticate(self.svc, request)
+        return ORJSONResponse({"object": "list",
+                               "data": [_model_card(s) for s in self.svc.models.specs()]})
+
+    async def model(self, request: Request, model_id: str) -> Response:
+        await authenticate(self.svc, request)
+        return ORJSONResponse(_model_card(self.svc.models.find(model_id)))
+
+    # -- the shared request path ---------------------------------------------------------
+
+    async def _handle(self, request: Request, route: Route) -> Response:
+        svc = self.svc
+        request_id = "req_" + os.urandom(12).hex()
+        try:
+            principal = await authenticate(svc, request)
+            body = parse_json(await read_body(request, svc.settings.server.max_body_bytes))
+            if route == "embeddings":
+                validate_embeddings(body)
+                spec = svc.models.get(body["model"], kind="embedding")
+            else:
+                _VALIDATORS[route](body)
+                spec = svc.models.get(body["model"])
+        except KeelError as exc:
+            return error_response(exc, request_id=request_id)
+        ctx = RequestContext(
+            id=request_id, route=route, body=body, model=spec, principal=principal,
+            client_ip=client_ip(request, svc.trusted_proxies),
+            headers=dict(request.headers), stream=bool(body.get("stream")),
+        )
+        try:
+            await svc.pipeline(ctx)
+            if ctx.chunks is not None:
+                return await self._stream(ctx)
+        except KeelError as exc:
+            return self._fail(ctx, exc)
+        except Exception:
+            log.exception("request %s failed", request_id)
+            return self._fail(ctx, KeelError(f"internal error (request id {request_id})"))
+        headers = {"x-keel-request-id": ctx.id, **ctx.response_headers}
+        svc.finish(ctx)
+        return Response(orjson.dumps(ctx.response), media_type="application/json",
+                        headers=headers)
+
+    def _fail(self, ctx: RequestContext, exc: KeelError) -> Response:
+        ctx.error = exc
+        ctx.status = exc.http_status
+        ctx.latency_ms = ctx.elapsed_ms()
+        self.svc.finish(ctx)
+        return error_response(exc, request_id=ctx.id)
+
+    async def _stream(self, ctx: RequestContext) -> Response:
+        chunks = ctx.chunks
+        assert chunks is not None
+        # Pull the first chunk before answering so early failures get a real status code.
+        try:
+            first = await anext(chunks)
+        except StopAsyncIteration:
+            first = None
+        except BaseException:
+            await chunks.aclose()
+            raise
+        headers = {"x-keel-request-id": ctx.id, "cache-control": "no-cache",
+                   **ctx.response_headers}
+        return StreamingResponse(self._sse(ctx, first, chunks),
+                                 media_type="text/event-stream", headers=headers)
+
+    async def _sse(
+        self, ctx: RequestContext, first: JSON | None, chunks: AsyncIterator[JSON]
+    ) -> AsyncIterator[bytes]:
+        try:
+            if first is not None:
+                yield b"data: " + orjson.dumps(first) + b"\n\n"
+            async for chunk in chunks:
+                yield b"data: " + orjson.dumps(chunk) + b"\n\n"
+            yield b"data: [DONE]\n\n"
+        except KeelError as exc:
+            ctx.error, ctx.status = exc, exc.http_status
+            yield b"data: " + orjson.dumps(exc.to_dict()) + b"\n\n"
+        except BaseException:  # client went away (CancelledError) or a bug
+            ctx.status = 499 if ctx.error is None else ctx.status
+            raise
+        finally:
+            await chunks.aclose()
+            self.svc.finish(ctx)
+
+
+def _model_card(spec: Any) -> JSON:
+    return {
+        "id": spec.name, "object": "model", "created": 0, "owned_by": spec.provider,
+        "keel": {"kind": spec.kind, "context": spec.context,
+                 "input_usd_per_1m": spec.input_usd_per_1m,
+                 "output_usd_per_1m": spec.output_usd_per_1m},
+    }

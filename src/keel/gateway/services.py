@@ -1,0 +1,33 @@
+"""The services one gateway app is built from (no globals: tests build fresh ones)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from keel.auth.keys import KeyStore
+from keel.config import Settings
+from keel.gateway.context import RequestContext
+from keel.gateway.pipeline import Pipeline
+from keel.metering.metrics import GatewayMetrics
+from keel.metering.request_log import RequestLogWriter
+from keel.ports.kv import KV
+from keel.providers.registry import ModelRegistry
+from keel.storage.sql import Database
+
+
+@dataclass
+class Services:
+    settings: Settings
+    db: Database
+    kv: KV
+    keys: KeyStore
+    models: ModelRegistry
+    request_log: RequestLogWriter
+    metrics: GatewayMetrics
+    pipeline: Pipeline
+    trusted_proxies: frozenset[str] = field(default_factory=frozenset)
+
+    def finish(self, ctx: RequestContext) -> None:
+        """Record a completed (or failed) request: metrics now, the log in the background."""
+        self.metrics.observe(ctx)
+        self.request_log.submit(ctx)

@@ -1,0 +1,61 @@
+"""The terminal stage: hand the request to the model's provider."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from keel.errors import InvalidRequest
+from keel.gateway.context import RequestContext
+from keel.providers.registry import ModelRegistry
+
+
+class ProviderCall:
+    """Calls the provider chosen by the model table; sets ``ctx.response`` or ``ctx.chunks``."""
+
+    def __init__(self, models: ModelRegistry) -> None:
+        self.models = models
+
+    async def __call__(self, ctx: RequestContext) -> None:
+        spec = ctx.model
+        if ctx.route == "embeddings":
+            ctx.response = await self._embed(ctx)
+            return
+        provider = self.models.provider(spec)
+        if ctx.route == "chat":
+            if ctx.stream:
+                ctx.chunks = provider.chat_stream(ctx.body, spec)
+            else:
+                ctx.response = await provider.chat(ctx.body, spec)
+        elif ctx.stream:
+            ctx.chunks = provider.complete_stream(ctx.body, spec)
+        else:
+            ctx.response = await provider.complete(ctx.body, spec)
+
+    async def _embed(self, ctx: RequestContext) -> dict[str, Any]:
+        spec = ctx.model
+        if spec.provider == "openai":
+            return await self.models.openai().embed(ctx.body, spec)
+        inp = ctx.body["input"]
+        texts = [inp] if isinstance(inp, str) else inp
+        if not all(isinstance(t, str) for t in texts):
+            raise InvalidRequest(
+                f"model {spec.name!r} takes text input, not token ids", param="input"
+            )
+        emb = self.models.embedder()
+        vectors = await emb.embed(texts)
+        tokens = sum(emb.count_tokens(t) for t in texts)
+        if ctx.body.get("encoding_format") == "base64":
+            import base64
+
+            data = [{"object": "embedding", "index": i,
+                     "embedding": base64.b64encode(v.tobytes()).decode()}
+                    for i, v in enumerate(vectors)]
+        else:
+            data = [{"object": "embedding", "index": i, "embedding": v.tolist()}
+                    for i, v in enumerate(vectors)]
+        return {
+            "object": "list", "data": data, "model": spec.name,
+            "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+            "created": int(time.time()),
+        }

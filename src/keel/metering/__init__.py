@@ -1,0 +1,1 @@
+"""Metering: tokens, latency and cost per request; the batched request log; metrics."""

@@ -1,0 +1,1 @@
+"""Model providers: the local llama.cpp runtime, OpenAI-compatible servers, embeddings."""

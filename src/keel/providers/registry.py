@@ -1,0 +1,98 @@
+"""The model table: public model names -> provider, upstream model, context and prices."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from keel.config import ModelSpec, Settings
+from keel.errors import InvalidRequest, UnknownModel
+from keel.ports.embedder import Embedder
+from keel.ports.provider import ChatProvider
+
+if TYPE_CHECKING:
+    from keel.providers.openai_compat import OpenAICompatProvider
+
+
+class ModelRegistry:
+    """Routes a model name to its spec and provider; providers are built lazily."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        providers: dict[str, ChatProvider] | None = None,
+        embedder: Embedder | None = None,
+    ) -> None:
+        self.settings = settings
+        self._specs = {m.name: m for m in settings.model_table()}
+        self._providers: dict[str, ChatProvider] = dict(providers or {})
+        self._embedder = embedder
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._specs
+
+    def specs(self) -> list[ModelSpec]:
+        return list(self._specs.values())
+
+    def find(self, name: str) -> ModelSpec:
+        spec = self._specs.get(name)
+        if spec is None:
+            raise UnknownModel(
+                f"model {name!r} does not exist; available models: "
+                f"{', '.join(sorted(self._specs))}",
+                param="model",
+            )
+        return spec
+
+    def get(self, name: str, *, kind: str = "chat") -> ModelSpec:
+        spec = self._specs.get(name)
+        if spec is None:
+            known = ", ".join(sorted(n for n, s in self._specs.items() if s.kind == kind))
+            raise UnknownModel(
+                f"model {name!r} does not exist; available {kind} models: {known}",
+                param="model",
+            )
+        if spec.kind != kind:
+            raise InvalidRequest(
+                f"model {name!r} is an {spec.kind} model and cannot serve this endpoint",
+                param="model",
+            )
+        return spec
+
+    def provider(self, spec: ModelSpec) -> ChatProvider:
+        p = self._providers.get(spec.provider)
+        if p is None:
+            if spec.provider == "local":
+                from keel.providers.local import LocalProvider
+
+                p = LocalProvider(self.settings)
+            else:
+                p = self.openai()
+            self._providers[spec.provider] = p
+        return p
+
+    def openai(self) -> OpenAICompatProvider:
+        from keel.providers.openai_compat import OpenAICompatProvider
+
+        p = self._providers.get("openai")
+        if not isinstance(p, OpenAICompatProvider):
+            p = OpenAICompatProvider(self.settings.openai)
+            self._providers["openai"] = p
+        return p
+
+    def embedder(self) -> Embedder:
+        if self._embedder is None:
+            from keel.providers.embeddings import MiniLMEmbedder
+
+            self._embedder = MiniLMEmbedder(self.settings.model_dir)
+        return self._embedder
+
+    @property
+    def local_loaded(self) -> bool:
+        p = self._providers.get("local")
+        return bool(getattr(p, "loaded", False))
+
+    async def aclose(self) -> None:
+        for p in self._providers.values():
+            await p.aclose()
+        self._providers.clear()

@@ -1,0 +1,222 @@
+"""Console pages: overview with spend, the request log with filters, request detail.
+
+The console is a shell: capabilities register extra pages with :meth:`ConsoleRoutes.nav`
+entries and their own routers. Sign-in takes an API key once and keeps a random session
+token (stored hashed in the KV port) in an HttpOnly, SameSite=Strict cookie; the key
+itself is never put in a cookie or URL.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import time
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import parse_qs, urlencode
+
+import orjson
+from fastapi import APIRouter
+from jinja2 import Environment, PackageLoader, select_autoescape
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, RedirectResponse, Response
+
+from keel.errors import AuthenticationError
+from keel.gateway.context import Principal
+from keel.gateway.services import Services
+from keel.metering.request_log import (
+    LogFilter,
+    get_request,
+    query_requests,
+    spend_by_hour,
+    spend_summary,
+)
+
+COOKIE = "keel_console"
+SESSION_TTL_S = 12 * 3600
+
+
+@dataclass(frozen=True)
+class NavItem:
+    path: str
+    title: str
+
+
+def _env() -> Environment:
+    env = Environment(loader=PackageLoader("keel", "web/templates"),
+                      autoescape=select_autoescape(["html"]))
+    env.filters["ts"] = lambda t: time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t or 0))
+    env.filters["usd"] = lambda v: f"${(v or 0):,.6f}"
+    env.filters["pretty"] = _pretty
+    return env
+
+
+def _pretty(raw: str | None) -> str:
+    if not raw:
+        return ""
+    try:
+        return orjson.dumps(orjson.loads(raw), option=orjson.OPT_INDENT_2).decode()
+    except orjson.JSONDecodeError:
+        return raw
+
+
+class ConsoleRoutes:
+    def __init__(self, svc: Services) -> None:
+        self.svc = svc
+        self.env = _env()
+        self.nav = [NavItem("/console", "Overview"), NavItem("/console/requests", "Requests")]
+
+    def router(self) -> APIRouter:
+        r = APIRouter(include_in_schema=False)
+        r.add_api_route("/console", self.overview, methods=["GET"])
+        r.add_api_route("/console/login", self.login_form, methods=["GET"])
+        r.add_api_route("/console/login", self.login, methods=["POST"])
+        r.add_api_route("/console/logout", self.logout, methods=["POST"])
+        r.add_api_route("/console/requests", self.requests, methods=["GET"])
+        r.add_api_route("/console/requests/{request_id}", self.request_detail, methods=["GET"])
+        return r
+
+    # -- session ---------------------------------------------------------------------------
+
+    async def _principal(self, request: Request) -> Principal | None:
+        if not self.svc.settings.auth_required:
+            return Principal(key_id="-", tenant="default", admin=True)
+        token = request.cookies.get(COOKIE)
+        if not token:
+            return None
+        raw = await self.svc.kv.get(_session_key(token))
+        if raw is None:
+            return None
+        d = orjson.loads(raw)
+        return Principal(key_id=d["key_id"], tenant=d["tenant"], agent=d.get("agent"),
+                         admin=d["admin"])
+
+    def _render(self, name: str, status: int = 200, **ctx: Any) -> HTMLResponse:
+        html = self.env.get_template(name).render(nav=self.nav, **ctx)
+        return HTMLResponse(html, status_code=status,
+                            headers={"cache-control": "no-store",
+                                     "x-frame-options": "DENY",
+                                     "content-security-policy": "default-src 'self'; "
+                                     "style-src 'self' 'unsafe-inline'"})
+
+    async def login_form(self, request: Request) -> Response:
+        return self._render("login.html", error=None, active="")
+
+    async def login(self, request: Request) -> Response:
+        form = parse_qs((await request.body()).decode(errors="replace"))
+        key = (form.get("api_key") or [""])[0].strip()
+        try:
+            if not key:
+                raise AuthenticationError("enter an API key")
+            p = await self.svc.keys.resolve(key)
+        except AuthenticationError as exc:
+            return self._render("login.html", status=401, error=exc.message, active="")
+        token = secrets.token_urlsafe(32)
+        await self.svc.kv.set(
+            _session_key(token),
+            orjson.dumps({"key_id": p.key_id, "tenant": p.tenant, "agent": p.agent,
+                          "admin": p.admin}).decode(),
+            ttl_s=SESSION_TTL_S,
+        )
+        resp = RedirectResponse("/console", status_code=303)
+        resp.set_cookie(COOKIE, token, max_age=SESSION_TTL_S, httponly=True,
+                        samesite="strict", path="/console",
+                        secure=request.url.scheme == "https")
+        return resp
+
+    async def logout(self, request: Request) -> Response:
+        token = request.cookies.get(COOKIE)
+        if token:
+            await self.svc.kv.delete(_session_key(token))
+        resp = RedirectResponse("/console/login", status_code=303)
+        resp.delete_cookie(COOKIE, path="/console")
+        return resp
+
+    # -- pages -----------------------------------------------------------------------------
+
+    def _filter(self, request: Request, p: Principal, limit: int = 50) -> LogFilter:
+        q = request.query_params
+        hours = q.get("hours", "")
+        page = max(1, int(q["page"])) if q.get("page", "").isdigit() else 1
+        return LogFilter(
+            tenant=q.get("tenant") or None if p.admin else p.tenant,
+            model=q.get("model") or None,
+            status=q.get("status") if q.get("status") in ("ok", "error") else None,
+            since=time.time() - float(hours) * 3600 if hours.isdigit() else None,
+            search=q.get("q") or None,
+            limit=limit, offset=(page - 1) * limit,
+        )
+
+    async def overview(self, request: Request) -> Response:
+        p = await self._principal(request)
+        if p is None:
+            return RedirectResponse("/console/login", status_code=303)
+        await self.svc.request_log.flush()
+        f = LogFilter(tenant=None if p.admin else p.tenant, since=time.time() - 24 * 3600)
+
+        def load(c: Any) -> dict[str, Any]:
+            return {
+                "by_model": spend_summary(c, f, "model"),
+                "by_tenant": spend_summary(c, f, "tenant"),
+                "hourly": spend_by_hour(c, f),
+                "recent": query_requests(c, LogFilter(tenant=f.tenant, limit=10)),
+            }
+
+        data = await self.svc.db.run(load)
+        totals = {
+            "requests": sum(r["requests"] for r in data["by_model"]),
+            "tokens": sum(r["prompt_tokens"] + r["completion_tokens"] for r in data["by_model"]),
+            "cost_usd": sum(r["cost_usd"] for r in data["by_model"]),
+        }
+        return self._render("overview.html", active="/console", principal=p, totals=totals,
+                            chart=_bar_chart(data["hourly"]), **data)
+
+    async def requests(self, request: Request) -> Response:
+        p = await self._principal(request)
+        if p is None:
+            return RedirectResponse("/console/login", status_code=303)
+        await self.svc.request_log.flush()
+        f = self._filter(request, p)
+        rows = await self.svc.db.run(lambda c: query_requests(c, f))
+        q = dict(request.query_params)
+        page = f.offset // f.limit + 1
+        next_url = ("/console/requests?" + urlencode({**q, "page": page + 1})
+                    if len(rows) == f.limit else None)
+        prev_url = ("/console/requests?" + urlencode({**q, "page": page - 1})
+                    if page > 1 else None)
+        models = [s.name for s in self.svc.models.specs()]
+        return self._render("requests.html", active="/console/requests", principal=p,
+                            rows=rows, q=q, models=models, next_url=next_url,
+                            prev_url=prev_url)
+
+    async def request_detail(self, request: Request, request_id: str) -> Response:
+        p = await self._principal(request)
+        if p is None:
+            return RedirectResponse("/console/login", status_code=303)
+        await self.svc.request_log.flush()
+        row = await self.svc.db.run(lambda c: get_request(c, request_id))
+        if row is None or (not p.admin and row["tenant"] != p.tenant):
+            return self._render("not_found.html", status=404, active="", principal=p,
+                                what=f"request {request_id}")
+        decisions = orjson.loads(row["decisions"] or "[]")
+        return self._render("request_detail.html", active="/console/requests", principal=p,
+                            r=row, decisions=decisions)
+
+
+def _session_key(token: str) -> str:
+    return "console:session:" + hashlib.sha256(token.encode()).hexdigest()
+
+
+def _bar_chart(hourly: list[dict[str, Any]], width: int = 720, height: int = 160) -> dict[str, Any]:
+    """Geometry for an inline SVG bar chart of spend per hour (no JavaScript needed)."""
+    if not hourly:
+        return {"bars": [], "width": width, "height": height, "max": 0.0}
+    peak = max(float(h["cost_usd"]) for h in hourly) or 1.0
+    slot = width / max(len(hourly), 1)
+    bars = []
+    for i, h in enumerate(hourly):
+        bh = (float(h["cost_usd"]) / peak) * (height - 20)
+        bars.append({"x": i * slot + 2, "y": height - bh, "w": max(slot - 4, 1), "h": bh,
+                     "label": time.strftime("%H:00", time.localtime(float(h["hour"]))),
+                     "cost": float(h["cost_usd"]), "requests": int(h["requests"])})
+    return {"bars": bars, "width": width, "height": height, "max": peak}

@@ -1,0 +1,114 @@
+"""Scripted fakes for tests about keel's own logic (never a stand-in for the real model).
+
+``FakeUpstream`` is a real HTTP server on 127.0.0.1 that speaks the OpenAI wire format
+with canned answers, so the gateway's HTTP provider, retries and streaming are exercised
+for real.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class FakeUpstream:
+    """Answers ``reply`` with fixed usage; can fail the first ``fail_first`` calls with 503."""
+
+    reply: str = "hello from the fake upstream"
+    prompt_tokens: int = 11
+    completion_tokens: int = 7
+    fail_first: int = 0
+    status: int = 200
+    calls: list[dict[str, Any]] = field(default_factory=list)
+    port: int = 0
+    _loop: asyncio.AbstractEventLoop | None = None
+    _thread: threading.Thread | None = None
+    _runner: web.AppRunner | None = None
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    async def _chat(self, request: web.Request) -> web.StreamResponse:
+        body = await request.json()
+        self.calls.append({"body": body, "headers": dict(request.headers)})
+        if len(self.calls) <= self.fail_first:
+            return web.json_response({"error": {"message": "warming up"}}, status=503)
+        if self.status != 200:
+            return web.json_response({"error": {"message": "scripted failure"}},
+                                     status=self.status)
+        usage = {"prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens,
+                 "total_tokens": self.prompt_tokens + self.completion_tokens}
+        if not body.get("stream"):
+            return web.json_response({
+                "id": "chatcmpl-fake", "object": "chat.completion", "created": int(time.time()),
+                "model": body.get("model"),
+                "choices": [{"index": 0, "finish_reason": "stop",
+                             "message": {"role": "assistant", "content": self.reply}}],
+                "usage": usage,
+            })
+        resp = web.StreamResponse(headers={"content-type": "text/event-stream"})
+        await resp.prepare(request)
+        for word in self.reply.split(" "):
+            chunk = {"id": "chatcmpl-fake", "object": "chat.completion.chunk",
+                     "created": int(time.time()), "model": body.get("model"),
+                     "choices": [{"index": 0, "delta": {"content": word + " "},
+                                  "finish_reason": None}]}
+            await resp.write(b"data: " + json.dumps(chunk).encode() + b"\n\n")
+        final = {"id": "chatcmpl-fake", "object": "chat.completion.chunk",
+                 "created": int(time.time()), "model": body.get("model"),
+                 "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}
+        await resp.write(b"data: " + json.dumps(final).encode() + b"\n\n")
+        if (body.get("stream_options") or {}).get("include_usage"):
+            u = {**final, "choices": [], "usage": usage}
+            await resp.write(b"data: " + json.dumps(u).encode() + b"\n\n")
+        await resp.write(b"data: [DONE]\n\n")
+        return resp
+
+    async def _models(self, request: web.Request) -> web.Response:
+        return web.json_response({"object": "list", "data": []})
+
+    def start(self) -> FakeUpstream:
+        self.port = free_port()
+        ready = threading.Event()
+
+        def run() -> None:
+            loop = asyncio.new_event_loop()
+            self._loop = loop
+            app = web.Application()
+            app.router.add_post("/v1/chat/completions", self._chat)
+            app.router.add_post("/v1/completions", self._chat)
+            app.router.add_get("/v1/models", self._models)
+            self._runner = web.AppRunner(app, access_log=None)
+            loop.run_until_complete(self._runner.setup())
+            site = web.TCPSite(self._runner, "127.0.0.1", self.port)
+            loop.run_until_complete(site.start())
+            ready.set()
+            loop.run_forever()
+            loop.run_until_complete(self._runner.cleanup())
+            loop.close()
+
+        self._thread = threading.Thread(target=run, daemon=True)
+        self._thread.start()
+        ready.wait(10)
+        return self
+
+    def stop(self) -> None:
+        if self._loop is not None and not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(self._loop.stop)
+        if self._thread is not None:
+            self._thread.join(5)
