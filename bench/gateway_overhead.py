@@ -268,6 +268,26 @@ def tree_cpu_s(roots: Sequence[int]) -> float:
     return sum(stats[p][1] for p in seen) / CLK_TCK
 
 
+def core_times() -> dict[int, tuple[int, int]]:
+    """core -> (busy ticks, total ticks) from /proc/stat, to see who else used our cores."""
+    out = {}
+    for line in Path("/proc/stat").read_text().splitlines():
+        name, *vals = line.split()
+        if name.startswith("cpu") and name[3:].isdigit():
+            v = [int(x) for x in vals[:8]]
+            idle = v[3] + v[4]
+            out[int(name[3:])] = (sum(v) - idle, sum(v))
+    return out
+
+
+def core_busy(before: dict[int, tuple[int, int]], core: int | None) -> float | None:
+    if core is None or core not in before:
+        return None
+    busy0, total0 = before[core]
+    busy1, total1 = core_times()[core]
+    return round((busy1 - busy0) / (total1 - total0), 3) if total1 > total0 else None
+
+
 def wait_idle(roots: Sequence[int], *, window_s: float = 0.5, max_wait_s: float = 20.0) -> None:
     """Wait until the server tree burns < ~4% of a core, so one run's backlog (requests wrk
     abandoned at the end) does not bill the next run."""
@@ -526,7 +546,7 @@ def start_keel(tmp: Path, upstream_base: str, core: int | None, args: argparse.N
     key = None
     if not args.keel_no_auth:
         res = subprocess.run(
-            [keel, "keys", "create", "--tenant", "bench"],
+            [keel, "keys", "create", "--tenant", "bench", "--json"],
             capture_output=True,
             text=True,
             env=env,
@@ -674,7 +694,7 @@ def run_wrk(
         ],
     )
     log = lua.with_suffix(f".c{conns}.out")
-    cpu0 = tree_cpu_s(server.pids)
+    cpu0, cores0 = tree_cpu_s(server.pids), core_times()
     t0 = time.monotonic()
     proc = PROCS.start(cmd, log=log, env=loopback_env())
     try:
@@ -684,6 +704,8 @@ def run_wrk(
         raise SystemExit(f"wrk vs {server.name} did not finish; output:\n{tail(log)}") from None
     wall = time.monotonic() - t0
     cpu1 = tree_cpu_s(server.pids)
+    server_core_busy = core_busy(cores0, args.server_core)
+    client_core_busy = core_busy(cores0, args.client_core)
     PROCS.stop(proc)
     text = log.read_text(errors="replace")
     line = next((x for x in text.splitlines() if x.startswith("BENCH_JSON ")), None)
@@ -716,6 +738,12 @@ def run_wrk(
         "server_cpu_s": round(cpu, 3),
         "server_cpu_util": round(cpu / wall, 3) if wall else None,
         "cpu_ms_per_request": round(cpu * 1000 / reqs, 4) if reqs else None,
+        # Busy share of the pinned cores during the run, from every process on the box: the
+        # server core also runs nginx; well above server_cpu_util means outside noise.
+        "server_core_busy": server_core_busy,
+        "client_core_busy": client_core_busy,
+        # A run shorter than a few queue turns (slow target, high c) has few samples.
+        "steady": reqs >= 3 * conns,
     }
 
 
@@ -807,27 +835,16 @@ def print_report(rows: list[dict[str, Any]], summary: dict[str, Any], console: A
     from rich.table import Table
 
     table = Table(title="Gateway overhead (loopback, instant nginx upstream)")
-    for col in (
-        "target",
-        "conc",
-        "req/s",
-        "p50 ms",
-        "p99 ms",
-        "+p50 ms",
-        "+p99 ms",
-        "CPU ms/req",
-        "CPU util",
-        "non-2xx",
-        "sock err",
-    ):
-        table.add_column(col, justify="left" if col == "target" else "right")
+    cols = "target conc req/s p50_ms p99_ms +p50_ms +p99_ms CPU_ms/req CPU_util core_busy"
+    for col in [*cols.split(), "non-2xx", "sock_err"]:
+        table.add_column(col.replace("_", " "), justify="left" if col == "target" else "right")
 
     def f(v: Any, spec: str = ".3f") -> str:
         return "-" if v is None else format(v, spec)
 
     for r in rows:
         table.add_row(
-            r["target"],
+            r["target"] + ("" if r["steady"] else " *"),
             str(r["concurrency"]),
             f(r["rps"], ",.1f"),
             f(r["p50_ms"]),
@@ -836,10 +853,16 @@ def print_report(rows: list[dict[str, Any]], summary: dict[str, Any], console: A
             f(r.get("added_p99_ms")),
             f(r["cpu_ms_per_request"]),
             f(r["server_cpu_util"], ".0%"),
+            f(r["server_core_busy"], ".0%"),
             str(r["non_2xx"]),
             str(sum(r["socket_errors"].values())),
         )
     console.print(table)
+    console.print(
+        "+p50/+p99: minus direct at the same concurrency. CPU util: server tree, share of one "
+        "core. core busy: the server core, all processes (nginx too; much more than CPU util "
+        "means outside noise). * fewer than 3 x c requests completed: lengthen --duration."
+    )
     if summary["keel_over_litellm_rps"]:
         console.print(
             "keel / LiteLLM req/s: "
@@ -975,7 +998,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     from rich.console import Console
 
-    console = Console()
+    console = Console(width=None if sys.stdout.isatty() else 150)
+    load1 = os.getloadavg()[0]
+    if load1 > 0.5:
+        console.print(
+            f"[yellow]warning: load average {load1:.2f} before the run; other processes "
+            "on this machine will add noise (see server_core_busy in the JSON)[/]"
+        )
     require_tool("nginx", "nginx-light")
     require_tool("wrk", "wrk")
     if "litellm" in args.targets:
@@ -1016,6 +1045,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "cpus": os.cpu_count(),
             "platform": platform.platform(),
             "python": platform.python_version(),
+            "loadavg_at_start": load1,
             "loadavg_at_end": list(os.getloadavg()),
         },
         "params": {k: v for k, v in vars(args).items() if k not in {"plot_only", "out"}}

@@ -1,0 +1,80 @@
+"""The console in a real headless Chromium: sign in, see spend, filter, open a request."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+from live import serve_app
+
+from keel.app import create_app
+from keel.config import Settings
+from keel.gateway.services import Services
+
+pytestmark = pytest.mark.e2e
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+@pytest.fixture
+def browser() -> Iterator[Any]:
+    if CHROMIUM is None:
+        if os.environ.get("KEEL_REQUIRE_E2E"):
+            pytest.fail("chromium is not installed (apt-get install chromium)")
+        pytest.skip("chromium is not installed (apt-get install chromium)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        b = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=FLAGS)
+        yield b
+        b.close()
+
+
+def test_console_login_spend_filter_detail(
+    settings: Settings, services: Services, admin_key: str, user_key: str, browser: Any,
+    tmp_path: Any,
+) -> None:
+    app = create_app(settings, services=services)
+    with serve_app(app) as base:
+        h = {"Authorization": f"Bearer {user_key}"}
+        body = {"model": "fake-gpt", "messages": [{"role": "user", "content": "find-me-42"}]}
+        ok = httpx.post(base + "/v1/chat/completions", json=body, headers=h, timeout=10)
+        assert ok.status_code == 200
+        rid = ok.headers["x-keel-request-id"]
+        bad = httpx.post(base + "/v1/chat/completions", json={"model": "nope", "messages": []},
+                         headers=h, timeout=10)
+        assert bad.status_code == 400
+
+        page = browser.new_page()
+        page.goto(base + "/console")
+        assert page.url.endswith("/console/login")  # redirected: not signed in
+        page.fill("#api_key", "keel_wrong")
+        page.click("#login")
+        assert "invalid or revoked" in page.inner_text("#login-error")
+
+        page.fill("#api_key", admin_key)
+        page.click("#login")
+        page.wait_for_url(base + "/console")
+        assert page.inner_text("#total-requests").strip() == "1"
+        assert "fake-gpt" in page.inner_text("#by-model")
+        assert "$0.000006" in page.inner_text("#total-spend")  # 11*0.15 + 7*0.6 per 1M
+        page.screenshot(path=str(tmp_path / "overview.png"))
+
+        page.click("text=Requests")
+        page.fill("input[name=q]", "find-me-42")
+        page.click("#apply-filters")
+        rows = page.locator("table.requests tr")
+        assert rows.count() == 2  # header + the one matching request
+        page.click(f"text={rid}")
+        assert "find-me-42" in page.inner_text("#request-body")
+        assert "hello from the fake upstream" in page.inner_text("#response-text")
+        assert "$0.000006" in page.inner_text("#cost")
+        # the API key never shows up in the page or the URL
+        assert admin_key not in page.content() and admin_key not in page.url
+        page.close()
