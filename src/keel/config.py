@@ -94,6 +94,7 @@ class Settings(BaseSettings):
     data_dir: Path = Path(".keel")
     database_url: str = ""  # default: sqlite:///<data_dir>/keel.db
     kv_url: str = ""  # default: sqlite:///<data_dir>/kv.db
+    models_dir: Path | None = None  # default: <data_dir>/models
     default_model: str = "gemma-3-270m"
     auth_required: bool = True
     server: ServerSettings = Field(default_factory=ServerSettings)
@@ -124,7 +125,7 @@ class Settings(BaseSettings):
 
     @property
     def model_dir(self) -> Path:
-        return self.data_dir / "models"
+        return self.models_dir or self.data_dir / "models"
 
     def model_table(self) -> list[ModelSpec]:
         """Configured models, plus the built-in local default unless overridden."""

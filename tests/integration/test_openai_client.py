@@ -1,0 +1,42 @@
+"""The official openai client works against keel unchanged (real HTTP on 127.0.0.1)."""
+
+from __future__ import annotations
+
+import openai
+import pytest
+from fakes import FakeUpstream
+from live import serve_app
+
+from keel.app import create_app
+from keel.config import Settings
+from keel.gateway.services import Services
+
+
+def test_openai_client_chat_stream_models_errors(
+    settings: Settings, services: Services, user_key: str, fake_upstream: FakeUpstream
+) -> None:
+    with serve_app(create_app(settings, services=services)) as base:
+        client = openai.OpenAI(base_url=base + "/v1", api_key=user_key, max_retries=0)
+        out = client.chat.completions.create(
+            model="fake-gpt", messages=[{"role": "user", "content": "hi"}])
+        assert out.choices[0].message.content == fake_upstream.reply
+        assert out.usage is not None and out.usage.total_tokens == 18
+
+        text = ""
+        for chunk in client.chat.completions.create(
+                model="fake-gpt", stream=True, messages=[{"role": "user", "content": "hi"}]):
+            for choice in chunk.choices:
+                text += choice.delta.content or ""
+        assert text.strip() == fake_upstream.reply
+
+        assert "fake-gpt" in {m.id for m in client.models.list()}
+        comp = client.completions.create(model="fake-gpt", prompt="Once upon")
+        assert comp.choices
+
+        with pytest.raises(openai.NotFoundError) as nf:
+            client.chat.completions.create(model="nope",
+                                           messages=[{"role": "user", "content": "x"}])
+        assert "does not exist" in str(nf.value)
+        bad = openai.OpenAI(base_url=base + "/v1", api_key="keel_wrong", max_retries=0)
+        with pytest.raises(openai.AuthenticationError):
+            bad.models.list()
