@@ -225,8 +225,11 @@ def _on_signal(signum: int, _frame: Any) -> None:
 def install_cleanup() -> None:
     atexit.register(PROCS.stop_all)
     signal.signal(signal.SIGTERM, _on_signal)
-    signal.signal(signal.SIGHUP, _on_signal)
-    # SIGINT keeps its default (KeyboardInterrupt), which unwinds through the finally blocks.
+    if signal.getsignal(signal.SIGHUP) is not signal.SIG_IGN:  # respect nohup
+        signal.signal(signal.SIGHUP, _on_signal)
+    # Ctrl-C -> KeyboardInterrupt, which unwinds through the finally blocks; set explicitly
+    # because a shell starts background jobs with SIGINT ignored.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 # -- /proc CPU accounting ----------------------------------------------------------------
@@ -591,7 +594,7 @@ def start_keel(tmp: Path, upstream_base: str, core: int | None, args: argparse.N
 def start_litellm(
     tmp: Path, upstream_base: str, core: int | None, args: argparse.Namespace
 ) -> Server:
-    py = ensure_litellm_venv()
+    py = BENCH_PY  # main() ran ensure_litellm_venv()
     ldir = tmp / "litellm"
     ldir.mkdir()
     cfg = ldir / "config.yaml"
@@ -998,6 +1001,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     from rich.console import Console
 
+    install_cleanup()
     console = Console(width=None if sys.stdout.isatty() else 150)
     load1 = os.getloadavg()[0]
     if load1 > 0.5:
@@ -1009,7 +1013,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     require_tool("wrk", "wrk")
     if "litellm" in args.targets:
         ensure_litellm_venv()
-    install_cleanup()
     rows: list[dict[str, Any]] = []
     meta: dict[str, Any] = {}
     try:
@@ -1064,4 +1067,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:
+        PROCS.stop_all()
+        print("interrupted; every process the bench started was stopped", file=sys.stderr)
+        sys.exit(130)

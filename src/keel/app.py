@@ -84,8 +84,12 @@ def create_app(settings: Settings, *, services: Services | None = None, **kw: An
             await svc.kv.aclose()
             svc.db.dispose()
 
+    # FastAPI's built-in OpenTelemetry costs ~25 µs per request; opt in with server.otel.
+    otel = settings.server.otel
     app = FastAPI(title="keel", version=__version__, lifespan=lifespan,
-                  docs_url="/docs", redoc_url=None)
+                  docs_url="/docs", redoc_url=None,
+                  telemetry={"tracing": otel, "metrics": otel, "logs": otel,
+                             "operation_spans": otel})
     app.state.services = svc
     app.include_router(OpenAIRoutes(svc).router())
     app.include_router(AdminRoutes(svc).router())

@@ -55,6 +55,7 @@ class ServerSettings(BaseModel):
     workers: int = 1
     max_body_bytes: int = 1_048_576
     access_log: bool = False
+    otel: bool = False  # FastAPI's native OpenTelemetry spans and metrics
 
 
 class LocalModelSettings(BaseModel):

@@ -86,7 +86,7 @@ async def test_batch_equals_one_at_a_time(
 async def test_small_batches_keep_input_order(
     cache_dir: Path, embedder: MiniLMEmbedder, reference: dict[str, Any]
 ) -> None:
-    texts: list[str] = reference["sentences"][::-1] + ["How do I reset my password?"]
+    texts: list[str] = [*reference["sentences"][::-1], "How do I reset my password?"]
     small = MiniLMEmbedder(cache_dir, max_batch=3)
     try:
         got = await small.embed(texts)

@@ -75,7 +75,9 @@ class AdminRoutes:
                           since=float(q["since"]) if "since" in q else None,
                           limit=min(int(q.get("limit", 100)), 1000))
         except ValueError:
-            raise InvalidRequest("'since' must be a unix timestamp and 'limit' an integer") from None
+            raise InvalidRequest(
+                "'since' must be a unix timestamp and 'limit' an integer"
+            ) from None
         await self.svc.request_log.flush()
         rows: list[dict[str, Any]] = await self.svc.db.run(lambda c: query_requests(c, f))
         return ORJSONResponse({"object": "list", "data": rows})

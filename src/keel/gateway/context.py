@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -60,7 +60,7 @@ class RequestContext:
     started_at: float = field(default_factory=time.time)
     # set by the terminal stage (the provider call) ...
     response: JSON | None = None
-    chunks: AsyncIterator[JSON] | None = None
+    chunks: AsyncGenerator[JSON, None] | None = None
     # ... and by metering
     usage: Usage = field(default_factory=Usage)
     cost_usd: float = 0.0

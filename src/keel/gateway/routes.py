@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
 import orjson
@@ -41,6 +42,9 @@ async def authenticate(svc: Services, request: Request) -> Principal:
 class OpenAIRoutes:
     def __init__(self, svc: Services) -> None:
         self.svc = svc
+        # Request ids: a random per-process prefix plus a counter (no syscall per request).
+        self._ids = itertools.count(1)
+        self._id_prefix = "req_" + os.urandom(6).hex()
 
     def router(self) -> APIRouter:
         r = APIRouter()
@@ -79,7 +83,7 @@ class OpenAIRoutes:
 
     async def _handle(self, request: Request, route: Route) -> Response:
         svc = self.svc
-        request_id = "req_" + os.urandom(12).hex()
+        request_id = f"{self._id_prefix}{next(self._ids):08x}"
         try:
             principal = await authenticate(svc, request)
             body = parse_json(await read_body(request, svc.settings.server.max_body_bytes))
@@ -134,7 +138,7 @@ class OpenAIRoutes:
                                  media_type="text/event-stream", headers=headers)
 
     async def _sse(
-        self, ctx: RequestContext, first: JSON | None, chunks: AsyncIterator[JSON]
+        self, ctx: RequestContext, first: JSON | None, chunks: AsyncGenerator[JSON, None]
     ) -> AsyncIterator[bytes]:
         try:
             if first is not None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from keel.gateway.context import RequestContext
@@ -33,23 +35,37 @@ class GatewayMetrics:
         self.log_dropped = Counter(
             "keel_request_log_dropped", "Request-log records dropped (queue full)", registry=r
         )
+        self._children: dict[tuple[str, str, int, str], tuple[Any, ...]] = {}
         self.local_loaded = Gauge(
             "keel_local_model_loaded", "1 while the local model is in memory", registry=r
         )
 
     def observe(self, ctx: RequestContext) -> None:
-        m = ctx.model.name
-        self.requests.labels(ctx.route, m, str(ctx.status)).inc()
-        self.latency.labels(ctx.route, m).observe((ctx.latency_ms or ctx.elapsed_ms()) / 1000)
+        key = (ctx.route, ctx.model.name, ctx.status, ctx.principal.tenant)
+        children = self._children.get(key)
+        if children is None:  # labels() resolution is cached: it costs µs per call
+            route, m, status, t = key
+            children = (
+                self.requests.labels(route, m, str(status)),
+                self.latency.labels(route, m),
+                self.ttft.labels(m),
+                self.tokens.labels(m, t, "prompt"),
+                self.tokens.labels(m, t, "completion"),
+                self.cost.labels(m, t),
+            )
+            if len(self._children) < 10_000:
+                self._children[key] = children
+        requests, latency, ttft, prompt, completion, cost = children
+        requests.inc()
+        latency.observe((ctx.latency_ms or ctx.elapsed_ms()) / 1000)
         if ctx.ttft_ms is not None:
-            self.ttft.labels(m).observe(ctx.ttft_ms / 1000)
-        t = ctx.principal.tenant
+            ttft.observe(ctx.ttft_ms / 1000)
         if ctx.usage.prompt_tokens:
-            self.tokens.labels(m, t, "prompt").inc(ctx.usage.prompt_tokens)
+            prompt.inc(ctx.usage.prompt_tokens)
         if ctx.usage.completion_tokens:
-            self.tokens.labels(m, t, "completion").inc(ctx.usage.completion_tokens)
+            completion.inc(ctx.usage.completion_tokens)
         if ctx.cost_usd:
-            self.cost.labels(m, t).inc(ctx.cost_usd)
+            cost.inc(ctx.cost_usd)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

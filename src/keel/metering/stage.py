@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
 from keel.gateway.context import RequestContext, Usage
@@ -58,8 +58,8 @@ class MeteringStage:
         self._finish(ctx, usage)
 
     async def _meter_stream(
-        self, ctx: RequestContext, chunks: AsyncIterator[JSON]
-    ) -> AsyncIterator[JSON]:
+        self, ctx: RequestContext, chunks: AsyncGenerator[JSON, None]
+    ) -> AsyncGenerator[JSON, None]:
         parts: list[str] = []
         usage: Usage | None = None
         try:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Any
 
 import aiohttp
@@ -104,7 +104,7 @@ class OpenAICompatProvider:
         data["model"] = spec.name
         return data
 
-    async def _sse(self, spec: ModelSpec, path: str, body: JSON) -> AsyncIterator[JSON]:
+    async def _sse(self, spec: ModelSpec, path: str, body: JSON) -> AsyncGenerator[JSON, None]:
         body = {**body, "stream": True}
         opts = dict(body.get("stream_options") or {})
         opts["include_usage"] = True
@@ -146,13 +146,13 @@ class OpenAICompatProvider:
     async def chat(self, body: JSON, model: ModelSpec) -> JSON:
         return await self._json(model, "/chat/completions", body)
 
-    def chat_stream(self, body: JSON, model: ModelSpec) -> AsyncIterator[JSON]:
+    def chat_stream(self, body: JSON, model: ModelSpec) -> AsyncGenerator[JSON, None]:
         return self._sse(model, "/chat/completions", body)
 
     async def complete(self, body: JSON, model: ModelSpec) -> JSON:
         return await self._json(model, "/completions", body)
 
-    def complete_stream(self, body: JSON, model: ModelSpec) -> AsyncIterator[JSON]:
+    def complete_stream(self, body: JSON, model: ModelSpec) -> AsyncGenerator[JSON, None]:
         return self._sse(model, "/completions", body)
 
     async def embed(self, body: JSON, model: ModelSpec) -> JSON:

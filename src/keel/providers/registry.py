@@ -60,16 +60,16 @@ class ModelRegistry:
         return spec
 
     def provider(self, spec: ModelSpec) -> ChatProvider:
-        p = self._providers.get(spec.provider)
-        if p is None:
-            if spec.provider == "local":
-                from keel.providers.local import LocalProvider
+        existing = self._providers.get(spec.provider)
+        if existing is not None:
+            return existing
+        if spec.provider != "local":
+            return self.openai()
+        from keel.providers.local import LocalProvider
 
-                p = LocalProvider(self.settings)
-            else:
-                p = self.openai()
-            self._providers[spec.provider] = p
-        return p
+        local = LocalProvider(self.settings)
+        self._providers["local"] = local
+        return local
 
     def openai(self) -> OpenAICompatProvider:
         from keel.providers.openai_compat import OpenAICompatProvider

@@ -1,0 +1,671 @@
+"""The ``local`` provider: GGUF models on llama.cpp, in process, through ``xllamacpp``.
+
+* A model is loaded on its first request (one engine per GGUF path and context size) in a
+  worker thread, and unloaded after ``local.idle_unload_s`` seconds without requests
+  (``<= 0`` keeps it loaded). Unloading destroys the llama.cpp server, which frees the
+  weights and the KV cache; RSS goes back down.
+* The default model is a base model without a chat template, so chat messages are
+  rendered in the Gemma turn format here and sent to llama.cpp's completion path.
+* llama.cpp queues requests itself; ``slots`` (parallel sequences) defaults to one, which
+  is the right choice for a couple of CPU cores.
+* Streams bridge llama.cpp's per-token callback thread to asyncio with
+  ``call_soon_threadsafe``; closing the stream early makes the next callback return
+  ``True``, which cancels the generation inside llama.cpp.
+
+A provider instance belongs to the event loop it is first used in.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import os
+import secrets
+import threading
+import time
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from keel.config import ModelSpec, Settings
+from keel.errors import (
+    ContextLengthExceeded,
+    InvalidRequest,
+    KeelError,
+    MissingField,
+    ModelFileError,
+    UpstreamError,
+    WrongType,
+)
+from keel.providers.model_files import resolve_model_path
+
+JSON = dict[str, Any]
+_END: JSON = {}  # sentinel a worker sends after its last chunk (compared by identity)
+
+# Gemma control tokens. llama.cpp parses special tokens in prompt text, so message text
+# containing them could forge turns; a zero-width space keeps them plain text.
+_CONTROL_TOKENS = ("<start_of_turn>", "<end_of_turn>", "<bos>", "<eos>", "<pad>")
+_END_OF_TURN = "<end_of_turn>"
+_ROLES = {"user": "user", "tool": "user", "function": "user", "assistant": "model"}
+
+
+# -- prompt formatting (pure functions) -----------------------------------------------------
+
+
+def _escape(text: str) -> str:
+    if "<" not in text:
+        return text
+    for tok in _CONTROL_TOKENS:
+        text = text.replace(tok, "<\u200b" + tok[1:])
+    return text
+
+
+def message_text(content: Any, where: str) -> str:
+    """Flatten OpenAI message content (string or list of text parts) to plain text."""
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        parts: list[str] = []
+        for i, part in enumerate(content):
+            if isinstance(part, str):
+                parts.append(part)
+            elif isinstance(part, dict) and part.get("type") == "text":
+                text = part.get("text")
+                if not isinstance(text, str):
+                    raise WrongType(f"{where}[{i}].text must be a string", param=f"{where}[{i}]")
+                parts.append(text)
+            else:
+                kind = part.get("type") if isinstance(part, dict) else type(part).__name__
+                raise InvalidRequest(
+                    f"{where}[{i}] is a {kind!r} part; the local model takes text only",
+                    param=f"{where}[{i}]",
+                )
+        return "\n".join(parts)
+    raise WrongType(f"{where} must be a string or a list of text parts", param=where)
+
+
+def gemma_chat_prompt(messages: Any) -> str:
+    """Render chat messages in the Gemma turn format, ending with an open model turn.
+
+    System (and developer) messages are folded into the next user turn. A final assistant
+    message is left open so the model continues it.
+    """
+    if not isinstance(messages, list) or not messages:
+        raise MissingField("`messages` must be a non-empty list", param="messages")
+    turns: list[list[str]] = []  # [role, text]
+    system: list[str] = []
+    for i, msg in enumerate(messages):
+        where = f"messages[{i}]"
+        if not isinstance(msg, dict):
+            raise WrongType(f"{where} must be an object", param=where)
+        role = msg.get("role")
+        text = _escape(message_text(msg.get("content"), f"{where}.content"))
+        if role in ("system", "developer"):
+            system.append(text)
+            continue
+        if role not in _ROLES:
+            raise InvalidRequest(
+                f"{where}.role is {role!r}; use system, user, assistant or tool",
+                param=f"{where}.role",
+            )
+        if role == "assistant" and msg.get("tool_calls"):
+            calls = orjson.dumps(msg["tool_calls"]).decode()
+            text = f"{text}\n{calls}" if text else calls
+        elif role in ("tool", "function"):
+            text = f"Tool result:\n{text}"
+        gemma_role = _ROLES[role]
+        if gemma_role == "user" and system:
+            text = "\n\n".join([*system, text])
+            system = []
+        if turns and turns[-1][0] == gemma_role:
+            turns[-1][1] += "\n\n" + text
+        else:
+            turns.append([gemma_role, text])
+    if system:
+        turns.append(["user", "\n\n".join(system)])
+    out: list[str] = []
+    for role, text in turns[:-1]:
+        out.append(f"<start_of_turn>{role}\n{text}{_END_OF_TURN}\n")
+    role, text = turns[-1]
+    if role == "model":
+        out.append(f"<start_of_turn>model\n{text}")
+    else:
+        out.append(f"<start_of_turn>{role}\n{text}{_END_OF_TURN}\n<start_of_turn>model\n")
+    return "".join(out)
+
+
+# -- request options -------------------------------------------------------------------------
+
+
+def _number(body: JSON, key: str, lo: float, hi: float) -> float | None:
+    value = body.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise WrongType(f"`{key}` must be a number", param=key)
+    if not lo <= value <= hi:
+        raise InvalidRequest(f"`{key}` must be between {lo:g} and {hi:g}", param=key)
+    return float(value)
+
+
+def _max_tokens(body: JSON, default: int) -> int:
+    for key in ("max_completion_tokens", "max_tokens"):
+        value = body.get(key)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise WrongType(f"`{key}` must be an integer", param=key)
+        if value < 1:
+            raise InvalidRequest(f"`{key}` must be at least 1", param=key)
+        return value
+    return default
+
+
+def _stops(body: JSON) -> list[str]:
+    stop = body.get("stop")
+    if stop is None:
+        return []
+    if isinstance(stop, str):
+        return [stop]
+    if isinstance(stop, list) and all(isinstance(s, str) for s in stop):
+        return [s for s in stop if s]
+    raise WrongType("`stop` must be a string or a list of strings", param="stop")
+
+
+def _json_schema(body: JSON) -> JSON | None:
+    fmt = body.get("response_format")
+    if fmt is None:
+        return None
+    kind = fmt.get("type") if isinstance(fmt, dict) else None
+    if kind == "text":
+        return None
+    if kind == "json_object":
+        return {"type": "object"}
+    if kind == "json_schema":
+        spec = fmt.get("json_schema")
+        schema = spec.get("schema") if isinstance(spec, dict) else None
+        if not isinstance(schema, dict):
+            raise InvalidRequest(
+                "response_format.json_schema.schema must be a JSON Schema object",
+                param="response_format",
+            )
+        return schema
+    raise InvalidRequest(
+        "response_format.type must be text, json_object or json_schema", param="response_format"
+    )
+
+
+def llama_request(body: JSON, prompt: Any, *, stream: bool, default_max: int, chat: bool) -> JSON:
+    """The llama.cpp ``/v1/completions`` body for an OpenAI-shaped request."""
+    n = body.get("n")
+    if n not in (None, 1):
+        raise InvalidRequest("the local provider returns one choice; set `n` to 1", param="n")
+    req: JSON = {
+        "prompt": prompt,
+        "stream": stream,
+        "max_tokens": _max_tokens(body, default_max),
+        "cache_prompt": True,
+    }
+    for key, lo, hi in (
+        ("temperature", 0.0, 2.0),
+        ("top_p", 0.0, 1.0),
+        ("presence_penalty", -2.0, 2.0),
+        ("frequency_penalty", -2.0, 2.0),
+    ):
+        value = _number(body, key, lo, hi)
+        if value is not None:
+            req[key] = value
+    seed = body.get("seed")
+    if seed is not None:
+        if isinstance(seed, bool) or not isinstance(seed, int):
+            raise WrongType("`seed` must be an integer", param="seed")
+        req["seed"] = seed % 0xFFFFFFFF  # 0xFFFFFFFF itself means "random" to llama.cpp
+    stops = _stops(body)
+    if chat:
+        stops.append(_END_OF_TURN)
+    if stops:
+        req["stop"] = stops
+    schema = _json_schema(body)
+    if schema is not None:
+        req["json_schema"] = schema
+    return req
+
+
+def _completion_prompt(body: JSON) -> Any:
+    prompt = body.get("prompt")
+    if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
+        prompt = prompt[0]
+    if isinstance(prompt, str):
+        return prompt
+    if isinstance(prompt, list) and prompt and all(
+        isinstance(t, int) and not isinstance(t, bool) for t in prompt
+    ):
+        return prompt  # token ids
+    if prompt is None:
+        raise MissingField("`prompt` is required", param="prompt")
+    raise InvalidRequest(
+        "`prompt` must be one string or one list of token ids for the local provider",
+        param="prompt",
+    )
+
+
+def _usage(chunk: JSON) -> JSON:
+    raw = chunk.get("usage") or {}
+    usage: JSON = {
+        "prompt_tokens": int(raw.get("prompt_tokens", 0)),
+        "completion_tokens": int(raw.get("completion_tokens", 0)),
+    }
+    usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
+    if raw.get("prompt_tokens_details"):
+        usage["prompt_tokens_details"] = raw["prompt_tokens_details"]
+    return usage
+
+
+def _upstream_error(err: Any, spec: ModelSpec) -> KeelError:
+    if not isinstance(err, dict):
+        return UpstreamError(f"local model {spec.name!r} failed: {err}")
+    message = str(err.get("message") or "unknown error")
+    if err.get("type") == "exceed_context_size_error":
+        return ContextLengthExceeded(
+            f"the prompt is {err.get('n_prompt_tokens')} tokens but model {spec.name!r} has a "
+            f"context of {err.get('n_ctx')} tokens; shorten the messages or raise the "
+            "model's context (`local.context`, or `context` in [[models]])",
+            param="messages",
+        )
+    code = err.get("code")
+    if isinstance(code, int) and 400 <= code < 500:
+        return InvalidRequest(f"local model {spec.name!r} rejected the request: {message}")
+    return UpstreamError(f"local model {spec.name!r} failed: {message}")
+
+
+def _cpu_count() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def _trim_heap() -> None:
+    """Hand freed heap pages back to the OS (glibc keeps them otherwise)."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
+# -- engines -------------------------------------------------------------------------------
+
+
+class _Engine:
+    """One llama.cpp server for one GGUF file. Touched only on the event-loop thread."""
+
+    def __init__(self, spec: ModelSpec) -> None:
+        self.spec = spec  # the spec that first asked for this engine (path and context)
+        self.server: Any = None
+        self.path: Path | None = None
+        self.in_flight = 0
+        self.loading: asyncio.Task[None] | None = None
+        self.unloading: asyncio.Task[None] | None = None
+        self.timer: asyncio.TimerHandle | None = None
+        self.load_s = 0.0
+
+    def cancel_timer(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+
+
+def _start_server(path: Path, n_ctx: int, slots: int, threads: int, api_key: str) -> Any:
+    import xllamacpp  # heavy native module: imported on first load only
+
+    p = xllamacpp.CommonParams()
+    p.model.path = str(path)
+    p.n_parallel = slots
+    p.n_ctx = n_ctx * slots  # llama.cpp splits n_ctx between the slots
+    p.cpuparams.n_threads = threads
+    p.cpuparams_batch.n_threads = threads
+    p.fit_params = False  # keep n_ctx as configured
+    p.cache_ram_mib = 0  # no extra host-RAM prompt cache beyond the slot's own KV cache
+    p.verbosity = 0
+    # xllamacpp always starts llama.cpp's HTTP server too (loopback, random port). keel
+    # never uses it: no UI, one HTTP thread, and a random key nobody knows.
+    p.ui = False
+    p.n_threads_http = 1
+    p.api_keys = [api_key]
+    try:
+        return xllamacpp.Server(p)
+    except Exception as exc:
+        raise ModelFileError(
+            f"llama.cpp could not load {path}: {exc}; check that it is a complete GGUF file "
+            "(re-run `python -m keel.providers.model_files <model_dir>` for the default model)"
+        ) from None
+
+
+def _run(server: Any, payload: bytes, sink: Callable[[JSON], None], cancel: threading.Event) -> None:
+    """Worker thread: drive one llama.cpp request, pushing each parsed chunk to ``sink``."""
+
+    def on_chunk(raw: bytes) -> bool:
+        try:
+            data = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            data = {"error": {"code": 500, "message": "llama.cpp sent a malformed response"}}
+        try:
+            sink(data)
+        except Exception:  # the event loop is gone: stop generating
+            cancel.set()
+        return cancel.is_set()
+
+    try:
+        server.handle_completions(payload, on_chunk)
+    except Exception as exc:
+        with contextlib.suppress(Exception):
+            sink({"error": {"code": 500, "message": str(exc)}})
+    finally:
+        with contextlib.suppress(Exception):
+            sink(_END)
+
+
+# -- provider ------------------------------------------------------------------------------
+
+
+class LocalProvider:
+    """:class:`~keel.ports.provider.ChatProvider` for GGUF models on llama.cpp."""
+
+    kind = "local"
+
+    def __init__(self, settings: Settings, *, slots: int = 1) -> None:
+        self._settings = settings
+        self._slots = max(1, slots)
+        self._threads = settings.local.threads or _cpu_count()
+        self._engines: dict[tuple[str, int], _Engine] = {}
+        self._executor = ThreadPoolExecutor(
+            max_workers=2 * self._slots + 2, thread_name_prefix="keel-llama"
+        )
+        self._api_key = secrets.token_urlsafe(32)
+        self._cancels: set[threading.Event] = set()
+        self._workers: set[asyncio.Future[None]] = set()
+        self._closed = False
+
+    def __repr__(self) -> str:
+        return f"LocalProvider(loaded={[str(p) for p in self.loaded_paths]})"
+
+    # -- state -------------------------------------------------------------------------
+
+    @property
+    def loaded(self) -> bool:
+        """Whether any model is in memory."""
+        return any(e.server is not None for e in self._engines.values())
+
+    @property
+    def loaded_paths(self) -> list[Path]:
+        return [e.path for e in self._engines.values() if e.server is not None and e.path]
+
+    def load_seconds(self, model: ModelSpec) -> float | None:
+        """How long the last load of ``model`` took, if it is loaded."""
+        eng = self._engines.get(self._key(model))
+        return eng.load_s if eng is not None and eng.server is not None else None
+
+    # -- load / unload -------------------------------------------------------------------
+
+    @staticmethod
+    def _key(model: ModelSpec) -> tuple[str, int]:
+        return (model.path or "", model.context)
+
+    async def preload(self, model: ModelSpec) -> None:
+        """Load ``model`` now (startup warm-up, ``keel doctor``); it still idles out."""
+        eng = await self._acquire(model)
+        self._release(eng)
+
+    async def _acquire(self, model: ModelSpec) -> _Engine:
+        if self._closed:
+            raise UpstreamError("the local provider is shut down")
+        key = self._key(model)
+        eng = self._engines.get(key)
+        if eng is None:
+            eng = self._engines[key] = _Engine(model)
+        while eng.server is None:
+            if eng.loading is None:
+                eng.loading = asyncio.create_task(self._load(eng))
+                eng.loading.add_done_callback(_consume_exception)
+            await asyncio.shield(eng.loading)
+        eng.in_flight += 1
+        eng.cancel_timer()
+        return eng
+
+    async def _load(self, eng: _Engine) -> None:
+        try:
+            if eng.unloading is not None:
+                await eng.unloading
+            started = time.perf_counter()
+            path = await asyncio.to_thread(resolve_model_path, eng.spec, self._settings)
+            server = await asyncio.to_thread(
+                _start_server, path, eng.spec.context, self._slots, self._threads, self._api_key
+            )
+            eng.server, eng.path = server, path
+            eng.load_s = time.perf_counter() - started
+            if eng.in_flight == 0:
+                self._schedule_unload(eng)
+        finally:
+            eng.loading = None
+
+    def _release(self, eng: _Engine) -> None:
+        eng.in_flight -= 1
+        if eng.in_flight == 0:
+            self._schedule_unload(eng)
+
+    def _schedule_unload(self, eng: _Engine) -> None:
+        idle = self._settings.local.idle_unload_s
+        if idle > 0 and not self._closed:
+            eng.cancel_timer()
+            eng.timer = asyncio.get_running_loop().call_later(idle, self._on_idle, eng)
+
+    def _on_idle(self, eng: _Engine) -> None:
+        eng.timer = None
+        if eng.in_flight == 0 and eng.server is not None and eng.unloading is None:
+            eng.unloading = asyncio.create_task(self._unload(eng))
+
+    async def _unload(self, eng: _Engine) -> None:
+        try:
+            holder = [eng.server]
+            eng.server = None
+            # the last reference dies in a worker thread: ~Server joins llama.cpp's threads
+            await asyncio.to_thread(_drop, holder)
+        finally:
+            eng.unloading = None
+
+    async def unload(self) -> None:
+        """Unload every idle model now."""
+        for eng in list(self._engines.values()):
+            eng.cancel_timer()
+            if eng.loading is not None:
+                with contextlib.suppress(Exception):
+                    await asyncio.shield(eng.loading)
+            if eng.in_flight == 0 and eng.server is not None and eng.unloading is None:
+                eng.unloading = asyncio.create_task(self._unload(eng))
+            if eng.unloading is not None:
+                await eng.unloading
+
+    async def aclose(self) -> None:
+        """Stop generations in flight, unload every model, stop the worker threads."""
+        self._closed = True
+        for cancel in list(self._cancels):
+            cancel.set()
+        if self._workers:
+            await asyncio.gather(*self._workers, return_exceptions=True)
+        await self.unload()
+        self._executor.shutdown(wait=False)
+
+    # -- running requests ----------------------------------------------------------------
+
+    def _submit(
+        self, eng: _Engine, req: JSON, sink: Callable[[JSON], None], cancel: threading.Event
+    ) -> asyncio.Future[None]:
+        """Start ``req`` on a worker thread; the engine is released when the thread ends."""
+        loop = asyncio.get_running_loop()
+        try:
+            fut = loop.run_in_executor(
+                self._executor, _run, eng.server, orjson.dumps(req), sink, cancel
+            )
+        except RuntimeError:
+            self._release(eng)
+            raise UpstreamError("the local provider is shut down") from None
+        self._cancels.add(cancel)
+        self._workers.add(fut)
+
+        def done(f: asyncio.Future[None]) -> None:
+            self._cancels.discard(cancel)
+            self._workers.discard(f)
+            self._release(eng)
+
+        fut.add_done_callback(done)
+        return fut
+
+    async def _generate(self, model: ModelSpec, req: JSON) -> JSON:
+        """One non-streaming llama.cpp request; returns its response object."""
+        eng = await self._acquire(model)
+        result: list[JSON] = []
+        fut = self._submit(eng, req, result.append, threading.Event())
+        await asyncio.shield(fut)  # a cancelled caller must not release the engine early
+        response = next((r for r in result if r is not _END), None)
+        if response is None or "error" in response:
+            raise _upstream_error((response or {}).get("error", "no response"), model)
+        return response
+
+    async def _chunks(self, model: ModelSpec, req: JSON) -> AsyncIterator[JSON]:
+        """Raw llama.cpp stream chunks; closing this generator cancels the generation."""
+        eng = await self._acquire(model)
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[JSON] = asyncio.Queue()
+        cancel = threading.Event()
+
+        def sink(chunk: JSON) -> None:
+            loop.call_soon_threadsafe(queue.put_nowait, chunk)
+
+        self._submit(eng, req, sink, cancel)
+        try:
+            while (chunk := await queue.get()) is not _END:
+                if "error" in chunk:
+                    raise _upstream_error(chunk["error"], model)
+                yield chunk
+        finally:
+            cancel.set()
+
+    # -- ChatProvider --------------------------------------------------------------------
+
+    def _request(self, body: JSON, prompt: Any, *, stream: bool, chat: bool) -> JSON:
+        return llama_request(
+            body,
+            prompt,
+            stream=stream,
+            default_max=self._settings.local.max_tokens_default,
+            chat=chat,
+        )
+
+    async def chat(self, body: JSON, model: ModelSpec) -> JSON:
+        req = self._request(body, gemma_chat_prompt(body.get("messages")), stream=False, chat=True)
+        res = await self._generate(model, req)
+        choice = res["choices"][0]
+        return {
+            "id": f"chatcmpl-{secrets.token_hex(12)}",
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": model.name,
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": choice.get("text", "")},
+                    "logprobs": None,
+                    "finish_reason": choice.get("finish_reason") or "stop",
+                }
+            ],
+            "usage": _usage(res),
+        }
+
+    async def chat_stream(self, body: JSON, model: ModelSpec) -> AsyncIterator[JSON]:
+        req = self._request(body, gemma_chat_prompt(body.get("messages")), stream=True, chat=True)
+        rid, created = f"chatcmpl-{secrets.token_hex(12)}", int(time.time())
+        first = True
+        async with contextlib.aclosing(self._chunks(model, req)) as chunks:
+            async for chunk in chunks:
+                choice = chunk["choices"][0] if chunk.get("choices") else {}
+                text = choice.get("text") or ""
+                finish = choice.get("finish_reason")
+                if not text and finish is None and not first:
+                    continue
+                delta: JSON = {"role": "assistant", "content": text} if first else {}
+                if text and not first:
+                    delta["content"] = text
+                first = False
+                out: JSON = {
+                    "id": rid,
+                    "object": "chat.completion.chunk",
+                    "created": created,
+                    "model": model.name,
+                    "choices": [
+                        {"index": 0, "delta": delta, "logprobs": None, "finish_reason": None}
+                    ],
+                }
+                if finish is not None:
+                    if text:  # a last piece of text rides with the finish in its own chunk
+                        yield out
+                        out = {**out, "choices": [{**out["choices"][0], "delta": {}}]}
+                    out["choices"][0]["finish_reason"] = finish
+                    out["usage"] = _usage(chunk)
+                yield out
+
+    async def complete(self, body: JSON, model: ModelSpec) -> JSON:
+        req = self._request(body, _completion_prompt(body), stream=False, chat=False)
+        res = await self._generate(model, req)
+        choice = res["choices"][0]
+        return {
+            "id": f"cmpl-{secrets.token_hex(12)}",
+            "object": "text_completion",
+            "created": int(time.time()),
+            "model": model.name,
+            "choices": [
+                {
+                    "index": 0,
+                    "text": choice.get("text", ""),
+                    "logprobs": None,
+                    "finish_reason": choice.get("finish_reason") or "stop",
+                }
+            ],
+            "usage": _usage(res),
+        }
+
+    async def complete_stream(self, body: JSON, model: ModelSpec) -> AsyncIterator[JSON]:
+        req = self._request(body, _completion_prompt(body), stream=True, chat=False)
+        rid, created = f"cmpl-{secrets.token_hex(12)}", int(time.time())
+        async with contextlib.aclosing(self._chunks(model, req)) as chunks:
+            async for chunk in chunks:
+                choice = chunk["choices"][0] if chunk.get("choices") else {}
+                text = choice.get("text") or ""
+                finish = choice.get("finish_reason")
+                if not text and finish is None:
+                    continue
+                out: JSON = {
+                    "id": rid,
+                    "object": "text_completion",
+                    "created": created,
+                    "model": model.name,
+                    "choices": [
+                        {"index": 0, "text": text, "logprobs": None, "finish_reason": finish}
+                    ],
+                }
+                if finish is not None:
+                    out["usage"] = _usage(chunk)
+                yield out
+
+
+def _drop(holder: list[Any]) -> None:
+    holder.clear()
+    _trim_heap()
+
+
+def _consume_exception(task: asyncio.Task[None]) -> None:
+    if not task.cancelled():
+        task.exception()  # retrieved here; every waiter re-raises it from the shield
