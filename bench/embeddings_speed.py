@@ -13,8 +13,12 @@ target embeds the same texts, all in one run:
 * ``torch``: transformers ``BertModel`` + mean pooling, run with ``/tmp/refvenv/bin/python``
   when that scratch venv exists (torch is never installed in keel's venv); skipped if not.
 
-Batch 1 is reported as ms per sentence (mean, p50, p99), batch 64 as sentences per
-second; each target is also checked against ``raw-ort`` (max abs difference).
+Batch 1 is reported as ms per sentence (mean, p50, p99); batch 64 as sentences per
+second over calls of 64 texts in dataset order (each batch padded to its longest text);
+"bulk" as sentences per second when all batched texts are embedded sorted by length
+(keel: one ``embed`` call that sorts and splits into batches of 64; the others: the same
+sorted batches). Each target is also checked against ``raw-ort`` (max abs difference).
+The 1-minute load average is recorded: on a shared 2-core box, compare within one run.
 
 Usage (repo root)::
 
@@ -57,6 +61,7 @@ from keel.providers.embeddings import (
     model_dir,
     open_session,
     pad_batch,
+    token_ids,
 )
 
 REPO = Path(__file__).resolve().parents[1]
@@ -93,7 +98,10 @@ embed(data["batches"][0])
 t0 = time.perf_counter()
 rows = [embed(b) for b in data["batches"]]
 batched_s = time.perf_counter() - t0
-print(json.dumps({"single_s": single_s, "batched_s": batched_s,
+t0 = time.perf_counter()
+rows = [embed(b) for b in data["sorted"]]
+bulk_s = time.perf_counter() - t0
+print(json.dumps({"single_s": single_s, "batched_s": batched_s, "bulk_s": bulk_s,
                   "check": embed(data["check"]).tolist(),
                   "version": f"torch {torch.__version__}, threads {torch.get_num_threads()}"}))
 """
@@ -122,19 +130,21 @@ def load_sentences(path: Path, n: int, seed: int) -> list[str]:
 # -- the numpy alternative ----------------------------------------------------------------
 
 
-def _erf(x: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+def _erf(x: npt.NDArray[Any]) -> npt.NDArray[Any]:
     # Abramowitz & Stegun 7.1.26, |error| < 1.5e-7
     a = np.abs(x)
     t = 1.0 / (1.0 + 0.3275911 * a)
     poly = ((((1.061405429 * t - 1.453152027) * t + 1.421413741) * t - 0.284496736) * t
             + 0.254829592) * t
-    return np.sign(x) * (1.0 - poly * np.exp(-a * a))
+    out: npt.NDArray[Any] = np.sign(x) * (1.0 - poly * np.exp(-a * a))
+    return out
 
 
-def _layer_norm(x: npt.NDArray[np.float32], w: npt.NDArray[np.float32],
-                b: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+def _layer_norm(x: npt.NDArray[Any], w: npt.NDArray[Any],
+                b: npt.NDArray[Any]) -> npt.NDArray[Any]:
     x = x - x.mean(-1, keepdims=True)
-    return x / np.sqrt(np.mean(x * x, -1, keepdims=True) + 1e-12) * w + b
+    out: npt.NDArray[Any] = x / np.sqrt(np.mean(x * x, -1, keepdims=True) + 1e-12) * w + b
+    return out
 
 
 class NumpyMiniLM:
@@ -194,7 +204,8 @@ class NumpyMiniLM:
 # -- measuring ----------------------------------------------------------------------------
 
 
-def summarize(single_s: Sequence[float], batched_s: float, n_batched: int) -> dict[str, float]:
+def summarize(single_s: Sequence[float], batched_s: float, bulk_s: float,
+              n_batched: int) -> dict[str, float]:
     ms = sorted(s * 1e3 for s in single_s)
     return {
         "batch1_ms_mean": statistics.fmean(ms),
@@ -202,11 +213,12 @@ def summarize(single_s: Sequence[float], batched_s: float, n_batched: int) -> di
         "batch1_ms_p99": ms[min(len(ms) - 1, math.ceil(len(ms) * 0.99) - 1)],
         "batch64_sent_per_s": n_batched / batched_s,
         "batch64_ms_per_sent": batched_s / n_batched * 1e3,
+        "bulk_sent_per_s": n_batched / bulk_s,
     }
 
 
 def measure(embed: Embed, single: list[str], batches: list[list[str]],
-            warmup: int) -> tuple[list[float], float]:
+            bulk: Callable[[], object], warmup: int) -> tuple[list[float], float, float]:
     for t in single[:warmup]:
         embed([t])
     single_s = []
@@ -218,16 +230,20 @@ def measure(embed: Embed, single: list[str], batches: list[list[str]],
     t0 = time.perf_counter()
     for b in batches:
         embed(b)
-    return single_s, time.perf_counter() - t0
+    batched_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    bulk()
+    return single_s, batched_s, time.perf_counter() - t0
 
 
-def run_torch(single: list[str], batches: list[list[str]], check: list[str],
-              warmup: int) -> dict[str, Any] | None:
+def run_torch(single: list[str], batches: list[list[str]], sorted_batches: list[list[str]],
+              check: list[str], warmup: int) -> dict[str, Any] | None:
     if not TORCH_PY.exists():
         return None
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / "data.json"
-        data.write_text(json.dumps({"single": single, "batches": batches, "check": check}))
+        data.write_text(json.dumps({"single": single, "batches": batches,
+                                    "sorted": sorted_batches, "check": check}))
         script = Path(tmp) / "torch_bench.py"
         script.write_text(TORCH_SCRIPT)
         env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error"}
@@ -267,10 +283,13 @@ def main(argv: list[str] | None = None) -> int:
     directory = model_dir()
     tokenizer = load_tokenizer(directory)
     lengths = [min(len(e.ids), MAX_TOKENS) for e in tokenizer.encode_batch(texts)]
+    by_length = sorted(range(len(rest)), key=lambda i: lengths[args.single + i])
+    sorted_rest = [rest[i] for i in by_length]
+    sorted_batches = [sorted_rest[i : i + args.batch] for i in range(0, len(rest), args.batch)]
+    load_before = os.getloadavg()[0]
 
     def tokenize(batch: list[str]) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
-        rows = [e.ids[:MAX_TOKENS] for e in tokenizer.encode_batch(batch)]
-        return pad_batch(rows)
+        return pad_batch(token_ids(tokenizer, batch))
 
     results: dict[str, dict[str, Any]] = {}
     outputs: dict[str, npt.NDArray[np.float32]] = {}
@@ -291,7 +310,9 @@ def main(argv: list[str] | None = None) -> int:
         return np.asarray(out, dtype=np.float32)
 
     console.print("[bold]raw-ort[/] ...")
-    results["raw-ort"] = summarize(*measure(raw, single, batches, warmup), len(rest))
+    results["raw-ort"] = summarize(
+        *measure(raw, single, batches, lambda: [raw(b) for b in sorted_batches], warmup),
+        len(rest))
     outputs["raw-ort"] = raw(check)
 
     if "keel" in targets:
@@ -311,7 +332,8 @@ def main(argv: list[str] | None = None) -> int:
                 return loop.run_until_complete(emb.embed(batch))
 
             console.print("[bold]keel[/] ...")
-            results["keel"] = summarize(*measure(keel, single, batches, warmup), len(rest))
+            results["keel"] = summarize(
+                *measure(keel, single, batches, lambda: keel(rest), warmup), len(rest))
             outputs["keel"] = keel(check)
             emb.close()
             loop.close()
@@ -323,17 +345,21 @@ def main(argv: list[str] | None = None) -> int:
             return model(*tokenize(batch))
 
         console.print("[bold]numpy[/] ...")
-        results["numpy"] = summarize(*measure(numpy_embed, single, batches, warmup), len(rest))
+        results["numpy"] = summarize(
+            *measure(numpy_embed, single, batches,
+                     lambda: [numpy_embed(b) for b in sorted_batches], warmup),
+            len(rest))
         outputs["numpy"] = numpy_embed(check)
 
     torch_version = None
     if "torch" in targets:
         console.print("[bold]torch[/] ...")
-        got = run_torch(single, batches, check, warmup)
+        got = run_torch(single, batches, sorted_batches, check, warmup)
         if got is None:
             console.print(f"[yellow]torch skipped: {TORCH_PY} missing or failing[/]")
         else:
-            results["torch"] = summarize(got["single_s"], got["batched_s"], len(rest))
+            results["torch"] = summarize(got["single_s"], got["batched_s"], got["bulk_s"],
+                                         len(rest))
             outputs["torch"] = np.asarray(got["check"], dtype=np.float32)
             torch_version = got["version"]
 
@@ -341,9 +367,10 @@ def main(argv: list[str] | None = None) -> int:
     for name, r in results.items():
         r["batch1_vs_raw"] = r["batch1_ms_mean"] / base["batch1_ms_mean"]
         r["batch64_vs_raw"] = r["batch64_sent_per_s"] / base["batch64_sent_per_s"]
+        r["bulk_vs_raw"] = r["bulk_sent_per_s"] / base["bulk_sent_per_s"]
         r["max_abs_diff_vs_raw"] = float(np.abs(outputs[name] - outputs["raw-ort"]).max())
 
-    report = {
+    report: dict[str, Any] = {
         "bench": "embeddings_speed",
         "model": "all-MiniLM-L6-v2",
         "dim": DIM,
@@ -355,6 +382,7 @@ def main(argv: list[str] | None = None) -> int:
         "tokens_per_sentence": {"mean": statistics.fmean(lengths), "max": max(lengths),
                                 "p50": sorted(lengths)[len(lengths) // 2]},
         "cold_start": cold,
+        "load_avg_1m": {"before": load_before, "after": os.getloadavg()[0]},
         "torch": torch_version,
         "baseline": "raw-ort",
         "results": results,
@@ -365,16 +393,18 @@ def main(argv: list[str] | None = None) -> int:
     table = Table(title=f"all-MiniLM-L6-v2 on {os.cpu_count()} cores "
                         f"(mean {report['tokens_per_sentence']['mean']:.1f} tokens/sentence)")
     for col in ("target", "b1 ms mean", "b1 p50", "b1 p99", "b1 x raw", f"b{args.batch} sent/s",
-                f"b{args.batch} x raw", "max |diff|"):
+                f"b{args.batch} x raw", "bulk sent/s", "bulk x raw", "max |diff|"):
         table.add_column(col, justify="left" if col == "target" else "right")
     for name, r in results.items():
         table.add_row(name, f"{r['batch1_ms_mean']:.2f}", f"{r['batch1_ms_p50']:.2f}",
                       f"{r['batch1_ms_p99']:.2f}", f"{r['batch1_vs_raw']:.2f}",
                       f"{r['batch64_sent_per_s']:.0f}", f"{r['batch64_vs_raw']:.2f}",
+                      f"{r['bulk_sent_per_s']:.0f}", f"{r['bulk_vs_raw']:.2f}",
                       f"{r['max_abs_diff_vs_raw']:.1e}")
     console.print(table)
     console.print("cold start: " + ", ".join(f"{k} {v:.2f}" for k, v in cold.items()))
-    console.print(f"wrote {args.out.relative_to(REPO) if args.out.is_relative_to(REPO) else args.out}")
+    console.print(f"load average (1 min) {load_before:.1f} before, "
+                  f"{report['load_avg_1m']['after']:.1f} after; wrote {args.out}")
     return 0
 
 

@@ -249,3 +249,19 @@ async def test_completions_endpoint(
     r = await client.post("/v1/completions", json={"model": "fake-gpt", "prompt": 4},
                           headers=auth(user_key))
     assert r.status_code == 400 and "prompt" in r.json()["error"]["message"]
+
+
+async def test_admin_request_log_api(
+    client: httpx.AsyncClient, user_key: str, admin_key: str
+) -> None:
+    r = await client.post("/v1/chat/completions", json=CHAT, headers=auth(user_key))
+    rid = r.headers["x-keel-request-id"]
+    rows = (await client.get("/v1/admin/requests", headers=auth(admin_key))).json()["data"]
+    assert [row["id"] for row in rows] == [rid]
+    one = await client.get(f"/v1/admin/requests/{rid}", headers=auth(admin_key))
+    assert one.status_code == 200 and one.json()["tenant"] == "acme"
+    assert (await client.get("/v1/admin/requests/nope", headers=auth(admin_key))).status_code \
+        == 404
+    bad = await client.get("/v1/admin/requests", params={"since": "yesterday"},
+                           headers=auth(admin_key))
+    assert bad.status_code == 400 and "since" in bad.json()["error"]["message"]

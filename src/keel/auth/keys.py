@@ -11,6 +11,7 @@ import hashlib
 import secrets
 import time
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import (
     Boolean,
@@ -111,7 +112,7 @@ class KeyStore:
             q = q.where(api_keys.c.revoked_at.is_(None))
 
         def run(c: Connection) -> list[KeyInfo]:
-            return [_info(r._mapping) for r in c.execute(q)]
+            return [_info(r._asdict()) for r in c.execute(q)]
 
         return self.db.transaction(run)
 
@@ -161,7 +162,6 @@ class KeyStore:
         return principal
 
 
-def _info(m: object) -> KeyInfo:
-    r = dict(m)  # type: ignore[call-overload]
+def _info(r: dict[str, Any]) -> KeyInfo:
     return KeyInfo(r["id"], r["hint"], r["tenant"], r["agent"], bool(r["admin"]), r["name"],
                    r["created_at"], r["revoked_at"])

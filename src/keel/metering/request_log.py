@@ -203,15 +203,21 @@ class LogFilter:
     offset: int = 0
 
 
+def _row(r: Any) -> dict[str, Any]:
+    # Column names come back as sqlalchemy's quoted_name (a str subclass) that orjson
+    # refuses as a key: make them plain strings.
+    return {str(k): v for k, v in r._asdict().items()}
+
+
 def query_requests(c: Connection, f: LogFilter) -> list[dict[str, Any]]:
     q = select(requests).order_by(requests.c.ts.desc()).limit(f.limit).offset(f.offset)
     q = _apply(q, f)
-    return [dict(r._mapping) for r in c.execute(q)]
+    return [_row(r) for r in c.execute(q)]
 
 
 def get_request(c: Connection, request_id: str) -> dict[str, Any] | None:
     row = c.execute(select(requests).where(requests.c.id == request_id)).first()
-    return None if row is None else dict(row._mapping)
+    return None if row is None else _row(row)
 
 
 def _apply(q: Any, f: LogFilter) -> Any:
@@ -245,7 +251,7 @@ def spend_summary(c: Connection, f: LogFilter, group: str = "model") -> list[dic
         .order_by(func.sum(requests.c.cost_usd).desc())
     )
     q = _apply(q, f)
-    return [dict(r._mapping) for r in c.execute(q)]
+    return [_row(r) for r in c.execute(q)]
 
 
 def spend_by_hour(c: Connection, f: LogFilter) -> list[dict[str, Any]]:
@@ -260,4 +266,4 @@ def spend_by_hour(c: Connection, f: LogFilter) -> list[dict[str, Any]]:
         .order_by(bucket)
     )
     q = _apply(q, f)
-    return [dict(r._mapping) for r in c.execute(q)]
+    return [_row(r) for r in c.execute(q)]

@@ -265,6 +265,12 @@ def load_tokenizer(directory: Path) -> Tokenizer:
     return tok
 
 
+def token_ids(tokenizer: Tokenizer, texts: list[str]) -> list[list[int]]:
+    """Word-piece ids per text, cut to 256 keeping the final [SEP] (as transformers does)."""
+    rows: list[list[int]] = [e.ids for e in tokenizer.encode_batch(texts)]
+    return [r if len(r) <= MAX_TOKENS else [*r[: MAX_TOKENS - 1], _SEP_ID] for r in rows]
+
+
 def pad_batch(
     rows: Sequence[Sequence[int]],
 ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
@@ -318,6 +324,8 @@ class MiniLMEmbedder:
                 )
         if not texts:
             return np.zeros((0, DIM), dtype=np.float32)
+        if len(texts) <= self.max_batch:  # one batch: one trip to the worker
+            return await self._call(self._embed_batch, texts)
         token_rows = await self._call(self._tokenize, texts)
         order = sorted(range(len(texts)), key=lambda i: len(token_rows[i]))
         out = np.empty((len(texts), DIM), dtype=np.float32)
@@ -378,8 +386,10 @@ class MiniLMEmbedder:
             return open_session(graph_path(self._cache_dir, directory), self.threads)
 
     def _tokenize(self, texts: list[str]) -> list[list[int]]:
-        rows = [e.ids for e in self._tokenizer().encode_batch(texts)]
-        return [r if len(r) <= MAX_TOKENS else [*r[: MAX_TOKENS - 1], _SEP_ID] for r in rows]
+        return token_ids(self._tokenizer(), texts)
+
+    def _embed_batch(self, texts: list[str]) -> Float32Array:
+        return self._forward(self._tokenize(texts))
 
     def _forward(self, rows: list[list[int]]) -> Float32Array:
         session = self._load_session()

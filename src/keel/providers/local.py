@@ -397,8 +397,13 @@ class LocalProvider:
 
     @property
     def loaded(self) -> bool:
-        """Whether any model is in memory."""
-        return any(e.server is not None for e in self._engines.values())
+        """Whether any model is in memory (true until an unload has freed it)."""
+        return any(e.server is not None or e.unloading for e in self._engines.values())
+
+    @property
+    def in_flight(self) -> int:
+        """Requests holding a model right now (running or queued in llama.cpp)."""
+        return sum(e.in_flight for e in self._engines.values())
 
     @property
     def loaded_paths(self) -> list[Path]:

@@ -1,0 +1,68 @@
+"""`keel serve --workers 2` as a real process: shared keys and request log across workers."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+from fakes import FakeUpstream, free_port
+
+from keel.config import load_settings
+
+KEEL = str(Path(sys.executable).with_name("keel"))
+
+
+def test_two_workers_share_state(tmp_path: Path, fake_upstream: FakeUpstream) -> None:
+    cfg = tmp_path / "keel.toml"
+    cfg.write_text(
+        f'data_dir = "{tmp_path / "data"}"\n[request_log]\nflush_interval_s = 0.05\n'
+        f'[[models]]\nname = "fake-gpt"\nprovider = "openai"\n'
+        f'base_url = "{fake_upstream.base_url}"\n'
+    )
+    port = free_port()
+    env = {**os.environ, "KEEL_CONFIG": str(cfg)}
+    proc = subprocess.Popen([KEEL, "serve", "--port", str(port), "--workers", "2",
+                             "--log-level", "warning"], env=env, cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(base + "/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert proc.poll() is None, proc.stdout.read().decode() if proc.stdout else ""
+            assert time.monotonic() < deadline, "gateway did not start"
+            time.sleep(0.1)
+        key = (tmp_path / "data" / "admin.key").read_text().strip()
+        h = {"Authorization": f"Bearer {key}"}
+        body = {"model": "fake-gpt", "messages": [{"role": "user", "content": "hi"}]}
+        with httpx.Client(base_url=base, headers=h, timeout=10) as c:
+            rids = set()
+            for _ in range(30):  # new connections spread over both workers
+                r = httpx.post(base + "/v1/chat/completions", json=body, headers=h, timeout=10)
+                assert r.status_code == 200, r.text
+                rids.add(r.headers["x-keel-request-id"])
+            prefixes = {rid[:16] for rid in rids}
+            assert len(prefixes) == 2, "requests should have been served by both workers"
+            deadline = time.monotonic() + 10
+            while True:
+                listing = c.get("/v1/admin/requests", params={"limit": 100})
+                assert listing.status_code == 200, listing.text
+                rows = listing.json()["data"]
+                if len(rows) >= 30 or time.monotonic() > deadline:
+                    break
+                time.sleep(0.1)
+            assert {r["id"] for r in rows} >= rids
+    finally:
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=20)
+        print(out.decode()[-3000:] if out else "")
+    assert load_settings(cfg).data_dir == tmp_path / "data"
