@@ -131,6 +131,8 @@ class RequestLogWriter:
         self._on_drop = on_drop
         self._queue: asyncio.Queue[dict[str, Any]] | None = None
         self._task: asyncio.Task[None] | None = None
+        self._batch: list[dict[str, Any]] = []
+        self._lock = asyncio.Lock()
 
     def start(self) -> None:
         self._queue = asyncio.Queue(maxsize=self.settings.queue_limit)
@@ -149,18 +151,18 @@ class RequestLogWriter:
     async def _run(self) -> None:
         assert self._queue is not None
         q = self._queue
+        size = self.settings.batch_size
         while True:
-            batch = [await q.get()]
-            deadline = time.monotonic() + self.settings.flush_interval_s
-            while len(batch) < self.settings.batch_size:
-                timeout = deadline - time.monotonic()
-                if timeout <= 0:
-                    break
-                try:
-                    batch.append(await asyncio.wait_for(q.get(), timeout))
-                except TimeoutError:
-                    break
-            await self._write(batch)
+            item = await q.get()
+            self._batch.append(item)
+            if q.qsize() + 1 < size:  # let a batch build up, unless one is ready already
+                await asyncio.sleep(self.settings.flush_interval_s)
+            async with self._lock:
+                while len(self._batch) < size and not q.empty():
+                    self._batch.append(q.get_nowait())
+                batch, self._batch = self._batch, []
+                if batch:
+                    await self._write(batch)
 
     async def _write(self, batch: list[dict[str, Any]]) -> None:
         try:
@@ -171,14 +173,15 @@ class RequestLogWriter:
             log.exception("request log: failed to write %d records", len(batch))
 
     async def flush(self) -> None:
-        """Write everything queued so far (used at shutdown and by tests)."""
+        """Write everything submitted so far, including a batch being collected or written."""
         if self._queue is None:
             return
-        batch: list[dict[str, Any]] = []
-        while not self._queue.empty():
-            batch.append(self._queue.get_nowait())
-        if batch:
-            await self._write(batch)
+        async with self._lock:
+            while not self._queue.empty():
+                self._batch.append(self._queue.get_nowait())
+            batch, self._batch = self._batch, []
+            if batch:
+                await self._write(batch)
 
     async def aclose(self) -> None:
         if self._task is not None:
