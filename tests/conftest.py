@@ -8,11 +8,12 @@ from typing import Any
 
 import httpx
 import pytest
-from fakes import FakeUpstream
 
 from keel.app import build_services, create_app
 from keel.config import Settings, load_settings
 from keel.gateway.services import Services
+
+from fakes import FakeUpstream
 
 pytest_plugins = ["services"]
 
@@ -40,7 +41,9 @@ def make_settings(tmp_path: Path, upstream: FakeUpstream | None = None, **kw: An
 
 
 @pytest.fixture
-def settings(tmp_path: Path, fake_upstream: FakeUpstream, monkeypatch: pytest.MonkeyPatch) -> Settings:
+def settings(
+    tmp_path: Path, fake_upstream: FakeUpstream, monkeypatch: pytest.MonkeyPatch
+) -> Settings:
     monkeypatch.chdir(tmp_path)  # no stray keel.toml from the working directory
     s = make_settings(tmp_path, fake_upstream)
     s.request_log.flush_interval_s = 0.02

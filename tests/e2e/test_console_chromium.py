@@ -9,11 +9,12 @@ from typing import Any
 
 import httpx
 import pytest
-from live import serve_app
 
 from keel.app import create_app
 from keel.config import Settings
 from keel.gateway.services import Services
+
+from live import serve_app
 
 pytestmark = pytest.mark.e2e
 

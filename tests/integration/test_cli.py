@@ -7,13 +7,14 @@ import os
 from pathlib import Path
 
 import pytest
-from fakes import FakeUpstream
-from live import serve_app
 from typer.testing import CliRunner
 
 from keel.app import create_app
 from keel.cli.main import build
 from keel.config import load_settings
+
+from fakes import FakeUpstream
+from live import serve_app
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -25,7 +26,8 @@ def config(tmp_path: Path, fake_upstream: FakeUpstream, monkeypatch: pytest.Monk
     cfg = tmp_path / "keel.toml"
     cfg.write_text(
         f'data_dir = "{tmp_path / "data"}"\nmodels_dir = "{models_dir}"\n'
-        f'[[models]]\nname = "fake-gpt"\nprovider = "openai"\nbase_url = "{fake_upstream.base_url}"\n'
+        f'[[models]]\nname = "fake-gpt"\nprovider = "openai"\n'
+        f'base_url = "{fake_upstream.base_url}"\n'
         'input_usd_per_1m = 1.0\noutput_usd_per_1m = 2.0\n'
     )
     return cfg

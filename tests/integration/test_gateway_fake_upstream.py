@@ -7,9 +7,10 @@ import json
 
 import httpx
 import pytest
-from fakes import FakeUpstream
 
 from keel.gateway.services import Services
+
+from fakes import FakeUpstream
 
 CHAT = {"model": "fake-gpt", "messages": [{"role": "user", "content": "hi"}]}
 

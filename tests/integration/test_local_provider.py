@@ -17,7 +17,7 @@ import orjson
 import pytest
 import pytest_asyncio
 
-from keel.config import ModelSpec, Settings
+from keel.config import LocalModelSettings, ModelSpec, Settings
 from keel.errors import ContextLengthExceeded, InvalidRequest, ModelFileError
 from keel.providers import model_files
 from keel.providers.local import LocalProvider, gemma_chat_prompt, llama_request
@@ -46,7 +46,9 @@ def spec(model_path: Path) -> ModelSpec:
 
 @pytest_asyncio.fixture(loop_scope="module", scope="module")
 async def provider(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[LocalProvider]:
-    settings = Settings(data_dir=tmp_path_factory.mktemp("keel"), local={"idle_unload_s": 600})
+    settings = Settings(
+        data_dir=tmp_path_factory.mktemp("keel"), local=LocalModelSettings(idle_unload_s=600)
+    )
     p = LocalProvider(settings)
     yield p
     await p.aclose()
@@ -65,9 +67,7 @@ def test_ensure_default_model_is_idempotent(model_path: Path) -> None:
 
 
 @pytest.mark.model
-def test_checksum_mismatch_leaves_no_file(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_checksum_mismatch_leaves_no_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     pkg = model_files._package()
     monkeypatch.setattr(pkg, "EXPECTED_SHA256", "0" * 64)
     with pytest.raises(ModelFileError, match="reinstall"):
@@ -104,9 +104,17 @@ def test_gemma_prompt_folds_system_and_flattens_parts() -> None:
 
 def test_request_options_map_to_llama_cpp() -> None:
     req = llama_request(
-        {"max_tokens": 5, "temperature": 0, "stop": "END", "seed": 3,
-         "response_format": {"type": "json_object"}},
-        "p", stream=False, default_max=256, chat=True,
+        {
+            "max_tokens": 5,
+            "temperature": 0,
+            "stop": "END",
+            "seed": 3,
+            "response_format": {"type": "json_object"},
+        },
+        "p",
+        stream=False,
+        default_max=256,
+        chat=True,
     )
     assert req["max_tokens"] == 5 and req["temperature"] == 0 and req["seed"] == 3
     assert req["stop"] == ["END", "<end_of_turn>"]
@@ -141,8 +149,11 @@ async def test_chat(provider: LocalProvider, spec: ModelSpec) -> None:
 @module_loop
 async def test_chat_stream_is_incremental(provider: LocalProvider, spec: ModelSpec) -> None:
     arrivals: list[tuple[float, dict[str, Any]]] = []
-    body = {"messages": [{"role": "user", "content": "Count from one to ten."}],
-            "max_tokens": 12, "temperature": 0}
+    body = {
+        "messages": [{"role": "user", "content": "Count from one to ten."}],
+        "max_tokens": 12,
+        "temperature": 0,
+    }
     async for chunk in provider.chat_stream(body, spec):
         arrivals.append((time.perf_counter(), chunk))
     chunks = [c for _, c in arrivals]
@@ -229,7 +240,7 @@ async def test_closing_stream_stops_generation(provider: LocalProvider, spec: Mo
 
 @pytest.mark.model
 async def test_idle_unload_frees_memory(tmp_path: Path, spec: ModelSpec) -> None:
-    p = LocalProvider(Settings(data_dir=tmp_path, local={"idle_unload_s": 1}))
+    p = LocalProvider(Settings(data_dir=tmp_path, local=LocalModelSettings(idle_unload_s=1)))
     try:
         await p.chat({**HELLO, "max_tokens": 2}, spec)
         assert p.loaded

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import openai
 import pytest
-from fakes import FakeUpstream
-from live import serve_app
 
 from keel.app import create_app
 from keel.config import Settings
 from keel.gateway.services import Services
+
+from fakes import FakeUpstream
+from live import serve_app
 
 
 def test_openai_client_chat_stream_models_errors(

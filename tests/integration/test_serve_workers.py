@@ -10,9 +10,10 @@ import time
 from pathlib import Path
 
 import httpx
-from fakes import FakeUpstream, free_port
 
 from keel.config import load_settings
+
+from fakes import FakeUpstream, free_port
 
 KEEL = str(Path(sys.executable).with_name("keel"))
 

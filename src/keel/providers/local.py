@@ -6,8 +6,10 @@
   weights and the KV cache; RSS goes back down.
 * The default model is a base model without a chat template, so chat messages are
   rendered in the Gemma turn format here and sent to llama.cpp's completion path.
-* llama.cpp queues requests itself; ``slots`` (parallel sequences) defaults to one, which
-  is the right choice for a couple of CPU cores.
+* ``slots`` sequences decode together (continuous batching), each with the model's full
+  context; more requests queue inside llama.cpp. On 2 cores 4 slots give ~2.2x the
+  aggregate tokens/s of one (84 vs 38 tok/s) at the same single-stream speed, for ~80 MB
+  more KV cache.
 * Streams bridge llama.cpp's per-token callback thread to asyncio with
   ``call_soon_threadsafe``; closing the stream early makes the next callback return
   ``True``, which cancels the generation inside llama.cpp.
@@ -24,7 +26,7 @@ import os
 import secrets
 import threading
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -243,8 +245,10 @@ def _completion_prompt(body: JSON) -> Any:
         prompt = prompt[0]
     if isinstance(prompt, str):
         return prompt
-    if isinstance(prompt, list) and prompt and all(
-        isinstance(t, int) and not isinstance(t, bool) for t in prompt
+    if (
+        isinstance(prompt, list)
+        and prompt
+        and all(isinstance(t, int) and not isinstance(t, bool) for t in prompt)
     ):
         return prompt  # token ids
     if prompt is None:
@@ -319,7 +323,7 @@ class _Engine:
             self.timer = None
 
 
-def _start_server(path: Path, n_ctx: int, slots: int, threads: int, api_key: str) -> Any:
+def start_llama_server(path: Path, n_ctx: int, slots: int, threads: int, api_key: str) -> Any:
     import xllamacpp  # heavy native module: imported on first load only
 
     p = xllamacpp.CommonParams()
@@ -345,7 +349,9 @@ def _start_server(path: Path, n_ctx: int, slots: int, threads: int, api_key: str
         ) from None
 
 
-def _run(server: Any, payload: bytes, sink: Callable[[JSON], None], cancel: threading.Event) -> None:
+def _run(
+    server: Any, payload: bytes, sink: Callable[[JSON], None], cancel: threading.Event
+) -> None:
     """Worker thread: drive one llama.cpp request, pushing each parsed chunk to ``sink``."""
 
     def on_chunk(raw: bytes) -> bool:
@@ -377,7 +383,7 @@ class LocalProvider:
 
     kind = "local"
 
-    def __init__(self, settings: Settings, *, slots: int = 1) -> None:
+    def __init__(self, settings: Settings, *, slots: int = 4) -> None:
         self._settings = settings
         self._slots = max(1, slots)
         self._threads = settings.local.threads or _cpu_count()
@@ -448,7 +454,12 @@ class LocalProvider:
             started = time.perf_counter()
             path = await asyncio.to_thread(resolve_model_path, eng.spec, self._settings)
             server = await asyncio.to_thread(
-                _start_server, path, eng.spec.context, self._slots, self._threads, self._api_key
+                start_llama_server,
+                path,
+                eng.spec.context,
+                self._slots,
+                self._threads,
+                self._api_key,
             )
             eng.server, eng.path = server, path
             eng.load_s = time.perf_counter() - started
@@ -529,18 +540,28 @@ class LocalProvider:
         fut.add_done_callback(done)
         return fut
 
-    async def _generate(self, model: ModelSpec, req: JSON) -> JSON:
-        """One non-streaming llama.cpp request; returns its response object."""
-        eng = await self._acquire(model)
-        result: list[JSON] = []
-        fut = self._submit(eng, req, result.append, threading.Event())
-        await asyncio.shield(fut)  # a cancelled caller must not release the engine early
-        response = next((r for r in result if r is not _END), None)
-        if response is None or "error" in response:
-            raise _upstream_error((response or {}).get("error", "no response"), model)
-        return response
+    async def _generate(self, model: ModelSpec, req: JSON) -> tuple[str, str, JSON]:
+        """Run ``req`` to the end: (text, finish_reason, usage).
 
-    async def _chunks(self, model: ModelSpec, req: JSON) -> AsyncIterator[JSON]:
+        llama.cpp streams to the worker thread, which joins the pieces without waking the
+        event loop per token; a cancelled caller stops the generation at the next token.
+        """
+        eng = await self._acquire(model)
+        collect = _Collect()
+        cancel = threading.Event()
+        fut = self._submit(eng, {**req, "stream": True}, collect, cancel)
+        try:
+            await asyncio.shield(fut)  # the engine is released when the thread is done
+        except asyncio.CancelledError:
+            cancel.set()
+            raise
+        if collect.error is not None or collect.last is None:
+            raise _upstream_error(collect.error or "llama.cpp sent no response", model)
+        choice = collect.last["choices"][0] if collect.last.get("choices") else {}
+        finish = choice.get("finish_reason") or "stop"
+        return "".join(collect.parts), finish, _usage(collect.last)
+
+    async def _chunks(self, model: ModelSpec, req: JSON) -> AsyncGenerator[JSON, None]:
         """Raw llama.cpp stream chunks; closing this generator cancels the generation."""
         eng = await self._acquire(model)
         loop = asyncio.get_running_loop()
@@ -561,19 +582,18 @@ class LocalProvider:
 
     # -- ChatProvider --------------------------------------------------------------------
 
-    def _request(self, body: JSON, prompt: Any, *, stream: bool, chat: bool) -> JSON:
+    def _request(self, body: JSON, prompt: Any, *, chat: bool) -> JSON:
         return llama_request(
             body,
             prompt,
-            stream=stream,
+            stream=True,  # always: a closed stream or a cancelled caller stops generation
             default_max=self._settings.local.max_tokens_default,
             chat=chat,
         )
 
     async def chat(self, body: JSON, model: ModelSpec) -> JSON:
-        req = self._request(body, gemma_chat_prompt(body.get("messages")), stream=False, chat=True)
-        res = await self._generate(model, req)
-        choice = res["choices"][0]
+        req = self._request(body, gemma_chat_prompt(body.get("messages")), chat=True)
+        text, finish, usage = await self._generate(model, req)
         return {
             "id": f"chatcmpl-{secrets.token_hex(12)}",
             "object": "chat.completion",
@@ -582,16 +602,16 @@ class LocalProvider:
             "choices": [
                 {
                     "index": 0,
-                    "message": {"role": "assistant", "content": choice.get("text", "")},
+                    "message": {"role": "assistant", "content": text},
                     "logprobs": None,
-                    "finish_reason": choice.get("finish_reason") or "stop",
+                    "finish_reason": finish,
                 }
             ],
-            "usage": _usage(res),
+            "usage": usage,
         }
 
-    async def chat_stream(self, body: JSON, model: ModelSpec) -> AsyncIterator[JSON]:
-        req = self._request(body, gemma_chat_prompt(body.get("messages")), stream=True, chat=True)
+    async def chat_stream(self, body: JSON, model: ModelSpec) -> AsyncGenerator[JSON, None]:
+        req = self._request(body, gemma_chat_prompt(body.get("messages")), chat=True)
         rid, created = f"chatcmpl-{secrets.token_hex(12)}", int(time.time())
         first = True
         async with contextlib.aclosing(self._chunks(model, req)) as chunks:
@@ -623,9 +643,8 @@ class LocalProvider:
                 yield out
 
     async def complete(self, body: JSON, model: ModelSpec) -> JSON:
-        req = self._request(body, _completion_prompt(body), stream=False, chat=False)
-        res = await self._generate(model, req)
-        choice = res["choices"][0]
+        req = self._request(body, _completion_prompt(body), chat=False)
+        text, finish, usage = await self._generate(model, req)
         return {
             "id": f"cmpl-{secrets.token_hex(12)}",
             "object": "text_completion",
@@ -634,16 +653,16 @@ class LocalProvider:
             "choices": [
                 {
                     "index": 0,
-                    "text": choice.get("text", ""),
+                    "text": text,
                     "logprobs": None,
-                    "finish_reason": choice.get("finish_reason") or "stop",
+                    "finish_reason": finish,
                 }
             ],
-            "usage": _usage(res),
+            "usage": usage,
         }
 
-    async def complete_stream(self, body: JSON, model: ModelSpec) -> AsyncIterator[JSON]:
-        req = self._request(body, _completion_prompt(body), stream=True, chat=False)
+    async def complete_stream(self, body: JSON, model: ModelSpec) -> AsyncGenerator[JSON, None]:
+        req = self._request(body, _completion_prompt(body), chat=False)
         rid, created = f"cmpl-{secrets.token_hex(12)}", int(time.time())
         async with contextlib.aclosing(self._chunks(model, req)) as chunks:
             async for chunk in chunks:
@@ -664,6 +683,26 @@ class LocalProvider:
                 if finish is not None:
                     out["usage"] = _usage(chunk)
                 yield out
+
+
+class _Collect:
+    """Sink that joins a stream's text in the worker thread (non-streaming requests)."""
+
+    def __init__(self) -> None:
+        self.parts: list[str] = []
+        self.last: JSON | None = None
+        self.error: Any = None
+
+    def __call__(self, chunk: JSON) -> None:
+        if chunk is _END:
+            return
+        if "error" in chunk:
+            self.error = chunk["error"]
+            return
+        choices = chunk.get("choices")
+        if choices and (text := choices[0].get("text")):
+            self.parts.append(text)
+        self.last = chunk
 
 
 def _drop(holder: list[Any]) -> None:

@@ -167,7 +167,7 @@ def ensure_default_model(model_dir: Path, *, progress: bool = True) -> Path:
     pkg = _package()
     expected: str = pkg.EXPECTED_SHA256
     model_dir = Path(model_dir)
-    target = model_dir / pkg.MODEL_NAME
+    target = model_dir / default_model_filename()
 
     if target.is_file():
         if _cached_ok(target, expected):
@@ -181,7 +181,9 @@ def ensure_default_model(model_dir: Path, *, progress: bool = True) -> Path:
         pkg.verify_chunks()
         chunks: list[Path] = list(pkg.chunk_paths())
     except (FileNotFoundError, ImportError) as exc:
-        raise ModelFileError(f"default model chunks are missing ({exc}); {_REINSTALL_HINT}") from None
+        raise ModelFileError(
+            f"default model chunks are missing ({exc}); {_REINSTALL_HINT}"
+        ) from None
 
     try:
         model_dir.mkdir(parents=True, exist_ok=True)
@@ -211,9 +213,7 @@ def ensure_default_model(model_dir: Path, *, progress: bool = True) -> Path:
     return target
 
 
-def resolve_model_path(
-    spec: ModelSpec, settings: Settings, *, progress: bool = False
-) -> Path:
+def resolve_model_path(spec: ModelSpec, settings: Settings, *, progress: bool = False) -> Path:
     """The GGUF file for a local model: its explicit ``path``, or the default model."""
     if spec.path:
         path = Path(spec.path).expanduser()
