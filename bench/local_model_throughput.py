@@ -214,7 +214,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     )
     raw_box = [server]  # the last reference is dropped in a thread (~Server joins threads)
     del server
-    client = httpx.AsyncClient(timeout=300, headers={"Authorization": f"Bearer {args.api_key}"})
+    auth = {"Authorization": f"Bearer {args.api_key}"} if args.api_key else {}
+    client = httpx.AsyncClient(timeout=300, headers=auth)
     paths: dict[str, Any] = {
         "raw stream": lambda: asyncio.to_thread(raw_stream, raw_box[0], req),
         "provider stream": lambda: provider_stream(provider, spec, body),

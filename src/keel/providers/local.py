@@ -29,6 +29,7 @@ import time
 from collections.abc import AsyncGenerator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 import orjson
@@ -46,13 +47,15 @@ from keel.errors import (
 from keel.providers.model_files import resolve_model_path
 
 JSON = dict[str, Any]
-_END: JSON = {}  # sentinel a worker sends after its last chunk (compared by identity)
+Sink = Callable[[JSON | None], None]  # gets each parsed chunk, then None when the call ends
 
 # Gemma control tokens. llama.cpp parses special tokens in prompt text, so message text
 # containing them could forge turns; a zero-width space keeps them plain text.
 _CONTROL_TOKENS = ("<start_of_turn>", "<end_of_turn>", "<bos>", "<eos>", "<pad>")
 _END_OF_TURN = "<end_of_turn>"
-_ROLES = {"user": "user", "tool": "user", "function": "user", "assistant": "model"}
+_ROLES = MappingProxyType(
+    {"user": "user", "tool": "user", "function": "user", "assistant": "model"}
+)
 
 
 # -- prompt formatting (pure functions) -----------------------------------------------------
@@ -111,7 +114,8 @@ def gemma_chat_prompt(messages: Any) -> str:
         if role in ("system", "developer"):
             system.append(text)
             continue
-        if role not in _ROLES:
+        gemma_role = _ROLES.get(role) if isinstance(role, str) else None
+        if gemma_role is None:
             raise InvalidRequest(
                 f"{where}.role is {role!r}; use system, user, assistant or tool",
                 param=f"{where}.role",
@@ -121,7 +125,6 @@ def gemma_chat_prompt(messages: Any) -> str:
             text = f"{text}\n{calls}" if text else calls
         elif role in ("tool", "function"):
             text = f"Tool result:\n{text}"
-        gemma_role = _ROLES[role]
         if gemma_role == "user" and system:
             text = "\n\n".join([*system, text])
             system = []
@@ -349,9 +352,7 @@ def start_llama_server(path: Path, n_ctx: int, slots: int, threads: int, api_key
         ) from None
 
 
-def _run(
-    server: Any, payload: bytes, sink: Callable[[JSON], None], cancel: threading.Event
-) -> None:
+def _run(server: Any, payload: bytes, sink: Sink, cancel: threading.Event) -> None:
     """Worker thread: drive one llama.cpp request, pushing each parsed chunk to ``sink``."""
 
     def on_chunk(raw: bytes) -> bool:
@@ -372,7 +373,7 @@ def _run(
             sink({"error": {"code": 500, "message": str(exc)}})
     finally:
         with contextlib.suppress(Exception):
-            sink(_END)
+            sink(None)
 
 
 # -- provider ------------------------------------------------------------------------------
@@ -518,7 +519,7 @@ class LocalProvider:
     # -- running requests ----------------------------------------------------------------
 
     def _submit(
-        self, eng: _Engine, req: JSON, sink: Callable[[JSON], None], cancel: threading.Event
+        self, eng: _Engine, req: JSON, sink: Sink, cancel: threading.Event
     ) -> asyncio.Future[None]:
         """Start ``req`` on a worker thread; the engine is released when the thread ends."""
         loop = asyncio.get_running_loop()
@@ -565,15 +566,15 @@ class LocalProvider:
         """Raw llama.cpp stream chunks; closing this generator cancels the generation."""
         eng = await self._acquire(model)
         loop = asyncio.get_running_loop()
-        queue: asyncio.Queue[JSON] = asyncio.Queue()
+        queue: asyncio.Queue[JSON | None] = asyncio.Queue()
         cancel = threading.Event()
 
-        def sink(chunk: JSON) -> None:
+        def sink(chunk: JSON | None) -> None:
             loop.call_soon_threadsafe(queue.put_nowait, chunk)
 
         self._submit(eng, req, sink, cancel)
         try:
-            while (chunk := await queue.get()) is not _END:
+            while (chunk := await queue.get()) is not None:
                 if "error" in chunk:
                     raise _upstream_error(chunk["error"], model)
                 yield chunk
@@ -693,8 +694,8 @@ class _Collect:
         self.last: JSON | None = None
         self.error: Any = None
 
-    def __call__(self, chunk: JSON) -> None:
-        if chunk is _END:
+    def __call__(self, chunk: JSON | None) -> None:
+        if chunk is None:
             return
         if "error" in chunk:
             self.error = chunk["error"]

@@ -207,16 +207,22 @@ def _session_key(token: str) -> str:
     return "console:session:" + hashlib.sha256(token.encode()).hexdigest()
 
 
-def _bar_chart(hourly: list[dict[str, Any]], width: int = 720, height: int = 160) -> dict[str, Any]:
-    """Geometry for an inline SVG bar chart of spend per hour (no JavaScript needed)."""
-    if not hourly:
-        return {"bars": [], "width": width, "height": height, "max": 0.0}
-    peak = max(float(h["cost_usd"]) for h in hourly) or 1.0
-    slot = width / max(len(hourly), 1)
+def _bar_chart(
+    hourly: list[dict[str, Any]], hours: int = 24, width: int = 720, height: int = 160
+) -> dict[str, Any]:
+    """Geometry for an inline SVG bar chart of spend per hour over the last ``hours``
+    (empty hours included, so the time axis is honest; no JavaScript needed)."""
+    now_hour = int(time.time() // 3600) * 3600
+    slots = [now_hour - 3600 * i for i in range(hours - 1, -1, -1)]
+    by_hour = {int(float(h["hour"])): h for h in hourly}
+    peak = max((float(h["cost_usd"]) for h in hourly), default=0.0)
+    slot_w = width / hours
     bars = []
-    for i, h in enumerate(hourly):
-        bh = (float(h["cost_usd"]) / peak) * (height - 20)
-        bars.append({"x": i * slot + 2, "y": height - bh, "w": max(slot - 4, 1), "h": bh,
-                     "label": time.strftime("%H:00", time.localtime(float(h["hour"]))),
-                     "cost": float(h["cost_usd"]), "requests": int(h["requests"])})
-    return {"bars": bars, "width": width, "height": height, "max": peak}
+    for i, hour in enumerate(slots):
+        h = by_hour.get(hour)
+        cost = float(h["cost_usd"]) if h else 0.0
+        bh = (cost / peak) * (height - 20) if peak else 0.0
+        bars.append({"x": i * slot_w + 1, "y": height - bh, "w": max(slot_w - 2, 1), "h": bh,
+                     "label": time.strftime("%H", time.localtime(hour)), "cost": cost,
+                     "requests": int(h["requests"]) if h else 0})
+    return {"bars": bars if peak else [], "width": width, "height": height, "max": peak}
