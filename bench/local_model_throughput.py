@@ -1,16 +1,22 @@
 """Local model throughput: raw xllamacpp vs keel's LocalProvider (vs the HTTP gateway).
 
-Same GGUF (the default Gemma 3 270M), same llama.cpp parameters, the same Gemma-format
-prompt, the same ``max_tokens``, temperature 0. The paths run interleaved, one repetition of
-each in turn, so CPU noise from the rest of the machine lands on all of them alike:
+Same GGUF (the default Gemma 3 270M), the very same in-process llama.cpp server (a second
+server in one process would slow both: libgomp stops spinning once it manages more threads
+than there are cores), the same Gemma-format prompt, the same ``max_tokens``, temperature 0.
+The paths run interleaved, one repetition of each in turn, so CPU noise from the rest of the
+machine lands on all of them alike:
 
 * ``raw stream``       -- ``xllamacpp.Server.handle_completions`` with a callback, called
   straight from a thread (the baseline);
 * ``provider stream``  -- ``LocalProvider.chat_stream`` in this process (thread -> asyncio
   bridge, chunk shaping);
-* ``raw``/``provider`` non-stream -- one callback at the end;
-* ``gateway stream``   -- ``POST {url}/v1/chat/completions`` with ``stream: true`` against a
-  running ``keel serve`` (only with ``--gateway-url``; its model runs in that process).
+* ``raw`` non-stream -- one callback with the whole answer; ``provider`` non-stream --
+  ``LocalProvider.chat`` (streams inside its worker thread so a cancel can stop it);
+* ``gateway stream``   -- ``POST /v1/chat/completions`` with ``stream: true`` through keel's
+  full HTTP gateway (uvicorn + auth + pipeline + metering + request log), by default served
+  in this process on 127.0.0.1 on the *same* event loop and the *same* llama.cpp server, so
+  the difference to ``provider stream`` is the gateway's own cost (client CPU included).
+  ``--gateway-url`` measures an external ``keel serve`` instead (its own llama.cpp server).
 
 Per repetition: TTFT (request start -> first content token), decode tok/s (tokens after the
 first / time from first to last token) and end-to-end tok/s (completion tokens / total time).
@@ -33,7 +39,7 @@ import argparse
 import asyncio
 import os
 import platform
-import secrets
+import shutil
 import statistics
 import sys
 import tempfile
@@ -55,7 +61,6 @@ from keel.providers.local import (  # noqa: E402
     LocalProvider,
     gemma_chat_prompt,
     llama_request,
-    start_llama_server,
 )
 from keel.providers.model_files import ensure_default_model  # noqa: E402
 
@@ -161,6 +166,35 @@ async def gateway_stream(
     return sample(t0, times, tokens)
 
 
+async def start_inproc_gateway(
+    settings: Settings, provider: LocalProvider, model_path: Path, args: argparse.Namespace
+) -> tuple[Any, str, str]:
+    """keel's HTTP gateway on this event loop, routed to the already loaded provider."""
+    import socket
+
+    import uvicorn
+
+    from keel.app import build_services, create_app
+
+    gw_settings = settings.model_copy(update={
+        "models": [ModelSpec(name=args.gateway_model, provider="local", path=str(model_path),
+                             context=args.context)],
+    })
+    svc = build_services(gw_settings, providers={"local": provider})
+    key = svc.keys.create("bench").secret
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    config = uvicorn.Config(create_app(gw_settings, services=svc), host="127.0.0.1", port=port,
+                            log_level="warning", access_log=False, loop="none",
+                            http="httptools")
+    server = uvicorn.Server(config)
+    asyncio.get_running_loop().create_task(server.serve())
+    while not server.started:
+        await asyncio.sleep(0.01)
+    return server, f"http://127.0.0.1:{port}", key
+
+
 # -- driver ---------------------------------------------------------------------------------
 
 
@@ -203,27 +237,29 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
 
     await provider.aclose()
 
-    # throughput: keep the provider loaded, and a raw server with the same parameters
+    # throughput: the provider stays loaded
     provider = LocalProvider(
         Settings(data_dir=data_dir, local=local.model_copy(update={"idle_unload_s": 3600.0})),
         slots=args.slots,
     )
     await provider.preload(spec)
-    server = await asyncio.to_thread(
-        start_llama_server, model_path, args.context, args.slots, threads, secrets.token_urlsafe(16)
-    )
-    raw_box = [server]  # the last reference is dropped in a thread (~Server joins threads)
-    del server
+    # the raw baseline drives the provider's own llama.cpp server: a second server in one
+    # process would slow both (~35%, libgomp throttles spinning when threads > cores)
+    raw = await provider.llama_server(spec)
     auth = {"Authorization": f"Bearer {args.api_key}"} if args.api_key else {}
     client = httpx.AsyncClient(timeout=300, headers=auth)
     paths: dict[str, Any] = {
-        "raw stream": lambda: asyncio.to_thread(raw_stream, raw_box[0], req),
+        "raw stream": lambda: asyncio.to_thread(raw_stream, raw, req),
         "provider stream": lambda: provider_stream(provider, spec, body),
-        "raw": lambda: asyncio.to_thread(raw_once, raw_box[0], req),
+        "raw": lambda: asyncio.to_thread(raw_once, raw, req),
         "provider": lambda: provider_once(provider, spec, body),
     }
-    if args.gateway_url:
-        url = args.gateway_url.rstrip("/")
+    server = None
+    url = (args.gateway_url or "").rstrip("/")
+    if not url and not args.no_gateway:
+        server, url, key = await start_inproc_gateway(settings, provider, model_path, args)
+        client.headers["Authorization"] = f"Bearer {key}"
+    if url:
         paths["gateway stream"] = lambda: gateway_stream(client, url, args.gateway_model, body)
     runs: dict[str, list[dict[str, float]]] = {name: [] for name in paths}
     ttft_runs: dict[str, list[float]] = {}
@@ -238,7 +274,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         short_body = {**body, "max_tokens": 2}
         short_req = {**req, "max_tokens": 2}
         ttft_paths: dict[str, Callable[[], Awaitable[dict[str, float]]]] = {
-            "raw stream": lambda: asyncio.to_thread(raw_stream, raw_box[0], short_req),
+            "raw stream": lambda: asyncio.to_thread(raw_stream, raw, short_req),
             "provider stream": lambda: provider_stream(provider, spec, short_body),
         }
         if "gateway stream" in paths:
@@ -250,8 +286,11 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 ttft_runs.setdefault(name, []).append((await fn())["ttft_ms"])
     finally:
         await client.aclose()
+        if server is not None:
+            server.should_exit = True
+            await asyncio.sleep(0.3)
         await provider.aclose()
-        await asyncio.to_thread(raw_box.clear)
+        shutil.rmtree(data_dir, ignore_errors=True)
 
     medians = {
         name: {k: statistics.median(r[k] for r in rs) for k in rs[0]} for name, rs in runs.items()
@@ -277,6 +316,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         checks["gateway decode tok/s >= 95% of raw"] = (
             ratios["gateway_stream_decode_vs_raw"] >= 0.95
         )
+        checks["gateway TTFT overhead <= 5 ms"] = ratios["gateway_stream_ttft_overhead_ms"] <= 5.0
 
     table = Table(title=f"Gemma 3 270M Q4_K_M, {threads} threads, {args.max_tokens} tokens")
     for col in ("path", "TTFT ms", "decode tok/s", "e2e tok/s", "tokens"):
@@ -339,7 +379,9 @@ def main() -> int:
     ap.add_argument("--slots", type=int, default=4, help="llama.cpp parallel slots (both)")
     ap.add_argument("--ttft-reps", type=int, default=30, help="extra 1-token runs for TTFT")
     ap.add_argument("--model-dir", default=str(REPO / ".keel" / "models"))
-    ap.add_argument("--gateway-url", default=None, help="a running keel gateway")
+    ap.add_argument("--gateway-url", default=None,
+                    help="measure an external keel gateway instead of the in-process one")
+    ap.add_argument("--no-gateway", action="store_true", help="skip the gateway path")
     ap.add_argument("--gateway-model", default="gemma-3-270m")
     ap.add_argument("--api-key", default=os.environ.get("KEEL_API_KEY", ""))
     ap.add_argument("--out", default=str(OUT))

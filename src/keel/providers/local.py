@@ -432,6 +432,17 @@ class LocalProvider:
         eng = await self._acquire(model)
         self._release(eng)
 
+    async def llama_server(self, model: ModelSpec) -> Any:
+        """The ``xllamacpp.Server`` serving ``model``, loaded if needed (benchmarks).
+
+        Call into it only while nothing can unload it (a long ``idle_unload_s``). A second
+        server in the same process costs the first ~35% of its speed (libgomp), so a
+        baseline must share this one rather than load its own.
+        """
+        eng = await self._acquire(model)
+        self._release(eng)
+        return eng.server
+
     async def _acquire(self, model: ModelSpec) -> _Engine:
         if self._closed:
             raise UpstreamError("the local provider is shut down")
