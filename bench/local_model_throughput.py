@@ -57,11 +57,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
 from keel.config import LocalModelSettings, ModelSpec, Settings  # noqa: E402
-from keel.providers.local import (  # noqa: E402
-    LocalProvider,
-    gemma_chat_prompt,
-    llama_request,
-)
+from keel.providers.llama_requests import gemma_chat_prompt, llama_request  # noqa: E402
+from keel.providers.local import LocalProvider  # noqa: E402
 from keel.providers.model_files import ensure_default_model  # noqa: E402
 
 OUT = REPO / "bench" / "results" / "local_model_throughput.json"

@@ -61,6 +61,7 @@ class ServerSettings(BaseModel):
 class LocalModelSettings(BaseModel):
     threads: int = 0  # 0 = all cores
     context: int = 4096
+    slots: int = 4  # sequences decoded together (continuous batching), each with `context`
     idle_unload_s: float = 300.0
     max_tokens_default: int = 256
     # Nominal compute cost of the local model, so spend dashboards are never blank.

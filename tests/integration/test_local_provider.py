@@ -20,7 +20,8 @@ import pytest_asyncio
 from keel.config import LocalModelSettings, ModelSpec, Settings
 from keel.errors import ContextLengthExceeded, InvalidRequest, ModelFileError
 from keel.providers import model_files
-from keel.providers.local import LocalProvider, gemma_chat_prompt, llama_request
+from keel.providers.llama_requests import gemma_chat_prompt, llama_request
+from keel.providers.local import LocalProvider
 from keel.providers.model_files import ensure_default_model, resolve_model_path
 
 REPO = Path(__file__).resolve().parents[2]
