@@ -13,9 +13,13 @@ of at most ``max_batch``, each padded only to its own longest text. All work run
 dedicated worker thread, so the event loop never blocks and concurrent callers queue
 instead of oversubscribing the cores; onnxruntime parallelises inside each batch.
 
-Measured on the 2-core dev box (``bench/embeddings_speed.py``): about 3 ms per sentence
-at batch 1 and ~400 sentences/s at batch 64 on short questions; a matmul-based numpy
-forward pass was 4x slower, which is why this module uses onnxruntime.
+Measured on the 2-core dev box with ``bench/embeddings_speed.py`` (QQP questions, 16 word
+pieces on average): 3.7 ms per sentence at batch 1; 210 sentences/s in calls of 64 texts
+in arrival order, 490/s when one call's texts are sorted into batches of 64. A float32
+numpy forward pass was 2x slower at batch 1 and 3x slower batched, hence onnxruntime;
+torch (reference only, never a keel dependency) was 1.8x slower at batch 1 and ~1.1x
+faster batched. ORT worker threads do not spin between runs: spinning saves ~0.5 ms per
+call on an idle box but tripled batch-1 latency when the cores were busy with other work.
 """
 
 from __future__ import annotations
