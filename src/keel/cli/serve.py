@@ -16,7 +16,26 @@ def factory() -> object:
     from keel.app import create_app
     from keel.config import load_settings
 
-    return create_app(load_settings())
+    app = create_app(load_settings())
+    _tune_runtime()
+    return app
+
+
+def _tune_runtime() -> None:
+    """Server processes only, for tail latency:
+
+    * move start-up objects out of the collector's way and collect young objects less
+      often, so full collections don't show up as latency spikes;
+    * hand the GIL back to the event loop after 0.5 ms instead of 5 ms when a worker thread
+      (request-log writes, SQL, tokenisation) is busy.
+    """
+    import gc
+    import sys
+
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(20_000, 20, 40)
+    sys.setswitchinterval(0.0005)
 
 
 def prepare(settings: Settings) -> None:
