@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import threading
-import time
 from collections.abc import Iterator
 
 import httpx
@@ -18,32 +16,21 @@ import typer
 
 from keel.cli.common import console, err_console, fail, read_local_key, settings_from
 from keel.config import Settings
+from keel.errors import KeelError
 
 
 @contextlib.contextmanager
 def _ephemeral_gateway(settings: Settings) -> Iterator[str]:
-    import uvicorn
-
     from keel.app import create_app
     from keel.cli.serve import prepare
+    from keel.gateway.background import serving
 
     prepare(settings)
-    config = uvicorn.Config(create_app(settings), host="127.0.0.1", port=0, log_level="error",
-                            access_log=False, loop="asyncio", lifespan="on")
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, name="keel-chat-gateway", daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            fail("could not start a local gateway; run `keel doctor`")
-        time.sleep(0.02)
-    port = server.servers[0].sockets[0].getsockname()[1]
     try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=15)
+        with serving(create_app(settings)) as base:
+            yield base
+    except KeelError as exc:
+        fail(exc.message)
 
 
 def _reachable(url: str) -> bool:
