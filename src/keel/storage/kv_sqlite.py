@@ -44,9 +44,10 @@ class SQLiteKV:
                                        check_same_thread=False)
                 conn.execute("PRAGMA journal_mode=WAL")
                 conn.execute("PRAGMA synchronous=NORMAL")
-                if not self._ready:
-                    conn.executescript(_SCHEMA)
-                    self._ready = True
+                with self._lock:
+                    if not self._ready:
+                        conn.executescript(_SCHEMA)
+                        self._ready = True
             except sqlite3.Error as exc:
                 raise StorageError(f"kv store {self.path} is not usable: {exc}") from None
             self._local.conn = conn
