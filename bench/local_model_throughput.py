@@ -57,7 +57,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
 from keel.config import LocalModelSettings, ModelSpec, Settings  # noqa: E402
-from keel.providers.llama_requests import gemma_chat_prompt, llama_request  # noqa: E402
+from keel.providers.llama_requests import chat_prompt, llama_request  # noqa: E402
 from keel.providers.local import LocalProvider  # noqa: E402
 from keel.providers.model_files import ensure_default_model  # noqa: E402
 
@@ -204,8 +204,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         name="gemma-3-270m", provider="local", path=str(model_path), context=args.context
     )
     body = {"messages": MESSAGES, "max_tokens": args.max_tokens, "temperature": 0}
+    prompt, turn_stop = chat_prompt(MESSAGES, spec.chat_format)
     req = llama_request(
-        body, gemma_chat_prompt(MESSAGES), stream=True, default_max=args.max_tokens, chat=True
+        body, prompt, stream=True, default_max=args.max_tokens, turn_stop=turn_stop
     )
     threads = args.threads or len(os.sched_getaffinity(0))
     load_start = loadavg()

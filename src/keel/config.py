@@ -38,6 +38,9 @@ class ModelSpec(BaseModel):
     base_url: str | None = None
     api_key: SecretStr | None = None
     path: str | None = None  # GGUF path for local models; default model when unset
+    # local models: "transcript" (Question:/Answer:, for base models like the default) or
+    # "gemma" (turn tokens, for instruction-tuned Gemma GGUFs)
+    chat_format: Literal["transcript", "gemma"] = "transcript"
 
     @property
     def upstream_model(self) -> str:

@@ -20,7 +20,7 @@ import pytest_asyncio
 from keel.config import LocalModelSettings, ModelSpec, Settings
 from keel.errors import ContextLengthExceeded, InvalidRequest, ModelFileError
 from keel.providers import model_files
-from keel.providers.llama_requests import gemma_chat_prompt, llama_request
+from keel.providers.llama_requests import chat_prompt, gemma_chat_prompt, llama_request
 from keel.providers.local import LocalProvider
 from keel.providers.model_files import ensure_default_model, resolve_model_path
 
@@ -103,6 +103,25 @@ def test_gemma_prompt_folds_system_and_flattens_parts() -> None:
     )
 
 
+def test_transcript_prompt_for_base_models() -> None:
+    messages = [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Hi"},
+        {"role": "assistant", "content": "Hello."},
+        {"role": "user", "content": "Capital of France?"},
+    ]
+    prompt, stop = chat_prompt(messages, "transcript")
+    assert prompt == (
+        "Question: Be brief.\n\nHi\nAnswer: Hello.\nQuestion: Capital of France?\nAnswer:"
+    )
+    assert stop == "\nQuestion:"
+    # a final assistant message is continued, not closed
+    open_answer, _ = chat_prompt([*messages[:2], {"role": "assistant", "content": "Hel"}],
+                                 "transcript")
+    assert open_answer.endswith("Answer: Hel")
+    assert chat_prompt(messages, "gemma")[1] == "<end_of_turn>"
+
+
 def test_request_options_map_to_llama_cpp() -> None:
     req = llama_request(
         {
@@ -115,13 +134,13 @@ def test_request_options_map_to_llama_cpp() -> None:
         "p",
         stream=False,
         default_max=256,
-        chat=True,
+        turn_stop="<end_of_turn>",
     )
     assert req["max_tokens"] == 5 and req["temperature"] == 0 and req["seed"] == 3
     assert req["stop"] == ["END", "<end_of_turn>"]
     assert req["json_schema"] == {"type": "object"}
     with pytest.raises(InvalidRequest):
-        llama_request({"n": 2}, "p", stream=False, default_max=1, chat=False)
+        llama_request({"n": 2}, "p", stream=False, default_max=1, turn_stop=None)
     with pytest.raises(InvalidRequest):
         gemma_chat_prompt([{"role": "user", "content": [{"type": "image_url"}]}])
 

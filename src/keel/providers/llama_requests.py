@@ -1,8 +1,9 @@
 """Request mapping for the local provider: OpenAI bodies -> llama.cpp completion requests.
 
-Pure functions. The default model is a base model without a chat template, so chat
-messages are rendered in the Gemma turn format here; sampling fields are validated and
-mapped to llama.cpp's names; ``response_format`` becomes a JSON-schema constraint.
+Pure functions. Chat messages are rendered here: a Question:/Answer: transcript for base
+models such as the default Gemma 3 270M, or Gemma turns for instruction-tuned GGUFs.
+Sampling fields are validated and mapped to llama.cpp's names; ``response_format``
+becomes a JSON-schema constraint.
 """
 
 from __future__ import annotations
@@ -62,15 +63,12 @@ def message_text(content: Any, where: str) -> str:
     raise WrongType(f"{where} must be a string or a list of text parts", param=where)
 
 
-def gemma_chat_prompt(messages: Any) -> str:
-    """Render chat messages in the Gemma turn format, ending with an open model turn.
-
-    System (and developer) messages are folded into the next user turn. A final assistant
-    message is left open so the model continues it.
-    """
+def _turns(messages: Any) -> list[list[str]]:
+    """Validated ``[role, text]`` turns, roles ``user``/``model``, system text folded into
+    the next user turn, consecutive turns of one role merged."""
     if not isinstance(messages, list) or not messages:
         raise MissingField("`messages` must be a non-empty list", param="messages")
-    turns: list[list[str]] = []  # [role, text]
+    turns: list[list[str]] = []
     system: list[str] = []
     for i, msg in enumerate(messages):
         where = f"messages[{i}]"
@@ -81,8 +79,8 @@ def gemma_chat_prompt(messages: Any) -> str:
         if role in ("system", "developer"):
             system.append(text)
             continue
-        gemma_role = _ROLES.get(role) if isinstance(role, str) else None
-        if gemma_role is None:
+        turn_role = _ROLES.get(role) if isinstance(role, str) else None
+        if turn_role is None:
             raise InvalidRequest(
                 f"{where}.role is {role!r}; use system, user, assistant or tool",
                 param=f"{where}.role",
@@ -92,15 +90,25 @@ def gemma_chat_prompt(messages: Any) -> str:
             text = f"{text}\n{calls}" if text else calls
         elif role in ("tool", "function"):
             text = f"Tool result:\n{text}"
-        if gemma_role == "user" and system:
+        if turn_role == "user" and system:
             text = "\n\n".join([*system, text])
             system = []
-        if turns and turns[-1][0] == gemma_role:
+        if turns and turns[-1][0] == turn_role:
             turns[-1][1] += "\n\n" + text
         else:
-            turns.append([gemma_role, text])
+            turns.append([turn_role, text])
     if system:
         turns.append(["user", "\n\n".join(system)])
+    return turns
+
+
+def gemma_chat_prompt(messages: Any) -> str:
+    """Render chat messages in the Gemma turn format, ending with an open model turn.
+
+    For instruction-tuned Gemma GGUFs. System (and developer) messages are folded into the
+    next user turn. A final assistant message is left open so the model continues it.
+    """
+    turns = _turns(messages)
     out: list[str] = []
     for role, text in turns[:-1]:
         out.append(f"<start_of_turn>{role}\n{text}{_END_OF_TURN}\n")
@@ -110,6 +118,36 @@ def gemma_chat_prompt(messages: Any) -> str:
     else:
         out.append(f"<start_of_turn>{role}\n{text}{_END_OF_TURN}\n<start_of_turn>model\n")
     return "".join(out)
+
+
+def transcript_prompt(messages: Any) -> str:
+    """Render chat messages as a plain ``Question:`` / ``Answer:`` transcript.
+
+    For base models (the default Gemma 3 270M has no chat tuning): they continue a
+    transcript far better than unfamiliar turn tokens (measured: "What is the capital of
+    France?" -> " Paris" here, garbage with Gemma turn tokens). Generation stops at the
+    next ``Question:`` line (:data:`TRANSCRIPT_STOP`).
+    """
+    out: list[str] = []
+    turns = _turns(messages)
+    for role, text in turns:
+        out.append(f"Question: {text}\n" if role == "user" else f"Answer: {text}\n")
+    if turns[-1][0] == "model":
+        return "".join(out)[:-1]  # continue the open answer
+    return "".join(out) + "Answer:"
+
+
+TRANSCRIPT_STOP = "\nQuestion:"
+CHAT_FORMATS = {
+    "transcript": (transcript_prompt, TRANSCRIPT_STOP),
+    "gemma": (gemma_chat_prompt, _END_OF_TURN),
+}
+
+
+def chat_prompt(messages: Any, chat_format: str) -> tuple[str, str]:
+    """The prompt for ``messages`` in ``chat_format`` and the stop string that ends a turn."""
+    render, stop = CHAT_FORMATS[chat_format]
+    return render(messages), stop
 
 
 # -- request options -------------------------------------------------------------------------
@@ -173,7 +211,9 @@ def _json_schema(body: JSON) -> JSON | None:
     )
 
 
-def llama_request(body: JSON, prompt: Any, *, stream: bool, default_max: int, chat: bool) -> JSON:
+def llama_request(
+    body: JSON, prompt: Any, *, stream: bool, default_max: int, turn_stop: str | None
+) -> JSON:
     """The llama.cpp ``/v1/completions`` body for an OpenAI-shaped request."""
     n = body.get("n")
     if n not in (None, 1):
@@ -199,8 +239,8 @@ def llama_request(body: JSON, prompt: Any, *, stream: bool, default_max: int, ch
             raise WrongType("`seed` must be an integer", param="seed")
         req["seed"] = seed % 0xFFFFFFFF  # 0xFFFFFFFF itself means "random" to llama.cpp
     stops = _stops(body)
-    if chat:
-        stops.append(_END_OF_TURN)
+    if turn_stop:
+        stops.append(turn_stop)
     if stops:
         req["stop"] = stops
     schema = _json_schema(body)

@@ -42,8 +42,8 @@ from keel.errors import (
     UpstreamError,
 )
 from keel.providers.llama_requests import (
+    chat_prompt,
     completion_prompt,
-    gemma_chat_prompt,
     llama_request,
     usage_block,
 )
@@ -372,17 +372,21 @@ class LocalProvider:
 
     # -- ChatProvider --------------------------------------------------------------------
 
-    def _request(self, body: JSON, prompt: Any, *, chat: bool) -> JSON:
+    def _request(self, body: JSON, prompt: Any, *, turn_stop: str | None = None) -> JSON:
         return llama_request(
             body,
             prompt,
             stream=True,  # always: a closed stream or a cancelled caller stops generation
             default_max=self._settings.local.max_tokens_default,
-            chat=chat,
+            turn_stop=turn_stop,
         )
 
+    def _chat_request(self, body: JSON, model: ModelSpec) -> JSON:
+        prompt, turn_stop = chat_prompt(body.get("messages"), model.chat_format)
+        return self._request(body, prompt, turn_stop=turn_stop)
+
     async def chat(self, body: JSON, model: ModelSpec) -> JSON:
-        req = self._request(body, gemma_chat_prompt(body.get("messages")), chat=True)
+        req = self._chat_request(body, model)
         text, finish, usage = await self._generate(model, req)
         return {
             "id": f"chatcmpl-{secrets.token_hex(12)}",
@@ -401,7 +405,7 @@ class LocalProvider:
         }
 
     async def chat_stream(self, body: JSON, model: ModelSpec) -> AsyncGenerator[JSON, None]:
-        req = self._request(body, gemma_chat_prompt(body.get("messages")), chat=True)
+        req = self._chat_request(body, model)
         rid, created = f"chatcmpl-{secrets.token_hex(12)}", int(time.time())
         first = True
         async with contextlib.aclosing(self._chunks(model, req)) as chunks:
@@ -433,7 +437,7 @@ class LocalProvider:
                 yield out
 
     async def complete(self, body: JSON, model: ModelSpec) -> JSON:
-        req = self._request(body, completion_prompt(body), chat=False)
+        req = self._request(body, completion_prompt(body))
         text, finish, usage = await self._generate(model, req)
         return {
             "id": f"cmpl-{secrets.token_hex(12)}",
@@ -452,7 +456,7 @@ class LocalProvider:
         }
 
     async def complete_stream(self, body: JSON, model: ModelSpec) -> AsyncGenerator[JSON, None]:
-        req = self._request(body, completion_prompt(body), chat=False)
+        req = self._request(body, completion_prompt(body))
         rid, created = f"cmpl-{secrets.token_hex(12)}", int(time.time())
         async with contextlib.aclosing(self._chunks(model, req)) as chunks:
             async for chunk in chunks:
