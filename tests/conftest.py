@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,8 @@ from fakes import FakeUpstream
 pytest_plugins = ["services"]
 
 REPO = Path(__file__).resolve().parent.parent
+# One shared model dir: the GGUF and the embedding graph are built once, not per test.
+MODELS_DIR = os.environ.get("KEEL_TEST_MODEL_DIR", str(REPO / ".keel" / "models"))
 
 
 @pytest.fixture
@@ -35,7 +38,8 @@ def make_settings(tmp_path: Path, upstream: FakeUpstream | None = None, **kw: An
             "base_url": upstream.base_url, "api_key": "sk-upstream-secret",
             "input_usd_per_1m": 0.15, "output_usd_per_1m": 0.6,
         })
-    overrides: dict[str, Any] = {"data_dir": str(tmp_path / "data"), "models": models}
+    overrides: dict[str, Any] = {"data_dir": str(tmp_path / "data"), "models": models,
+                                 "models_dir": MODELS_DIR}
     overrides.update(kw)
     return load_settings(None, **overrides)
 

@@ -91,6 +91,23 @@ class RequestLogSettings(BaseModel):
     store_bodies: bool = True
 
 
+class FirewallSettings(BaseModel):
+    enabled: bool = True
+    rules: list[str] = Field(default_factory=lambda: ["default"])  # rule-set names or files
+    # JSON fields scanned: every messages[].content part, prompt, tool-call arguments
+    scan_fields: list[str] = Field(
+        default_factory=lambda: ["messages", "prompt", "tools", "tool_calls", "input"]
+    )
+    max_scan_chars: int = 200_000  # longer prompts are refused (413), not silently cut
+    semantic: bool = True
+    semantic_threshold: float = 0.80
+    semantic_chunk_chars: int = 1000
+    strikes: int = 5  # blocks within strike_window_s -> ban
+    strike_window_s: float = 60.0
+    ban_s: float = 24 * 3600.0
+    trusted_proxies: list[str] = Field(default_factory=list)
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="KEEL_", env_nested_delimiter="__", extra="forbid", validate_default=True
@@ -106,6 +123,7 @@ class Settings(BaseSettings):
     local: LocalModelSettings = Field(default_factory=LocalModelSettings)
     openai: OpenAISettings = Field(default_factory=OpenAISettings)
     request_log: RequestLogSettings = Field(default_factory=RequestLogSettings)
+    firewall: FirewallSettings = Field(default_factory=FirewallSettings)
     models: list[ModelSpec] = Field(default_factory=list)
 
     @field_validator("models")

@@ -137,3 +137,15 @@ class RateLimited(KeelError):
     http_status = 429
     type = "rate_limit_error"
     code = "rate_limited"
+
+
+class PromptBlocked(PermissionDenied):
+    """The prompt-injection firewall refused the request."""
+
+    code = "prompt_blocked"
+
+
+class ClientBanned(PermissionDenied):
+    """The client tripped the firewall too often and is banned for a while."""
+
+    code = "client_banned"

@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 
 from keel import __version__
-from keel.cli import chat, doctor, keys, models, serve
+from keel.cli import chat, doctor, firewall, keys, models, serve
 
 
 def _version(value: bool) -> None:
@@ -37,6 +37,8 @@ def build() -> typer.Typer:
     models.register(app)
     doctor.register(app)
     app.add_typer(keys.build(), name="keys", help="Create, list and revoke API keys.")
+    app.add_typer(firewall.build(), name="firewall",
+                  help="Prompt-injection firewall: test, eval, bans, allow-list.")
     return app
 
 

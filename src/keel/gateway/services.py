@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from keel.auth.keys import KeyStore
 from keel.config import Settings
@@ -13,6 +14,10 @@ from keel.metering.request_log import RequestLogWriter
 from keel.ports.kv import KV
 from keel.providers.registry import ModelRegistry
 from keel.storage.sql import Database
+
+if TYPE_CHECKING:
+    from keel.firewall.engine import Firewall
+    from keel.firewall.state import FirewallState
 
 
 @dataclass
@@ -26,6 +31,8 @@ class Services:
     metrics: GatewayMetrics
     pipeline: Pipeline
     trusted_proxies: frozenset[str] = field(default_factory=frozenset)
+    firewall: Firewall | None = None
+    firewall_state: FirewallState | None = None
 
     def finish(self, ctx: RequestContext) -> None:
         """Record a completed (or failed) request: metrics now, the log in the background."""

@@ -64,7 +64,8 @@ class ConsoleRoutes:
     def __init__(self, svc: Services) -> None:
         self.svc = svc
         self.env = _env()
-        self.nav = [NavItem("/console", "Overview"), NavItem("/console/requests", "Requests")]
+        self.nav = [NavItem("/console", "Overview"), NavItem("/console/requests", "Requests"),
+                    NavItem("/console/firewall", "Firewall")]
 
     def router(self) -> APIRouter:
         r = APIRouter(include_in_schema=False)
@@ -74,6 +75,9 @@ class ConsoleRoutes:
         r.add_api_route("/console/logout", self.logout, methods=["POST"])
         r.add_api_route("/console/requests", self.requests, methods=["GET"])
         r.add_api_route("/console/requests/{request_id}", self.request_detail, methods=["GET"])
+        from keel.web.firewall_page import FirewallPage
+
+        FirewallPage(self).register(r)
         return r
 
     # -- session ---------------------------------------------------------------------------

@@ -1,0 +1,1 @@
+"""Prompt-injection firewall: signature rules, a semantic second layer, bans, allow-lists."""
