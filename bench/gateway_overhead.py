@@ -534,6 +534,9 @@ def start_keel(tmp: Path, upstream_base: str, core: int | None, args: argparse.N
         f'data_dir = "{kdir / "data"}"\n'
         f"auth_required = {'false' if args.keel_no_auth else 'true'}\n"
         f'default_model = "{GATEWAY_MODEL}"\n'
+        # The firewall's signature layer is on; its semantic layer embeds every prompt
+        # (~4-30 ms CPU) and is measured by bench/firewall_eval.py instead.
+        f"\n[firewall]\nsemantic = {'true' if args.semantic else 'false'}\n"
         "\n[[models]]\n"
         f'name = "{GATEWAY_MODEL}"\n'
         'provider = "openai"\n'
@@ -962,6 +965,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--keel-no-auth",
         action="store_true",
         help="auth_required = false instead of a `keel keys create` key",
+    )
+    p.add_argument(
+        "--semantic", action="store_true",
+        help="turn on the firewall's semantic layer in keel (off by default: it embeds "
+        "every prompt)",
     )
     p.add_argument("--out", type=Path, default=RESULTS_DIR / "gateway_overhead.json")
     p.add_argument("--no-plot", action="store_true")

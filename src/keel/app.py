@@ -62,11 +62,26 @@ def build_services(
     metrics = GatewayMetrics()
     writer = RequestLogWriter(db, settings.request_log,
                               on_drop=lambda n: metrics.log_dropped.inc(n))
-    # Capabilities add their stages in front of metering: firewall, cache, degrade, rag...
-    pipeline = Pipeline([*stages, MeteringStage()], ProviderCall(models))
+    # The firewall goes first (no model, embedding or cache work for blocked prompts); other
+    # capabilities add their stages after it, in front of metering: cache, degrade, rag...
+    kv = open_kv(settings.kv)
+    front: list[Stage] = []
+    firewall = firewall_state = None
+    if settings.firewall.enabled:
+        from keel.firewall.engine import Firewall
+        from keel.firewall.stage import FirewallMetrics, FirewallStage
+        from keel.firewall.state import FirewallState
+
+        firewall_state = FirewallState(kv, settings.firewall)
+        firewall = Firewall.build(settings.firewall, models.embedder())
+        front.append(FirewallStage(firewall, firewall_state,
+                                   FirewallMetrics(metrics.registry, firewall_state)))
+    pipeline = Pipeline([*front, *stages, MeteringStage()], ProviderCall(models))
     return Services(
-        settings=settings, db=db, kv=open_kv(settings.kv), keys=KeyStore(db), models=models,
+        settings=settings, db=db, kv=kv, keys=KeyStore(db), models=models,
         request_log=writer, metrics=metrics, pipeline=pipeline,
+        trusted_proxies=frozenset(settings.firewall.trusted_proxies),
+        firewall=firewall, firewall_state=firewall_state,
     )
 
 
@@ -76,9 +91,13 @@ def create_app(settings: Settings, *, services: Services | None = None, **kw: An
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         svc.request_log.start()
+        if svc.firewall_state is not None:
+            await svc.firewall_state.start()
         try:
             yield
         finally:
+            if svc.firewall_state is not None:
+                await svc.firewall_state.aclose()
             await svc.request_log.aclose()
             await svc.models.aclose()
             await svc.kv.aclose()

@@ -96,11 +96,14 @@ class FirewallSettings(BaseModel):
     rules: list[str] = Field(default_factory=lambda: ["default"])  # rule-set names or files
     # JSON fields scanned: every messages[].content part, prompt, tool-call arguments
     scan_fields: list[str] = Field(
-        default_factory=lambda: ["messages", "prompt", "tools", "tool_calls", "input"]
+        default_factory=lambda: ["messages", "prompt", "tool_calls"]
     )
     max_scan_chars: int = 200_000  # longer prompts are refused (413), not silently cut
     semantic: bool = True
-    semantic_threshold: float = 0.80
+    # 0.63 was best by cross-validation on the training split, but it blocked everyday
+    # support questions ("How do I reset my password?" scored 0.64 against a Tensor Trust
+    # attack); 0.75 keeps those clear. See docs/firewall.md for the sweep.
+    semantic_threshold: float = 0.75
     semantic_chunk_chars: int = 1000
     strikes: int = 5  # blocks within strike_window_s -> ban
     strike_window_s: float = 60.0

@@ -101,7 +101,7 @@ def build() -> typer.Typer:
             async def predict(text: str) -> bool:
                 return await fw.check([text], [text]) is not None
 
-            report = evaluate(predict, rows)
+            report = asyncio.run(evaluate(predict, rows))
         except KeelError as exc:
             fail(exc.message)
         data = report.to_dict()

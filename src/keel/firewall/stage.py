@@ -32,6 +32,9 @@ class FirewallStage:
         self.settings = firewall.settings
 
     async def __call__(self, ctx: RequestContext, call_next: Next) -> None:
+        if ctx.route == "embeddings":  # documents to embed are not instructions to a model
+            await call_next(ctx)
+            return
         clients = [f"ip:{ctx.client_ip}", f"key:{ctx.principal.key_id}"]
         ban = self.state.banned(clients)
         if ban is not None:
