@@ -82,7 +82,7 @@ class ConsoleRoutes:
 
     # -- session ---------------------------------------------------------------------------
 
-    async def _principal(self, request: Request) -> Principal | None:
+    async def principal(self, request: Request) -> Principal | None:
         if not self.svc.settings.auth_required:
             return Principal(key_id="-", tenant="default", admin=True)
         token = request.cookies.get(COOKIE)
@@ -95,7 +95,7 @@ class ConsoleRoutes:
         return Principal(key_id=d["key_id"], tenant=d["tenant"], agent=d.get("agent"),
                          admin=d["admin"])
 
-    def _render(self, name: str, status: int = 200, **ctx: Any) -> HTMLResponse:
+    def render(self, name: str, status: int = 200, **ctx: Any) -> HTMLResponse:
         html = self.env.get_template(name).render(nav=self.nav, **ctx)
         return HTMLResponse(html, status_code=status,
                             headers={"cache-control": "no-store",
@@ -104,7 +104,7 @@ class ConsoleRoutes:
                                      "style-src 'self' 'unsafe-inline'"})
 
     async def login_form(self, request: Request) -> Response:
-        return self._render("login.html", error=None, active="")
+        return self.render("login.html", error=None, active="")
 
     async def login(self, request: Request) -> Response:
         form = parse_qs((await request.body()).decode(errors="replace"))
@@ -114,7 +114,7 @@ class ConsoleRoutes:
                 raise AuthenticationError("enter an API key")
             p = await self.svc.keys.resolve(key)
         except AuthenticationError as exc:
-            return self._render("login.html", status=401, error=exc.message, active="")
+            return self.render("login.html", status=401, error=exc.message, active="")
         token = secrets.token_urlsafe(32)
         await self.svc.kv.set(
             _session_key(token),
@@ -152,7 +152,7 @@ class ConsoleRoutes:
         )
 
     async def overview(self, request: Request) -> Response:
-        p = await self._principal(request)
+        p = await self.principal(request)
         if p is None:
             return RedirectResponse("/console/login", status_code=303)
         await self.svc.request_log.flush()
@@ -172,11 +172,11 @@ class ConsoleRoutes:
             "tokens": sum(r["prompt_tokens"] + r["completion_tokens"] for r in data["by_model"]),
             "cost_usd": sum(r["cost_usd"] for r in data["by_model"]),
         }
-        return self._render("overview.html", active="/console", principal=p, totals=totals,
+        return self.render("overview.html", active="/console", principal=p, totals=totals,
                             chart=_bar_chart(data["hourly"]), **data)
 
     async def requests(self, request: Request) -> Response:
-        p = await self._principal(request)
+        p = await self.principal(request)
         if p is None:
             return RedirectResponse("/console/login", status_code=303)
         await self.svc.request_log.flush()
@@ -189,21 +189,21 @@ class ConsoleRoutes:
         prev_url = ("/console/requests?" + urlencode({**q, "page": page - 1})
                     if page > 1 else None)
         models = [s.name for s in self.svc.models.specs()]
-        return self._render("requests.html", active="/console/requests", principal=p,
+        return self.render("requests.html", active="/console/requests", principal=p,
                             rows=rows, q=q, models=models, next_url=next_url,
                             prev_url=prev_url)
 
     async def request_detail(self, request: Request, request_id: str) -> Response:
-        p = await self._principal(request)
+        p = await self.principal(request)
         if p is None:
             return RedirectResponse("/console/login", status_code=303)
         await self.svc.request_log.flush()
         row = await self.svc.db.run(lambda c: get_request(c, request_id))
         if row is None or (not p.admin and row["tenant"] != p.tenant):
-            return self._render("not_found.html", status=404, active="", principal=p,
+            return self.render("not_found.html", status=404, active="", principal=p,
                                 what=f"request {request_id}")
         decisions = orjson.loads(row["decisions"] or "[]")
-        return self._render("request_detail.html", active="/console/requests", principal=p,
+        return self.render("request_detail.html", active="/console/requests", principal=p,
                             r=row, decisions=decisions)
 
 

@@ -34,7 +34,7 @@ class FirewallPage:
     async def page(self, request: Request) -> Response:
         from keel.web.console import COOKIE
 
-        p = await self.console._principal(request)
+        p = await self.console.principal(request)
         if p is None:
             return RedirectResponse("/console/login", status_code=303)
         await self.svc.request_log.flush()
@@ -43,7 +43,7 @@ class FirewallPage:
             blocks = [b for b in blocks if b["tenant"] == p.tenant]
         state = self.svc.firewall_state
         bans = await state.list_bans() if state is not None and p.admin else []
-        return self.console._render(
+        return self.console.render(
             "firewall.html", active="/console/firewall", principal=p, blocks=blocks[:50],
             hits=rule_hits(blocks), bans=bans, enabled=state is not None,
             csrf=csrf_token(request, COOKIE), message=request.query_params.get("msg"),
@@ -52,7 +52,7 @@ class FirewallPage:
     async def unban(self, request: Request) -> Response:
         from keel.web.console import COOKIE
 
-        p = await self.console._principal(request)
+        p = await self.console.principal(request)
         if p is None:
             return RedirectResponse("/console/login", status_code=303)
         form = parse_qs((await request.body()).decode(errors="replace"))
