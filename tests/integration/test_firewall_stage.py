@@ -160,3 +160,49 @@ async def test_garbage_bodies_are_4xx(
     r = await client.post("/v1/chat/completions", content=payload,
                           headers={**auth(user_key), "content-type": "application/json"})
     assert 400 <= r.status_code < 500, r.text
+
+
+async def test_replicas_see_each_others_bans_within_a_refresh(services: Services) -> None:
+    import asyncio
+
+    from keel.firewall.state import FirewallState
+
+    a = FirewallState(services.kv, services.settings.firewall, refresh_s=0.05)
+    b = FirewallState(services.kv, services.settings.firewall, refresh_s=0.05)
+    await a.start()
+    await b.start()
+    try:
+        await a.ban("ip:10.1.1.1", "test", 60)
+        await asyncio.sleep(0.3)
+        assert b.banned(["ip:10.1.1.1"]) is not None
+        await b.unban("ip:10.1.1.1")
+        await asyncio.sleep(0.3)
+        assert a.banned(["ip:10.1.1.1"]) is None
+    finally:
+        await a.aclose()
+        await b.aclose()
+
+
+async def test_bans_shared_through_valkey(redis_clean_url: str) -> None:
+    import asyncio
+
+    from keel.config import FirewallSettings
+    from keel.firewall.state import FirewallState
+    from keel.storage.kv_redis import RedisKV
+
+    kv_a, kv_b = RedisKV(redis_clean_url), RedisKV(redis_clean_url)
+    fw = FirewallSettings(strikes=2)
+    a = FirewallState(kv_a, fw, refresh_s=0.05)
+    b = FirewallState(kv_b, fw, refresh_s=0.05)
+    await a.start()
+    await b.start()
+    try:
+        assert await a.strike(["key:k9"], "r1") == []
+        assert [x.client for x in await b.strike(["key:k9"], "r1")] == ["key:k9"]
+        await asyncio.sleep(0.3)
+        assert a.banned(["key:k9"]) is not None  # replica A sees B's ban
+    finally:
+        await a.aclose()
+        await b.aclose()
+        await kv_a.aclose()
+        await kv_b.aclose()

@@ -1,8 +1,9 @@
 """Bans, strikes and the allow-list, kept in the KV port and mirrored in memory.
 
-Every gateway replica refreshes an in-memory snapshot of active bans and allow-list entries
-from the KV store every ``refresh_s`` (1 s), so checking a client costs a dict lookup and no
-I/O on the hot path, and all replicas agree within about a second. Strike counters live in
+Every gateway replica mirrors active bans and allow-list entries in memory and checks a
+version counter in the KV store every ``refresh_s`` (1 s), reloading only when a replica
+changed something; checking a client costs a dict lookup and no I/O on the hot path, and
+all replicas agree within about a second. Strike counters live in
 the KV store only (they are touched on blocks, not on clean traffic).
 """
 
@@ -26,6 +27,7 @@ BAN = "fw:ban:"
 STRIKE = "fw:strike:"
 ALLOW_RULE = "fw:allow:rule:"
 ALLOW_HASH = "fw:allow:hash:"
+VERSION = "fw:version"  # bumped on every ban/unban/allow: replicas reload only on change
 
 
 def prompt_hash(text: str) -> str:
@@ -49,8 +51,19 @@ class FirewallState:
         self._allow_rules: set[tuple[str, str]] = set()  # (tenant or "*", rule id)
         self._allow_hashes: set[str] = set()
         self._task: asyncio.Task[None] | None = None
+        self._version: str | None = None
 
     # -- snapshot ------------------------------------------------------------------------
+
+    async def refresh_if_changed(self) -> None:
+        """One KV read per tick; the full reload only when some replica changed something."""
+        version = await self.kv.get(VERSION)
+        if version != self._version:
+            await self.refresh()
+            self._version = version
+
+    async def _changed(self) -> None:
+        self._version = str(await self.kv.incr(VERSION))
 
     async def refresh(self) -> None:
         bans: dict[str, Ban] = {}
@@ -71,13 +84,13 @@ class FirewallState:
     async def _loop(self) -> None:
         while True:
             try:
-                await self.refresh()
+                await self.refresh_if_changed()
             except Exception:  # the KV store may blip; keep the last snapshot
                 log.exception("firewall: refreshing bans failed")
             await asyncio.sleep(self.refresh_s)
 
     async def start(self) -> None:
-        await self.refresh()
+        await self.refresh_if_changed()
         self._task = asyncio.create_task(self._loop(), name="keel-firewall-state")
 
     async def aclose(self) -> None:
@@ -128,12 +141,14 @@ class FirewallState:
         record = {"reason": reason, "since": now, "until": ban.until}
         await self.kv.set(BAN + client, orjson.dumps(record).decode(), ttl_s=duration_s)
         self._bans[client] = ban
+        await self._changed()
         return ban
 
     async def unban(self, client: str) -> bool:
         existed = await self.kv.delete(BAN + client)
         await self.kv.delete(STRIKE + client)
         self._bans.pop(client, None)
+        await self._changed()
         return existed
 
     async def list_bans(self) -> list[Ban]:
@@ -143,9 +158,11 @@ class FirewallState:
     async def allow_rule(self, rule: str, tenant: str = "*") -> None:
         await self.kv.set(f"{ALLOW_RULE}{tenant}:{rule}", "1")
         self._allow_rules.add((tenant, rule))
+        await self._changed()
 
     async def allow_prompt(self, text: str) -> str:
         digest = prompt_hash(text)
         await self.kv.set(ALLOW_HASH + digest, "1")
         self._allow_hashes.add(digest)
+        await self._changed()
         return digest
