@@ -206,3 +206,11 @@ async def test_bans_shared_through_valkey(redis_clean_url: str) -> None:
         await b.aclose()
         await kv_a.aclose()
         await kv_b.aclose()
+
+
+async def test_firewall_metrics(client: httpx.AsyncClient, user_key: str) -> None:
+    r = await client.post("/v1/chat/completions", json=chat(ATTACK), headers=auth(user_key))
+    rule = r.json()["error"]["rule"]
+    text = (await client.get("/metrics")).text
+    assert f'keel_firewall_blocks_total{{layer="signature",rule="{rule}"}} 1.0' in text
+    assert "keel_firewall_bans_active 0.0" in text
