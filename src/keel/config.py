@@ -100,10 +100,9 @@ class FirewallSettings(BaseModel):
     )
     max_scan_chars: int = 200_000  # longer prompts are refused (413), not silently cut
     semantic: bool = True
-    # 0.63 was best by cross-validation on the training split, but it blocked everyday
-    # support questions ("How do I reset my password?" scored 0.64 against a Tensor Trust
-    # attack); 0.75 keeps those clear. See docs/firewall.md for the sweep.
-    semantic_threshold: float = 0.75
+    # kNN margin (mean cosine to the 3 nearest known attacks minus to the 3 nearest benign
+    # prompts), in (0, 1]; 0.14 from 5-fold CV on the training split. See docs/firewall.md.
+    semantic_threshold: float = 0.14
     semantic_chunk_chars: int = 1000
     strikes: int = 5  # blocks within strike_window_s -> ban
     strike_window_s: float = 60.0
