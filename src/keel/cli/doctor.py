@@ -82,6 +82,17 @@ def _checks(settings: Settings) -> list[Check]:
 
         return str(MODEL_DIR)
 
+    def firewall() -> str:
+        if not settings.firewall.enabled:
+            return "disabled ([firewall] enabled = false)"
+        from keel.firewall.engine import Firewall
+        from keel.firewall.semantic import AttackCorpus
+
+        fw = Firewall.build(settings.firewall.model_copy(update={"semantic": False}), None)
+        corpus = AttackCorpus.default() if settings.firewall.semantic else None
+        return (f"{len(fw.matcher.rules)} rules on {fw.matcher.engine}"
+                + (f", semantic corpus of {len(corpus)} attack vectors" if corpus else ""))
+
     def upstreams() -> str:
         import httpx
 
@@ -112,6 +123,7 @@ def _checks(settings: Settings) -> list[Check]:
         Check("llama.cpp runtime", True, llama),
         Check("default local model", True, local_model),
         Check("embedding weights", True, embeddings),
+        Check("firewall", True, firewall),
         Check("upstream models", False, upstreams),
         Check("chromium (tests)", False, chromium),
     ]
