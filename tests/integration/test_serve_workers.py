@@ -47,7 +47,7 @@ def test_two_workers_share_state(tmp_path: Path, fake_upstream: FakeUpstream) ->
         body = {"model": "fake-gpt", "messages": [{"role": "user", "content": "hi"}]}
         with httpx.Client(base_url=base, headers=h, timeout=10) as c:
             rids = set()
-            for _ in range(30):  # new connections spread over both workers
+            for _ in range(60):  # new connections spread over both workers
                 r = httpx.post(base + "/v1/chat/completions", json=body, headers=h, timeout=10)
                 assert r.status_code == 200, r.text
                 rids.add(r.headers["x-keel-request-id"])
@@ -58,7 +58,7 @@ def test_two_workers_share_state(tmp_path: Path, fake_upstream: FakeUpstream) ->
                 listing = c.get("/v1/admin/requests", params={"limit": 100})
                 assert listing.status_code == 200, listing.text
                 rows = listing.json()["data"]
-                if len(rows) >= 30 or time.monotonic() > deadline:
+                if len(rows) >= 60 or time.monotonic() > deadline:
                     break
                 time.sleep(0.1)
             assert {r["id"] for r in rows} >= rids
