@@ -3,5 +3,6 @@
 from keel.ports.embedder import Embedder
 from keel.ports.kv import KV
 from keel.ports.provider import ChatProvider
+from keel.ports.vector_index import Hit, VectorIndex
 
-__all__ = ["KV", "ChatProvider", "Embedder"]
+__all__ = ["KV", "ChatProvider", "Embedder", "Hit", "VectorIndex"]

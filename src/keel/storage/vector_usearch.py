@@ -1,0 +1,417 @@
+"""The VectorIndex port embedded in the process: usearch HNSW + a SQLite file of record.
+
+Files, in ``path``: ``<name>.vectors.db`` (SQLite, WAL) holds every entry -- id, metadata
+and its unit vector -- and is the source of truth. ``<name>.usearch`` is the HNSW graph,
+saved on ``aclose`` through a temp file and an atomic rename. Each write first marks the
+saved graph stale in the same SQLite transaction, so after a crash (or a lost/corrupt
+graph file) the next open rebuilds the graph from SQLite instead of trusting it.
+
+Filtering: string metadata is kept in an in-memory inverted index. A filtered search
+looks at the partition's size: small partitions (or ones too small a share of the index
+for HNSW over-fetching to be cheap) get an exact numpy search over just their vectors;
+large ones over-fetch from HNSW and keep partition members, falling back to exact when
+too few survive. Either way the answer is the top-k *within* the partition.
+
+One process owns the files: several processes writing the same index would overwrite
+each other's graph. Use the Redis backend for multi-process or multi-replica setups.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import os
+import sqlite3
+import threading
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Literal, TypeVar
+
+import numpy as np
+import orjson
+from usearch.index import Index
+
+from keel.errors import InvalidRequest, StorageError
+from keel.ports.vector_index import Hit, Metadata, Vectors
+from keel.storage.vector_checks import (
+    check_dim,
+    check_filters,
+    check_items,
+    check_k,
+    check_name,
+    unit_query,
+    unit_rows,
+)
+
+T = TypeVar("T")
+
+EXACT_MAX = 4096  # partitions up to this size are searched exactly (a few ms at 384-d)
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS items (
+  key INTEGER PRIMARY KEY,
+  id TEXT NOT NULL UNIQUE,
+  metadata TEXT NOT NULL,
+  vector BLOB NOT NULL
+);
+"""
+
+
+class UsearchVectorIndex:
+    """``VectorIndex`` in files under ``path``; blocking work runs in a worker thread."""
+
+    def __init__(
+        self,
+        path: Path,
+        name: str,
+        *,
+        connectivity: int = 16,
+        expansion_add: int = 128,
+        expansion_search: int = 128,
+    ) -> None:
+        self._dir = Path(path)
+        self._name = check_name(name)
+        self._hnsw = (connectivity, expansion_add, expansion_search)
+        self._lock = threading.Lock()
+        self._db: sqlite3.Connection | None = None
+        self._index: Index | None = None
+        self._dim = 0
+        self._next_key = 1
+        self._graph_dirty = False  # the saved graph file is stale
+        self._items: dict[int, tuple[str, Metadata]] = {}  # key -> (id, metadata)
+        self._keys: dict[str, int] = {}  # id -> key
+        self._tags: dict[tuple[str, str], set[int]] = {}  # (field, value) -> keys
+        self._closed = False
+
+    def __repr__(self) -> str:
+        return f"UsearchVectorIndex({str(self._dir)!r}, {self._name!r})"
+
+    @property
+    def db_path(self) -> Path:
+        return self._dir / f"{self._name}.vectors.db"
+
+    @property
+    def graph_path(self) -> Path:
+        return self._dir / f"{self._name}.usearch"
+
+    # --- plumbing -----------------------------------------------------------------------
+
+    async def _run(self, op: str, fn: Callable[[], T]) -> T:
+        def locked() -> T:
+            with self._lock:
+                if self._closed:
+                    raise StorageError(f"vector index {self._name!r} is closed ({op})")
+                try:
+                    if self._db is None:
+                        self._open()
+                    return fn()
+                except (sqlite3.Error, OSError, RuntimeError) as exc:
+                    raise StorageError(
+                        f"vector index {self._name!r} in {self._dir} failed ({op}): {exc}"
+                    ) from exc
+
+        return await asyncio.to_thread(locked)
+
+    def _conn(self) -> sqlite3.Connection:
+        assert self._db is not None
+        return self._db
+
+    def _new_graph(self) -> Index:
+        connectivity, expansion_add, expansion_search = self._hnsw
+        return Index(
+            ndim=self._dim,
+            metric="cos",
+            dtype="f32",
+            connectivity=connectivity,
+            expansion_add=expansion_add,
+            expansion_search=expansion_search,
+        )
+
+    def _open(self) -> None:
+        self._dir.mkdir(parents=True, exist_ok=True)
+        db = sqlite3.connect(self.db_path, check_same_thread=False, isolation_level=None)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=NORMAL")
+        db.executescript(_SCHEMA)
+        self._db = db
+        meta = dict(db.execute("SELECT k, v FROM meta").fetchall())
+        self._dim = int(meta.get("dim", 0))
+        self._next_key = int(meta.get("next_key", 1))
+        keys: list[int] = []
+        vectors: list[bytes] = []
+        for key, item_id, metadata, blob in db.execute(
+            "SELECT key, id, metadata, vector FROM items ORDER BY key"
+        ):
+            self._remember(int(key), str(item_id), orjson.loads(metadata))
+            keys.append(int(key))
+            vectors.append(blob)
+        if not self._dim:
+            return
+        graph = None if meta.get("graph_clean") != "1" else self._load_graph(len(keys))
+        if graph is None:  # crashed mid-write, lost or corrupt: rebuild from SQLite
+            graph = self._new_graph()
+            if keys:
+                matrix = np.frombuffer(b"".join(vectors), dtype=np.float32)
+                graph.add(np.array(keys, dtype=np.uint64), matrix.reshape(len(keys), self._dim))
+            self._graph_dirty = True
+        self._index = graph
+
+    def _load_graph(self, expected: int) -> Index | None:
+        if not self.graph_path.is_file():
+            return None
+        try:
+            graph = Index.restore(str(self.graph_path))
+        except (RuntimeError, ValueError, OSError):
+            return None
+        if graph is None or graph.ndim != self._dim or len(graph) != expected:
+            return None
+        graph.expansion_search = self._hnsw[2]  # type: ignore[misc]  # has a setter
+        return graph
+
+    def _save_graph(self) -> None:
+        if self._index is None or not self._graph_dirty:
+            return
+        tmp = self.graph_path.with_suffix(".usearch.tmp")
+        self._index.save(str(tmp))
+        with tmp.open("rb") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, self.graph_path)
+        dir_fd = os.open(self._dir, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+        self._conn().execute("INSERT OR REPLACE INTO meta VALUES ('graph_clean', '1')")
+        self._graph_dirty = False
+
+    def _remember(self, key: int, item_id: str, metadata: Metadata) -> None:
+        self._items[key] = (item_id, metadata)
+        self._keys[item_id] = key
+        for field, value in metadata.items():
+            if isinstance(value, str):
+                self._tags.setdefault((field, value), set()).add(key)
+
+    def _forget(self, key: int) -> None:
+        item_id, metadata = self._items.pop(key)
+        del self._keys[item_id]
+        for field, value in metadata.items():
+            if isinstance(value, str):
+                members = self._tags[(field, value)]
+                members.discard(key)
+                if not members:
+                    del self._tags[(field, value)]
+
+    def _partition(self, filters: dict[str, str]) -> set[int]:
+        sets = [self._tags.get(pair, set()) for pair in filters.items()]
+        sets.sort(key=len)
+        out = set(sets[0])
+        for other in sets[1:]:
+            out &= other
+        return out
+
+    def _require_created(self) -> Index:
+        if self._index is None:
+            raise InvalidRequest(
+                f"vector index {self._name!r} does not exist yet: call create(dim) first"
+            )
+        return self._index
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        """One SQLite write transaction that also marks the saved graph stale."""
+        db = self._conn()
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            self._mark_dirty()
+            yield db
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+
+    def _delete_keys(self, keys: Sequence[int]) -> int:
+        """Delete entries: SQLite first (the record), then the graph and memory."""
+        if not keys:
+            return 0
+        with self._transaction() as db:
+            db.executemany("DELETE FROM items WHERE key = ?", [(k,) for k in keys])
+        self._require_created().remove(np.array(keys, dtype=np.uint64))
+        for key in keys:
+            self._forget(key)
+        return len(keys)
+
+    def _mark_dirty(self) -> None:
+        self._conn().execute("INSERT OR REPLACE INTO meta VALUES ('graph_clean', '0')")
+        self._graph_dirty = True
+
+    # --- the port -----------------------------------------------------------------------
+
+    async def create(self, dim: int, *, metric: Literal["cosine"] = "cosine") -> None:
+        check_dim(dim)
+        if metric != "cosine":
+            raise InvalidRequest(f"unsupported metric {metric!r}: use 'cosine'", param="metric")
+
+        def do() -> None:
+            if self._dim:
+                if self._dim != dim:
+                    raise InvalidRequest(
+                        f"vector index {self._name!r} exists with dim {self._dim}, not {dim}",
+                        param="dim",
+                    )
+                return
+            with self._transaction() as db:
+                db.execute("INSERT OR REPLACE INTO meta VALUES ('dim', ?)", (dim,))
+            self._dim = dim
+            self._index = self._new_graph()
+
+        await self._run("create", do)
+
+    async def upsert(
+        self, ids: Sequence[str], vectors: Vectors, metadata: Sequence[Metadata]
+    ) -> None:
+        ids = list(ids)
+        check_items(ids, int(np.asarray(vectors).shape[0]) if np.ndim(vectors) else -1, metadata)
+        metas = [dict(m) for m in metadata]
+
+        def do() -> None:
+            graph = self._require_created()
+            matrix = unit_rows(vectors, self._dim)
+            if not ids:
+                return
+            new_keys = list(range(self._next_key, self._next_key + len(ids)))
+            old = [self._keys[i] for i in ids if i in self._keys]
+            with self._transaction() as db:
+                db.executemany("DELETE FROM items WHERE key = ?", [(k,) for k in old])
+                db.executemany(
+                    "INSERT INTO items (key, id, metadata, vector) VALUES (?, ?, ?, ?)",
+                    [
+                        (key, item_id, orjson.dumps(meta), matrix[row].tobytes())
+                        for row, (key, item_id, meta) in enumerate(
+                            zip(new_keys, ids, metas, strict=True)
+                        )
+                    ],
+                )
+                db.execute(
+                    "INSERT OR REPLACE INTO meta VALUES ('next_key', ?)", (new_keys[-1] + 1,)
+                )
+            self._next_key = new_keys[-1] + 1
+            if old:
+                graph.remove(np.array(old, dtype=np.uint64))
+                for key in old:
+                    self._forget(key)
+            graph.add(np.array(new_keys, dtype=np.uint64), matrix)
+            for key, item_id, meta in zip(new_keys, ids, metas, strict=True):
+                self._remember(key, item_id, meta)
+
+        await self._run("upsert", do)
+
+    async def search(
+        self, vector: Vectors, k: int, *, filters: Mapping[str, str] | None = None
+    ) -> list[Hit]:
+        check_k(k)
+        wanted = check_filters(filters)
+
+        def do() -> list[Hit]:
+            if self._index is None:
+                return []
+            query = unit_query(vector, self._dim)
+            total = len(self._items)
+            if total == 0:
+                return []
+            if not wanted:
+                return self._hnsw_search(query, k, None)
+            members = self._partition(wanted)
+            if not members:
+                return []
+            fetch = min(total, 2 * k * math.ceil(total / len(members)) + 32)
+            if len(members) <= EXACT_MAX or fetch > total // 2:
+                return self._exact_search(query, k, members)
+            hits = self._hnsw_search(query, k, members, fetch=fetch)
+            if len(hits) < min(k, len(members)):
+                return self._exact_search(query, k, members)
+            return hits
+
+        return await self._run("search", do)
+
+    def _hnsw_search(
+        self, query: Vectors, k: int, members: set[int] | None, *, fetch: int | None = None
+    ) -> list[Hit]:
+        graph = self._require_created()
+        found = graph.search(query, fetch or k)
+        hits: list[Hit] = []
+        for key, distance in zip(found.keys.tolist(), found.distances.tolist(), strict=True):
+            if members is not None and key not in members:
+                continue
+            item = self._items.get(int(key))
+            if item is None:
+                continue
+            hits.append(Hit(item[0], 1.0 - float(distance), dict(item[1])))
+            if len(hits) == k:
+                break
+        return hits
+
+    def _exact_search(self, query: Vectors, k: int, members: set[int]) -> list[Hit]:
+        keys = np.fromiter(members, dtype=np.uint64, count=len(members))
+        rows = self._require_created().get(keys, dtype="f32")
+        parts = list(rows) if isinstance(rows, tuple) else [rows]
+        if any(part is None for part in parts):
+            raise StorageError(f"vector index {self._name!r}: graph lost an entry; reopen it")
+        matrix = np.vstack([p for p in parts if p is not None]).reshape(len(keys), self._dim)
+        sims = matrix @ query
+        top = min(k, len(keys))
+        best = np.argpartition(-sims, top - 1)[:top]
+        best = best[np.argsort(-sims[best], kind="stable")]
+        hits = []
+        for row in best.tolist():
+            item_id, meta = self._items[int(keys[row])]
+            hits.append(Hit(item_id, float(sims[row]), dict(meta)))
+        return hits
+
+    async def delete(self, ids: Sequence[str]) -> int:
+        ids = list(ids)
+
+        def do() -> int:
+            return self._delete_keys(sorted({self._keys[i] for i in ids if i in self._keys}))
+
+        return await self._run("delete", do)
+
+    async def delete_where(self, filters: Mapping[str, str]) -> int:
+        wanted = check_filters(filters)
+        if not wanted:
+            raise InvalidRequest("delete_where needs at least one filter", param="filters")
+
+        def do() -> int:
+            return self._delete_keys(sorted(self._partition(wanted)))
+
+        return await self._run("delete_where", do)
+
+    async def count(self, filters: Mapping[str, str] | None = None) -> int:
+        wanted = check_filters(filters)
+
+        def do() -> int:
+            return len(self._partition(wanted)) if wanted else len(self._items)
+
+        return await self._run("count", do)
+
+    async def aclose(self) -> None:
+        def do() -> None:
+            with self._lock:
+                if self._closed:
+                    return
+                self._closed = True
+                if self._db is None:
+                    return
+                try:
+                    self._save_graph()
+                except (sqlite3.Error, OSError, RuntimeError) as exc:
+                    raise StorageError(
+                        f"saving vector index {self._name!r} in {self._dir} failed: {exc}; "
+                        "it will be rebuilt from SQLite on the next open"
+                    ) from exc
+                finally:
+                    self._db.close()
+                    self._db = None
+                    self._index = None
+
+        await asyncio.to_thread(do)
