@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import onnxruntime  # noqa: F401  (native runtimes load on the main thread, before any worker)
 import pytest
 
 from keel.app import build_services, create_app

@@ -82,6 +82,12 @@ class ModelRegistry:
 
     def embedder(self) -> Embedder:
         if self._embedder is None:
+            # Load onnxruntime's native library here, on the thread that builds the app:
+            # its first import from the embedder's worker thread, while other native
+            # libraries ran on other threads, crashed a test process once (segfault in
+            # dlopen). Weights still load lazily on first use.
+            import onnxruntime  # noqa: F401
+
             from keel.providers.embeddings import MiniLMEmbedder
 
             self._embedder = MiniLMEmbedder(self.settings.model_dir)
