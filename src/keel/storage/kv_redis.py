@@ -3,16 +3,10 @@
 from __future__ import annotations
 
 import math
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-from urllib.parse import urlsplit, urlunsplit
+from contextlib import AbstractAsyncContextManager
 
-import redis.asyncio as aioredis
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
-from redis.exceptions import TimeoutError as RedisTimeoutError
-
-from keel.errors import InvalidRequest, StorageError
+from keel.errors import InvalidRequest
+from keel.storage.redis_client import open_client, redact_url, redis_errors
 
 # KEYS[1] counter; ARGV[1] amount; ARGV[2] ttl in ms, "" for none.
 # The expiry is set only when this call created the key, all in one atomic script.
@@ -27,20 +21,6 @@ return value
 """
 
 _GLOB_SPECIAL = frozenset("*?[]\\")
-
-
-def redact_url(url: str) -> str:
-    """The URL with any password replaced by ``***`` (safe for messages and logs)."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    host = parts.hostname or ""
-    if ":" in host:  # IPv6 literal
-        host = f"[{host}]"
-    netloc = f"{parts.username or ''}:***@{host}"
-    if parts.port is not None:
-        netloc += f":{parts.port}"
-    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
 
 
 def _glob_escape(text: str) -> str:
@@ -79,35 +59,17 @@ class RedisKV:
     ) -> None:
         self._safe_url = redact_url(url)
         self._prefix = prefix
-        try:
-            # A blocking pool: callers beyond max_connections wait for a free connection
-            # instead of failing with "Too many connections".
-            pool = aioredis.BlockingConnectionPool.from_url(
-                url,
-                decode_responses=True,
-                max_connections=max_connections,
-                timeout=pool_timeout_s,
-                socket_connect_timeout=connect_timeout_s,
-            )
-        except ValueError as exc:
-            raise StorageError(f"invalid Redis URL {self._safe_url}: {exc}") from None
-        self._client: aioredis.Redis = aioredis.Redis.from_pool(pool)
+        self._client = open_client(
+            url, decode_responses=True, max_connections=max_connections,
+            connect_timeout_s=connect_timeout_s, pool_timeout_s=pool_timeout_s,
+        )
         self._incr = self._client.register_script(_INCR_SCRIPT)
 
     def __repr__(self) -> str:
         return f"RedisKV({self._safe_url!r}, prefix={self._prefix!r})"
 
-    @asynccontextmanager
-    async def _errors(self, op: str) -> AsyncIterator[None]:
-        try:
-            yield
-        except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
-            raise StorageError(
-                f"cannot reach Redis at {self._safe_url} ({op}): {exc}. "
-                "Check that the server is running and the URL is right."
-            ) from exc
-        except RedisError as exc:
-            raise StorageError(f"Redis {op} failed at {self._safe_url}: {exc}") from exc
+    def _errors(self, op: str) -> AbstractAsyncContextManager[None]:
+        return redis_errors(self._safe_url, op)
 
     def _key(self, key: str) -> str:
         return self._prefix + key

@@ -15,22 +15,19 @@ pre-filter, so the top-k is taken within the partition.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import AsyncIterator, Mapping, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
 from typing import Any, Literal
 
 import numpy as np
 import orjson
-import redis.asyncio as aioredis
 from redis.commands.search.field import Field, TagField, VectorField
 from redis.commands.search.index_definition import IndexDefinition, IndexType
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError, ResponseError
-from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.exceptions import ResponseError
 
-from keel.errors import InvalidRequest, StorageError
+from keel.errors import InvalidRequest
 from keel.ports.vector_index import Hit, Metadata, Vectors
-from keel.storage.kv_redis import redact_url
+from keel.storage.redis_client import open_client, redact_url, redis_errors
 from keel.storage.vector_checks import (
     check_dim,
     check_filters,
@@ -88,35 +85,17 @@ class RedisVectorIndex:
         self._item_prefix = f"{prefix}{name}:i:"
         self._hnsw = (hnsw_m, ef_construction)
         self._dim = 0
-        try:
-            pool = aioredis.BlockingConnectionPool.from_url(
-                url,
-                decode_responses=False,
-                protocol=2,  # flat FT.SEARCH replies, parsed below
-                max_connections=max_connections,
-                timeout=pool_timeout_s,
-                socket_connect_timeout=connect_timeout_s,
-            )
-        except ValueError as exc:
-            raise StorageError(f"invalid Redis URL {self._safe_url}: {exc}") from None
-        self._client: aioredis.Redis = aioredis.Redis.from_pool(pool)
+        self._client = open_client(
+            url, decode_responses=False, max_connections=max_connections,
+            connect_timeout_s=connect_timeout_s, pool_timeout_s=pool_timeout_s,
+            protocol=2,  # flat FT.SEARCH replies, parsed below
+        )
 
     def __repr__(self) -> str:
         return f"RedisVectorIndex({self._safe_url!r}, {self._name!r})"
 
-    @asynccontextmanager
-    async def _errors(self, op: str) -> AsyncIterator[None]:
-        try:
-            yield
-        except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
-            raise StorageError(
-                f"cannot reach Redis at {self._safe_url} ({op} on vector index "
-                f"{self._name!r}): {exc}. Check that the server is running and the URL is right."
-            ) from exc
-        except RedisError as exc:
-            raise StorageError(
-                f"Redis {op} on vector index {self._name!r} failed at {self._safe_url}: {exc}"
-            ) from exc
+    def _errors(self, op: str) -> AbstractAsyncContextManager[None]:
+        return redis_errors(self._safe_url, f"{op} on vector index {self._name!r}")
 
     async def _known_dim(self) -> int:
         """The index's dim (0 when it was never created); cached once known."""
