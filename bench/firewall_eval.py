@@ -266,18 +266,26 @@ async def main() -> None:
     if benign_fp:
         console.print("benign prompts blocked (both layers):", benign_fp)
 
-    # semantic latency: check() per prompt on a sample of the test split
+    # semantic latency: check() per prompt on a sample of the test split. In the gateway the
+    # layer only sees what the signatures passed, so that subset is the headline number.
     sample = rows[::9][:200]
     lat = []
     for r in track(sample, description="semantic p50"):
         t0 = time.perf_counter()
         await layer.check(r["text"])
         lat.append((time.perf_counter() - t0) * 1000)
+    passed = [x for x, r in zip(lat, sample, strict=True) if not sig_hits[r["id"]]]
     short = [x for x, r in zip(lat, sample, strict=True) if len(r["text"]) <= 1000]
-    sem_speed = {"p50_ms_all": round(statistics.median(lat), 2),
-                 "p90_ms_all": round(float(np.percentile(lat, 90)), 2),
-                 "p50_ms_short_prompts": round(statistics.median(short), 2) if short else None,
-                 "sample": len(sample), "corpus_vectors": len(layer.corpus)}
+    mid = [x for x, r in zip(lat, sample, strict=True) if 300 <= len(r["text"]) <= 700]
+    sem_speed = {
+        "p50_ms_signature_passed": round(statistics.median(passed), 2),
+        "p90_ms_signature_passed": round(float(np.percentile(passed, 90)), 2),
+        "signature_passed": len(passed),
+        "p50_ms_all": round(statistics.median(lat), 2),
+        "p90_ms_all": round(float(np.percentile(lat, 90)), 2),
+        "p50_ms_short_prompts": round(statistics.median(short), 2) if short else None,
+        "p50_ms_300_700_chars": round(statistics.median(mid), 2) if mid else None,
+        "sample": len(sample), "corpus_vectors": len(layer.corpus)}
     embedder.close()
 
     speed = throughput(rules, clean_prompts(load_rows(split="test")))
