@@ -1,0 +1,27 @@
+"""Assemble the cache stage from settings: store (KV + vector index), embedder, stats."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry
+
+from keel.cache.stage import CacheStage, RagTag
+from keel.cache.stats import CacheStats
+from keel.cache.store import CacheStore
+from keel.config import Settings
+from keel.ports.embedder import Embedder
+from keel.ports.kv import KV
+from keel.storage.sql import Database
+from keel.storage.vectors import open_vector_index
+
+INDEX_NAME = "semantic-cache"
+
+
+def build_cache(settings: Settings, kv: KV, db: Database, embedder: Embedder | None,
+                registry: CollectorRegistry, *, rag_tag: RagTag | None = None) -> CacheStage:
+    cs = settings.cache
+    index = None
+    if cs.semantic and embedder is not None:
+        index = open_vector_index(cs.vector_url or "embedded://", INDEX_NAME, settings.data_dir)
+    store = CacheStore(kv, index, embedder.dim if embedder is not None else 0)
+    stats = CacheStats(db, registry, cs.stats_flush_s)
+    return CacheStage(cs, store, embedder, stats, rag_tag=rag_tag)

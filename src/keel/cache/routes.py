@@ -1,0 +1,58 @@
+"""Admin API for the cache: flush a namespace (optionally one tenant) and read the stats."""
+
+from __future__ import annotations
+
+import time
+
+from fastapi import APIRouter
+from starlette.requests import Request
+from starlette.responses import Response
+
+from keel.cache.stage import CacheStage
+from keel.cache.stats import by_hour, summary
+from keel.errors import InvalidRequest
+from keel.gateway.http import ORJSONResponse, read_body, require_admin
+from keel.gateway.routes import authenticate
+from keel.gateway.services import Services
+from keel.gateway.validation import check, parse_json, require
+
+
+class CacheAdminRoutes:
+    def __init__(self, svc: Services, cache: CacheStage) -> None:
+        self.svc = svc
+        self.cache = cache
+
+    def router(self) -> APIRouter:
+        r = APIRouter()
+        r.add_api_route("/v1/admin/cache/flush", self.flush, methods=["POST"],
+                        summary="Flush a cache namespace (optionally one tenant)")
+        r.add_api_route("/v1/admin/cache/stats", self.stats, methods=["GET"],
+                        summary="Cache hit rate, guard rejections and savings")
+        return r
+
+    async def _admin(self, request: Request) -> None:
+        require_admin((await authenticate(self.svc, request)).admin
+                      or not self.svc.settings.auth_required)
+
+    async def flush(self, request: Request) -> Response:
+        await self._admin(request)
+        body = parse_json(await read_body(request, 65536))
+        namespace = require(body, "namespace", str)
+        tenant = check(body, "tenant", str)
+        removed = await self.cache.flush(namespace, tenant)
+        return ORJSONResponse({"namespace": namespace, "tenant": tenant, "removed": removed})
+
+    async def stats(self, request: Request) -> Response:
+        await self._admin(request)
+        q = request.query_params
+        try:
+            hours = float(q.get("hours", 24))
+        except ValueError:
+            raise InvalidRequest("'hours' must be a number") from None
+        await self.cache.drain()
+        await self.cache.stats.flush()
+        since = time.time() - hours * 3600
+        tenant = q.get("tenant")
+        out = await self.svc.db.run(lambda _c: summary(self.svc.db, since, tenant))
+        out["by_hour"] = by_hour(self.svc.db, since, tenant)
+        return ORJSONResponse(out)
