@@ -186,3 +186,19 @@ async def test_close_then_reuse(cache_dir: Path) -> None:
     second = await emb.embed(["again"])
     emb.close()
     assert np.abs(first - second).max() < 1e-6
+
+
+async def test_concurrent_calls_are_coalesced_and_match_single_calls(cache_dir: Path) -> None:
+    emb = MiniLMEmbedder(cache_dir)
+    texts = [f"question number {i} about {'billing ' * (i % 7)}invoices" for i in range(40)]
+    try:
+        single = [await emb.embed([t]) for t in texts]
+        before = emb._coalescer.batches
+        together = await asyncio.gather(*(emb.embed([t]) for t in texts))
+        passes = emb._coalescer.batches - before
+    finally:
+        emb.close()
+    for a, b in zip(single, together, strict=True):
+        assert a.shape == b.shape == (1, 384)
+        assert float(np.abs(a - b).max()) < 1e-5
+    assert passes < len(texts) // 2  # merged into a few forward passes

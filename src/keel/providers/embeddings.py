@@ -11,7 +11,9 @@ Texts are tokenised with the shipped ``tokenizer.json``, cut to 256 word pieces 
 model's ``max_seq_length``, special tokens included), sorted by length and run in batches
 of at most ``max_batch``, each padded only to its own longest text. All work runs on one
 dedicated worker thread, so the event loop never blocks and concurrent callers queue
-instead of oversubscribing the cores; onnxruntime parallelises inside each batch.
+instead of oversubscribing the cores; small calls that arrive while the worker is busy are
+merged into the next forward pass (:mod:`keel.providers.coalesce`); onnxruntime
+parallelises inside each batch.
 
 Measured on the 2-core dev box with ``bench/embeddings_speed.py`` (QQP questions, 16 word
 pieces on average): 3.7 ms per sentence at batch 1; 210 sentences/s in calls of 64 texts
@@ -38,6 +40,7 @@ import numpy as np
 import numpy.typing as npt
 
 from keel.errors import ConfigError, ModelFileError, WrongType
+from keel.providers.coalesce import Coalescer
 
 if TYPE_CHECKING:
     import onnxruntime
@@ -313,6 +316,7 @@ class MiniLMEmbedder:
         self._tok: Tokenizer | None = None
         self._session: onnxruntime.InferenceSession | None = None
         self._executor: ThreadPoolExecutor | None = None
+        self._coalescer = Coalescer(self._tokenize, self._forward, self._submit, max_batch)
 
     def __repr__(self) -> str:
         return f"MiniLMEmbedder(cache_dir={self._cache_dir!r}, max_batch={self.max_batch})"
@@ -328,8 +332,8 @@ class MiniLMEmbedder:
                 )
         if not texts:
             return np.zeros((0, DIM), dtype=np.float32)
-        if len(texts) <= self.max_batch:  # one batch: one trip to the worker
-            return await self._call(self._embed_batch, texts)
+        if len(texts) <= self.max_batch:  # one trip to the worker, shared with other callers
+            return await self._coalescer(texts)
         token_rows = await self._call(self._tokenize, texts)
         order = sorted(range(len(texts)), key=lambda i: len(token_rows[i]))
         out = np.empty((len(texts), DIM), dtype=np.float32)
@@ -353,12 +357,17 @@ class MiniLMEmbedder:
 
     # -- internals ------------------------------------------------------------------------
 
-    async def _call(self, fn: Callable[[Any], _T], arg: Any) -> _T:
+    def _worker(self) -> ThreadPoolExecutor:
         with self._exec_lock:
             if self._executor is None:
                 self._executor = ThreadPoolExecutor(1, thread_name_prefix="keel-embed")
-            executor = self._executor
-        return await asyncio.get_running_loop().run_in_executor(executor, fn, arg)
+            return self._executor
+
+    def _submit(self, fn: Callable[[], None]) -> object:
+        return self._worker().submit(fn)
+
+    async def _call(self, fn: Callable[[Any], _T], arg: Any) -> _T:
+        return await asyncio.get_running_loop().run_in_executor(self._worker(), fn, arg)
 
     def _tokenizer(self) -> Tokenizer:
         tok = self._tok
@@ -391,9 +400,6 @@ class MiniLMEmbedder:
 
     def _tokenize(self, texts: list[str]) -> list[list[int]]:
         return token_ids(self._tokenizer(), texts)
-
-    def _embed_batch(self, texts: list[str]) -> Float32Array:
-        return self._forward(self._tokenize(texts))
 
     def _forward(self, rows: list[list[int]]) -> Float32Array:
         session = self._load_session()
