@@ -11,6 +11,7 @@ Results go back to each caller's own event loop.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -113,7 +114,5 @@ class Coalescer:
 
     @staticmethod
     def _deliver(w: _Waiter, value: Float32Array | BaseException) -> None:
-        try:
+        with contextlib.suppress(RuntimeError):  # that loop is closed: nobody waits any more
             w.loop.call_soon_threadsafe(_settle, w.future, value)
-        except RuntimeError:  # that loop is closed: nobody is waiting any more
-            pass
