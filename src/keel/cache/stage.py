@@ -259,9 +259,14 @@ class CacheStage:
         task.add_done_callback(self._pending.discard)
 
     async def drain(self) -> None:
-        """Wait for background stores (tests, shutdown)."""
+        """Wait for background stores (tests, shutdown); callable from any event loop."""
+        loop = asyncio.get_running_loop()
         while self._pending:
-            await asyncio.gather(*list(self._pending), return_exceptions=True)
+            tasks = list(self._pending)
+            if all(t.get_loop() is loop for t in tasks):
+                await asyncio.gather(*tasks, return_exceptions=True)
+            else:  # the gateway runs on another thread's loop: poll
+                await asyncio.sleep(0.005)
 
     async def aclose(self) -> None:
         await self.drain()

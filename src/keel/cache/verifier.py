@@ -127,7 +127,15 @@ for _group in (
 
 def _fold(text: str) -> str:
     text = unicodedata.normalize("NFKC", text).replace("\u2019", "'")
-    return re.sub(r"(\w)n't\b", r"\1 not", text)
+    text = re.sub(r"\b(can)'t\b|\b(won)'t\b", lambda m: "cannot" if m.group(1) else "will not",
+                  text, flags=re.IGNORECASE)
+    text = re.sub(r"(\w)n't\b", r"\1 not", text)
+    text = re.sub(r"(\w)'(re|ve|ll|d|m)\b",
+                  lambda m: m.group(1) + " " + _CONTRACTIONS[m.group(2).lower()], text)
+    return re.sub(r"(\w)'s\b", r"\1", text)  # what's -> what, Trump's -> Trump
+
+
+_CONTRACTIONS = {"re": "are", "ve": "have", "ll": "will", "d": "would", "m": "am"}
 
 
 @lru_cache(maxsize=8192)
@@ -219,29 +227,26 @@ def features(text: str) -> Features:
             right = [j for j in content_idx if j > i]
             if left and right:
                 directions.append((_stem(words[left[-1]]), w, _stem(words[right[0]])))
-    negated_aux = frozenset(words[i - 1] for i, w in enumerate(words)
-                            if w == "not" and i > 0 and words[i - 1] not in _STOP_NOT_AUX)
+    negated_aux = frozenset(
+        "can" if w == "cannot" else words[i - 1] for i, w in enumerate(words)
+        if w == "cannot" or (w == "not" and i > 0 and words[i - 1] in _NEG_AUX))
     return Features(tuple(words), stems, content, frozenset(numbers), negated,
                     frozenset(entities), intent, tuple(directions), negated_aux,
                     _DEICTIC.search(text) is not None)
 
 
-_MODALS = frozenset({"can", "could", "should", "would", "will", "must", "may", "might", "shall",
-                     "ought"})
 _PERSONS = {"i": "1", "me": "1", "my": "1", "mine": "1", "myself": "1", "we": "1", "us": "1",
             "our": "1", "ours": "1", "ourselves": "1", "you": "2", "your": "2", "yours": "2",
-            "yourself": "2", "yourselves": "2", "u": "2"}
-
-
-def modals(f: Features) -> frozenset[str]:
-    return frozenset(w for w in f.words if w in _MODALS)
+            "yourself": "2", "yourselves": "2", "u": "2", "he": "3", "him": "3", "his": "3",
+            "she": "3", "her": "3", "hers": "3", "they": "3", "them": "3", "their": "3"}
+_NEG_AUX = frozenset({"do", "does", "did", "can", "cannot", "could", "will", "would", "should",
+                      "must", "may", "might", "shall", "need"})
 
 
 def persons(f: Features) -> frozenset[str]:
     return frozenset(_PERSONS[w] for w in f.words if w in _PERSONS)
 
 
-_STOP_NOT_AUX = frozenset({"or", "and", "if", "why", "whether", "but"})
 
 
 def _pairs(f: Features) -> list[tuple[str, str]]:
@@ -274,7 +279,8 @@ class HitVerifier:
             return "numbers differ"
         if a.negated != b.negated or a.negated_aux != b.negated_aux:
             return "negation differs"
-        if persons(a) != persons(b):
+        pa, pb = persons(a), persons(b)
+        if pa and pb and pa != pb:
             return "grammatical person differs (I / you)"
         if a.deictic or b.deictic:
             return "refers to context outside the text (this/my/attached ...)"

@@ -1,0 +1,92 @@
+"""``keel cache eval``: precision / recall / false-hit rate of the cache decision on pairs.
+
+A pair is (cached question, new question, same?). The cache would serve the cached answer
+when the cosine similarity reaches the threshold AND the verifier accepts the pair; that is
+a true hit for duplicates and a false hit otherwise.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import orjson
+
+from keel.cache.verifier import HitVerifier
+from keel.errors import InvalidRequest
+from keel.ports.embedder import Embedder
+
+SWEEP = (0.80, 0.85, 0.88, 0.90, 0.92, 0.94, 0.95, 0.96, 0.97, 0.98)
+
+
+@dataclass(frozen=True)
+class Pair:
+    a: str
+    b: str
+    same: bool
+
+
+def load_pairs(path: Path) -> list[Pair]:
+    """JSONL rows with ``text_a``/``text_b``/``label`` or ``a``/``b``/``same``."""
+    if not path.is_file():
+        raise InvalidRequest(f"{path}: no such file")
+    pairs: list[Pair] = []
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = orjson.loads(line)
+        except orjson.JSONDecodeError:
+            raise InvalidRequest(f"{path}:{n}: not valid JSON") from None
+        if not isinstance(row, dict):
+            raise InvalidRequest(f"{path}:{n}: each line must be a JSON object")
+        a, b = row.get("text_a", row.get("a")), row.get("text_b", row.get("b"))
+        label = row.get("label", row.get("same"))
+        if not isinstance(a, str) or not isinstance(b, str) or not a.strip() or not b.strip():
+            raise InvalidRequest(f"{path}:{n}: needs non-empty string fields text_a and text_b "
+                                 "(or a and b)")
+        if label not in (0, 1, True, False):
+            raise InvalidRequest(f"{path}:{n}: 'label' (or 'same') must be 0/1 or true/false")
+        pairs.append(Pair(a, b, bool(label)))
+    if not pairs:
+        raise InvalidRequest(f"{path}: no pairs found")
+    return pairs
+
+
+def metrics(hit: npt.NDArray[np.bool_], same: npt.NDArray[np.bool_]) -> dict[str, Any]:
+    tp = int((hit & same).sum())
+    fp = int((hit & ~same).sum())
+    pos, neg = int(same.sum()), int((~same).sum())
+    return {"pairs": len(same), "true_hits": tp, "false_hits": fp,
+            "precision": round(tp / (tp + fp), 4) if tp + fp else 1.0,
+            "recall": round(tp / pos, 4) if pos else 0.0,
+            "false_hit_rate": round(fp / neg, 4) if neg else 0.0}
+
+
+async def similarities(embedder: Embedder, pairs: Sequence[Pair]) -> npt.NDArray[np.float32]:
+    a = await embedder.embed([p.a for p in pairs])
+    b = await embedder.embed([p.b for p in pairs])
+    return np.asarray((np.asarray(a) * np.asarray(b)).sum(axis=1), dtype=np.float32)
+
+
+def verified(pairs: Iterable[Pair], verifier: HitVerifier | None) -> npt.NDArray[np.bool_]:
+    return np.array([verifier is None or verifier.check(p.b, p.a) is None for p in pairs],
+                    dtype=bool)
+
+
+def evaluate(pairs: Sequence[Pair], sims: npt.NDArray[np.float32], threshold: float,
+             verifier: HitVerifier | None) -> dict[str, Any]:
+    same = np.array([p.same for p in pairs], dtype=bool)
+    ok = verified(pairs, verifier)
+    out = metrics((sims >= threshold) & ok, same)
+    out["threshold"] = threshold
+    out["verifier"] = verifier is not None
+    out["cosine_only"] = metrics(sims >= threshold, same)
+    out["sweep"] = [{"threshold": t, **metrics((sims >= t) & ok, same),
+                     "cosine_only_precision": metrics(sims >= t, same)["precision"]}
+                    for t in SWEEP]
+    return out

@@ -1,0 +1,46 @@
+"""Console page for the cache: hit rate, guard rejections, savings per hour (chart)."""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING
+
+from fastapi import APIRouter
+from starlette.requests import Request
+from starlette.responses import RedirectResponse, Response
+
+from keel.cache.stats import by_hour, summary
+
+if TYPE_CHECKING:
+    from keel.web.console import ConsoleRoutes
+
+
+class CachePage:
+    def __init__(self, console: ConsoleRoutes) -> None:
+        self.console = console
+        self.svc = console.svc
+
+    def register(self, r: APIRouter) -> None:
+        r.add_api_route("/console/cache", self.page, methods=["GET"])
+
+    async def page(self, request: Request) -> Response:
+        from keel.web.console import _bar_chart
+
+        p = await self.console.principal(request)
+        if p is None:
+            return RedirectResponse("/console/login", status_code=303)
+        cache = self.svc.cache
+        tenant = None if p.admin else p.tenant
+        since = time.time() - 24 * 3600
+        if cache is not None:
+            await cache.stats.flush()
+        db = self.svc.db
+        totals = await db.run(lambda _c: summary(db, since, tenant))
+        hours = await db.run(lambda _c: by_hour(db, since, tenant))
+        chart = _bar_chart([{"hour": h["hour"], "cost_usd": h["usd_saved"],
+                             "requests": h["hits"]} for h in hours])
+        namespaces = sorted(self.svc.settings.cache.namespaces.items())
+        return self.console.render(
+            "cache.html", active="/console/cache", principal=p, enabled=cache is not None,
+            totals=totals, chart=chart, namespaces=namespaces, settings=self.svc.settings.cache,
+        )
