@@ -33,10 +33,26 @@ from keel.providers.embeddings import MiniLMEmbedder
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT / "bench"))
 DATA = ROOT.parent / "shared" / "datasets" / "semantic_cache" / "qqp_pairs.jsonl"
 OUT = ROOT / "bench" / "results" / "cache_eval.json"
 PEER_PY = ROOT / ".bench-venv" / "bin" / "python"
+PEER_PACKAGES = ["gptcache==0.1.44", "redisvl==0.28.0", "faiss-cpu==1.15.1",
+                 "sqlalchemy==2.1.9"]  # GPTCache pip-installs faiss/sqlalchemy on import else
 console = Console()
+
+
+def ensure_peers() -> None:
+    """Install the peers into ``.bench-venv`` (created by the overhead bench's helper)."""
+    probe = [str(PEER_PY), "-c", "import gptcache, redisvl, faiss"]
+    if PEER_PY.exists() and subprocess.run(probe, capture_output=True).returncode == 0:
+        return
+    from overhead_targets import ensure_litellm_venv
+
+    ensure_litellm_venv()
+    with console.status("installing GPTCache and redisvl into .bench-venv"):
+        subprocess.run([str(PEER_PY), "-m", "pip", "install", "-q", *PEER_PACKAGES],
+                       check=True)
 
 
 async def main() -> None:
@@ -53,7 +69,8 @@ async def main() -> None:
     rows: dict[str, Any] = {f"keel (cos>={args.threshold:.2f} + verifier)": keel,
                             f"keel cosine only (cos>={args.threshold:.2f})": keel["cosine_only"]}
     peers: list[dict[str, Any]] = []
-    if not args.skip_peers and PEER_PY.exists():
+    if not args.skip_peers:
+        ensure_peers()
         from services import RedisServer, redis_stack_dir, valkey_binary
 
         binary, stack = valkey_binary(), redis_stack_dir()

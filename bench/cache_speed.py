@@ -55,9 +55,9 @@ def pct(xs: list[float], p: float) -> float:
     return round(float(np.percentile(xs, p)), 3)
 
 
-async def fill(index: Any, vectors: np.ndarray, partition: str, label: str) -> None:
+async def fill(index: Any, vectors: np.ndarray, partition: str, label: str,
+               batch: int = 2000) -> None:
     await index.create(DIM)
-    batch = 2000
     for start in track(range(0, len(vectors), batch), description=f"fill {label}"):
         chunk = vectors[start:start + batch]
         ids = [f"e{start + i}" for i in range(len(chunk))]
@@ -114,7 +114,7 @@ async def vector_section(entries: int, redis_url: str | None) -> dict[str, Any]:
     out["usearch"]["disk_mb"] = dir_mb(tmp / "vec")
     if redis_url:
         red = RedisVectorIndex(redis_url, "bench")
-        await fill(red, vectors, "P", "redis")
+        await fill(red, vectors, "P", "redis", batch=200)  # RediSearch indexes on write
         out["redis"] = await lookup_bench(red, vectors, "P", rng)
         await red.aclose()
     return out

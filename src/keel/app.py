@@ -39,7 +39,19 @@ log = logging.getLogger("keel")
 
 
 def all_migrations() -> list[Migration]:
-    return [*keys_mod.MIGRATIONS, *request_log.MIGRATIONS]
+    from keel.approvals import store as approval_store  # issue 7
+    from keel.cache import stats as cache_stats  # issue 4
+    from keel.degrade import audit as degrade_audit
+    from keel.policy import store as policy_store
+    from keel.rag import catalog as rag_catalog
+    from keel.tools import decision_log as tool_decisions
+    from keel.wallets import tables as wallet_tables
+
+    return [*keys_mod.MIGRATIONS, *request_log.MIGRATIONS, *cache_stats.MIGRATIONS,
+            *policy_store.MIGRATIONS, *tool_decisions.MIGRATIONS,
+            *rag_catalog.MIGRATIONS, *degrade_audit.MIGRATIONS,
+            *wallet_tables.MIGRATIONS,  # issue 8
+            *approval_store.MIGRATIONS]  # issue 7
 
 
 def open_database(settings: Settings) -> Database:
@@ -76,12 +88,60 @@ def build_services(
         firewall = Firewall.build(settings.firewall, models.embedder())
         front.append(FirewallStage(firewall, firewall_state,
                                    FirewallMetrics(metrics.registry, firewall_state)))
+    # --- issue 4: exact + semantic cache, right after the firewall ------------------------
+    cache = None
+    if settings.cache.enabled:
+        from keel.cache.build import build_cache
+
+        cache = build_cache(settings, kv, db, models.embedder(), metrics.registry)
+        front.append(cache)
+    # --- end issue 4 ---------------------------------------------------------------------
+    # --- issue 5: degradation ladder (model, RAG depth, caps), then RAG context ---------
+    degrader = retriever = None
+    if settings.degrade.active:
+        from keel.degrade.service import Degrader
+
+        degrader = Degrader(kv, db, settings.degrade, models.specs(), metrics.registry)
+        front.append(degrader.stage)
+    if settings.rag.enabled:
+        from keel.rag.retrieve import Retriever
+        from keel.rag.stage import RagStage
+
+        retriever = Retriever(db, settings.rag, settings.data_dir, models.embedder())
+        front.append(RagStage(retriever, settings.rag))
+    # --- end issue 5 ---------------------------------------------------------------------
+    # --- issue 6: agent tool gateway (Cedar policies); tools connect in the lifespan ----
+    tool_gateway = None
+    if settings.tools.enabled:
+        from keel.tools.gateway import ToolGateway
+
+        tool_gateway = ToolGateway(settings.tools, db)
+    # --- end issue 6 ---------------------------------------------------------------------
+    # --- issue 8: wallets, budgets and x402 payments (fails start-up without a key) ----
+    wallets = fetcher = None
+    if settings.wallets.enabled:
+        from keel.wallets.service import WalletService
+        from keel.x402.client import PaidFetcher
+
+        wallets = WalletService(settings.wallets, db, metrics.registry)
+        fetcher = PaidFetcher(wallets)
+    # --- end issue 8 ---------------------------------------------------------------------
+    # --- issue 7: approvals as durable DBOS workflows (DBOS launches in the lifespan) ----
+    approvals = None
+    if settings.approvals.enabled:
+        from keel.approvals.service import ApprovalsService
+
+        approvals = ApprovalsService(settings, db)
+    # --- end issue 7 ---------------------------------------------------------------------
     pipeline = Pipeline([*front, *stages, MeteringStage()], ProviderCall(models))
     return Services(
         settings=settings, db=db, kv=kv, keys=KeyStore(db), models=models,
         request_log=writer, metrics=metrics, pipeline=pipeline,
         trusted_proxies=frozenset(settings.firewall.trusted_proxies),
-        firewall=firewall, firewall_state=firewall_state,
+        firewall=firewall, firewall_state=firewall_state, tools=tool_gateway, cache=cache,
+        rag=retriever, degrade=degrader,
+        wallets=wallets, x402=fetcher,  # issue 8
+        approvals=approvals,  # issue 7
     )
 
 
@@ -93,11 +153,35 @@ def create_app(settings: Settings, *, services: Services | None = None, **kw: An
         svc.request_log.start()
         if svc.firewall_state is not None:
             await svc.firewall_state.start()
+        if svc.cache is not None:  # issue 4
+            svc.cache.stats.start()
+        if svc.tools is not None:  # issue 6
+            await svc.tools.start()
+        if svc.degrade is not None:
+            await svc.degrade.start()
+        if svc.wallets is not None:  # issue 8: expiry sweeper for payment holds
+            svc.wallets.start()
+        if svc.approvals is not None:  # issue 7: launch DBOS, recover pending waits
+            await svc.approvals.start()
         try:
             yield
         finally:
+            if svc.approvals is not None:  # issue 7
+                await svc.approvals.stop()
             if svc.firewall_state is not None:
                 await svc.firewall_state.aclose()
+            if svc.cache is not None:  # issue 4
+                await svc.cache.aclose()
+            if svc.tools is not None:  # issue 6
+                await svc.tools.aclose()
+            if svc.degrade is not None:
+                await svc.degrade.aclose()
+            if svc.rag is not None:
+                await svc.rag.aclose()
+            if svc.wallets is not None:  # issue 8
+                await svc.wallets.aclose()
+            if svc.x402 is not None:
+                await svc.x402.aclose()
             await svc.request_log.aclose()
             await svc.models.aclose()
             await svc.kv.aclose()
@@ -112,6 +196,23 @@ def create_app(settings: Settings, *, services: Services | None = None, **kw: An
     app.state.services = svc
     app.include_router(OpenAIRoutes(svc).router())
     app.include_router(AdminRoutes(svc).router())
+    if svc.cache is not None:  # issue 4: /v1/admin/cache/*
+        from keel.cache.routes import CacheAdminRoutes
+
+        app.include_router(CacheAdminRoutes(svc, svc.cache).router())
+    if svc.tools is not None:  # issue 6: /mcp and /v1/tools
+        from keel.tools.routes import install as install_tools
+
+        install_tools(app, svc)
+    if svc.x402 is not None:  # issue 8: /v1/fetch and /v1/wallet
+        from keel.x402.routes import PaymentRoutes
+
+        app.include_router(PaymentRoutes(svc, svc.x402).router())
+
+    if svc.approvals is not None:  # issue 7: /v1/approvals, /approvals/r/{ref}, Slack
+        from keel.approvals.routes import ApprovalRoutes
+
+        app.include_router(ApprovalRoutes(svc, svc.approvals).router())
 
     from keel.web.console import ConsoleRoutes
 

@@ -17,7 +17,13 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from keel.approvals.settings import ApprovalsSettings
+from keel.cache.settings import CacheSettings
+from keel.degrade.settings import DegradeSettings
 from keel.errors import ConfigError
+from keel.rag.settings import RagSettings
+from keel.tools.settings import ToolSettings
+from keel.wallets.settings import WalletSettings
 
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
@@ -126,6 +132,12 @@ class Settings(BaseSettings):
     openai: OpenAISettings = Field(default_factory=OpenAISettings)
     request_log: RequestLogSettings = Field(default_factory=RequestLogSettings)
     firewall: FirewallSettings = Field(default_factory=FirewallSettings)
+    cache: CacheSettings = Field(default_factory=CacheSettings)
+    rag: RagSettings = Field(default_factory=RagSettings)
+    degrade: DegradeSettings = Field(default_factory=DegradeSettings)
+    approvals: ApprovalsSettings = Field(default_factory=ApprovalsSettings)
+    tools: ToolSettings = Field(default_factory=ToolSettings)
+    wallets: WalletSettings = Field(default_factory=WalletSettings)
     models: list[ModelSpec] = Field(default_factory=list)
 
     @field_validator("models")

@@ -149,3 +149,116 @@ class ClientBanned(PermissionDenied):
     """The client tripped the firewall too often and is banned for a while."""
 
     code = "client_banned"
+
+
+# --- tool gateway and policies ---------------------------------------------------------
+
+
+class ToolNotFound(NotFound):
+    code = "tool_not_found"
+
+
+class PolicyDenied(PermissionDenied):
+    """A Cedar policy (or the default deny) refused a tool call."""
+
+    code = "policy_denied"
+
+
+class ApprovalRequired(PermissionDenied):
+    """The call needs a human's approval and no approval workflow is configured."""
+
+    code = "approval_required"
+
+
+class InvalidPolicy(InvalidRequest):
+    """Cedar text that does not parse or does not validate against the tool schema."""
+
+    code = "invalid_policy"
+
+
+class ToolFailed(UpstreamError):
+    """The tool server failed or could not be reached."""
+
+    code = "tool_failed"
+
+
+# --- approvals -------------------------------------------------------------------------
+
+
+class Conflict(KeelError):
+    http_status = 409
+    type = "invalid_request_error"
+    code = "conflict"
+
+
+class ApprovalAlreadyDecided(Conflict):
+    """Someone else decided first (double click, two approvers): exactly one decision wins."""
+
+    code = "approval_already_decided"
+
+
+class ReferenceUsed(Conflict):
+    code = "reference_used"
+
+
+class ReferenceExpired(KeelError):
+    http_status = 410
+    type = "invalid_request_error"
+    code = "reference_expired"
+
+
+class InvalidSignature(AuthenticationError):
+    """A webhook or Slack request whose signature or timestamp does not verify."""
+
+    code = "invalid_signature"
+
+
+# --- wallets and x402 payments ---------------------------------------------------------
+
+
+class BudgetExceeded(PermissionDenied):
+    """A paid call would go over a session, daily or wallet budget (refused before signing)."""
+
+    code = "budget_exceeded"
+
+
+class PayeeNotAllowed(PermissionDenied):
+    code = "payee_not_allowed"
+
+
+class PaymentLoopGuard(RateLimited):
+    """Too many paid calls per minute or per session: an agent stuck in a paying loop."""
+
+    code = "payment_loop_guard"
+
+
+class PaymentApprovalPending(KeelError):
+    """Over budget, and an approval request was filed instead of refusing outright."""
+
+    http_status = 202
+    type = "approval_pending"
+    code = "payment_approval_pending"
+
+
+class PaymentRequirementsInvalid(UpstreamError):
+    """A 402 answer keel cannot pay: malformed, unknown scheme/network/asset, or expiring."""
+
+    code = "payment_requirements_invalid"
+
+
+class PaymentFailed(UpstreamError):
+    """The paid retry was refused or the settlement failed; the reservation was released."""
+
+    code = "payment_failed"
+
+
+class RagIndexNotFound(NotFound):
+    """A request or command named a RAG index that was never ingested."""
+
+    code = "rag_index_not_found"
+
+
+class RagIndexEmpty(InvalidRequest):
+    """The RAG index exists but holds no chunks."""
+
+    code = "rag_index_empty"

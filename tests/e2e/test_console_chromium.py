@@ -125,3 +125,34 @@ def test_console_unban_needs_the_form_token(
         c.post("/console/login", data={"api_key": admin_key})
         r = c.post("/console/firewall/unban", data={"client": "ip:1.2.3.4", "csrf": "forged"})
         assert r.status_code == 403
+
+
+def test_console_cache_page_shows_hits_and_savings(
+    settings: Settings, services: Services, admin_key: str, user_key: str, browser: Any,
+) -> None:
+    app = create_app(settings, services=services)
+    with serve_app(app) as base:
+        h = {"Authorization": f"Bearer {user_key}"}
+        body = {"model": "fake-gpt", "messages": [{"role": "user", "content": "cache me"}]}
+        states = []
+        for _ in range(2):
+            r = httpx.post(base + "/v1/chat/completions", json=body, headers=h, timeout=10)
+            states.append(r.headers["x-keel-cache"])
+            for _ in range(50):  # the miss is stored in the background
+                if services.cache is not None and not services.cache._pending:
+                    break
+                import time
+
+                time.sleep(0.02)
+        assert states == ["miss", "hit"]
+        page = browser.new_page()
+        page.goto(base + "/console/login")
+        page.fill("#api_key", admin_key)
+        page.click("#login")
+        page.wait_for_url(base + "/console")
+        page.click("text=Cache")
+        assert page.inner_text("#hit-rate") == "50.0%"
+        assert page.inner_text("#hits-exact") == "1"
+        assert page.inner_text("#usd-saved") != "$0.000000"
+        assert page.locator("svg rect.bar").count() == 24
+        page.close()

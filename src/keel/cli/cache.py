@@ -85,7 +85,8 @@ def build() -> typer.Typer:
     @app.command("eval")
     def evaluate(
         ctx: typer.Context,
-        pairs_file: Path = typer.Argument(..., help="JSONL: text_a, text_b, label (or a, b, same)."),
+        pairs_file: Path = typer.Argument(
+            ..., help="JSONL: text_a, text_b, label (or a, b, same)."),
         threshold: float | None = typer.Option(None, help="Cosine threshold (default: config)."),
         verifier: bool = typer.Option(True, "--verifier/--no-verifier"),
         as_json: bool = typer.Option(False, "--json"),

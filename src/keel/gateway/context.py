@@ -36,6 +36,15 @@ class Decision:
     detail: str = ""
 
 
+@dataclass(frozen=True, slots=True)
+class Depth:
+    """How much work the degradation ladder allows a request (set by the degrade stage)."""
+
+    mode: str
+    rag_top_k: int
+    rag_context_tokens: int
+
+
 @dataclass(slots=True)
 class Usage:
     prompt_tokens: int = 0
@@ -71,6 +80,7 @@ class RequestContext:
     error: KeelError | None = None
     decisions: list[Decision] = field(default_factory=list)
     response_headers: dict[str, str] = field(default_factory=dict)
+    depth: Depth | None = None  # set by the degradation ladder, read by the RAG stage
 
     def decide(self, stage: str, action: str, detail: str = "") -> None:
         self.decisions.append(Decision(stage, action, detail))

@@ -16,8 +16,15 @@ from keel.providers.registry import ModelRegistry
 from keel.storage.sql import Database
 
 if TYPE_CHECKING:
+    from keel.approvals.service import ApprovalsService  # issue 7
+    from keel.cache.stage import CacheStage  # issue 4
+    from keel.degrade.service import Degrader
     from keel.firewall.engine import Firewall
     from keel.firewall.state import FirewallState
+    from keel.rag.retrieve import Retriever
+    from keel.tools.gateway import ToolGateway
+    from keel.wallets.service import WalletService
+    from keel.x402.client import PaidFetcher
 
 
 @dataclass
@@ -33,6 +40,13 @@ class Services:
     trusted_proxies: frozenset[str] = field(default_factory=frozenset)
     firewall: Firewall | None = None
     firewall_state: FirewallState | None = None
+    cache: CacheStage | None = None  # issue 4: exact + semantic cache
+    tools: ToolGateway | None = None  # issue 6: agent tool gateway (Cedar)
+    rag: Retriever | None = None  # RAG retrieval (issue 5)
+    degrade: Degrader | None = None  # degradation ladder + spend breaker (issue 5)
+    wallets: WalletService | None = None  # issue 8: wallets, budgets, ledger
+    x402: PaidFetcher | None = None  # issue 8: paid fetch following HTTP 402
+    approvals: ApprovalsService | None = None  # issue 7: durable approvals (DBOS)
 
     def finish(self, ctx: RequestContext) -> None:
         """Record a completed (or failed) request: metrics now, the log in the background."""

@@ -65,7 +65,12 @@ class ConsoleRoutes:
         self.svc = svc
         self.env = _env()
         self.nav = [NavItem("/console", "Overview"), NavItem("/console/requests", "Requests"),
-                    NavItem("/console/firewall", "Firewall")]
+                    NavItem("/console/firewall", "Firewall"),
+                    NavItem("/console/cache", "Cache"),  # issue 4
+                    NavItem("/console/tools", "Tools"),  # issue 6
+                    NavItem("/console/approvals", "Approvals"),  # issue 7
+                    NavItem("/console/wallets", "Wallets"),  # issue 8
+                    NavItem("/console/mode", "Mode")]  # issue 5
 
     def router(self) -> APIRouter:
         r = APIRouter(include_in_schema=False)
@@ -78,6 +83,21 @@ class ConsoleRoutes:
         from keel.web.firewall_page import FirewallPage
 
         FirewallPage(self).register(r)
+        from keel.web.cache_page import CachePage  # issue 4
+
+        CachePage(self).register(r)
+        from keel.web.tools_page import ToolsPage  # issue 6
+
+        ToolsPage(self).register(r)
+        from keel.web.approvals_page import ApprovalsPage  # issue 7
+
+        ApprovalsPage(self).register(r)
+        from keel.web.wallets_page import WalletsPage  # issue 8
+
+        WalletsPage(self).register(r)
+        from keel.web.mode_page import ModePage  # issue 5
+
+        ModePage(self).register(r)
         return r
 
     # -- session ---------------------------------------------------------------------------

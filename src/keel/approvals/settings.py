@@ -1,0 +1,50 @@
+"""``[approvals]`` settings: risk rules, the wait, reminders, channels, DBOS tuning."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, Field, SecretStr
+
+Route = Literal["require", "auto", "deny"]
+
+
+class RiskRule(BaseModel):
+    """First matching rule wins. Empty match fields match anything."""
+
+    name: str
+    route: Route
+    actions: list[str] = Field(default_factory=list)  # fnmatch patterns on the action name
+    risk_levels: list[str] = Field(default_factory=list)  # e.g. ["HIGH", "CRITICAL"]
+    min_amount: float | None = None  # matches when amount >= min_amount
+
+
+def default_rules() -> list[RiskRule]:
+    return [
+        RiskRule(name="high-risk-waits", route="require", risk_levels=["HIGH", "CRITICAL"]),
+        RiskRule(name="large-amount-waits", route="require", min_amount=1000.0),
+        RiskRule(name="low-risk-runs", route="auto", risk_levels=["LOW"]),
+    ]
+
+
+class ApprovalsSettings(BaseModel):
+    enabled: bool = True
+    # DBOS system database: default sqlite:///<data_dir>/dbos.sqlite; postgresql://... at scale
+    system_database_url: str = ""
+    timeout_s: float = 48 * 3600.0
+    reminders: list[float] = Field(default_factory=lambda: [0.5, 0.9])  # fractions of timeout
+    rules: list[RiskRule] = Field(default_factory=default_rules)
+    default_route: Route = "require"  # when no rule matches
+    # Base URL put in notification links (the decision page); default http://host:port
+    public_url: str = ""
+    slack_webhook_url: SecretStr | None = None
+    slack_signing_secret: SecretStr | None = None
+    webhook_url: str = ""
+    webhook_secret: SecretStr | None = None
+    # Python modules with ``register(registry)`` adding action (and ASL task) handlers
+    handler_modules: list[str] = Field(default_factory=lambda: ["keel.workflows.examples.refund"])
+    # DBOS: pin executor and version so a restart recovers the waits of the previous process
+    executor_id: str = "keel-gateway"
+    application_version: str = "keel-approvals-1"
+    polling_interval_s: float = 0.05
+    max_wait_s: float = 60.0  # longest GET /v1/approvals/{id}?wait=S

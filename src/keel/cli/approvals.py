@@ -1,0 +1,101 @@
+"""``keel approvals list|show|approve|deny``: works on the database directly, and wakes the
+waiting workflow through DBOS's client, so it works while the gateway runs (or not)."""
+
+from __future__ import annotations
+
+import asyncio
+import getpass
+import time
+
+import orjson
+import typer
+from rich.table import Table
+
+from keel.cli.common import console, fail, settings_from
+from keel.errors import KeelError
+
+
+def _engine(ctx: typer.Context):  # type: ignore[no-untyped-def]
+    from keel.app import open_database
+    from keel.approvals.engine import ApprovalEngine
+    from keel.approvals.handlers import HandlerRegistry
+    from keel.approvals.service import ClientSender
+
+    settings = settings_from(ctx)
+    db = open_database(settings)
+    return ApprovalEngine(settings, db, HandlerRegistry(), sender=ClientSender(settings))
+
+
+def build() -> typer.Typer:
+    app = typer.Typer(no_args_is_help=True)
+
+    @app.command("list")
+    def list_(
+        ctx: typer.Context,
+        status: str | None = typer.Option("pending", "--status", "-s",
+                                          help="pending, approved, denied, timed_out, ... "
+                                               "or 'all'"),
+        limit: int = typer.Option(50, "--limit"),
+    ) -> None:
+        """Approvals, newest first (pending ones by default)."""
+        from keel.approvals.store import ListFilter
+
+        eng = _engine(ctx)
+        rows = asyncio.run(eng.list(ListFilter(status=None if status == "all" else status,
+                                               limit=limit)))
+        t = Table("id", "action", "amount", "risk", "status", "outcome", "requested by",
+                  "expires in")
+        now = time.time()
+        for a in rows:
+            left = a.expires_at - now
+            t.add_row(a.id, a.action, "-" if a.amount is None else f"{a.amount:,.2f}",
+                      a.risk_level, a.status, a.outcome or "",
+                      a.requested_by, f"{left / 3600:.1f} h" if a.status == "pending" else "")
+        console.print(t)
+        eng.db.dispose()
+
+    @app.command("show")
+    def show(ctx: typer.Context, approval_id: str) -> None:
+        """One approval with its audit trail."""
+        from keel.approvals.store import audit_rows
+
+        eng = _engine(ctx)
+        try:
+            a = asyncio.run(eng.get(approval_id))
+        except KeelError as exc:
+            fail(exc.message)
+        console.print_json(orjson.dumps(a.public()).decode())
+        t = Table("time", "event", "accepted", "actor", "ip", "channel", "detail")
+        for r in reversed(eng.db.transaction(lambda c: audit_rows(c, approval_id))):
+            t.add_row(time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r["at"])), r["event"],
+                      "yes" if r["accepted"] else "NO", r["actor"] or "", r["ip"] or "",
+                      r["channel"] or "", r["detail"] or "")
+        console.print(t)
+        eng.db.dispose()
+
+    def _decide(ctx: typer.Context, approval_id: str, decision: str, note: str | None) -> None:
+        from keel.approvals.engine import Decider
+
+        eng = _engine(ctx)
+        who = Decider(actor=f"cli:{getpass.getuser()}", via="cli", ip="local")
+        try:
+            a = asyncio.run(eng.decide(decision, who, approval_id=approval_id, note=note))
+        except KeelError as exc:
+            fail(exc.message)
+        finally:
+            eng.db.dispose()
+        console.print(f"{a.id}: [bold]{a.status}[/] ({a.action}); the workflow resumes now")
+
+    @app.command("approve")
+    def approve(ctx: typer.Context, approval_id: str,
+                note: str | None = typer.Option(None, "--note")) -> None:
+        """Approve: the action runs once, in the process that waits for it."""
+        _decide(ctx, approval_id, "approve", note)
+
+    @app.command("deny")
+    def deny(ctx: typer.Context, approval_id: str,
+             note: str | None = typer.Option(None, "--note")) -> None:
+        """Deny: the denial branch runs."""
+        _decide(ctx, approval_id, "deny", note)
+
+    return app

@@ -1,0 +1,146 @@
+"""``keel mode``: show, override and release the degradation level; the flip audit log."""
+
+from __future__ import annotations
+
+import asyncio
+import getpass
+import json
+import re
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import typer
+from rich.table import Table
+
+from keel.cli.common import console, fail, settings_from
+from keel.config import Settings
+from keel.errors import KeelError
+
+T = TypeVar("T")
+_DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
+_UNIT = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(text: str) -> float:
+    m = _DURATION.match(text.strip().lower())
+    if not m:
+        raise typer.BadParameter(f"{text!r}: use a number and a unit, e.g. 90s, 30m, 2h, 1d")
+    return float(m.group(1)) * _UNIT[m.group(2)]
+
+
+def _run(settings: Settings, fn: Callable[[Any], Awaitable[T]]) -> T:
+    from keel.app import open_database
+    from keel.degrade.service import Degrader
+    from keel.storage.kv import open_kv
+
+    if not settings.degrade.active:
+        fail("no degradation ladder is configured: add [[degrade.levels]] to keel.toml")
+
+    async def go() -> T:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        db = open_database(settings)
+        kv = open_kv(settings.kv)
+        try:
+            dg = Degrader(kv, db, settings.degrade, settings.model_table())
+            await dg.flags.load()
+            return await fn(dg)
+        finally:
+            await kv.aclose()
+            db.dispose()
+
+    try:
+        return asyncio.run(go())
+    except KeelError as exc:
+        fail(exc.message)
+
+
+def _actor() -> str:
+    try:
+        return f"cli:{getpass.getuser()}"
+    except (KeyError, OSError):
+        return "cli"
+
+
+def build() -> typer.Typer:
+    app = typer.Typer(no_args_is_help=True)
+
+    @app.command("show")
+    def show(ctx: typer.Context, as_json: bool = typer.Option(False, "--json")) -> None:
+        """The current mode, any override, and the alarm values now."""
+        settings = settings_from(ctx)
+
+        async def go(dg: Any) -> Any:
+            if settings.degrade.alarms:
+                dg.breaker.values = await dg.breaker.compute(time.time())
+            return dg.status()
+
+        status = _run(settings, go)
+        if as_json:
+            typer.echo(json.dumps(status))
+            return
+        console.print(f"mode: [bold]{status['mode']}[/] (ladder: "
+                      f"{' -> '.join(status['levels'])})")
+        if status["override"]:
+            ov = status["override"]
+            until = "until `keel mode auto`" if ov["until"] is None else \
+                time.strftime("until %H:%M:%S", time.localtime(ov["until"]))
+            console.print(f"override: {ov['mode']} {until} by {ov['actor']}")
+        table = Table("alarm", "scope", "value", "threshold", "recover below")
+        for a in status["alarms"]:
+            for scope, value in sorted(a["values"].items()) or [("*", 0.0)]:
+                table.add_row(a["name"], scope, f"{value:.4g}", f"{a['threshold']:g}",
+                              f"{a['recover_below']:g}")
+        console.print(table)
+
+    @app.command("set")
+    def set_cmd(
+        ctx: typer.Context,
+        mode: str = typer.Argument(..., help="A level name from [[degrade.levels]]."),
+        duration: str | None = typer.Option(None, "--for", help="e.g. 30m, 2h; default: "
+                                            "until `keel mode auto`."),
+    ) -> None:
+        """Pin every replica to MODE (within a second), overriding the breaker."""
+        settings = settings_from(ctx)
+        seconds = parse_duration(duration) if duration else None
+
+        async def go(dg: Any) -> Any:
+            return await dg.set_mode(mode, seconds, _actor())
+
+        ov = _run(settings, go)
+        until = "until `keel mode auto`" if ov.until is None else f"for {duration}"
+        console.print(f"mode pinned to [bold]{mode.upper()}[/] {until}")
+
+    @app.command("auto")
+    def auto(ctx: typer.Context) -> None:
+        """Drop the override: the breaker chooses the level again."""
+        settings = settings_from(ctx)
+
+        async def go(dg: Any) -> Any:
+            await dg.set_auto(_actor())
+            return dg.flags.level.name
+
+        console.print(f"automatic mode; now [bold]{_run(settings, go)}[/]")
+
+    @app.command("log")
+    def log_cmd(ctx: typer.Context, limit: int = typer.Option(20, "--limit", "-n", min=1),
+                as_json: bool = typer.Option(False, "--json")) -> None:
+        """The audit log of level flips (newest first)."""
+        from keel.degrade import audit
+
+        settings = settings_from(ctx)
+
+        async def go(dg: Any) -> Any:
+            return await dg.db.run(lambda c: audit.recent(c, limit))
+
+        flips = _run(settings, go)
+        if as_json:
+            typer.echo(json.dumps([f.__dict__ for f in flips]))
+            return
+        table = Table("time", "scope", "from", "to", "reason", "actor")
+        for f in flips:
+            table.add_row(time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(f.ts)), f.scope,
+                          f.from_level, f.to_level, f.reason, f.actor)
+        console.print(table)
+
+    return app

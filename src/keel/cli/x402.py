@@ -1,0 +1,39 @@
+"""``keel x402``: the offline x402 sandbox (paid resource server + in-process facilitator)."""
+
+from __future__ import annotations
+
+import typer
+from rich.table import Table
+
+from keel.cli.common import console, fail
+
+
+def build() -> typer.Typer:
+    app = typer.Typer(no_args_is_help=True)
+
+    @app.command("sandbox")
+    def sandbox(
+        port: int = typer.Option(4020, "--port", "-p"),
+        pay_to: str | None = typer.Option(None, "--pay-to",
+                                          help="Payee address (default: the sandbox payee)."),
+        faucet_usd: float = typer.Option(10.0, "--faucet-usd",
+                                         help="USDC credited to each new payer address."),
+    ) -> None:
+        """Serve priced endpoints on 127.0.0.1 that settle on an in-memory USDC ledger."""
+        import uvicorn
+
+        from keel.x402.sandbox import build_sandbox, sandbox_payee
+
+        if faucet_usd < 0:
+            fail("--faucet-usd must not be negative")
+        sb = build_sandbox(pay_to=pay_to, faucet_usd=faucet_usd)
+        table = Table("method", "path", "price", "pays to", title="x402 sandbox (offline)")
+        for e in sb.endpoints:
+            table.add_row(e.method, e.path, e.price, e.pay_to)
+        console.print(table)
+        console.print(f"network {sb.network}, payee {pay_to or sandbox_payee()}; allow it with "
+                      f'[bold]wallets.payees = ["{pay_to or sandbox_payee()}"][/]')
+        console.print(f"chain state: http://127.0.0.1:{port}/_sandbox/ledger")
+        uvicorn.run(sb.app, host="127.0.0.1", port=port, log_level="warning", lifespan="off")
+
+    return app

@@ -1,0 +1,1 @@
+"""Graceful degradation: a spend/traffic circuit breaker over a ladder of cheaper pipelines."""

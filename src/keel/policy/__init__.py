@@ -1,0 +1,1 @@
+"""Cedar policies for tool calls: schema, authorizer, versioned store, drafting, shadow."""

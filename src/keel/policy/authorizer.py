@@ -1,0 +1,216 @@
+"""Cedar authorization for tool calls, failing closed.
+
+Everything Cedar parses is parsed once: the policy set (per applied version), the schema
+(per tool registry) and the entities (tools once, each agent on first sight). A decision is
+``allow`` only when Cedar answers Allow with no evaluation error; NoDecision, any error
+(an argument of the wrong type, a missing field, an unknown tool, a policy that fails at
+evaluation), an unusable policy store or an empty one are all deny. Policy reloads swap one
+immutable snapshot reference, so requests in flight finish on the version they started with.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import cedarpy
+
+from keel.errors import InvalidPolicy
+from keel.policy.schema import ToolSignature, argument_names, build_schema
+
+Outcome = Literal["allow", "deny", "approval"]
+DEFAULT_DENY = "no permit policy matched (default deny)"
+
+
+@dataclass(frozen=True)
+class PolicySnapshot:
+    """One parsed policy version. ``policies is None`` means unusable: deny everything."""
+
+    version: int | None
+    text: str
+    policies: cedarpy.PolicySet | None
+    labels: Mapping[str, str] = field(default_factory=dict)  # cedar id -> @id or cedar id
+    approval: frozenset[str] = frozenset()  # cedar ids annotated @approval("required")
+    problem: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class AuthzRequest:
+    agent: str
+    tenant: str
+    tool: str
+    arguments: Any  # the raw tool arguments (validated here, not trusted)
+    now: Mapping[str, int]
+    session_id: str = ""
+    spend_cents: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class AuthzDecision:
+    outcome: Outcome
+    policy_ids: tuple[str, ...]
+    reason: str
+    latency_us: float
+    version: int | None
+    context: dict[str, Any] | None = None
+
+    @property
+    def allowed(self) -> bool:
+        return self.outcome == "allow"
+
+
+def parse_policies(text: str, version: int | None = None) -> PolicySnapshot:
+    """Parse Cedar text into a snapshot (raises InvalidPolicy with Cedar's own message)."""
+    try:
+        policies = cedarpy.PolicySet.from_str(text)
+        tree = cedarpy.policies_to_pst(text)
+    except ValueError as exc:
+        raise InvalidPolicy(f"the policy does not parse: {exc}") from None
+    labels: dict[str, str] = {}
+    approval: set[str] = set()
+    for pid, node in {**tree.static_policies, **tree.templates}.items():
+        labels[pid] = node.annotations.get("id") or pid
+        if node.annotations.get("approval", "").strip().lower() == "required":
+            approval.add(pid)
+    return PolicySnapshot(version, text, policies, labels, frozenset(approval))
+
+
+def unusable(version: int | None, text: str, problem: str) -> PolicySnapshot:
+    return PolicySnapshot(version, text, None, problem=problem)
+
+
+class Authorizer:
+    """Decides tool calls against the current policy snapshot."""
+
+    def __init__(
+        self, tools: Sequence[ToolSignature], *, roles: Mapping[str, Sequence[str]] | None = None,
+        snapshot: PolicySnapshot | None = None, agent_cache_size: int = 10_000,
+    ) -> None:
+        self.tools = {t.name: t for t in tools}
+        self.schema, self.schema_text = build_schema(tools)
+        self.roles = {k: list(v) for k, v in (roles or {}).items()}
+        # arguments Cedar cannot type (JSON numbers): dropped before the context is built
+        self._untyped = {
+            t.name: frozenset(t.input_schema.get("properties") or {})
+            - argument_names(t.input_schema)
+            for t in tools
+        }
+        tool_entities = [{"uid": {"type": "Tool", "id": t.name},
+                          "attrs": {"server": t.server}, "parents": []} for t in tools]
+        self._base = cedarpy.Entities.from_json_str(json.dumps(tool_entities), self.schema)
+        self._agents: dict[tuple[str, str], cedarpy.Entities] = {}
+        self._agent_cache_size = agent_cache_size
+        self.snapshot = snapshot or unusable(None, "", "no policy has been applied yet")
+
+    # -- policies -------------------------------------------------------------------------
+
+    def validate(self, text: str) -> PolicySnapshot:
+        """Parse and validate against this schema; raise InvalidPolicy with Cedar's message."""
+        if not text.strip():
+            raise InvalidPolicy("the policy file is empty; an empty policy set denies every "
+                                "tool call, so keel refuses to apply it")
+        snap = parse_policies(text)
+        result = cedarpy.validate_policies(text, self.schema)
+        if not result.validation_passed:
+            problems = "; ".join(
+                f"[{snap.labels.get(e.policy_id, e.policy_id)}] {e.error}" if e.policy_id
+                else e.error for e in result.errors
+            )
+            raise InvalidPolicy(f"the policy does not validate against the tool schema: "
+                                f"{problems}")
+        return snap
+
+    def load(self, text: str, version: int | None) -> PolicySnapshot:
+        """Install a stored version; anything unusable installs deny-all (and says why)."""
+        try:
+            snap = self.validate(text)
+            snap = PolicySnapshot(version, text, snap.policies, snap.labels, snap.approval)
+        except InvalidPolicy as exc:
+            snap = unusable(version, text, exc.message)
+        self.snapshot = snap
+        return snap
+
+    # -- decisions -------------------------------------------------------------------------
+
+    def _principal(self, agent: str, tenant: str) -> cedarpy.Entities:
+        key = (agent, tenant)
+        ents = self._agents.get(key)
+        if ents is None:
+            if len(self._agents) >= self._agent_cache_size:
+                self._agents.clear()
+            delta = [{"uid": {"type": "Agent", "id": agent},
+                      "attrs": {"tenant": tenant, "roles": self.roles.get(agent, [])},
+                      "parents": []}]
+            ents = self._base.with_added_json_str(json.dumps(delta), self.schema)
+            self._agents[key] = ents
+        return ents
+
+    def context_for(self, req: AuthzRequest) -> dict[str, Any] | str:
+        """The Cedar context, or a reason to deny before asking Cedar."""
+        if req.tool not in self.tools:
+            return f"unknown tool {req.tool!r}"
+        if not isinstance(req.arguments, dict):
+            return "tool arguments must be a JSON object"
+        drop = self._untyped[req.tool]
+        ctx = {k: v for k, v in req.arguments.items() if k not in drop}
+        ctx["now"] = dict(req.now)
+        ctx["session"] = {"id": req.session_id, "spend_cents": req.spend_cents}
+        return ctx
+
+    def authorize(self, req: AuthzRequest, snapshot: PolicySnapshot | None = None
+                  ) -> AuthzDecision:
+        t0 = time.perf_counter()
+        snap = snapshot or self.snapshot
+        ctx = self.context_for(req)
+        if isinstance(ctx, str):
+            return _deny(ctx, (), t0, snap.version, None)
+        return self.decide(req.agent, req.tenant, req.tool, ctx, snap, t0)
+
+    def decide(self, agent: str, tenant: str, tool: str, ctx: dict[str, Any],
+               snap: PolicySnapshot, t0: float | None = None) -> AuthzDecision:
+        """Cedar's answer for a ready context (also used to replay logged decisions)."""
+        t0 = time.perf_counter() if t0 is None else t0
+        if tool not in self.tools:
+            return _deny(f"unknown tool {tool!r}", (), t0, snap.version, ctx)
+        if snap.policies is None:
+            return _deny(f"policy store unusable: {snap.problem}", (), t0, snap.version, ctx)
+        try:
+            result = cedarpy.is_authorized(
+                {"principal": {"type": "Agent", "id": agent},
+                 "action": {"type": "Action", "id": tool},
+                 "resource": {"type": "Tool", "id": tool}, "context": ctx},
+                snap.policies, self._principal(agent, tenant), self.schema,
+            )
+        except Exception as exc:  # any failure inside Cedar is a deny, never an allow
+            return _deny(f"authorization failed: {exc}", (), t0, snap.version, ctx)
+        diag = result.diagnostics
+        ids = tuple(snap.labels.get(p, p) for p in diag.reasons)
+        if diag.errors:
+            return _deny("policy evaluation error (fail closed): " + "; ".join(diag.errors),
+                         ids, t0, snap.version, ctx)
+        if result.decision != cedarpy.Decision.Allow:
+            if result.decision == cedarpy.Decision.Deny and ids:
+                return _deny(f"forbidden by policy {', '.join(ids)}", ids, t0,
+                             snap.version, ctx)
+            reason = DEFAULT_DENY if result.decision == cedarpy.Decision.Deny else \
+                "no decision (fail closed)"
+            return _deny(reason, ids, t0, snap.version, ctx)
+        if any(p in snap.approval for p in diag.reasons):
+            held = tuple(snap.labels.get(p, p) for p in diag.reasons if p in snap.approval)
+            return AuthzDecision("approval", held,
+                                 f"policy {', '.join(held)} requires a human's approval",
+                                 _us(t0), snap.version, ctx)
+        return AuthzDecision("allow", ids, f"permitted by {', '.join(ids)}", _us(t0),
+                             snap.version, ctx)
+
+
+def _us(t0: float) -> float:
+    return (time.perf_counter() - t0) * 1e6
+
+
+def _deny(reason: str, ids: tuple[str, ...], t0: float, version: int | None,
+          ctx: dict[str, Any] | None) -> AuthzDecision:
+    return AuthzDecision("deny", ids, reason, _us(t0), version, ctx)

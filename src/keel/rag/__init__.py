@@ -1,0 +1,1 @@
+"""Retrieval-augmented generation: ingest documents into versioned indexes, add context."""

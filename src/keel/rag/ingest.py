@@ -1,0 +1,163 @@
+"""``keel rag ingest``: read documents, chunk them, embed the chunks, publish a version.
+
+Sources: a directory (``*.txt``, ``*.md``, ``*.rst`` files, one document each, and
+``*.jsonl`` files) or one ``.jsonl`` file whose rows have ``text`` and optionally ``id``
+and ``title``. Every ingest bumps the index version. Without ``replace`` documents are
+added to the live generation (a re-ingested document id replaces its old chunks); with
+``replace`` a complete new generation is written and swapped in atomically, and the old
+one is deleted afterwards.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import orjson
+
+from keel.errors import InvalidRequest
+from keel.ports.embedder import Embedder
+from keel.ports.vector_index import Metadata, VectorIndex
+from keel.rag import catalog
+from keel.rag.catalog import IndexInfo
+from keel.rag.chunking import chunk_text
+from keel.rag.settings import RagSettings
+from keel.storage.sql import Database
+from keel.storage.vector_checks import check_name
+
+TEXT_SUFFIXES = {".txt", ".md", ".markdown", ".rst"}
+BATCH = 128
+
+Progress = Callable[[int, int], None]
+
+
+@dataclass(frozen=True, slots=True)
+class Document:
+    id: str
+    title: str
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class Chunk:
+    doc: str
+    title: str
+    n: int
+    text: str
+
+
+def read_jsonl(path: Path) -> Iterator[Document]:
+    with path.open("rb") as fh:
+        for line_no, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            where = f"{path.name} line {line_no}"
+            try:
+                row = orjson.loads(line)
+            except orjson.JSONDecodeError as exc:
+                raise InvalidRequest(f"{where} is not valid JSON: {exc}") from None
+            if not isinstance(row, dict):
+                raise InvalidRequest(f"{where}: each line must be a JSON object")
+            text = row.get("text")
+            if not isinstance(text, str) or not text.strip():
+                raise InvalidRequest(f"{where}: needs a non-empty string field 'text'")
+            doc_id = row.get("id", f"{path.stem}:{line_no}")
+            title = row.get("title") or ""
+            if not isinstance(doc_id, str | int) or not isinstance(title, str):
+                raise InvalidRequest(f"{where}: 'id' must be a string and 'title' a string")
+            yield Document(str(doc_id), title, text)
+
+
+def read_documents(source: Path) -> list[Document]:
+    """Every document under ``source``; InvalidRequest when there is none or it is bad."""
+    if not source.exists():
+        raise InvalidRequest(f"{source} does not exist: pass a directory or a .jsonl file")
+    if source.is_file():
+        if source.suffix == ".jsonl":
+            docs = list(read_jsonl(source))
+        elif source.suffix in TEXT_SUFFIXES:
+            docs = [Document(source.name, source.stem, source.read_text(errors="replace"))]
+        else:
+            raise InvalidRequest(
+                f"{source.name}: unsupported file type; use .jsonl, .txt, .md or .rst"
+            )
+    else:
+        docs = []
+        for path in sorted(p for p in source.rglob("*") if p.is_file()):
+            rel = str(path.relative_to(source))
+            if path.suffix == ".jsonl":
+                docs.extend(read_jsonl(path))
+            elif path.suffix in TEXT_SUFFIXES:
+                text = path.read_text(errors="replace")
+                if text.strip():
+                    docs.append(Document(rel, path.stem, text))
+    if not docs:
+        raise InvalidRequest(f"{source} holds no documents (.jsonl rows or .txt/.md/.rst files)")
+    seen: set[str] = set()
+    for d in docs:
+        if d.id in seen:
+            raise InvalidRequest(f"document id {d.id!r} appears twice in {source}")
+        seen.add(d.id)
+    return docs
+
+
+def chunk_documents(docs: list[Document], embedder: Embedder, settings: RagSettings
+                    ) -> list[Chunk]:
+    out: list[Chunk] = []
+    for d in docs:
+        text = f"{d.title}. {d.text}" if d.title and not d.text.startswith(d.title) else d.text
+        for n, piece in enumerate(chunk_text(text, embedder.count_tokens, settings.chunk_tokens,
+                                             settings.chunk_overlap)):
+            out.append(Chunk(d.id, d.title, n, piece))
+    return out
+
+
+async def ingest(
+    db: Database,
+    vectors: VectorIndex,
+    embedder: Embedder,
+    name: str,
+    docs: list[Document],
+    settings: RagSettings,
+    *,
+    replace: bool = False,
+    progress: Progress | None = None,
+) -> IndexInfo:
+    check_name(catalog.vector_name(name))
+    chunks = chunk_documents(docs, embedder, settings)
+    if not chunks:
+        raise InvalidRequest("the documents produced no text to index")
+    info = await db.run(lambda c: catalog.get_index(c, name))
+    live = info.generation if info else 0
+    gen = live + 1 if (replace or info is None) else live
+    g = str(gen)
+    await vectors.create(embedder.dim)
+    if gen != live:
+        await vectors.delete_where({"gen": g})  # leftovers of a crashed run
+    else:  # adding to the live generation: drop the old chunks of re-ingested documents
+        for d in docs:
+            await vectors.delete_where({"gen": g, "doc": d.id})
+    done = 0
+    try:
+        for start in range(0, len(chunks), BATCH):
+            batch = chunks[start:start + BATCH]
+            matrix = await embedder.embed([c.text for c in batch])
+            metas: list[Metadata] = [
+                {"gen": g, "doc": c.doc, "title": c.title, "text": c.text, "chunk": c.n,
+                 "head": "1" if c.n == 0 else "0"} for c in batch
+            ]
+            await vectors.upsert([f"{g}:{c.doc}#{c.n}" for c in batch], matrix, metas)
+            done += len(batch)
+            if progress is not None:
+                progress(done, len(chunks))
+    except BaseException:
+        if gen != live:  # nothing half-written: the new generation never goes live
+            await vectors.delete_where({"gen": g})
+        raise
+    n_chunks = await vectors.count({"gen": g})
+    n_docs = await vectors.count({"gen": g, "head": "1"})
+    published = await db.run(lambda c: catalog.publish(c, name, gen, n_docs, n_chunks))
+    if live and gen != live:
+        await vectors.delete_where({"gen": str(live)})
+    return published

@@ -1,0 +1,279 @@
+"""The tool gateway: every agent tool call is authorized by Cedar before the tool runs.
+
+``ToolGateway.call`` is the one path shared by ``/mcp`` and ``POST /v1/tools/{name}``:
+size check -> Cedar decision (fail closed) -> [approval hook] -> the tool -> session spend,
+and every decision goes to the decision log. Denials raise :class:`PolicyDenied` carrying the
+deciding policy ids; the tool is never called for them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import os
+import time
+from collections.abc import Callable
+from contextlib import AsyncExitStack
+from datetime import datetime
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import mcp_types as types
+import orjson
+
+from keel.errors import (
+    ApprovalRequired,
+    ConfigError,
+    KeelError,
+    PayloadTooLarge,
+    PolicyDenied,
+    ToolNotFound,
+)
+from keel.gateway.context import Principal
+from keel.policy.authorizer import Authorizer, AuthzDecision, AuthzRequest
+from keel.policy.schema import ToolSignature
+from keel.policy.store import PolicyStore
+from keel.storage.sql import Database
+from keel.tools.decision_log import DecisionLog, args_hash
+from keel.tools.ports import ApprovalHook, MemorySessionSpend, SessionSpend, ToolCall
+from keel.tools.settings import ToolSettings
+from keel.tools.upstreams import ToolSpec, Upstream, build_upstreams
+
+log = logging.getLogger("keel.tools")
+
+Clock = Callable[[], datetime]
+
+
+def agent_id(p: Principal) -> str:
+    """The Cedar principal id: the key's agent, else ``key:<key id>``."""
+    return p.agent or f"key:{p.key_id}"
+
+
+def now_record(moment: datetime) -> dict[str, int]:
+    return {"hour": moment.hour, "minute": moment.minute, "weekday": moment.isoweekday(),
+            "day": moment.day, "month": moment.month, "year": moment.year,
+            "epoch": int(moment.timestamp())}
+
+
+def time_zone(name: str) -> ZoneInfo:
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ConfigError(f"tools.timezone {name!r} is not a known IANA time zone "
+                          "(e.g. 'UTC', 'Europe/Berlin')") from None
+
+
+class ToolGateway:
+    def __init__(
+        self, settings: ToolSettings, db: Database, *, clock: Clock | None = None,
+        approvals: ApprovalHook | None = None, spend: SessionSpend | None = None,
+        upstreams: list[Upstream] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.db = db
+        self.tz = time_zone(settings.timezone)
+        self.clock: Clock = clock or (lambda: datetime.now(self.tz))
+        self.approvals = approvals
+        self.spend: SessionSpend = spend or MemorySessionSpend()
+        self.store = PolicyStore(db)
+        self.log = DecisionLog(db)
+        self.upstreams = upstreams if upstreams is not None else build_upstreams(
+            settings.servers, settings.http)
+        self.tools: dict[str, tuple[ToolSpec, Upstream]] = {}
+        self.authorizer = Authorizer([], roles=settings.policy.roles)
+        self.on_start: list[Callable[[AsyncExitStack], Any]] = []  # e.g. the /mcp manager
+        self._stack: AsyncExitStack | None = None
+        self._reload_task: asyncio.Task[None] | None = None
+        self._runner: asyncio.Task[None] | None = None
+        self._stop = asyncio.Event()
+        self._ids = itertools.count(1)
+        self._id_prefix = "td_" + os.urandom(5).hex()
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Connect the tools, load the active policy, serve /mcp, log and watch the store.
+
+        The connections (anyio task groups inside the MCP clients and the /mcp session
+        manager) live in one runner task, so start() and aclose() may be awaited from
+        different tasks (as ASGI lifespans and test fixtures do)."""
+        ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._stop = asyncio.Event()
+        self._runner = asyncio.create_task(self._run(ready), name="keel-tools")
+        await ready
+        self.log.start()
+        if self.settings.policy.reload_s > 0:
+            self._reload_task = asyncio.create_task(self._reload_loop(), name="keel-policy")
+
+    async def _run(self, ready: asyncio.Future[None]) -> None:
+        try:
+            stack = await self.connect()
+            for hook in self.on_start:
+                await hook(stack)
+        except BaseException as exc:
+            await self._close_stack()
+            if not ready.done():
+                ready.set_exception(exc)
+            return
+        ready.set_result(None)
+        try:
+            await self._stop.wait()
+        finally:
+            await self._close_stack()
+
+    async def _close_stack(self) -> None:
+        if self._stack is not None:
+            stack, self._stack = self._stack, None
+            await stack.aclose()
+
+    async def connect(self) -> AsyncExitStack:
+        """Connect the tools and load the active policy (what the CLI needs)."""
+        stack = AsyncExitStack()
+        await stack.__aenter__()
+        self._stack = stack
+        try:
+            for up in self.upstreams:
+                for spec in await up.start(stack):
+                    if spec.name in self.tools:
+                        raise ConfigError(f"tool {spec.name!r} is offered by both "
+                                          f"{self.tools[spec.name][0].server!r} and "
+                                          f"{spec.server!r}; tool names must be unique")
+                    self.tools[spec.name] = (spec, up)
+            self.authorizer = Authorizer(self.signatures(), roles=self.settings.policy.roles)
+            await self.reload(force=True)
+        except BaseException:
+            await self._close_stack()
+            raise
+        return stack
+
+    async def aclose(self) -> None:
+        if self._reload_task is not None:
+            self._reload_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reload_task
+            self._reload_task = None
+        await self.log.aclose()
+        if self._runner is not None:
+            runner, self._runner = self._runner, None
+            self._stop.set()
+            await runner
+        else:  # connect() only (the CLI): same task
+            await self._close_stack()
+
+    def signatures(self) -> list[ToolSignature]:
+        return [ToolSignature(s.name, s.server, s.input_schema) for s, _ in self.tools.values()]
+
+    async def reload(self, *, force: bool = False) -> bool:
+        """Load the store's active version if it changed; in-flight calls keep theirs."""
+        version = await asyncio.to_thread(self.store.active_version)
+        if not force and version == self.authorizer.snapshot.version:
+            return False
+        active = await asyncio.to_thread(self.store.active)
+        if active is None:
+            self.authorizer.load("", None)
+        else:
+            snap = self.authorizer.load(active.text, active.version)
+            if snap.policies is None:
+                log.error("policy version %s is unusable, denying every tool call: %s",
+                          active.version, snap.problem)
+        return True
+
+    async def _reload_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.policy.reload_s)
+            try:
+                await self.reload()
+            except Exception:  # keep serving the version we have
+                log.exception("policy reload failed")
+
+    # -- the call path --------------------------------------------------------------------
+
+    def spec(self, name: str) -> ToolSpec:
+        found = self.tools.get(name)
+        if found is None:
+            raise ToolNotFound(f"no tool named {name!r}; list tools with GET /v1/tools or "
+                               "`keel tools list`", param="name")
+        return found[0]
+
+    async def authorize(self, principal: Principal, tool: str, arguments: Any,
+                        session_id: str = "") -> AuthzDecision:
+        spent = await self.spend.spent_cents(principal.tenant, session_id) if session_id else 0
+        return self.authorizer.authorize(AuthzRequest(
+            agent=agent_id(principal), tenant=principal.tenant, tool=tool, arguments=arguments,
+            now=now_record(self.clock().astimezone(self.tz)), session_id=session_id,
+            spend_cents=spent))
+
+    async def call(self, principal: Principal, tool: str, arguments: Any,
+                   session_id: str = "") -> tuple[str, AuthzDecision, types.CallToolResult]:
+        """Authorize and run one call; returns (decision id, decision, tool result)."""
+        size = len(orjson.dumps(arguments)) if arguments is not None else 0
+        if size > self.settings.max_argument_bytes:
+            raise PayloadTooLarge(f"tool arguments are {size} bytes; the limit is "
+                                  f"{self.settings.max_argument_bytes} "
+                                  "(tools.max_argument_bytes)")
+        decision_id = f"{self._id_prefix}{next(self._ids):08x}"
+        decision = await self.authorize(principal, tool, arguments, session_id)
+        row = self._row(decision_id, principal, tool, arguments, session_id, decision)
+        if decision.outcome == "deny":
+            self._submit(row, "denied")
+            raise PolicyDenied(f"tool call denied: {decision.reason}", param=tool,
+                               policy_ids=list(decision.policy_ids), decision_id=decision_id)
+        spec, upstream = self.tools[tool]
+        args: dict[str, Any] = arguments
+        if decision.outcome == "approval":
+            await self._approve(decision_id, spec, principal, args, session_id, decision, row)
+        try:
+            result = await upstream.call(tool, args)
+        except KeelError:
+            self._submit(row, "tool_error")
+            raise
+        self._submit(row, "tool_error" if result.is_error else "ok")
+        if spec.spend_arg and not result.is_error:
+            cents = args.get(spec.spend_arg)
+            if isinstance(cents, int) and not isinstance(cents, bool) and session_id:
+                await self.spend.add(principal.tenant, session_id, cents)
+        return decision_id, decision, result
+
+    async def _approve(self, decision_id: str, spec: ToolSpec, principal: Principal,
+                       args: dict[str, Any], session_id: str, decision: AuthzDecision,
+                       row: dict[str, Any]) -> None:
+        ids = list(decision.policy_ids)
+        if self.approvals is None:
+            self._submit(row, "held")
+            raise ApprovalRequired(
+                f"{decision.reason}, and no approval workflow is configured, so the call is "
+                "denied", param=spec.name, policy_ids=ids, decision_id=decision_id)
+        call = ToolCall(decision_id, spec.name, spec.server, args, principal,
+                        agent_id(principal), session_id, decision.version)
+        outcome = await self.approvals.request_approval(call, ids)
+        if outcome.status == "approved":
+            row["reason"] = f"{decision.reason}; approved by {outcome.approver or 'a human'}"
+            return
+        self._submit(row, "rejected" if outcome.status == "rejected" else "held")
+        if outcome.status == "pending":
+            raise ApprovalRequired(
+                f"{decision.reason}: the call is held for approval "
+                f"({outcome.message or 'waiting for a human'})", param=spec.name,
+                policy_ids=ids, decision_id=decision_id, approval_id=outcome.approval_id)
+        raise PolicyDenied(f"the approver rejected the call: {outcome.message or 'no reason'}",
+                           param=spec.name, policy_ids=ids, decision_id=decision_id,
+                           approval_id=outcome.approval_id)
+
+    def _row(self, decision_id: str, principal: Principal, tool: str, arguments: Any,
+             session_id: str, d: AuthzDecision) -> dict[str, Any]:
+        keep = self.settings.policy.log_arguments and d.context is not None
+        return {
+            "id": decision_id, "ts": time.time(), "tenant": principal.tenant,
+            "agent": agent_id(principal), "session": session_id or None, "action": tool,
+            "args_hash": args_hash(arguments),
+            "context": orjson.dumps(d.context).decode() if keep else None,
+            "decision": d.outcome, "policy_ids": orjson.dumps(list(d.policy_ids)).decode(),
+            "reason": d.reason, "latency_us": round(d.latency_us, 1),
+            "policy_version": d.version, "outcome": None,
+        }
+
+    def _submit(self, row: dict[str, Any], outcome: str) -> None:
+        row["outcome"] = outcome
+        self.log.submit(row)

@@ -1,0 +1,64 @@
+"""Ports the tool gateway depends on: human approval and per-session spend.
+
+The approvals capability (its own issue) plugs in an :class:`ApprovalHook`; without one,
+calls whose permitting policy says ``@approval("required")`` are denied. Wallets may replace
+:class:`MemorySessionSpend` with a ledger-backed :class:`SessionSpend`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
+
+from keel.gateway.context import Principal
+
+
+@dataclass(frozen=True)
+class ToolCall:
+    """A tool call that passed Cedar (or awaits approval)."""
+
+    id: str  # the decision id in the tool decision log
+    tool: str
+    server: str
+    arguments: dict[str, Any]
+    principal: Principal
+    agent: str
+    session_id: str
+    policy_version: int | None
+
+
+@dataclass(frozen=True)
+class ApprovalOutcome:
+    status: Literal["approved", "rejected", "pending"]
+    message: str = ""
+    approval_id: str | None = None
+    approver: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class ApprovalHook(Protocol):
+    async def request_approval(self, call: ToolCall, policy_ids: list[str]) -> ApprovalOutcome:
+        """Hold ``call`` for a human; return the outcome (or ``pending`` with an id)."""
+        ...
+
+
+class SessionSpend(Protocol):
+    async def spent_cents(self, tenant: str, session: str) -> int: ...
+
+    async def add(self, tenant: str, session: str, cents: int) -> None: ...
+
+
+class MemorySessionSpend:
+    """Per-process spend counters (integer cents), bounded in size."""
+
+    def __init__(self, max_sessions: int = 100_000) -> None:
+        self._spent: dict[tuple[str, str], int] = {}
+        self._max = max_sessions
+
+    async def spent_cents(self, tenant: str, session: str) -> int:
+        return self._spent.get((tenant, session), 0)
+
+    async def add(self, tenant: str, session: str, cents: int) -> None:
+        if len(self._spent) >= self._max and (tenant, session) not in self._spent:
+            self._spent.pop(next(iter(self._spent)))
+        self._spent[(tenant, session)] = self._spent.get((tenant, session), 0) + cents

@@ -1,0 +1,237 @@
+"""The wallets capability as one object: budgets, reservations, funding, the expiry sweeper."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from prometheus_client import CollectorRegistry
+from sqlalchemy import Connection, select
+
+from keel.errors import (
+    BudgetExceeded,
+    ConfigError,
+    KeelError,
+    PayeeNotAllowed,
+    PaymentApprovalPending,
+    PolicyDenied,
+)
+from keel.storage.sql import Database
+from keel.wallets import ledger
+from keel.wallets.crypto import KeyCipher
+from keel.wallets.hooks import PaymentApprovals, PaymentAuthorizer, PaymentIntent
+from keel.wallets.ledger import CounterSpec, Hold
+from keel.wallets.metrics import WalletMetrics
+from keel.wallets.money import fmt_usd
+from keel.wallets.settings import WalletSettings
+from keel.wallets.store import PaymentSigner, Wallet, WalletStore
+from keel.wallets.tables import accounts
+
+log = logging.getLogger("keel.wallets")
+DAY_S = 86_400
+
+
+@dataclass(frozen=True)
+class Reservation:
+    id: str
+    wallet: Wallet
+    intent: PaymentIntent
+    expires_at: float
+
+
+def cipher_from(settings: WalletSettings) -> KeyCipher:
+    if settings.encryption_key is None or not settings.encryption_key.get_secret_value():
+        raise ConfigError(
+            "wallets.enabled is true but wallets.encryption_key is not set: set "
+            'encryption_key = "${KEEL_WALLET_KEY}" in [wallets] (or KEEL_WALLETS__ENCRYPTION_KEY)'
+            " to a secret of at least 32 characters; `keel wallet keygen` prints one"
+        )
+    return KeyCipher(settings.encryption_key.get_secret_value())
+
+
+class WalletService:
+    def __init__(self, settings: WalletSettings, db: Database,
+                 registry: CollectorRegistry | None = None) -> None:
+        self.settings = settings
+        self.db = db
+        self.store = WalletStore(cipher_from(settings))
+        self.metrics = WalletMetrics(registry or CollectorRegistry())
+        self.authorizer: PaymentAuthorizer | None = None  # set by the policy capability
+        self.approvals: PaymentApprovals | None = None  # set by the approvals capability
+        self._payees = {p.lower() for p in settings.payees}
+        self._signers: dict[str, PaymentSigner] = {}
+        self._sweeper: asyncio.Task[None] | None = None
+
+    # -- wallets and funding ------------------------------------------------------------------
+
+    def create_wallet(self, tenant: str, agent: str, *, key_ref: str | None = None) -> Wallet:
+        return self.db.transaction(lambda c: self.store.create(c, tenant, agent,
+                                                               key_ref=key_ref))
+
+    def wallet(self, tenant: str, agent: str) -> Wallet:
+        return self.db.transaction(lambda c: self.store.get(c, tenant, agent))
+
+    def fund(self, tenant: str, agent: str, micros: int, memo: str = "") -> str:
+        def run(c: Connection) -> str:
+            w = self.store.get(c, tenant, agent)
+            entry = ledger.fund(c, tenant, w.id, micros, memo)
+            ledger.event(c, "funded", tenant=tenant, agent=agent, amount=micros, memo=memo)
+            return entry
+
+        return self.db.transaction(run)
+
+    def balance(self, wallet: Wallet) -> dict[str, int]:
+        def run(c: Connection) -> dict[str, int]:
+            rows = c.execute(select(accounts.c.kind, accounts.c.balance).where(
+                accounts.c.wallet_id == wallet.id)).all()
+            return {kind: int(bal) for kind, bal in rows}
+
+        return self.db.transaction(run)
+
+    async def signer(self, wallet: Wallet) -> PaymentSigner:
+        s = self._signers.get(wallet.id)
+        if s is None:  # decrypt once per process; the key stays in this process only
+            s = await self.db.run(lambda c: self.store.signer(c, wallet.id))
+            self._signers[wallet.id] = s
+        return s
+
+    # -- checks before any money moves ---------------------------------------------------------
+
+    def precheck(self, intent: PaymentIntent) -> None:
+        """Stateless rules: payee allow-list and the per-call cap (microseconds, no I/O)."""
+        if "*" not in self._payees and intent.payee.lower() not in self._payees:
+            self._refused(intent, "payee")
+            raise PayeeNotAllowed(
+                f"payee {intent.payee} is not on the allow-list (wallets.payees); "
+                "refused before signing", payee=intent.payee)
+        cap = self.settings.per_call_max
+        if intent.amount_micros > cap:
+            self._refused(intent, "per_call_cap")
+            raise BudgetExceeded(
+                f"per-call cap {fmt_usd(cap)}: price {fmt_usd(intent.amount_micros)} is above "
+                "it; refused before signing", cap=cap, price=intent.amount_micros)
+
+    def counter_specs(self, intent: PaymentIntent, now: float) -> list[CounterSpec]:
+        s, t, a = self.settings, intent.tenant, intent.agent
+        day = datetime.fromtimestamp(now, UTC).strftime("%Y-%m-%d")
+        minute = int(now // 60)
+        return [
+            CounterSpec(f"session:{t}:{a}:{intent.session_id}", "session budget",
+                        s.session_budget, s.max_calls_per_session, now + 7 * DAY_S),
+            CounterSpec(f"day:{t}:{a}:{day}", "daily budget", s.daily_budget, None,
+                        now + 2 * DAY_S),
+            CounterSpec(f"minute:{t}:{a}:{minute}", "per-minute loop guard", None,
+                        s.max_calls_per_minute, (minute + 2) * 60.0),
+        ]
+
+    async def reserve(self, wallet: Wallet, intent: PaymentIntent,
+                      authorization_expires_at: float) -> Reservation:
+        """Policy, then the atomic reservation. Raises before anything is signed."""
+        self.precheck(intent)
+        if self.authorizer is not None:
+            decision = await self.authorizer.authorize(intent)
+            if not decision.allowed:
+                self._refused(intent, "policy")
+                raise PolicyDenied(f"payment refused by policy: {decision.reason}; "
+                                   "refused before signing")
+        now = time.time()
+        hold = Hold(tenant=intent.tenant, agent=intent.agent, wallet_id=wallet.id,
+                    session_id=intent.session_id, url=intent.url, payee=intent.payee,
+                    network=intent.network, asset=intent.asset, amount=intent.amount_micros,
+                    counters=self.counter_specs(intent, now),
+                    expires_at=authorization_expires_at + self.settings.reservation_grace_s)
+
+        def run(c: Connection) -> str:
+            rid = ledger.reserve(c, hold)
+            ledger.event(c, "reserved", tenant=intent.tenant, agent=intent.agent,
+                         session_id=intent.session_id, payment_id=rid, url=intent.url,
+                         payee=intent.payee, network=intent.network, asset=intent.asset,
+                         amount=intent.amount_micros)
+            return rid
+
+        t0 = time.perf_counter()
+        try:
+            rid = await self.db.run(run)
+        except KeelError as exc:
+            self._refused(intent, exc.code)
+            await self._audit("refused", intent, reason=exc.message)
+            if isinstance(exc, BudgetExceeded) and self.approvals is not None:
+                ticket = await self.approvals.request(intent, exc.message)
+                raise PaymentApprovalPending(
+                    f"{exc.message}; approval requested ({ticket.id})",
+                    approval_id=ticket.id, approval_url=ticket.url) from None
+            raise
+        finally:
+            self.metrics.reserve_latency.observe(time.perf_counter() - t0)
+        return Reservation(rid, wallet, intent, hold.expires_at)
+
+    async def settle(self, r: Reservation, tx_hash: str, receipt: dict[str, Any]) -> None:
+        def run(c: Connection) -> bool:
+            done = ledger.settle(c, r.id, tx_hash)
+            ledger.event(c, "settled", tenant=r.intent.tenant, agent=r.intent.agent,
+                         session_id=r.intent.session_id, payment_id=r.id, **receipt)
+            return done
+
+        await self.db.run(run)
+        i = r.intent
+        self.metrics.payments.labels(i.tenant, i.agent, "settled").inc()
+        self.metrics.spend.labels(i.tenant, i.agent, i.payee).inc(i.amount_micros / 1e6)
+
+    async def release(self, r: Reservation, reason: str, outcome: str = "failed") -> None:
+        def run(c: Connection) -> bool:
+            done = ledger.release(c, r.id, reason)
+            ledger.event(c, "released", tenant=r.intent.tenant, agent=r.intent.agent,
+                         session_id=r.intent.session_id, payment_id=r.id, reason=reason)
+            return done
+
+        await self.db.run(run)
+        self.metrics.payments.labels(r.intent.tenant, r.intent.agent, outcome).inc()
+
+    async def audit(self, kind: str, intent: PaymentIntent, **detail: Any) -> None:
+        await self._audit(kind, intent, **detail)
+
+    async def _audit(self, kind: str, intent: PaymentIntent, payment_id: str | None = None,
+                     **detail: Any) -> None:
+        def run(c: Connection) -> None:
+            ledger.event(c, kind, tenant=intent.tenant, agent=intent.agent,
+                         session_id=intent.session_id, payment_id=payment_id, url=intent.url,
+                         payee=intent.payee, network=intent.network,
+                         amount=intent.amount_micros, **detail)
+
+        await self.db.run(run)
+
+    def _refused(self, intent: PaymentIntent, reason: str) -> None:
+        self.metrics.refusals.labels(intent.tenant, reason).inc()
+        self.metrics.payments.labels(intent.tenant, intent.agent, "refused").inc()
+
+    # -- expiry sweeper -------------------------------------------------------------------------
+
+    async def sweep(self) -> list[str]:
+        released = await self.db.run(ledger.expire)
+        if released:
+            self.metrics.open_holds.inc(len(released))
+            log.warning("released %d expired payment holds", len(released))
+        return released
+
+    def start(self) -> None:
+        async def loop() -> None:
+            while True:
+                try:
+                    await self.sweep()
+                except Exception:  # keep sweeping; the next pass retries
+                    log.exception("payment-hold sweeper failed")
+                await asyncio.sleep(self.settings.sweep_interval_s)
+
+        self._sweeper = asyncio.get_running_loop().create_task(loop())
+
+    async def aclose(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweeper
+            self._sweeper = None

@@ -1,0 +1,59 @@
+"""``[wallets]`` settings: key encryption, budgets, payee allow-list, loop guard, x402 client."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+from pydantic import BaseModel, Field, SecretStr, field_validator
+
+from keel.wallets.money import usd_to_micros
+
+
+class X402ClientSettings(BaseModel):
+    # CAIP-2 networks keel will pay on. The default is the sandbox's (Base Sepolia USDC);
+    # production lists the real network, e.g. "eip155:8453" (Base mainnet USDC).
+    networks: list[str] = Field(default_factory=lambda: ["eip155:84532"])
+    schemes: list[str] = Field(default_factory=lambda: ["exact"])
+    timeout_s: float = 30.0
+    # requirements that let less than this many seconds to sign, retry and settle are refused
+    min_validity_s: int = 10
+    max_response_bytes: int = 10 * 1024 * 1024
+
+
+class WalletSettings(BaseModel):
+    enabled: bool = False
+    # AES-256-GCM key material for wallet private keys at rest: reference an environment
+    # variable (``encryption_key = "${KEEL_WALLET_KEY}"``); >= 32 characters.
+    encryption_key: SecretStr | None = None
+    session_budget_usd: Decimal = Decimal("2.00")
+    per_call_max_usd: Decimal = Decimal("0.10")
+    daily_budget_usd: Decimal = Decimal("20.00")  # per agent per UTC day
+    max_calls_per_minute: int = 60  # loop guard, per agent
+    max_calls_per_session: int = 200  # loop guard, per session
+    # payTo addresses agents may pay; "*" allows any (not recommended in production)
+    payees: list[str] = Field(default_factory=list)
+    # a reservation whose outcome is unknown (connection lost after signing) is held until
+    # the signed authorization can no longer settle, then released by the sweeper
+    reservation_grace_s: float = 30.0
+    sweep_interval_s: float = 10.0
+    x402: X402ClientSettings = Field(default_factory=X402ClientSettings)
+
+    @field_validator("session_budget_usd", "per_call_max_usd", "daily_budget_usd")
+    @classmethod
+    def _micro_precision(cls, v: Decimal) -> Decimal:
+        if v < 0:
+            raise ValueError("budgets must not be negative")
+        usd_to_micros(v)
+        return v
+
+    @property
+    def session_budget(self) -> int:
+        return usd_to_micros(self.session_budget_usd)
+
+    @property
+    def per_call_max(self) -> int:
+        return usd_to_micros(self.per_call_max_usd)
+
+    @property
+    def daily_budget(self) -> int:
+        return usd_to_micros(self.daily_budget_usd)

@@ -1,0 +1,1 @@
+"""Amazon States Language definitions executed as durable DBOS workflows."""

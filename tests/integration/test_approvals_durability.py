@@ -1,0 +1,129 @@
+"""kill -9 a real `keel serve` with 100 pending approvals; restart; approve them all: each
+action runs exactly once (the action appends to a SQLite table with its idempotency key)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from fakes import free_port
+
+KEEL = str(Path(sys.executable).with_name("keel"))
+N = 100
+
+ACTIONS = '''
+import os, sqlite3
+
+def pay(payload, ctx):
+    with sqlite3.connect(os.environ["ACTION_DB"], timeout=30) as c:
+        c.execute("create table if not exists runs (key text, approval text)")
+        c.execute("insert into runs values (?, ?)", (ctx.idempotency_key, ctx.approval_id))
+    return {"ok": True}
+
+def register(registry):
+    registry.register("pay", pay)
+'''
+
+
+def start(tmp: Path, env: dict[str, str]) -> tuple[subprocess.Popen[bytes], str]:
+    port = free_port()
+    proc = subprocess.Popen([KEEL, "serve", "--port", str(port), "--log-level", "warning"],
+                            env=env, cwd=tmp, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            if httpx.get(base + "/healthz", timeout=1).status_code == 200:
+                return proc, base
+        except httpx.HTTPError:
+            pass
+        assert proc.poll() is None, proc.stdout.read().decode() if proc.stdout else ""
+        assert time.monotonic() < deadline, "gateway did not start"
+        time.sleep(0.1)
+
+
+def kill9(proc: subprocess.Popen[bytes]) -> None:
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=10)
+
+
+def runs(db: Path) -> list[tuple[str, str]]:
+    if not db.exists():
+        return []
+    with sqlite3.connect(db) as c:
+        return list(c.execute("select key, approval from runs"))
+
+
+def wait_done(c: httpx.Client, ids: list[str], timeout: float = 60) -> list[dict[str, Any]]:
+    deadline = time.monotonic() + timeout
+    while True:
+        rows = [c.get(f"/v1/approvals/{i}").json() for i in ids]
+        if all(r["done"] for r in rows) or time.monotonic() > deadline:
+            return rows
+        time.sleep(0.2)
+
+
+def test_kill9_with_100_pending_then_each_action_runs_once(tmp_path: Path) -> None:
+    (tmp_path / "durable_actions.py").write_text(ACTIONS)
+    cfg = tmp_path / "keel.toml"
+    cfg.write_text(f'data_dir = "{tmp_path / "data"}"\n[tools]\nenabled = false\n'
+                   '[approvals]\nhandler_modules = ["durable_actions"]\n'
+                   'polling_interval_s = 0.05\n')
+    action_db = tmp_path / "actions.db"
+    env = {**os.environ, "KEEL_CONFIG": str(cfg), "ACTION_DB": str(action_db),
+           "PYTHONPATH": f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    proc, base = start(tmp_path, env)
+    key = (tmp_path / "data" / "admin.key").read_text().strip()
+    h = {"Authorization": f"Bearer {key}"}
+    try:
+        with httpx.Client(base_url=base, headers=h, timeout=30) as c, \
+                ThreadPoolExecutor(8) as pool:
+            body = {"action": "pay", "amount": 5000, "risk_level": "HIGH", "reason": "r"}
+            ids = list(pool.map(lambda i: c.post("/v1/approvals", json={
+                **body, "arguments": {"n": i}}).json()["id"], range(N)))
+            assert len(set(ids)) == N
+            time.sleep(1.0)  # the workflows are parked in DBOS.recv
+        kill9(proc)
+        proc, base = start(tmp_path, env)
+        with httpx.Client(base_url=base, headers=h, timeout=30) as c, \
+                ThreadPoolExecutor(8) as pool:
+            pending = c.get("/v1/approvals", params={"status": "pending", "limit": 500}).json()
+            assert {a["id"] for a in pending["data"]} == set(ids)
+            assert runs(action_db) == []
+            first = ids[: N // 2]
+            codes = list(pool.map(lambda i: c.post(f"/v1/approvals/{i}/decision",
+                                                   json={"decision": "approve"}).status_code,
+                                  first))
+            assert codes == [200] * len(first)
+            done = wait_done(c, first)
+            assert all(d["outcome"] == "executed" for d in done), done[:3]
+        kill9(proc)  # again, with half of them executed
+        proc, base = start(tmp_path, env)
+        rest = ids[N // 2:]
+        cli = subprocess.run([KEEL, "approvals", "approve", rest[0]], env=env, cwd=tmp_path,
+                             capture_output=True, timeout=60)
+        assert cli.returncode == 0, cli.stderr.decode()
+        with httpx.Client(base_url=base, headers=h, timeout=30) as c, \
+                ThreadPoolExecutor(8) as pool:
+            codes = list(pool.map(lambda i: c.post(f"/v1/approvals/{i}/decision",
+                                                   json={"decision": "approve"}).status_code,
+                                  rest[1:]))
+            assert codes == [200] * (len(rest) - 1)
+            done = wait_done(c, ids)
+            assert all(d["outcome"] == "executed" for d in done)
+            assert c.get(f"/v1/approvals/{rest[0]}").json()["decided_via"] == "cli"
+        got = runs(action_db)
+        assert len(got) == N and {k for k, _ in got} == set(ids)  # exactly once each
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+            proc.communicate(timeout=30)

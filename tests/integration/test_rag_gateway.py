@@ -1,0 +1,113 @@
+"""RAG end to end with real MiniLM embeddings and the embedded usearch index.
+
+The model answering is the scripted fake upstream; what is checked is keel's own work:
+which passages reach the prompt, index versions, and the 4xx errors.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import httpx
+import pytest
+
+from keel.errors import InvalidRequest, RagIndexNotFound
+from keel.gateway.services import Services
+from keel.rag import catalog
+from keel.rag.ingest import Document, ingest, read_documents
+
+from fakes import FakeUpstream
+
+DOCS = [
+    Document("pw", "Passwords", "To reset a forgotten password, open Settings, choose "
+             "Security and click Reset password. A link arrives by email within a minute."),
+    Document("db", "Databases", "Dropping a database deletes every table. Take a backup "
+             "with keel backup before you drop or restore a database."),
+    Document("tea", "Tea", "Green tea is brewed at 80 degrees for two minutes."),
+]
+
+
+def chat(text: str, model: str = "fake-gpt") -> dict:
+    return {"model": model, "messages": [{"role": "user", "content": text}]}
+
+
+async def add(services: Services, name: str, docs: list[Document], *, replace: bool = False
+              ) -> catalog.IndexInfo:
+    assert services.rag is not None
+    vectors = services.rag.open_vectors(name)
+    try:
+        return await ingest(services.db, vectors, services.rag.embedder, name, docs,
+                            services.settings.rag, replace=replace)
+    finally:
+        await vectors.aclose()
+
+
+async def test_header_opt_in_puts_the_best_passage_in_the_prompt(
+    client: httpx.AsyncClient, services: Services, user_key: str, fake_upstream: FakeUpstream
+) -> None:
+    info = await add(services, "help", DOCS)
+    assert (info.version, info.documents, info.chunks) == (1, 3, 3)
+    r = await client.post("/v1/chat/completions", json=chat("How do I reset my password?"),
+                          headers={"Authorization": f"Bearer {user_key}", "x-keel-rag": "help"})
+    assert r.status_code == 200, r.text
+    assert r.headers["x-keel-rag"].startswith("help@v1")
+    sent = fake_upstream.calls[-1]["body"]["messages"]
+    assert sent[0]["role"] == "system" and sent[-1]["content"] == "How do I reset my password?"
+    ctx = sent[0]["content"]
+    assert ctx.index("Reset password") < ctx.index("Dropping a database")  # best first
+
+
+async def test_no_opt_in_leaves_the_prompt_alone(
+    client: httpx.AsyncClient, services: Services, user_key: str, fake_upstream: FakeUpstream
+) -> None:
+    await add(services, "help", DOCS)
+    r = await client.post("/v1/chat/completions", json=chat("hello"),
+                          headers={"Authorization": f"Bearer {user_key}"})
+    assert r.status_code == 200 and "x-keel-rag" not in r.headers
+    assert len(fake_upstream.calls[-1]["body"]["messages"]) == 1
+
+
+async def test_unknown_index_is_a_clear_404(
+    client: httpx.AsyncClient, services: Services, user_key: str, fake_upstream: FakeUpstream
+) -> None:
+    r = await client.post("/v1/chat/completions", json=chat("hi"),
+                          headers={"Authorization": f"Bearer {user_key}", "x-keel-rag": "nope"})
+    assert r.status_code == 404
+    err = r.json()["error"]
+    assert err["code"] == "rag_index_not_found" and "keel rag ingest" in err["message"]
+    assert fake_upstream.calls == []
+
+
+async def test_empty_index_is_a_400(
+    client: httpx.AsyncClient, services: Services, user_key: str
+) -> None:
+    await services.db.run(lambda c: catalog.publish(c, "empty", 1, 0, 0))
+    r = await client.post("/v1/chat/completions", json=chat("hi"),
+                          headers={"Authorization": f"Bearer {user_key}", "x-keel-rag": "empty"})
+    assert r.status_code == 400 and r.json()["error"]["code"] == "rag_index_empty"
+
+
+async def test_every_ingest_bumps_the_version_and_replace_swaps_generations(
+    services: Services,
+) -> None:
+    assert services.rag is not None
+    v1 = await add(services, "kb", DOCS[:2])
+    v2 = await add(services, "kb", [DOCS[2]])  # append
+    assert (v2.version, v2.generation, v2.documents) == (2, v1.generation, 3)
+    v3 = await add(services, "kb", [DOCS[0]], replace=True)
+    assert (v3.version, v3.generation, v3.documents, v3.chunks) == (3, v1.generation + 1, 1, 1)
+    info, hits = await services.rag.search("kb", "green tea temperature", 5)
+    assert info.version == 3 and [h.doc for h in hits] == ["pw"]  # old generation is gone
+    with pytest.raises(RagIndexNotFound):
+        await services.rag.search("missing", "x", 3)
+
+
+def test_bad_sources_are_invalid_requests(tmp_path: Path) -> None:
+    with pytest.raises(InvalidRequest, match="does not exist"):
+        read_documents(tmp_path / "nope")
+    (tmp_path / "bad.jsonl").write_text('{"id": 1}\n')
+    with pytest.raises(InvalidRequest, match="line 1: needs a non-empty string field 'text'"):
+        read_documents(tmp_path / "bad.jsonl")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(InvalidRequest, match="holds no documents"):
+        read_documents(tmp_path / "empty")

@@ -1,0 +1,230 @@
+"""The tool gateway end to end: a real MCP server (stdio subprocess) behind keel's /mcp.
+
+The refund example: $49.99 allowed, $50.01 denied with the deciding policy id, a read at
+20:00 denied (injected clock), every decision logged, reloads and shadow replays.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+import httpx
+import httpx2
+import pytest
+from mcp import Client
+from mcp.client.streamable_http import streamable_http_client
+from mcp.shared.exceptions import MCPError
+
+from conftest import make_settings
+from keel.app import build_services, create_app
+from keel.gateway.services import Services
+from keel.policy.cases import logged_rows, shadow
+from keel.tools.ports import ApprovalOutcome, ToolCall
+
+from live import serve_app
+
+SERVER = str(Path(__file__).resolve().parents[1] / "tool_servers" / "crm_mcp.py")
+TZ = ZoneInfo("Europe/Berlin")
+POLICY = """
+@id("read-business-hours")
+permit(principal, action == Action::"read_customer", resource)
+when { context.now.hour >= 9 && context.now.hour < 17 };
+
+@id("refunds")
+permit(principal, action == Action::"issue_refund", resource)
+when { principal.roles.contains("support") };
+
+@id("no-refunds-over-50")
+forbid(principal, action == Action::"issue_refund", resource)
+when { context.amount_cents > 5000 };
+"""
+
+
+@dataclass
+class Stack:
+    url: str
+    key: str
+    svc: Services
+    clock: list[datetime]
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    tmp = tmp_path_factory.mktemp("tools")
+    settings = make_settings(tmp, tools={
+        "timezone": "Europe/Berlin",
+        "max_argument_bytes": 4096,
+        "servers": [{"name": "crm", "command": [sys.executable, SERVER],
+                     "spend_args": {"issue_refund": "amount_cents"}}],
+        "policy": {"roles": {"support-bot": ["support"]}, "reload_s": 0},
+    }, firewall={"enabled": False})
+    svc = build_services(settings)
+    assert svc.tools is not None
+    clock = [datetime(2026, 3, 3, 11, 0, tzinfo=TZ)]
+    svc.tools.clock = lambda: clock[0]
+    svc.tools.log.flush_interval_s = 0.01
+    key = svc.keys.create("acme", agent="support-bot").secret
+    with serve_app(create_app(settings, services=svc)) as url:
+        # applied through the store while serving: picked up by reload(), no restart
+        svc.tools.store.apply(POLICY, validate=svc.tools.authorizer.validate)
+        yield Stack(url, key, svc, clock)
+
+
+@contextlib.asynccontextmanager
+async def connect(stack: Stack) -> AsyncIterator[Client]:
+    """An MCP client on keel's /mcp (entered and left in the test's own task)."""
+    assert stack.svc.tools is not None
+    await stack.svc.tools.reload()
+    stack.clock[0] = datetime(2026, 3, 3, 11, 0, tzinfo=TZ)
+    http = httpx2.AsyncClient(headers={"authorization": f"Bearer {stack.key}",
+                                       "x-keel-session": "sess-1"})
+    async with http, Client(streamable_http_client(stack.url + "/mcp", http_client=http)) as c:
+        yield c
+
+
+async def test_refund_example_through_real_mcp_server(stack: Stack) -> None:
+    async with connect(stack) as mcp:
+        await _refund_example(mcp, stack)
+
+
+async def _refund_example(mcp: Client, stack: Stack) -> None:
+    assert stack.svc.tools is not None
+    names = {t.name for t in (await mcp.list_tools()).tools}
+    assert {"read_customer", "issue_refund"} <= names
+
+    ok = await mcp.call_tool("issue_refund", {"customer_id": "c1", "amount_cents": 4999})
+    assert not ok.is_error and "refunded 4999 cents" in ok.content[0].text  # type: ignore[union-attr]
+
+    with pytest.raises(MCPError) as denied:
+        await mcp.call_tool("issue_refund", {"customer_id": "c1", "amount_cents": 5001})
+    assert denied.value.code == -32003
+    assert denied.value.data["policy_ids"] == ["no-refunds-over-50"]
+    assert "refunded" not in denied.value.message
+
+    read = await mcp.call_tool("read_customer", {"customer_id": "c1"})
+    assert "Ada" in read.content[0].text  # type: ignore[union-attr]
+    stack.clock[0] = datetime(2026, 3, 3, 20, 0, tzinfo=TZ)
+    with pytest.raises(MCPError, match="default deny"):
+        await mcp.call_tool("read_customer", {"customer_id": "c1"})
+
+    with pytest.raises(MCPError, match="not valid"):  # a string for a Long
+        await mcp.call_tool("issue_refund", {"customer_id": "c1", "amount_cents": "4999"})
+
+    await stack.svc.tools.log.flush()
+    rows = await stack.svc.db.run(lambda c: logged_rows(c, 0, 1000))
+    mine = [r for r in rows if r["session"] == "sess-1"]
+    assert [(r["action"], r["decision"]) for r in mine[-5:]] == [
+        ("issue_refund", "allow"), ("issue_refund", "deny"), ("read_customer", "allow"),
+        ("read_customer", "deny"), ("issue_refund", "deny")]
+    assert mine[-4]["policy_ids"] == '["no-refunds-over-50"]' and mine[-4]["latency_us"] > 0
+    assert mine[-5]["outcome"] == "ok" and len(mine[-5]["args_hash"]) == 64
+    # the allowed refund counted towards the session's spend
+    assert await stack.svc.tools.spend.spent_cents("acme", "sess-1") >= 4999
+
+    # shadow: a stricter candidate would flip the allowed $49.99 refund
+    candidate = stack.svc.tools.authorizer.validate(POLICY.replace("> 5000", "> 1000"))
+    report = shadow(stack.svc.tools.authorizer, candidate, mine)
+    assert [(c.tool, c.before, c.after) for c in report.changes] == [
+        ("issue_refund", "allow", "deny")]
+
+
+async def test_http_route_auth_and_bad_input(stack: Stack) -> None:
+    h = {"authorization": f"Bearer {stack.key}"}
+    async with httpx.AsyncClient(base_url=stack.url, headers=h) as c:
+        r = await c.post("/v1/tools/issue_refund",
+                         json={"arguments": {"customer_id": "c1", "amount_cents": 100}})
+        assert r.status_code == 200 and r.json()["policy_ids"] == ["refunds"]
+        assert "refunded 100" in r.json()["result"]["content"][0]["text"]
+        r = await c.post("/v1/tools/issue_refund",
+                         json={"arguments": {"customer_id": "c1", "amount_cents": 5001}})
+        assert r.status_code == 403
+        assert r.json()["error"]["code"] == "policy_denied"
+        assert r.json()["error"]["policy_ids"] == ["no-refunds-over-50"]
+        r = await c.post("/v1/tools/nope", json={"arguments": {}})
+        assert r.status_code == 404 and r.json()["error"]["code"] == "tool_not_found"
+        r = await c.post("/v1/tools/issue_refund", json={"arguments": {"customer_id": "x" * 5000,
+                                                                       "amount_cents": 1}})
+        assert r.status_code == 413
+        r = await c.post("/v1/tools/issue_refund", content=b"{oops")
+        assert r.status_code == 400 and r.json()["error"]["code"] == "malformed_json"
+        r = await c.post("/v1/tools/issue_refund", json={"args": {}})
+        assert r.status_code == 400
+        assert (await c.get("/v1/tools")).json()["data"][0]["server"] == "crm"
+        # malformed JSON-RPC on /mcp: JSON-RPC errors, not 500s
+        accept = {"accept": "application/json, text/event-stream",
+                  "content-type": "application/json"}
+        r = await c.post("/mcp", content=b"{nope", headers=accept)
+        assert r.status_code == 400 and r.json()["error"]["code"] == -32700
+        r = await c.post("/mcp", headers=accept, json={
+            "jsonrpc": "2.0", "id": 7, "method": "tools/call",
+            "params": {"name": "issue_refund", "arguments": {"customer_id": "c" * 5000,
+                                                           "amount_cents": 1}}})
+        assert r.json()["error"]["code"] == -32602 and "4096" in r.json()["error"]["message"]
+    async with httpx.AsyncClient(base_url=stack.url) as anon:
+        r = await anon.post("/mcp", json={"jsonrpc": "2.0", "id": 1, "method": "tools/list"})
+        assert r.status_code == 401 and r.json()["error"]["code"] == -32001
+        assert (await anon.post("/v1/tools/read_customer", json={})).status_code == 401
+
+
+class RecordingApprovals:
+    """An ApprovalHook that answers from a script (the approvals capability is elsewhere)."""
+
+    def __init__(self, status: str) -> None:
+        self.status = status
+        self.calls: list[tuple[ToolCall, list[str]]] = []
+
+    async def request_approval(self, call: ToolCall, policy_ids: list[str]) -> ApprovalOutcome:
+        self.calls.append((call, policy_ids))
+        return ApprovalOutcome(self.status, "ok" if self.status == "approved" else "no",  # type: ignore[arg-type]
+                               approval_id="ap_1", approver="lead")
+
+
+async def test_approval_required_policies(stack: Stack) -> None:
+    async with connect(stack) as mcp:
+        await _approvals(mcp, stack)
+
+
+async def _approvals(mcp: Client, stack: Stack) -> None:
+    gw = stack.svc.tools
+    assert gw is not None
+    gw.store.apply('@id("refunds-with-approval") @approval("required")\n'
+                   'permit(principal, action == Action::"issue_refund", resource);',
+                   validate=gw.authorizer.validate)
+    await gw.reload()
+    try:
+        with pytest.raises(MCPError, match="no approval workflow") as held:
+            await mcp.call_tool("issue_refund", {"customer_id": "c1", "amount_cents": 10})
+        assert held.value.data["code"] == "approval_required"
+        assert held.value.data["policy_ids"] == ["refunds-with-approval"]
+        gw.approvals = RecordingApprovals("approved")
+        ok = await mcp.call_tool("issue_refund", {"customer_id": "c1", "amount_cents": 10})
+        assert not ok.is_error
+        gw.approvals = hook = RecordingApprovals("rejected")
+        with pytest.raises(MCPError, match="rejected"):
+            await mcp.call_tool("issue_refund", {"customer_id": "c1", "amount_cents": 11})
+        call, ids = hook.calls[0]
+        assert call.arguments["amount_cents"] == 11 and ids == ["refunds-with-approval"]
+        assert call.agent == "support-bot"
+    finally:
+        gw.approvals = None
+        gw.store.rollback()
+        await gw.reload()
+
+
+async def test_console_page_lists_decisions(stack: Stack) -> None:
+    async with httpx.AsyncClient(base_url=stack.url) as c:
+        admin = stack.svc.keys.create("acme", admin=True).secret
+        r = await c.post("/console/login", data={"api_key": admin})
+        assert r.status_code == 303
+        page = await c.get("/console/tools")
+        assert page.status_code == 200
+        assert "issue_refund" in page.text and "Cedar" in page.text
+        r = await c.get("/v1/admin/tool-decisions?decision=deny",
+                        headers={"authorization": f"Bearer {admin}"})
+        assert r.status_code == 200 and all(d["decision"] == "deny" for d in r.json()["data"])
