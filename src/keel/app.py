@@ -88,28 +88,31 @@ def build_services(
         firewall = Firewall.build(settings.firewall, models.embedder())
         front.append(FirewallStage(firewall, firewall_state,
                                    FirewallMetrics(metrics.registry, firewall_state)))
-    # --- issue 4: exact + semantic cache, right after the firewall ------------------------
-    cache = None
-    if settings.cache.enabled:
-        from keel.cache.build import build_cache
-
-        cache = build_cache(settings, kv, db, models.embedder(), metrics.registry)
-        front.append(cache)
-    # --- end issue 4 ---------------------------------------------------------------------
-    # --- issue 5: degradation ladder (model, RAG depth, caps), then RAG context ---------
-    degrader = retriever = None
-    if settings.degrade.active:
-        from keel.degrade.service import Degrader
-
-        degrader = Degrader(kv, db, settings.degrade, models.specs(), metrics.registry)
-        front.append(degrader.stage)
+    # RAG objects first: the cache keys answers on the RAG index version they used.
+    retriever = rag_stage = None
     if settings.rag.enabled:
         from keel.rag.retrieve import Retriever
         from keel.rag.stage import RagStage
 
         retriever = Retriever(db, settings.rag, settings.data_dir, models.embedder())
-        front.append(RagStage(retriever, settings.rag))
-    # --- end issue 5 ---------------------------------------------------------------------
+        rag_stage = RagStage(retriever, settings.rag)
+    # --- issue 4: exact + semantic cache, right after the firewall ------------------------
+    cache = None
+    if settings.cache.enabled:
+        from keel.cache.build import build_cache
+
+        cache = build_cache(settings, kv, db, models.embedder(), metrics.registry,
+                            rag_tag=rag_stage.cache_tag if rag_stage is not None else None)
+        front.append(cache)
+    # --- issue 5: degradation ladder (model, RAG depth, caps), then RAG context ---------
+    degrader = None
+    if settings.degrade.active:
+        from keel.degrade.service import Degrader
+
+        degrader = Degrader(kv, db, settings.degrade, models.specs(), metrics.registry)
+        front.append(degrader.stage)
+    if rag_stage is not None:
+        front.append(rag_stage)
     # --- issue 6: agent tool gateway (Cedar policies); tools connect in the lifespan ----
     tool_gateway = None
     if settings.tools.enabled:
@@ -132,6 +135,10 @@ def build_services(
         from keel.approvals.service import ApprovalsService
 
         approvals = ApprovalsService(settings, db)
+        if tool_gateway is not None:  # @approval("required") tool calls become approvals
+            from keel.approvals.tool_hook import ToolApprovalHook
+
+            tool_gateway.approvals = ToolApprovalHook(approvals, settings.approvals.tool_wait_s)
     # --- end issue 7 ---------------------------------------------------------------------
     pipeline = Pipeline([*front, *stages, MeteringStage()], ProviderCall(models))
     return Services(

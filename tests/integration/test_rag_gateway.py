@@ -111,3 +111,26 @@ def test_bad_sources_are_invalid_requests(tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
     with pytest.raises(InvalidRequest, match="holds no documents"):
         read_documents(tmp_path / "empty")
+
+
+async def test_cached_answers_die_with_the_index_version_they_used(
+    client: httpx.AsyncClient, services: Services, user_key: str, fake_upstream: FakeUpstream
+) -> None:
+    services.settings.rag.catalog_refresh_s = 0.0  # see the re-ingest at once
+    await add(services, "help", DOCS)
+    h = {"Authorization": f"Bearer {user_key}", "x-keel-rag": "help"}
+    body = chat("How do I reset my password?")
+    states = []
+    for _ in range(2):
+        r = await client.post("/v1/chat/completions", json=body, headers=h)
+        states.append(r.headers["x-keel-cache"])
+        assert services.cache is not None
+        await services.cache.drain()
+    assert states == ["miss", "hit"]
+    await add(services, "help", DOCS[:2], replace=True)  # the documents changed: version 2
+    r = await client.post("/v1/chat/completions", json=body, headers=h)
+    assert r.headers["x-keel-cache"] == "miss"
+    assert r.headers["x-keel-rag"].startswith("help@v2")
+    r = await client.post("/v1/chat/completions", json=chat("How do I reset my password?"),
+                          headers={"Authorization": f"Bearer {user_key}"})
+    assert r.headers["x-keel-cache"] == "miss"  # without RAG: another partition

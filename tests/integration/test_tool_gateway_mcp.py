@@ -82,9 +82,14 @@ async def connect(stack: Stack) -> AsyncIterator[Client]:
     assert stack.svc.tools is not None
     await stack.svc.tools.reload()
     stack.clock[0] = datetime(2026, 3, 3, 11, 0, tzinfo=TZ)
+    # No keep-alive reuse: with pooled connections the MCP client's POST sometimes never left
+    # the client (the server saw every earlier request complete) and the test hung.
     http = httpx2.AsyncClient(headers={"authorization": f"Bearer {stack.key}",
-                                       "x-keel-session": "sess-1"})
-    async with http, Client(streamable_http_client(stack.url + "/mcp", http_client=http)) as c:
+                                       "x-keel-session": "sess-1"},
+                              limits=httpx2.Limits(max_keepalive_connections=0),
+                              timeout=httpx2.Timeout(20.0))
+    async with http, Client(streamable_http_client(stack.url + "/mcp", http_client=http),
+                            read_timeout_seconds=8) as c:
         yield c
 
 
@@ -197,6 +202,8 @@ async def _approvals(mcp: Client, stack: Stack) -> None:
                    'permit(principal, action == Action::"issue_refund", resource);',
                    validate=gw.authorizer.validate)
     await gw.reload()
+    real_hook = gw.approvals
+    gw.approvals = None
     try:
         with pytest.raises(MCPError, match="no approval workflow") as held:
             await mcp.call_tool("issue_refund", {"customer_id": "c1", "amount_cents": 10})
@@ -211,10 +218,41 @@ async def _approvals(mcp: Client, stack: Stack) -> None:
         call, ids = hook.calls[0]
         assert call.arguments["amount_cents"] == 11 and ids == ["refunds-with-approval"]
         assert call.agent == "support-bot"
+        await _real_approvals(mcp, stack, real_hook)
     finally:
         gw.approvals = None
         gw.store.rollback()
         await gw.reload()
+
+
+async def _real_approvals(mcp: Client, stack: Stack, hook: object) -> None:
+    """The approvals capability (DBOS) as the hook: held, approved by a human, run once."""
+    from keel.approvals.engine import Decider
+
+    gw, approvals = stack.svc.tools, stack.svc.approvals
+    assert gw is not None and approvals is not None and hook is not None
+    gw.approvals = hook  # type: ignore[assignment]
+    args = {"customer_id": "c1", "amount_cents": 12}
+    with pytest.raises(MCPError, match="waiting for a human") as held:
+        await mcp.call_tool("issue_refund", args)
+    approval_id = held.value.data["approval_id"]
+    with pytest.raises(MCPError, match="waiting for a human") as again:
+        await mcp.call_tool("issue_refund", args)  # the same call: the same approval
+    assert again.value.data["approval_id"] == approval_id
+    a = await approvals.engine.get(approval_id)
+    assert a.action == "tool:issue_refund" and a.arguments == args
+    assert "refunds-with-approval" in a.reason
+    await approvals.engine.decide("approve", Decider("lead@example.com", "api"),
+                                  approval_id=approval_id)
+    ok = await mcp.call_tool("issue_refund", args)
+    assert not ok.is_error and "refunded 12 cents" in ok.content[0].text  # type: ignore[union-attr]
+    with pytest.raises(MCPError, match="waiting for a human") as third:
+        await mcp.call_tool("issue_refund", args)  # consumed: a new approval is needed
+    assert third.value.data["approval_id"] != approval_id
+    await approvals.engine.decide("deny", Decider("lead@example.com", "api"),
+                                  approval_id=third.value.data["approval_id"])
+    with pytest.raises(MCPError, match="denied"):
+        await mcp.call_tool("issue_refund", args)
 
 
 async def test_console_page_lists_decisions(stack: Stack) -> None:

@@ -48,3 +48,6 @@ class ApprovalsSettings(BaseModel):
     application_version: str = "keel-approvals-1"
     polling_interval_s: float = 0.05
     max_wait_s: float = 60.0  # longest GET /v1/approvals/{id}?wait=S
+    # A tool call held by @approval("required") waits this long for a decision before the
+    # agent is told "pending" (it repeats the call once approved); 0 answers at once.
+    tool_wait_s: float = Field(default=0.0, ge=0.0, le=300.0)

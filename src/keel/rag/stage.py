@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from keel.errors import KeelError
 from keel.gateway.context import RequestContext
 from keel.gateway.pipeline import Next
 from keel.gateway.validation import content_text
@@ -76,6 +77,18 @@ class RagStage:
         if isinstance(requested, str) and requested in self.settings.models:
             return self.settings.models[requested]
         return self.settings.models.get(ctx.model.name)
+
+    async def cache_tag(self, ctx: RequestContext) -> str:
+        """``index@version`` when the request uses RAG (the cache keys answers on it), else
+        ``""``. An unknown or empty index tags ``index@?``: this stage rejects it anyway."""
+        name = self.index_for(ctx)
+        if not name:
+            return ""
+        try:
+            info = await self.retriever.info(name)
+        except KeelError:
+            return f"{name}@?"
+        return f"{name}@{info.version}"
 
     async def __call__(self, ctx: RequestContext, call_next: Next) -> None:
         index = self.index_for(ctx) if ctx.route != "embeddings" else None

@@ -24,6 +24,7 @@ import os
 import sqlite3
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Set as AbstractSet
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Literal, TypeVar
@@ -202,13 +203,14 @@ class UsearchVectorIndex:
                 if not members:
                     del self._tags[(field, value)]
 
-    def _partition(self, filters: dict[str, str]) -> set[int]:
+    def _partition(self, filters: dict[str, str]) -> AbstractSet[int]:
+        """Keys matching every filter. Read-only: with one filter it is the live tag set
+        (copying a 100k-member partition cost ~2 ms per search); use it under the lock."""
         sets = [self._tags.get(pair, set()) for pair in filters.items()]
         sets.sort(key=len)
-        out = set(sets[0])
-        for other in sets[1:]:
-            out &= other
-        return out
+        if len(sets) == 1:
+            return sets[0]
+        return sets[0].intersection(*sets[1:])
 
     def _require_created(self) -> Index:
         if self._index is None:
@@ -335,7 +337,7 @@ class UsearchVectorIndex:
         return await self._run("search", do)
 
     def _hnsw_search(
-        self, query: Vectors, k: int, members: set[int] | None, *, fetch: int | None = None
+        self, query: Vectors, k: int, members: AbstractSet[int] | None, *, fetch: int | None = None
     ) -> list[Hit]:
         graph = self._require_created()
         found = graph.search(query, fetch or k)
@@ -351,7 +353,7 @@ class UsearchVectorIndex:
                 break
         return hits
 
-    def _exact_search(self, query: Vectors, k: int, members: set[int]) -> list[Hit]:
+    def _exact_search(self, query: Vectors, k: int, members: AbstractSet[int]) -> list[Hit]:
         keys = np.fromiter(members, dtype=np.uint64, count=len(members))
         rows = self._require_created().get(keys, dtype="f32")
         parts = list(rows) if isinstance(rows, tuple) else [rows]
