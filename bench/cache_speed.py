@@ -210,6 +210,7 @@ async def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--entries", type=int, default=100_000)
     ap.add_argument("--skip-redis", action="store_true")
+    ap.add_argument("--skip-gateway", action="store_true", help="vector lookups only")
     args = ap.parse_args()
     redis_url = None
     server = None
@@ -228,7 +229,14 @@ async def main() -> None:
     finally:
         if server is not None:
             server.stop()
-    gw = await gateway_section(args.entries)
+    if args.skip_gateway:
+        prev = json.loads(OUT.read_text()) if OUT.exists() else {}
+        gw = prev.get("gateway") or {}
+        if not gw:
+            raise SystemExit("no earlier gateway numbers in the results file: run without "
+                             "--skip-gateway once")
+    else:
+        gw = await gateway_section(args.entries)
     t = Table(title=f"vector lookup, top-3 in a {args.entries:,}-entry partition")
     for c in ("backend", "p50 ms", "p99 ms", "recall@1"):
         t.add_column(c, justify="right")
