@@ -50,11 +50,10 @@ _INTENT = {"why": "why", "when": "when", "where": "where", "who": "who", "whom":
 # "this video", "that error", "the attached file": the answer depends on context the question
 # only points at, so another user's cached answer cannot be right for it.
 _DEICTIC = re.compile(
-    r"\b(?:this|these|that|those|attached|above|below|following)\s+"
-    r"(?!is\b|are\b|was\b|were\b|will\b|would\b|can\b|could\b|should\b|does\b|do\b|did\b|"
-    r"has\b|have\b|a\b|an\b|the\b|i\b|you\b|we\b|it\b|they\b|he\b|she\b|one\b|way\b|time\b|"
-    r"year\b|week\b|day\b|month\b|life\b|self\b|own\b|kind\b|type\b|sort\b|world\b|country\b)"
-    r"[a-z]",
+    r"\b(?:this|these|that|those|attached|above|below|following|my|our)\s+(?:\w+\s+)?"
+    r"(?:video|image|picture|photo|screenshot|file|attachment|code|snippet|document|pdf|"
+    r"text|error|message|email|link|page|article|song|problem|sentence|paragraph|chart|"
+    r"graph|table|diagram|log|output|script|function|query|spreadsheet)s?\b",
     re.IGNORECASE,
 )
 _DIRECTION = {"to", "into", "from", "than", "vs", "versus", "over"}
@@ -283,7 +282,7 @@ class HitVerifier:
         if pa and pb and pa != pb:
             return "grammatical person differs (I / you)"
         if a.deictic or b.deictic:
-            return "refers to context outside the text (this/my/attached ...)"
+            return "refers to context outside the text (this video, my code, attached file)"
         if a.intent != b.intent:
             return "question intent differs"
         missing = {e for e in a.entities if _stem(e) not in b.stems and e not in b.words}
