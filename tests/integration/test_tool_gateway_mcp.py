@@ -82,8 +82,7 @@ async def connect(stack: Stack) -> AsyncIterator[Client]:
     assert stack.svc.tools is not None
     await stack.svc.tools.reload()
     stack.clock[0] = datetime(2026, 3, 3, 11, 0, tzinfo=TZ)
-    # No keep-alive reuse: with pooled connections the MCP client's POST sometimes never left
-    # the client (the server saw every earlier request complete) and the test hung.
+    # Fresh connections and timeouts: a stalled call fails the test instead of hanging it.
     http = httpx2.AsyncClient(headers={"authorization": f"Bearer {stack.key}",
                                        "x-keel-session": "sess-1"},
                               limits=httpx2.Limits(max_keepalive_connections=0),

@@ -134,8 +134,10 @@ class RequestLogWriter:
         self._task: asyncio.Task[None] | None = None
         self._batch: list[dict[str, Any]] = []
         self._lock = asyncio.Lock()
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
         self._queue = asyncio.Queue(maxsize=self.settings.queue_limit)
         self._task = asyncio.create_task(self._run(), name="keel-request-log")
 
@@ -180,8 +182,13 @@ class RequestLogWriter:
             log.exception("request log: failed to write %d records", len(batch))
 
     async def flush(self) -> None:
-        """Write everything submitted so far, including a batch being collected or written."""
+        """Write everything submitted so far, including a batch being collected or written.
+        From another event loop (tests, threads) the flush runs on the writer's own loop."""
         if self._queue is None:
+            return
+        owner = self._loop
+        if owner is not None and owner is not asyncio.get_running_loop() and owner.is_running():
+            await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(self.flush(), owner))
             return
         async with self._lock:
             while not self._queue.empty():

@@ -81,8 +81,10 @@ class DecisionLog:
         self._task: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
         self._pending: list[dict[str, Any]] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
         self._queue = asyncio.Queue(maxsize=self.queue_limit)
         self._task = asyncio.create_task(self._run(), name="keel-tool-decisions")
 
@@ -123,7 +125,14 @@ class DecisionLog:
             log.exception("tool decision log: failed to write %d rows", len(batch))
 
     async def flush(self) -> None:
+        """Write what is queued. Callable from any event loop: the queue and lock belong to
+        the gateway's loop, so a flush from elsewhere (a test, a second thread) runs there
+        (awaiting that loop's lock from another loop could wait forever)."""
         if self._queue is None:
+            return
+        owner = self._loop
+        if owner is not None and owner is not asyncio.get_running_loop() and owner.is_running():
+            await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(self.flush(), owner))
             return
         async with self._lock:
             await self._drain()
