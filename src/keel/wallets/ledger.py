@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Connection, func, select, update
+from sqlalchemy import Connection, bindparam, func, select, update
 
 from keel.errors import BudgetExceeded, NotFound, PaymentLoopGuard
 from keel.wallets.money import fmt_usd
@@ -82,11 +82,35 @@ def open_accounts(conn: Connection, tenant: str, wallet_id: str) -> None:
                   balance=0)
 
 
+# Statements are built once: constructing SQLAlchemy Core statements per call cost more
+# than running them (a reservation went from ~1.3 ms to well under 1 ms on SQLite).
+_ADD = (update(accounts).where(accounts.c.id == bindparam("acct"))
+        .values(balance=accounts.c.balance + bindparam("amt")))
+_ADD_FLOOR = _ADD.where(accounts.c.balance + bindparam("amt") >= 0)
+
+
+def _counter_update(limit: bool, calls: bool) -> Any:
+    c = counters.c
+    stmt = update(counters).where(c.key == bindparam("ckey"))
+    if limit:
+        stmt = stmt.where(c.spent + c.reserved + bindparam("x") <= bindparam("lim"))
+    if calls:
+        stmt = stmt.where(c.calls + 1 <= bindparam("maxc"))
+    return stmt.values(reserved=c.reserved + bindparam("x"), calls=c.calls + 1,
+                       limit_micros=bindparam("lim"), max_calls=bindparam("maxc"))
+
+
+_COUNTER_UPDATE = {(lim, calls): _counter_update(lim, calls)
+                   for lim in (False, True) for calls in (False, True)}
+_INSERT_ENTRY = entries.insert()
+_INSERT_LINES = lines.insert()
+_INSERT_PAYMENT = payments.insert()
+
+
 def _add(conn: Connection, account: str, amount: int, *, floor: bool = False) -> bool:
-    stmt = update(accounts).where(accounts.c.id == account)
-    if floor:  # available balances never go below zero
-        stmt = stmt.where(accounts.c.balance + amount >= 0)
-    return conn.execute(stmt.values(balance=accounts.c.balance + amount)).rowcount == 1
+    """Move ``amount`` into ``account``; with ``floor`` only if it stays >= 0."""
+    stmt = _ADD_FLOOR if floor else _ADD
+    return conn.execute(stmt, {"acct": account, "amt": amount}).rowcount == 1
 
 
 def _entry(conn: Connection, tenant: str, kind: str, legs: Sequence[tuple[str, int]],
@@ -94,10 +118,10 @@ def _entry(conn: Connection, tenant: str, kind: str, legs: Sequence[tuple[str, i
     if sum(a for _, a in legs) != 0:  # a programming error, never user input
         raise AssertionError(f"unbalanced {kind} entry: {legs}")
     entry_id = secrets.token_hex(8)
-    conn.execute(entries.insert().values(id=entry_id, tenant=tenant, kind=kind,
-                                         payment_id=payment_id, memo=memo, at=time.time()))
-    conn.execute(lines.insert(), [{"entry_id": entry_id, "account_id": acct, "amount": amt}
-                                  for acct, amt in legs])
+    conn.execute(_INSERT_ENTRY, {"id": entry_id, "tenant": tenant, "kind": kind,
+                                 "payment_id": payment_id, "memo": memo, "at": time.time()})
+    conn.execute(_INSERT_LINES, [{"entry_id": entry_id, "account_id": acct, "amount": amt}
+                                 for acct, amt in legs])
     return entry_id
 
 
@@ -138,30 +162,25 @@ def reserve(conn: Connection, hold: Hold) -> str:
             f"wallet balance {fmt_usd(have)} does not cover the price {fmt_usd(x)}; "
             "fund it with `keel wallet fund`", available=have, price=x)
     for spec in sorted(hold.counters, key=lambda s: s.key):
-        c = counters.c
-        stmt = update(counters).where(c.key == spec.key)
-        if spec.limit is not None:
-            stmt = stmt.where(c.spent + c.reserved + x <= spec.limit)
-        if spec.max_calls is not None:
-            stmt = stmt.where(c.calls + 1 <= spec.max_calls)
-        stmt = stmt.values(reserved=c.reserved + x, calls=c.calls + 1,
-                           limit_micros=spec.limit, max_calls=spec.max_calls)
-        if conn.execute(stmt).rowcount != 1:
+        stmt = _COUNTER_UPDATE[(spec.limit is not None, spec.max_calls is not None)]
+        params = {"ckey": spec.key, "x": x, "lim": spec.limit, "maxc": spec.max_calls}
+        if conn.execute(stmt, params).rowcount != 1:
             # refused, or the counter does not exist yet (first call of a session/day/minute)
+            c = counters.c
             if conn.execute(select(c.key).where(c.key == spec.key)).first() is None:
                 insert_ignore(conn, counters, key=spec.key, limit_micros=spec.limit,
                               max_calls=spec.max_calls, spent=0, reserved=0, calls=0,
                               expires_at=spec.expires_at)
-                if conn.execute(stmt).rowcount == 1:
+                if conn.execute(stmt, params).rowcount == 1:
                     continue
             _refuse(conn, spec, x)
     _add(conn, held_account(hold.wallet_id), x)
-    conn.execute(payments.insert().values(
-        id=hold.id, tenant=hold.tenant, agent=hold.agent, wallet_id=hold.wallet_id,
-        session_id=hold.session_id, url=hold.url[:2000], payee=hold.payee,
-        network=hold.network, asset=hold.asset, amount=x, status="held",
-        counter_keys=json.dumps([s.key for s in hold.counters]), created_at=time.time(),
-        expires_at=hold.expires_at))
+    conn.execute(_INSERT_PAYMENT, {
+        "id": hold.id, "tenant": hold.tenant, "agent": hold.agent, "wallet_id": hold.wallet_id,
+        "session_id": hold.session_id, "url": hold.url[:2000], "payee": hold.payee,
+        "network": hold.network, "asset": hold.asset, "amount": x, "status": "held",
+        "counter_keys": json.dumps([s.key for s in hold.counters]), "created_at": time.time(),
+        "expires_at": hold.expires_at})
     _entry(conn, hold.tenant, "reserve", [(available_account(hold.wallet_id), -x),
                                          (held_account(hold.wallet_id), x)], hold.id)
     return hold.id
