@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import time
+from typing import Any
 
 from fastapi import APIRouter
+from sqlalchemy import Connection
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -53,6 +55,8 @@ class CacheAdminRoutes:
         await self.cache.stats.flush()
         since = time.time() - hours * 3600
         tenant = q.get("tenant")
-        out = await self.svc.db.run(lambda _c: summary(self.svc.db, since, tenant))
-        out["by_hour"] = by_hour(self.svc.db, since, tenant)
+        def read(c: Connection) -> dict[str, Any]:
+            return {**summary(c, since, tenant), "by_hour": by_hour(c, since, tenant)}
+
+        out = await self.svc.db.run(read)
         return ORJSONResponse(out)

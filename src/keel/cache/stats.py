@@ -143,7 +143,7 @@ def _fold(conn: Connection, buckets: dict[tuple[float, str, str], _Bucket]) -> N
                                            usd_saved=b.usd_saved, **row))
 
 
-def summary(db: Database, since: float = 0.0, tenant: str | None = None) -> dict[str, Any]:
+def summary(conn: Connection, since: float = 0.0, tenant: str | None = None) -> dict[str, Any]:
     """Totals since ``since`` (epoch seconds): outcomes, hit rate, tokens and USD saved."""
     t = cache_stats
     cols = [func.coalesce(func.sum(getattr(t.c, o)), 0) for o in OUTCOMES]
@@ -151,7 +151,7 @@ def summary(db: Database, since: float = 0.0, tenant: str | None = None) -> dict
                func.coalesce(func.sum(t.c.usd_saved), 0.0)).where(t.c.hour >= since)
     if tenant is not None:
         q = q.where(t.c.tenant == tenant)
-    row = db.transaction(lambda c: c.execute(q).one())
+    row = conn.execute(q).one()
     out: dict[str, Any] = {o: int(v) for o, v in zip(OUTCOMES, row[: len(OUTCOMES)],
                                                       strict=True)}
     lookups = out["hit_exact"] + out["hit_semantic"] + out["miss"] + out["rejected"]
@@ -162,13 +162,13 @@ def summary(db: Database, since: float = 0.0, tenant: str | None = None) -> dict
     return out
 
 
-def by_hour(db: Database, since: float, tenant: str | None = None) -> list[dict[str, Any]]:
+def by_hour(conn: Connection, since: float, tenant: str | None = None) -> list[dict[str, Any]]:
     t = cache_stats
     q = (select(t.c.hour, func.sum(t.c.hit_exact + t.c.hit_semantic),
                 func.sum(t.c.miss + t.c.rejected), func.sum(t.c.usd_saved))
          .where(t.c.hour >= since).group_by(t.c.hour).order_by(t.c.hour))
     if tenant is not None:
         q = q.where(t.c.tenant == tenant)
-    rows = db.transaction(lambda c: c.execute(q).all())
+    rows = conn.execute(q).all()
     return [{"hour": float(h), "hits": int(hits or 0), "misses": int(m or 0),
              "usd_saved": float(usd or 0.0)} for h, hits, m, usd in rows]

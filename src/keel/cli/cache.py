@@ -67,7 +67,7 @@ def build() -> typer.Typer:
         settings = settings_from(ctx)
         db = open_database(settings)
         try:
-            s = summary(db, time.time() - hours * 3600, tenant)
+            s = db.transaction(lambda c: summary(c, time.time() - hours * 3600, tenant))
         finally:
             db.dispose()
         if as_json:

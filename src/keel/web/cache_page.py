@@ -34,9 +34,8 @@ class CachePage:
         since = time.time() - 24 * 3600
         if cache is not None:
             await cache.stats.flush()
-        db = self.svc.db
-        totals = await db.run(lambda _c: summary(db, since, tenant))
-        hours = await db.run(lambda _c: by_hour(db, since, tenant))
+        totals, hours = await self.svc.db.run(
+            lambda c: (summary(c, since, tenant), by_hour(c, since, tenant)))
         chart = _bar_chart([{"hour": h["hour"], "cost_usd": h["usd_saved"],
                              "requests": h["hits"]} for h in hours])
         namespaces = sorted(self.svc.settings.cache.namespaces.items())
