@@ -77,7 +77,8 @@ def main() -> None:
         'enabled = false\n[wallets]\nenabled = true\nencryption_key = "${KEEL_WALLET_KEY}"\n'
         f'payees = ["{sandbox_payee()}"]\nsession_budget_usd = "1000"\n'
         'daily_budget_usd = "1000"\nmax_calls_per_minute = 1000000\n'
-        "max_calls_per_session = 1000000\n")
+        "max_calls_per_session = 1000000\n[wallets.x402]\n"
+        'private_hosts = ["127.0.0.1:*"]\n')
     env = {**os.environ, "KEEL_WALLET_KEY": key, "KEEL_CONFIG": str(tmp / "keel.toml")}
     os.environ["KEEL_WALLET_KEY"] = key
     settings = load_settings(tmp / "keel.toml")

@@ -128,6 +128,15 @@ def build_services(
 
         wallets = WalletService(settings.wallets, db, metrics.registry)
         fetcher = PaidFetcher(wallets)
+        if tool_gateway is not None:  # paid MCP tools are paid from the agent's wallet
+            from keel.x402.mcp_tools import PaidToolCalls
+
+            tool_gateway.payments = PaidToolCalls(fetcher.payer)
+            if settings.wallets.cedar:  # every payment is Action::"x402:pay" for Cedar
+                from keel.x402.policy import PAY_SIGNATURE, CedarPayments
+
+                tool_gateway.extra_actions.append(PAY_SIGNATURE)
+                wallets.authorizer = CedarPayments(tool_gateway)
     # --- end issue 8 ---------------------------------------------------------------------
     # --- issue 7: approvals as durable DBOS workflows (DBOS launches in the lifespan) ----
     approvals = None
@@ -139,6 +148,10 @@ def build_services(
             from keel.approvals.tool_hook import ToolApprovalHook
 
             tool_gateway.approvals = ToolApprovalHook(approvals, settings.approvals.tool_wait_s)
+        if wallets is not None:  # over-budget / @approval payments wait for a human
+            from keel.approvals.payment_hook import PaymentApprovalHook
+
+            wallets.approvals = PaymentApprovalHook(approvals, settings.approvals.tool_wait_s)
     # --- end issue 7 ---------------------------------------------------------------------
     pipeline = Pipeline([*front, *stages, MeteringStage()], ProviderCall(models))
     return Services(

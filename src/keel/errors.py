@@ -222,8 +222,20 @@ class BudgetExceeded(PermissionDenied):
     code = "budget_exceeded"
 
 
+class InsufficientFunds(BudgetExceeded):
+    """The wallet's available balance does not cover the price (no approval can change that)."""
+
+    code = "insufficient_funds"
+
+
 class PayeeNotAllowed(PermissionDenied):
     code = "payee_not_allowed"
+
+
+class EgressDenied(PermissionDenied):
+    """A paid fetch aimed at a host agents may not reach (allow-list, private addresses)."""
+
+    code = "egress_denied"
 
 
 class PaymentLoopGuard(RateLimited):

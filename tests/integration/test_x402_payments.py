@@ -49,7 +49,8 @@ def sandbox() -> Iterator[tuple[Sandbox, SandboxServer]]:
 
 def wallet_services(tmp_path: Path, db_url: str | None = None, **wallets: Any) -> Services:
     cfg: dict[str, Any] = {"enabled": True, "encryption_key": KEY, "payees": [sandbox_payee()],
-                           "session_budget_usd": "0.50", "per_call_max_usd": "0.10"}
+                           "session_budget_usd": "0.50", "per_call_max_usd": "0.10",
+                           "x402": {"private_hosts": ["127.0.0.1:*"]}}
     cfg.update(wallets)
     kw: dict[str, Any] = {"data_dir": str(tmp_path / "data"), "firewall": {"enabled": False},
                           "wallets": cfg}
@@ -58,13 +59,27 @@ def wallet_services(tmp_path: Path, db_url: str | None = None, **wallets: Any) -
     return build_services(load_settings(None, **kw))
 
 
+PAY_POLICY = '@id("agents-may-pay")\npermit(principal, action == Action::"x402:pay", resource);'
+
+
+async def allow_payments(s: Services, *, started: bool = False, text: str = PAY_POLICY) -> None:
+    """Cedar decides payments (default deny): connect the policy side and permit paying."""
+    assert s.tools is not None
+    if not started:
+        await s.tools.connect()
+    s.tools.store.apply(text, validate=s.tools.authorizer.validate)
+    await s.tools.reload()
+
+
 @pytest.fixture
 async def svc(tmp_path: Path) -> AsyncIterator[Services]:
     s = wallet_services(tmp_path)
     s.wallets.create_wallet("acme", "bot")  # type: ignore[union-attr]
     s.wallets.fund("acme", "bot", 5_000_000)  # type: ignore[union-attr]
+    await allow_payments(s)
     yield s
     await s.x402.aclose()  # type: ignore[union-attr]
+    await s.tools.aclose()  # type: ignore[union-attr]
     s.db.dispose()
 
 
@@ -107,10 +122,12 @@ async def test_fifty_concurrent_paid_calls_postgres(
     assert s.wallets is not None and s.x402 is not None
     s.wallets.create_wallet("acme", "bot")
     s.wallets.fund("acme", "bot", 5_000_000)
+    await allow_payments(s)
     try:
         await _fifty_concurrent(s, sandbox[1], sandbox[0])
     finally:
         await s.x402.aclose()
+        await s.tools.aclose()  # type: ignore[union-attr]
         s.db.dispose()
 
 
@@ -257,11 +274,13 @@ async def test_approval_hook_turns_over_budget_into_a_request(
     asked: list[tuple[PaymentIntent, str]] = []
 
     class RecordingApprovals:  # stands in for the approvals capability (issue 7)
-        async def request(self, intent: PaymentIntent, reason: str) -> ApprovalTicket:
+        async def request(self, intent: PaymentIntent, reason: str,
+                          kind: str) -> ApprovalTicket:
             asked.append((intent, reason))
             return ApprovalTicket(id=f"ap-{len(asked)}")
 
     svc.wallets.approvals = RecordingApprovals()
+    svc.wallets.settings.over_budget = "approval"
     svc.wallets.settings.session_budget_usd = __import__("decimal").Decimal("0.03")
     await svc.x402.fetch("acme", "bot", FetchRequest(url=srv.url + "/report", session_id="a"))
     with pytest.raises(PaymentApprovalPending, match="approval requested") as exc:
@@ -284,6 +303,7 @@ async def test_fetch_endpoint_for_an_agent(
     admin_key = s.keys.create("acme", admin=True).secret
     app = create_app(s.settings, services=s)
     async with app.router.lifespan_context(app):
+        await allow_payments(s, started=True)
         transport = httpx.ASGITransport(app=app, client=("127.0.0.1", 5555))
         async with httpx.AsyncClient(transport=transport, base_url="http://keel") as c:
             auth = {"authorization": f"Bearer {agent_key}"}

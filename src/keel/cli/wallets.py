@@ -140,4 +140,23 @@ def build() -> typer.Typer:
         if report is not None and not report.balanced:
             raise typer.Exit(2)
 
+    @app.command("refund")
+    def refund(
+        ctx: typer.Context,
+        payment_id: str = typer.Argument(..., help="The settled payment's id (see `ledger`)."),
+        tenant: str = typer.Option(..., "--tenant", "-t"),
+        memo: str = typer.Option("", "--memo", help="Why, e.g. the payee's refund reference."),
+        as_json: bool = typer.Option(False, "--json"),
+    ) -> None:
+        """Book a payee's refund of a settled payment (payee -> the agent's balance)."""
+        try:
+            out = _service(ctx).refund(tenant, payment_id, memo)
+        except KeelError as exc:
+            fail(exc.message)
+        if as_json:
+            typer.echo(json.dumps(out))
+            return
+        console.print(f"refunded {out['amount']} of payment {payment_id} to {tenant}/"
+                      f"{out['agent']}")
+
     return app

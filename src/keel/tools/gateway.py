@@ -37,7 +37,14 @@ from keel.policy.schema import ToolSignature
 from keel.policy.store import PolicyStore
 from keel.storage.sql import Database
 from keel.tools.decision_log import DecisionLog, args_hash
-from keel.tools.ports import ApprovalHook, MemorySessionSpend, SessionSpend, ToolCall
+from keel.tools.ports import (
+    PAYMENT_RECEIPT_META,
+    ApprovalHook,
+    MemorySessionSpend,
+    SessionSpend,
+    ToolCall,
+    ToolPayments,
+)
 from keel.tools.settings import ToolSettings
 from keel.tools.upstreams import ToolSpec, Upstream, build_upstreams
 
@@ -76,6 +83,9 @@ class ToolGateway:
         self.tz = time_zone(settings.timezone)
         self.clock: Clock = clock or (lambda: datetime.now(self.tz))
         self.approvals = approvals
+        self.payments: ToolPayments | None = None  # set by the wallets capability (x402)
+        # actions that are not tools but are decided by the same policies (x402:pay)
+        self.extra_actions: list[ToolSignature] = []
         self.spend: SessionSpend = spend or MemorySessionSpend()
         self.store = PolicyStore(db)
         self.log = DecisionLog(db)
@@ -163,7 +173,12 @@ class ToolGateway:
             await self._close_stack()
 
     def signatures(self) -> list[ToolSignature]:
-        return [ToolSignature(s.name, s.server, s.input_schema) for s, _ in self.tools.values()]
+        sigs = [ToolSignature(s.name, s.server, s.input_schema) for s, _ in self.tools.values()]
+        clash = {s.name for s in self.extra_actions} & {s.name for s in sigs}
+        if clash:
+            raise ConfigError(f"a tool is named {sorted(clash)[0]!r}, which keel reserves for "
+                              "its own policy action; rename the tool")
+        return sigs + self.extra_actions
 
     async def reload(self, *, force: bool = False) -> bool:
         """Load the store's active version if it changed; in-flight calls keep theirs."""
@@ -205,6 +220,15 @@ class ToolGateway:
             now=now_record(self.clock().astimezone(self.tz)), session_id=session_id,
             spend_cents=spent))
 
+    async def decide(self, principal: Principal, action: str, arguments: Any,
+                     session_id: str = "") -> AuthzDecision:
+        """Authorize an action that is not a tool call (a payment) and log the decision."""
+        decision = await self.authorize(principal, action, arguments, session_id)
+        row = self._row(f"{self._id_prefix}{next(self._ids):08x}", principal, action,
+                        arguments, session_id, decision)
+        self._submit(row, {"allow": "allowed", "deny": "denied"}.get(decision.outcome, "held"))
+        return decision
+
     async def call(self, principal: Principal, tool: str, arguments: Any,
                    session_id: str = "") -> tuple[str, AuthzDecision, types.CallToolResult]:
         """Authorize and run one call; returns (decision id, decision, tool result)."""
@@ -222,13 +246,21 @@ class ToolGateway:
                                policy_ids=list(decision.policy_ids), decision_id=decision_id)
         spec, upstream = self.tools[tool]
         args: dict[str, Any] = arguments
+        call = ToolCall(decision_id, spec.name, spec.server, args, principal,
+                        agent_id(principal), session_id, decision.version)
         if decision.outcome == "approval":
-            await self._approve(decision_id, spec, principal, args, session_id, decision, row)
+            await self._approve(call, decision, row)
         try:
             result = await upstream.call(tool, args)
+            if result.is_error and self.payments is not None:  # a paid tool's 402?
+                result = await self.payments.handle(
+                    call, result, lambda meta: upstream.call(tool, args, meta))
         except KeelError:
             self._submit(row, "tool_error")
             raise
+        paid = (result.meta or {}).get(PAYMENT_RECEIPT_META)
+        if isinstance(paid, dict):
+            row["reason"] = f"{row['reason']}; paid {paid.get('amount')} ({paid.get('id')})"
         self._submit(row, "tool_error" if result.is_error else "ok")
         if spec.spend_arg and not result.is_error:
             cents = args.get(spec.spend_arg)
@@ -236,17 +268,15 @@ class ToolGateway:
                 await self.spend.add(principal.tenant, session_id, cents)
         return decision_id, decision, result
 
-    async def _approve(self, decision_id: str, spec: ToolSpec, principal: Principal,
-                       args: dict[str, Any], session_id: str, decision: AuthzDecision,
+    async def _approve(self, call: ToolCall, decision: AuthzDecision,
                        row: dict[str, Any]) -> None:
         ids = list(decision.policy_ids)
+        name, decision_id = call.tool, call.id
         if self.approvals is None:
             self._submit(row, "held")
             raise ApprovalRequired(
                 f"{decision.reason}, and no approval workflow is configured, so the call is "
-                "denied", param=spec.name, policy_ids=ids, decision_id=decision_id)
-        call = ToolCall(decision_id, spec.name, spec.server, args, principal,
-                        agent_id(principal), session_id, decision.version)
+                "denied", param=name, policy_ids=ids, decision_id=decision_id)
         outcome = await self.approvals.request_approval(call, ids)
         if outcome.status == "approved":
             row["reason"] = f"{decision.reason}; approved by {outcome.approver or 'a human'}"
@@ -255,10 +285,10 @@ class ToolGateway:
         if outcome.status == "pending":
             raise ApprovalRequired(
                 f"{decision.reason}: the call is held for approval "
-                f"({outcome.message or 'waiting for a human'})", param=spec.name,
+                f"({outcome.message or 'waiting for a human'})", param=name,
                 policy_ids=ids, decision_id=decision_id, approval_id=outcome.approval_id)
         raise PolicyDenied(f"the approver rejected the call: {outcome.message or 'no reason'}",
-                           param=spec.name, policy_ids=ids, decision_id=decision_id,
+                           param=name, policy_ids=ids, decision_id=decision_id,
                            approval_id=outcome.approval_id)
 
     def _row(self, decision_id: str, principal: Principal, tool: str, arguments: Any,

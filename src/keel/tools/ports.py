@@ -1,16 +1,23 @@
-"""Ports the tool gateway depends on: human approval and per-session spend.
+"""Ports the tool gateway depends on: human approval, payments and per-session spend.
 
 The approvals capability (its own issue) plugs in an :class:`ApprovalHook`; without one,
-calls whose permitting policy says ``@approval("required")`` are denied. Wallets may replace
-:class:`MemorySessionSpend` with a ledger-backed :class:`SessionSpend`.
+calls whose permitting policy says ``@approval("required")`` are denied. The wallets
+capability plugs in :class:`ToolPayments` so paid MCP tools (x402) are paid from the agent's
+wallet; without it their "payment required" answer goes back to the agent as it is.
 """
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
+import mcp_types as types
+
 from keel.gateway.context import Principal
+
+# where a paid tool call's receipt travels in the result's _meta (keel.x402.mcp_tools)
+PAYMENT_RECEIPT_META = "keel/payment"
 
 
 @dataclass(frozen=True)
@@ -39,6 +46,15 @@ class ApprovalOutcome:
 class ApprovalHook(Protocol):
     async def request_approval(self, call: ToolCall, policy_ids: list[str]) -> ApprovalOutcome:
         """Hold ``call`` for a human; return the outcome (or ``pending`` with an id)."""
+        ...
+
+
+class ToolPayments(Protocol):
+    async def handle(self, call: ToolCall, result: types.CallToolResult,
+                     retry: Callable[[dict[str, Any]], Awaitable[types.CallToolResult]]
+                     ) -> types.CallToolResult:
+        """``result`` unchanged unless it asks for a payment; then pay, ``retry`` with the
+        given request ``_meta`` and return the paid result."""
         ...
 
 

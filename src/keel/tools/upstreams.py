@@ -40,7 +40,8 @@ class Upstream(Protocol):
 
     async def start(self, stack: AsyncExitStack) -> list[ToolSpec]: ...
 
-    async def call(self, tool: str, arguments: dict[str, Any]) -> types.CallToolResult: ...
+    async def call(self, tool: str, arguments: dict[str, Any],
+                   meta: dict[str, Any] | None = None) -> types.CallToolResult: ...
 
 
 class McpUpstream:
@@ -85,11 +86,12 @@ class McpUpstream:
         return [ToolSpec(t.name, self.name, t.description or "", dict(t.input_schema),
                          cfg.spend_args.get(t.name)) for t in tools]
 
-    async def call(self, tool: str, arguments: dict[str, Any]) -> types.CallToolResult:
+    async def call(self, tool: str, arguments: dict[str, Any],
+                   meta: dict[str, Any] | None = None) -> types.CallToolResult:
         if self._client is None:
             raise ToolFailed(f"tool server {self.name!r} is not connected")
         try:
-            return await self._client.call_tool(tool, arguments)
+            return await self._client.call_tool(tool, arguments, meta=meta)  # type: ignore[arg-type]
         except MCPError as exc:
             raise ToolFailed(f"tool server {self.name!r} refused {tool!r}: {exc.message}",
                              upstream_code=exc.code) from None
@@ -115,7 +117,8 @@ class HttpToolUpstream:
         return [ToolSpec(self.cfg.name, self.cfg.name, self.cfg.description,
                          dict(self.cfg.input_schema), self.cfg.spend_arg)]
 
-    async def call(self, tool: str, arguments: dict[str, Any]) -> types.CallToolResult:
+    async def call(self, tool: str, arguments: dict[str, Any],
+                   meta: dict[str, Any] | None = None) -> types.CallToolResult:
         assert self._session is not None, "HTTP tool used before start()"
         try:
             async with self._session.request(self.cfg.method, self.cfg.url,

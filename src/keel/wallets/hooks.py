@@ -1,15 +1,18 @@
 """Ports the policy and approval capabilities plug into (no imports from them here).
 
 With nothing configured, budgets are the only rule: an over-budget payment is refused with a
-clear error. A :class:`PaymentAuthorizer` (e.g. Cedar) is asked before every reservation and
-can only refuse more. A :class:`PaymentApprovals` hook turns an over-budget refusal into an
-approval request; the agent gets ``202 payment_approval_pending`` with the request id.
+clear error. A :class:`PaymentAuthorizer` (Cedar, :mod:`keel.x402.policy`) is asked before
+every reservation and can only refuse more (or ask for a human). A :class:`PaymentApprovals`
+hook (:mod:`keel.approvals.payment_hook`) turns an over-budget refusal into an approval
+request: the agent gets ``202 payment_approval_pending`` with the request id, and once a
+human approves, the identical payment goes through once, above the budget (never above the
+wallet's balance, the payee allow-list or the loop guard).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Literal, Protocol
 
 
 @dataclass(frozen=True)
@@ -31,12 +34,16 @@ class PaymentIntent:
 class AuthorizationDecision:
     allowed: bool
     reason: str = ""
+    approval: bool = False  # allowed only once a human approves (Cedar @approval)
 
 
 @dataclass(frozen=True)
 class ApprovalTicket:
     id: str
     url: str | None = None  # where a human decides, if the approver has a page
+    # "pending": ask again later; "approved": go ahead (once); "rejected": refused
+    status: Literal["pending", "approved", "rejected"] = "pending"
+    message: str = ""
 
 
 class PaymentAuthorizer(Protocol):
@@ -44,4 +51,7 @@ class PaymentAuthorizer(Protocol):
 
 
 class PaymentApprovals(Protocol):
-    async def request(self, intent: PaymentIntent, reason: str) -> ApprovalTicket: ...
+    async def request(self, intent: PaymentIntent, reason: str, kind: str) -> ApprovalTicket:
+        """File (or find) the approval for this payment; ``kind`` is ``"budget"`` (over a
+        budget or the per-call cap) or ``"policy"`` (a Cedar ``@approval`` policy)."""
+        ...

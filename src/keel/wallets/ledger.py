@@ -25,7 +25,7 @@ from typing import Any
 
 from sqlalchemy import Connection, bindparam, func, select, update
 
-from keel.errors import BudgetExceeded, NotFound, PaymentLoopGuard
+from keel.errors import BudgetExceeded, InsufficientFunds, NotFound, PaymentLoopGuard
 from keel.wallets.money import fmt_usd
 from keel.wallets.tables import accounts, counters, entries, events, insert_ignore, lines, payments
 
@@ -158,7 +158,7 @@ def reserve(conn: Connection, hold: Hold) -> str:
     if not _add(conn, available_account(hold.wallet_id), -x, floor=True):
         have = conn.execute(select(accounts.c.balance).where(
             accounts.c.id == available_account(hold.wallet_id))).scalar() or 0
-        raise BudgetExceeded(
+        raise InsufficientFunds(
             f"wallet balance {fmt_usd(have)} does not cover the price {fmt_usd(x)}; "
             "fund it with `keel wallet fund`", available=have, price=x)
     for spec in sorted(hold.counters, key=lambda s: s.key):

@@ -16,7 +16,10 @@ from sqlalchemy import Connection, select
 from keel.errors import (
     BudgetExceeded,
     ConfigError,
+    Conflict,
+    InsufficientFunds,
     KeelError,
+    NotFound,
     PayeeNotAllowed,
     PaymentApprovalPending,
     PolicyDenied,
@@ -30,7 +33,7 @@ from keel.wallets.metrics import WalletMetrics
 from keel.wallets.money import fmt_usd
 from keel.wallets.settings import WalletSettings
 from keel.wallets.store import PaymentSigner, Wallet, WalletStore
-from keel.wallets.tables import accounts
+from keel.wallets.tables import accounts, payments
 
 log = logging.getLogger("keel.wallets")
 DAY_S = 86_400
@@ -104,11 +107,17 @@ class WalletService:
 
     def precheck(self, intent: PaymentIntent) -> None:
         """Stateless rules: payee allow-list and the per-call cap (microseconds, no I/O)."""
+        self._check_payee(intent)
+        self._check_cap(intent)
+
+    def _check_payee(self, intent: PaymentIntent) -> None:
         if "*" not in self._payees and intent.payee.lower() not in self._payees:
             self._refused(intent, "payee")
             raise PayeeNotAllowed(
                 f"payee {intent.payee} is not on the allow-list (wallets.payees); "
                 "refused before signing", payee=intent.payee)
+
+    def _check_cap(self, intent: PaymentIntent) -> None:
         cap = self.settings.per_call_max
         if intent.amount_micros > cap:
             self._refused(intent, "per_call_cap")
@@ -116,14 +125,19 @@ class WalletService:
                 f"per-call cap {fmt_usd(cap)}: price {fmt_usd(intent.amount_micros)} is above "
                 "it; refused before signing", cap=cap, price=intent.amount_micros)
 
-    def counter_specs(self, intent: PaymentIntent, now: float) -> list[CounterSpec]:
+    def counter_specs(self, intent: PaymentIntent, now: float, *,
+                      over_budget: bool = False) -> list[CounterSpec]:
+        """The budgets a payment must fit in; ``over_budget`` (a human approved going over)
+        keeps the counting and the loop guard but lifts the money limits."""
         s, t, a = self.settings, intent.tenant, intent.agent
         day = datetime.fromtimestamp(now, UTC).strftime("%Y-%m-%d")
         minute = int(now // 60)
+        session_limit = None if over_budget else s.session_budget
+        day_limit = None if over_budget else s.daily_budget
         return [
             CounterSpec(f"session:{t}:{a}:{intent.session_id}", "session budget",
-                        s.session_budget, s.max_calls_per_session, now + 7 * DAY_S),
-            CounterSpec(f"day:{t}:{a}:{day}", "daily budget", s.daily_budget, None,
+                        session_limit, s.max_calls_per_session, now + 7 * DAY_S),
+            CounterSpec(f"day:{t}:{a}:{day}", "daily budget", day_limit, None,
                         now + 2 * DAY_S),
             CounterSpec(f"minute:{t}:{a}:{minute}", "per-minute loop guard", None,
                         s.max_calls_per_minute, (minute + 2) * 60.0),
@@ -131,19 +145,67 @@ class WalletService:
 
     async def reserve(self, wallet: Wallet, intent: PaymentIntent,
                       authorization_expires_at: float) -> Reservation:
-        """Policy, then the atomic reservation. Raises before anything is signed."""
-        self.precheck(intent)
-        if self.authorizer is not None:
-            decision = await self.authorizer.authorize(intent)
-            if not decision.allowed:
+        """Payee, policy, cap, then the atomic reservation. Raises before anything is signed.
+
+        Over a budget or the cap, with an approvals hook: the payment waits for a human
+        (``PaymentApprovalPending``); once approved, the identical payment is reserved once
+        with the money limits lifted."""
+        self._check_payee(intent)
+        await self._check_policy(intent)
+        try:
+            self._check_cap(intent)
+            return await self._reserve(wallet, intent, authorization_expires_at)
+        except InsufficientFunds:
+            raise
+        except BudgetExceeded as exc:
+            if self.approvals is None or self.settings.over_budget != "approval":
+                raise
+            await self._ask(intent, exc.message, "budget")
+            return await self._reserve(wallet, intent, authorization_expires_at,
+                                       over_budget=True)
+
+    async def _check_policy(self, intent: PaymentIntent) -> None:
+        if self.authorizer is None:
+            return
+        decision = await self.authorizer.authorize(intent)
+        if not decision.allowed:
+            self._refused(intent, "policy")
+            await self._audit("refused", intent, reason=f"policy: {decision.reason}")
+            raise PolicyDenied(f"payment refused by policy: {decision.reason}; "
+                               "refused before signing")
+        if decision.approval:
+            if self.approvals is None:
                 self._refused(intent, "policy")
-                raise PolicyDenied(f"payment refused by policy: {decision.reason}; "
-                                   "refused before signing")
+                raise PolicyDenied(f"payment needs a human approval ({decision.reason}) and no "
+                                   "approval workflow is configured; refused before signing")
+            await self._ask(intent, f"policy requires approval: {decision.reason}", "policy")
+
+    async def _ask(self, intent: PaymentIntent, reason: str, kind: str) -> None:
+        """Returns when a human approved this payment; raises otherwise."""
+        assert self.approvals is not None
+        ticket = await self.approvals.request(intent, reason, kind)
+        if ticket.status == "approved":
+            await self._audit("approved", intent, approval_id=ticket.id, reason=reason)
+            return
+        if ticket.status == "pending":
+            await self._audit("approval_pending", intent, approval_id=ticket.id, reason=reason)
+            raise PaymentApprovalPending(
+                f"{reason}; approval requested ({ticket.id}): repeat the same call once a "
+                "human approved it", approval_id=ticket.id, approval_url=ticket.url)
+        self._refused(intent, "approval_rejected")
+        await self._audit("refused", intent, approval_id=ticket.id, reason=ticket.message)
+        error = BudgetExceeded if kind == "budget" else PolicyDenied
+        raise error(f"{reason}; {ticket.message or 'the approver refused'} ({ticket.id})",
+                    approval_id=ticket.id)
+
+    async def _reserve(self, wallet: Wallet, intent: PaymentIntent,
+                       authorization_expires_at: float, *,
+                       over_budget: bool = False) -> Reservation:
         now = time.time()
         hold = Hold(tenant=intent.tenant, agent=intent.agent, wallet_id=wallet.id,
                     session_id=intent.session_id, url=intent.url, payee=intent.payee,
                     network=intent.network, asset=intent.asset, amount=intent.amount_micros,
-                    counters=self.counter_specs(intent, now),
+                    counters=self.counter_specs(intent, now, over_budget=over_budget),
                     expires_at=authorization_expires_at + self.settings.reservation_grace_s)
 
         def run(c: Connection) -> str:
@@ -151,7 +213,7 @@ class WalletService:
             ledger.event(c, "reserved", tenant=intent.tenant, agent=intent.agent,
                          session_id=intent.session_id, payment_id=rid, url=intent.url,
                          payee=intent.payee, network=intent.network, asset=intent.asset,
-                         amount=intent.amount_micros)
+                         amount=intent.amount_micros, over_budget=over_budget or None)
             return rid
 
         t0 = time.perf_counter()
@@ -160,11 +222,6 @@ class WalletService:
         except KeelError as exc:
             self._refused(intent, exc.code)
             await self._audit("refused", intent, reason=exc.message)
-            if isinstance(exc, BudgetExceeded) and self.approvals is not None:
-                ticket = await self.approvals.request(intent, exc.message)
-                raise PaymentApprovalPending(
-                    f"{exc.message}; approval requested ({ticket.id})",
-                    approval_id=ticket.id, approval_url=ticket.url) from None
             raise
         finally:
             self.metrics.reserve_latency.observe(time.perf_counter() - t0)
@@ -191,6 +248,30 @@ class WalletService:
 
         await self.db.run(run)
         self.metrics.payments.labels(r.intent.tenant, r.intent.agent, outcome).inc()
+
+    def refund(self, tenant: str, payment_id: str, memo: str = "") -> dict[str, Any]:
+        """Book money a payee gave back for a settled payment (payee -> available, and the
+        session/day budgets count it as unspent). Only settled payments of ``tenant``."""
+        def run(c: Connection) -> dict[str, Any]:
+            row = c.execute(select(payments).where(payments.c.id == payment_id,
+                                                   payments.c.tenant == tenant)).first()
+            if row is None:
+                raise NotFound(f"tenant {tenant!r} has no payment {payment_id!r}; list them "
+                               "with `keel wallet ledger`", param="payment_id")
+            if row.status != "settled":
+                raise Conflict(f"payment {payment_id} is {row.status}; only settled payments "
+                               "can be refunded", param="payment_id")
+            ledger.refund(c, payment_id, memo)
+            ledger.event(c, "refunded", tenant=tenant, agent=row.agent,
+                         session_id=row.session_id, payment_id=payment_id, memo=memo or None,
+                         amount=row.amount)
+            return {"id": payment_id, "agent": row.agent, "amount_micros": int(row.amount),
+                    "amount": fmt_usd(int(row.amount)), "payee": row.payee,
+                    "status": "refunded"}
+
+        out = self.db.transaction(run)
+        self.metrics.payments.labels(tenant, out["agent"], "refunded").inc()
+        return out
 
     async def audit(self, kind: str, intent: PaymentIntent, **detail: Any) -> None:
         await self._audit(kind, intent, **detail)

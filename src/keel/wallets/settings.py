@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from decimal import Decimal
+from typing import Literal
 
 from pydantic import BaseModel, Field, SecretStr, field_validator
 
@@ -18,6 +19,11 @@ class X402ClientSettings(BaseModel):
     # requirements that let less than this many seconds to sign, retry and settle are refused
     min_validity_s: int = 10
     max_response_bytes: int = 10 * 1024 * 1024
+    # SSRF guard for /v1/fetch (keel.x402.egress): globs on host or host:port. Agents may
+    # fetch hosts matching ``hosts``; only hosts matching ``private_hosts`` may resolve to
+    # loopback/private/link-local addresses (the sandbox: ["127.0.0.1:*", "localhost:*"]).
+    hosts: list[str] = Field(default_factory=lambda: ["*"])
+    private_hosts: list[str] = Field(default_factory=list)
 
 
 class WalletSettings(BaseModel):
@@ -35,6 +41,12 @@ class WalletSettings(BaseModel):
     # a reservation whose outcome is unknown (connection lost after signing) is held until
     # the signed authorization can no longer settle, then released by the sweeper
     reservation_grace_s: float = 30.0
+    # Cedar decides every payment as Action::"x402:pay" when the tool gateway (the policy
+    # store) is on: default deny, so apply a permit for it (docs/wallets.md)
+    cedar: bool = True
+    # over a budget or the per-call cap: "refuse" with a clear error, or "approval" (with
+    # [approvals] enabled): file an approval request, answer 202, pay once approved
+    over_budget: Literal["refuse", "approval"] = "refuse"
     sweep_interval_s: float = 10.0
     x402: X402ClientSettings = Field(default_factory=X402ClientSettings)
 

@@ -15,23 +15,20 @@ import logging
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
 from urllib.parse import urlsplit
 
 import aiohttp
-from x402 import x402Client
 from x402.http.utils import decode_payment_response_header, encode_payment_signature_header
-from x402.mechanisms.evm.exact import ExactEvmClientScheme
-from x402.schemas import PaymentRequired, SettleResponse
+from x402.schemas import SettleResponse
 
 from keel.errors import InvalidRequest, PaymentFailed, UpstreamError, UpstreamTimeout
 from keel.wallets.hooks import PaymentIntent
-from keel.wallets.service import Reservation, WalletService
-from keel.wallets.store import Wallet
+from keel.wallets.service import WalletService
+from keel.x402.egress import EgressPolicy, GuardedResolver, refusal
+from keel.x402.payer import Payer, Receipt, Signed
 from keel.x402.requirements import (
     PAYMENT_RESPONSE,
     PAYMENT_SIGNATURE,
-    choose,
     parse_payment_required,
 )
 
@@ -47,16 +44,6 @@ class FetchRequest:
     method: str = "GET"
     headers: dict[str, str] = field(default_factory=dict)
     body: bytes | None = None
-
-
-@dataclass
-class Receipt:
-    payment_id: str
-    amount_micros: int
-    payee: str
-    network: str
-    transaction: str
-    payer: str | None
 
 
 @dataclass
@@ -82,12 +69,14 @@ class PaidFetcher:
     def __init__(self, wallets: WalletService) -> None:
         self.wallets = wallets
         self.cfg = wallets.settings.x402
+        self.payer = Payer(wallets)
+        self.egress = EgressPolicy(self.cfg.hosts, self.cfg.private_hosts)
         self._session: aiohttp.ClientSession | None = None
-        self._clients: dict[str, x402Client] = {}
 
     def _http(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
             self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(resolver=GuardedResolver(self.egress)),
                 timeout=aiohttp.ClientTimeout(total=self.cfg.timeout_s),
                 auto_decompress=True)
         return self._session
@@ -111,6 +100,9 @@ class PaidFetcher:
                                         "(wallets.x402.max_response_bytes)")
                 return _Response(r.status, {k.lower(): v for k, v in r.headers.items()}, body)
         except aiohttp.ClientConnectorError as exc:  # never connected: nothing was sent
+            denied = refusal(exc)
+            if denied is not None:
+                raise denied from None
             raise UpstreamError(f"cannot reach {_host(req.url)}: {exc.strerror or exc}") \
                 from None
         except (TimeoutError, aiohttp.ClientError) as exc:
@@ -123,87 +115,47 @@ class PaidFetcher:
 
     async def fetch(self, tenant: str, agent: str, req: FetchRequest) -> FetchResult:
         _check_request(req)
+        self.egress.check_url(req.url)
         first = await self._send(req, {}, paid=False)
         if first.status != 402:
             return FetchResult(first.status, first.headers, first.body)
         host = _host(req.url)
-        wallet = await self.wallets.db.run(lambda c: self.wallets.store.get(c, tenant, agent))
         try:
             required = parse_payment_required(first.headers, host)
-            offer = choose(required, self.cfg, host)
         except Exception as exc:
-            await self.wallets.audit("unpayable", _intent(tenant, agent, req),
-                                     error=str(exc))
+            await self.wallets.audit("unpayable", _intent(tenant, agent, req), error=str(exc))
             raise
-        intent = PaymentIntent(tenant=tenant, agent=agent, session_id=req.session_id,
-                               url=req.url, method=req.method, payee=offer.payee,
-                               network=offer.chosen.network, asset=offer.chosen.asset,
-                               amount_micros=offer.micros)
-        valid_before = time.time() + offer.chosen.max_timeout_seconds
-        hold = await self.wallets.reserve(wallet, intent, valid_before)
-        return await self._pay(req, wallet, hold, offer.required, offer.chosen)
-
-    async def _pay(self, req: FetchRequest, wallet: Wallet, hold: Reservation,
-                   required: PaymentRequired, chosen: Any) -> FetchResult:
-        try:
-            client = await self._client(wallet)
-            one = PaymentRequired(x402_version=2, error=None, resource=required.resource,
-                                  accepts=[chosen], extensions=required.extensions)
-            payload = await client.create_payment_payload(one)
-            header = encode_payment_signature_header(payload)
-        except Exception as exc:
-            await self.wallets.release(hold, f"signing failed: {exc}")
-            raise PaymentFailed(f"signing the payment failed: {exc}; nothing was charged") \
-                from None
-        auth = payload.payload.get("authorization", {}) if isinstance(payload.payload, dict) \
-            else {}
+        signed = await self.payer.prepare(tenant, agent, req.session_id, req.url, req.method,
+                                          required, host)
+        header = encode_payment_signature_header(signed.payload)
+        hold = signed.hold
         try:
             resp = await self._send(req, {"PAYMENT-SIGNATURE": header}, paid=True)
         except _Uncertain as exc:
             log.warning("payment %s: outcome unknown (%s); hold kept until %s", hold.id, exc,
                         time.strftime("%H:%M:%S", time.localtime(hold.expires_at)))
             raise PaymentFailed(
-                f"the paid request to {_host(req.url)} failed after signing ({exc}); the "
+                f"the paid request to {host} failed after signing ({exc}); the "
                 "outcome is unknown, so the amount stays reserved until the signed "
                 "authorization expires and is then released", payment_id=hold.id) from None
         except BaseException as exc:  # not sent at all, or cancelled before sending
             if not isinstance(exc, asyncio.CancelledError):
-                await self.wallets.release(hold, f"not sent: {exc}")
+                await self.payer.failed(signed, f"not sent: {exc}")
             raise
-        return await self._outcome(req, hold, resp, auth)
+        return await self._outcome(req, signed, resp)
 
-    async def _outcome(self, req: FetchRequest, hold: Reservation, resp: _Response,
-                       auth: dict[str, Any]) -> FetchResult:
+    async def _outcome(self, req: FetchRequest, signed: Signed, resp: _Response) -> FetchResult:
         settle = _settle_response(resp.headers)
-        signed = {"nonce": auth.get("nonce"), "valid_before": auth.get("validBefore")}
         if resp.status < 400 and (settle is None or settle.success):
-            tx = settle.transaction if settle is not None else "unconfirmed"
-            receipt = {"transaction": tx, "payer": settle.payer if settle else None,
-                       "status": resp.status, **signed}
-            await self.wallets.settle(hold, tx, receipt)
-            i = hold.intent
-            return FetchResult(resp.status, resp.headers, resp.body,
-                               Receipt(hold.id, i.amount_micros, i.payee, i.network, tx,
-                                       settle.payer if settle else None))
+            receipt = await self.payer.settled(signed, settle, resp.status)
+            return FetchResult(resp.status, resp.headers, resp.body, receipt)
         reason = _refusal_reason(resp, settle)
-        await self.wallets.release(hold, reason)
+        await self.payer.failed(signed, reason)
         if resp.status == 402:
             raise PaymentFailed(f"{_host(req.url)} refused the payment: {reason}; nothing "
-                                "was charged", payment_id=hold.id)
+                                "was charged", payment_id=signed.hold.id)
         # the server failed after verifying: x402 servers do not settle error responses
         return FetchResult(resp.status, resp.headers, resp.body)
-
-    async def _client(self, wallet: Wallet) -> x402Client:
-        c = self._clients.get(wallet.id)
-        if c is None:
-            signer = await self.wallets.signer(wallet)
-            c = x402Client()
-            scheme = ExactEvmClientScheme(signer)
-            for network in self.cfg.networks:
-                c.register(network, scheme)  # type: ignore[arg-type]
-            c.set_spend_controls(False)  # keel's budgets are the spend controls
-            self._clients[wallet.id] = c
-        return c
 
 
 def _intent(tenant: str, agent: str, req: FetchRequest) -> PaymentIntent:

@@ -11,6 +11,7 @@ import binascii
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from pydantic import ValidationError
 from x402.http.utils import decode_payment_required_header
@@ -55,6 +56,28 @@ def parse_payment_required(headers: Mapping[str, str], host: str) -> PaymentRequ
             "keel pays x402 v2 only")
     if not required.accepts:
         raise PaymentRequirementsInvalid(f"{host} sent a 402 that accepts no payment option")
+    return required
+
+
+def payment_required_from_object(obj: Any, where: str) -> PaymentRequired | None:
+    """The ``PaymentRequired`` inside an MCP tool result's structured content, or None when
+    the object is not an x402 answer at all (an ordinary tool error)."""
+    if not isinstance(obj, dict) or not ({"x402Version", "x402_version"} & obj.keys()):
+        return None
+    if not isinstance(obj.get("accepts"), list):
+        return None
+    version = obj.get("x402Version", obj.get("x402_version"))
+    if version != 2:
+        raise PaymentRequirementsInvalid(
+            f"{where} asks for x402 version {version}; keel pays x402 v2 only")
+    try:
+        required = PaymentRequired.model_validate(obj)
+    except ValidationError as exc:
+        first = str(exc).splitlines()[0][:200]
+        raise PaymentRequirementsInvalid(
+            f"{where} sent malformed payment requirements: {first}") from None
+    if not required.accepts:
+        raise PaymentRequirementsInvalid(f"{where} asked for a payment but accepts no option")
     return required
 
 

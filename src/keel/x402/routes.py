@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 from typing import TYPE_CHECKING, Any
 
@@ -12,7 +13,7 @@ from starlette.responses import Response
 
 from keel.errors import InvalidRequest, WrongType
 from keel.gateway.context import Principal
-from keel.gateway.http import ORJSONResponse, read_body
+from keel.gateway.http import ORJSONResponse, read_body, require_admin
 from keel.gateway.routes import authenticate
 from keel.gateway.validation import check, parse_json, require
 from keel.wallets.money import fmt_usd
@@ -34,6 +35,8 @@ class PaymentRoutes:
                         summary="Fetch a URL for an agent, paying x402 402s within budget")
         r.add_api_route("/v1/wallet", self.wallet, methods=["GET"],
                         summary="The calling agent's wallet and balances")
+        r.add_api_route("/v1/admin/payments/{payment_id}/refund", self.refund,
+                        methods=["POST"], summary="Book a payee's refund of a settled payment")
         return r
 
     async def _agent(self, request: Request) -> tuple[Principal, str]:
@@ -55,10 +58,20 @@ class PaymentRoutes:
         result = await self.fetcher.fetch(p.tenant, agent, req)
         return ORJSONResponse(_render(result), headers=_payment_headers(result))
 
+    async def refund(self, request: Request, payment_id: str) -> Response:
+        p = await authenticate(self.svc, request)
+        require_admin(p.admin or not self.svc.settings.auth_required)
+        raw = await read_body(request, self.svc.settings.server.max_body_bytes)
+        body = parse_json(raw) if raw.strip() else {}
+        memo = check(body, "memo", str) or ""
+        wallets = self.fetcher.wallets
+        out = await asyncio.to_thread(wallets.refund, p.tenant, payment_id, memo)
+        return ORJSONResponse(out)
+
     async def wallet(self, request: Request) -> Response:
         p, agent = await self._agent(request)
         w = await self.svc.db.run(lambda c: self.fetcher.wallets.store.get(c, p.tenant, agent))
-        balances = await self.svc.db.run(lambda c: self.fetcher.wallets.balance(w))
+        balances = await asyncio.to_thread(self.fetcher.wallets.balance, w)
         return ORJSONResponse({"id": w.id, "tenant": w.tenant, "agent": w.agent,
                                "address": w.address, "external_signer": w.external,
                                "available_micros": balances.get("available", 0),

@@ -4,7 +4,8 @@ The resource server is a FastAPI app behind the x402 SDK's own payment middlewar
 few priced endpoints; it verifies and settles through :class:`LocalFacilitatorClient`, which
 runs the SDK's ``x402Facilitator`` against an in-memory USDC contract (balances, nonce
 replay protection). The whole 402 -> sign -> retry -> verify -> settle loop is real and needs
-no network. ``/_sandbox/*`` endpoints expose the chain for tests and demos.
+no network. ``/mcp`` serves paid MCP tools on the same chain (:mod:`keel.x402.sandbox_mcp`).
+``/_sandbox/*`` endpoints expose the chain for tests and demos.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from eth_utils.crypto import keccak
 from fastapi import FastAPI
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
 from x402 import x402ResourceServer
 from x402.http.middleware.fastapi import payment_middleware
 from x402.http.types import PaymentOption, RouteConfig
@@ -25,6 +27,7 @@ from x402.mechanisms.evm.default_assets import get_default_asset
 from x402.mechanisms.evm.exact import ExactEvmServerScheme
 
 from keel.x402.facilitator import LocalFacilitatorClient
+from keel.x402.sandbox_mcp import SandboxMcp
 from keel.x402.usdc import InMemoryUSDC
 
 SANDBOX_NETWORK = "eip155:84532"  # Base Sepolia: the SDK knows its USDC (6 decimals)
@@ -68,6 +71,7 @@ class Sandbox:
     facilitator: LocalFacilitatorClient
     endpoints: list[Priced]
     network: str = SANDBOX_NETWORK
+    mcp: SandboxMcp | None = None  # paid MCP tools at /mcp
 
 
 def build_sandbox(*, pay_to: str | None = None, faucet_usd: float = 10.0,
@@ -90,7 +94,11 @@ def build_sandbox(*, pay_to: str | None = None, faucet_usd: float = 10.0,
         )
         for e in eps
     }
-    app = FastAPI(title="keel x402 sandbox", docs_url=None, redoc_url=None)
+    mcp = SandboxMcp(server, network, pay_to or sandbox_payee())
+    app = FastAPI(title="keel x402 sandbox", docs_url=None, redoc_url=None,
+                  lifespan=mcp.lifespan)
+    # a plain Route (not a Mount): "/mcp" itself must match without a slash redirect
+    app.router.routes.append(Route("/mcp", endpoint=mcp.asgi))
     middleware = payment_middleware(routes, server, sync_facilitator_on_start=False)
 
     @app.middleware("http")
@@ -124,7 +132,7 @@ def build_sandbox(*, pay_to: str | None = None, faucet_usd: float = 10.0,
     app.add_api_route("/_sandbox/ledger", ledger, methods=["GET"])
     app.add_api_route("/_sandbox/mint", mint, methods=["POST"])
     app.add_api_route("/_sandbox/outage", outage, methods=["POST"])
-    return Sandbox(app, chain, facilitator, eps, network)
+    return Sandbox(app, chain, facilitator, eps, network, mcp)
 
 
 def _handler(e: Priced) -> Callable[[], Awaitable[Response]]:
@@ -150,7 +158,7 @@ class SandboxServer:
         self.host, self.port = host, port
         self.server = uvicorn.Server(uvicorn.Config(app, host=host, port=port,
                                                     log_level="warning", access_log=False,
-                                                    lifespan="off"))
+                                                    lifespan="on"))
         self._thread: Any = None
 
     @property

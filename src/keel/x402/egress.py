@@ -1,0 +1,100 @@
+"""Where ``/v1/fetch`` may go: a host allow-list and no private addresses (SSRF guard).
+
+An agent chooses the URL, so without a guard it could make keel fetch the cloud metadata
+service, an admin port on localhost or anything else inside the network. Two settings
+decide (patterns are shell globs on ``host`` or ``host:port``, case-insensitive):
+
+* ``wallets.x402.hosts`` (default ``["*"]``): the hosts agents may fetch at all;
+* ``wallets.x402.private_hosts`` (default empty): hosts that may resolve to loopback,
+  private, link-local or other non-public addresses (e.g. ``"127.0.0.1:*"`` for the
+  sandbox).
+
+Names are checked on the addresses the connection really uses: the resolver refuses a
+name whose answer contains a non-public address, so DNS rebinding cannot slip past a check
+made earlier. IP literals, which aiohttp does not resolve, are checked up front.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+from fnmatch import fnmatchcase
+from typing import Any
+from urllib.parse import urlsplit
+
+from aiohttp.abc import AbstractResolver, ResolveResult
+from aiohttp.resolver import ThreadedResolver
+
+from keel.errors import EgressDenied
+
+
+class EgressRefused(OSError):
+    """Raised inside the resolver; aiohttp wraps it, the client unwraps it."""
+
+
+def is_public(address: str) -> bool:
+    ip = ipaddress.ip_address(address.split("%", 1)[0])
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return ip.is_global and not ip.is_multicast
+
+
+class EgressPolicy:
+    def __init__(self, hosts: list[str], private_hosts: list[str]) -> None:
+        self.hosts = [h.lower() for h in hosts]
+        self.private_hosts = [h.lower() for h in private_hosts]
+
+    @staticmethod
+    def _matches(patterns: list[str], host: str, port: int) -> bool:
+        return any(fnmatchcase(host, p) or fnmatchcase(f"{host}:{port}", p) for p in patterns)
+
+    def check_url(self, url: str) -> None:
+        """Refuse before any connection: host not allowed, or a non-public IP literal."""
+        parts = urlsplit(url)
+        host = (parts.hostname or "").lower()
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+        if not self._matches(self.hosts, host, port):
+            raise EgressDenied(f"{host}:{port} is not on the fetch allow-list "
+                               "(wallets.x402.hosts)", param="url")
+        try:
+            literal = ipaddress.ip_address(host.strip("[]"))
+        except ValueError:
+            return
+        self.check_address(host, port, str(literal))
+
+    def check_address(self, host: str, port: int, address: str) -> None:
+        if not is_public(address) and not self._matches(self.private_hosts, host, port):
+            raise EgressDenied(
+                f"{host} resolves to the non-public address {address}; keel does not fetch "
+                "private, loopback or link-local addresses for agents unless the host is in "
+                "wallets.x402.private_hosts", param="url")
+
+
+class GuardedResolver(AbstractResolver):
+    """Resolves like aiohttp's default, then refuses non-public answers for names not listed
+    in ``private_hosts``."""
+
+    def __init__(self, policy: EgressPolicy, inner: AbstractResolver | None = None) -> None:
+        self.policy = policy
+        self.inner = inner or ThreadedResolver()
+
+    async def resolve(self, host: str, port: int = 0,
+                      family: socket.AddressFamily = socket.AF_INET) -> list[ResolveResult]:
+        answers = await self.inner.resolve(host, port, family)
+        for a in answers:
+            try:
+                self.policy.check_address(host.lower(), port, a["host"])
+            except EgressDenied as exc:
+                raise EgressRefused(exc.message) from None
+        return answers
+
+    async def close(self) -> None:
+        await self.inner.close()
+
+
+def refusal(exc: Any) -> EgressDenied | None:
+    """The :class:`EgressDenied` behind an aiohttp connector error, if that is what it is."""
+    inner = getattr(exc, "os_error", None)
+    if isinstance(inner, EgressRefused):
+        return EgressDenied(str(inner), param="url")
+    return None

@@ -1,0 +1,110 @@
+"""Paying one x402 offer for an agent, whatever carried the 402 (HTTP or an MCP tool result).
+
+``prepare``: choose the option keel can pay -> payee / per-call cap / Cedar -> atomic
+reservation -> signature with the agent's wallet. Nothing is reserved when a check fails,
+and a failed signature releases the hold. The caller then sends the signed payload its own
+way (a ``PAYMENT-SIGNATURE`` header, or ``_meta["x402/payment"]`` of an MCP call) and reports
+the outcome with :meth:`Payer.settled` or :meth:`Payer.failed`.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from x402 import x402Client
+from x402.mechanisms.evm.exact import ExactEvmClientScheme
+from x402.schemas import PaymentPayload, PaymentRequired, SettleResponse
+
+from keel.errors import PaymentFailed
+from keel.wallets.hooks import PaymentIntent
+from keel.wallets.service import Reservation, WalletService
+from keel.x402.requirements import choose
+
+
+@dataclass
+class Receipt:
+    payment_id: str
+    amount_micros: int
+    payee: str
+    network: str
+    transaction: str
+    payer: str | None
+
+
+@dataclass(frozen=True)
+class Signed:
+    """A reserved and signed payment, waiting for the paid retry's outcome."""
+
+    hold: Reservation
+    payload: PaymentPayload
+
+    @property
+    def authorization(self) -> dict[str, Any]:
+        p = self.payload.payload
+        auth = p.get("authorization", {}) if isinstance(p, dict) else {}
+        return auth if isinstance(auth, dict) else {}
+
+
+class Payer:
+    def __init__(self, wallets: WalletService) -> None:
+        self.wallets = wallets
+        self.cfg = wallets.settings.x402
+        self._clients: dict[str, x402Client] = {}
+
+    async def prepare(self, tenant: str, agent: str, session_id: str, resource: str,
+                      method: str, required: PaymentRequired, host: str) -> Signed:
+        """Check, reserve and sign; raises (with nothing held) when any step refuses."""
+        wallet = await self.wallets.db.run(lambda c: self.wallets.store.get(c, tenant, agent))
+        try:
+            offer = choose(required, self.cfg, host)
+        except Exception as exc:
+            await self.wallets.audit("unpayable", PaymentIntent(
+                tenant, agent, session_id, resource, method, "", "", "", 0), error=str(exc))
+            raise
+        intent = PaymentIntent(tenant=tenant, agent=agent, session_id=session_id,
+                               url=resource, method=method, payee=offer.payee,
+                               network=offer.chosen.network, asset=offer.chosen.asset,
+                               amount_micros=offer.micros)
+        valid_before = time.time() + offer.chosen.max_timeout_seconds
+        hold = await self.wallets.reserve(wallet, intent, valid_before)
+        try:
+            client = self._clients.get(wallet.id)
+            if client is None:
+                client = self._client(await self.wallets.signer(wallet))
+                self._clients[wallet.id] = client
+            one = PaymentRequired(x402_version=2, error=None, resource=required.resource,
+                                  accepts=[offer.chosen], extensions=required.extensions)
+            payload = await client.create_payment_payload(one)
+            if not isinstance(payload, PaymentPayload):
+                raise TypeError("the SDK produced an x402 v1 payload")
+        except Exception as exc:
+            await self.wallets.release(hold, f"signing failed: {exc}")
+            raise PaymentFailed(f"signing the payment failed: {exc}; nothing was charged") \
+                from None
+        return Signed(hold, payload)
+
+    def _client(self, signer: Any) -> x402Client:
+        c = x402Client()
+        scheme = ExactEvmClientScheme(signer)
+        for network in self.cfg.networks:
+            c.register(network, scheme)  # type: ignore[arg-type]
+        c.set_spend_controls(False)  # keel's budgets are the spend controls
+        return c
+
+    async def settled(self, signed: Signed, settle: SettleResponse | None,
+                      status: int | str) -> Receipt:
+        """The paid retry succeeded: book the settlement and return the receipt."""
+        tx = settle.transaction if settle is not None else "unconfirmed"
+        payer = settle.payer if settle is not None else None
+        auth = signed.authorization
+        await self.wallets.settle(signed.hold, tx, {
+            "transaction": tx, "payer": payer, "status": status,
+            "nonce": auth.get("nonce"), "valid_before": auth.get("validBefore")})
+        i = signed.hold.intent
+        return Receipt(signed.hold.id, i.amount_micros, i.payee, i.network, tx, payer)
+
+    async def failed(self, signed: Signed, reason: str) -> None:
+        """The payment definitely did not happen: release the hold."""
+        await self.wallets.release(signed.hold, reason)
