@@ -4,7 +4,10 @@ Three processes on 127.0.0.1: ``keel x402 sandbox`` (the SDK's payment middlewar
 in-process facilitator on an in-memory USDC ledger), ``keel serve`` with wallets enabled
 (SQLite), and this client. For each round it calls ``POST /v1/fetch`` for the sandbox's free
 endpoint and for a $0.001 endpoint (402 -> budget reservation -> EIP-3009 signature ->
-retry -> verify -> settle -> ledger), plus the free endpoint directly (raw baseline).
+retry -> verify -> settle -> ledger), plus the free endpoint directly (raw baseline), and
+the same for MCP tools behind keel's tool gateway (``POST /v1/tools/{name}`` to the sandbox's
+paid MCP server: free ``server_time`` vs $0.001 ``define_word``). Cedar decides every
+payment (``Action::"x402:pay"``), as in a default deployment.
 It also times the budget check alone: the stateless pre-check (allow-list, per-call cap)
 and the atomic SQL reservation (+ release) on the same SQLite file.
 
@@ -26,10 +29,12 @@ from pathlib import Path
 
 import httpx
 from rich.console import Console
+from rich.progress import track
 from rich.table import Table
 
 from keel.app import build_services
 from keel.config import load_settings
+from keel.policy.authorizer import parse_policies
 from keel.wallets import ledger
 from keel.wallets.hooks import PaymentIntent
 from keel.wallets.ledger import Hold
@@ -72,13 +77,15 @@ def main() -> None:
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="keel-x402-bench-"))
     key = "bench-wallet-key-material-0123456789abcdef"
+    sb_port, keel_port = _free_port(), _free_port()
     (tmp / "keel.toml").write_text(
         f'data_dir = "{tmp / "data"}"\n[firewall]\nenabled = false\n[request_log]\n'
         'enabled = false\n[wallets]\nenabled = true\nencryption_key = "${KEEL_WALLET_KEY}"\n'
         f'payees = ["{sandbox_payee()}"]\nsession_budget_usd = "1000"\n'
         'daily_budget_usd = "1000"\nmax_calls_per_minute = 1000000\n'
         "max_calls_per_session = 1000000\n[wallets.x402]\n"
-        'private_hosts = ["127.0.0.1:*"]\n')
+        'private_hosts = ["127.0.0.1:*"]\n[tools.policy]\nreload_s = 0\n'
+        f'[[tools.servers]]\nname = "market"\nurl = "http://127.0.0.1:{sb_port}/mcp"\n')
     env = {**os.environ, "KEEL_WALLET_KEY": key, "KEEL_CONFIG": str(tmp / "keel.toml")}
     os.environ["KEEL_WALLET_KEY"] = key
     settings = load_settings(tmp / "keel.toml")
@@ -87,8 +94,9 @@ def main() -> None:
     wallet = svc.wallets.create_wallet("bench", "agent")
     svc.wallets.fund("bench", "agent", 500_000_000)
     api_key = svc.keys.create("bench", agent="agent").secret
+    assert svc.tools is not None
+    svc.tools.store.apply('permit(principal, action, resource);', validate=parse_policies)
 
-    sb_port, keel_port = _free_port(), _free_port()
     procs = [
         subprocess.Popen([KEEL, "x402", "sandbox", "--port", str(sb_port)], env=env,
                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL),
@@ -99,7 +107,8 @@ def main() -> None:
     try:
         _wait(sandbox + "/free", procs[0])
         _wait(keel + "/healthz", procs[1])
-        times: dict[str, list[float]] = {"raw": [], "unpaid": [], "paid": []}
+        times: dict[str, list[float]] = {"raw": [], "unpaid": [], "paid": [],
+                                         "tool_free": [], "tool_paid": []}
         with httpx.Client(timeout=30, headers={"authorization": f"Bearer {api_key}"}) as c:
             def fetch(path: str) -> float:
                 t = time.perf_counter()
@@ -109,15 +118,27 @@ def main() -> None:
                 assert r.status_code == 200 and r.json()["status"] == 200, r.text
                 return dt
 
+            def tool(name: str, arguments: dict[str, str]) -> float:
+                t = time.perf_counter()
+                r = c.post(f"{keel}/v1/tools/{name}", json={"arguments": arguments},
+                           headers={"x-keel-session": "bench"})
+                dt = (time.perf_counter() - t) * 1000
+                assert r.status_code == 200 and not r.json()["result"].get("isError"), r.text
+                return dt
+
             for _ in range(10):  # warm-up: connections, key decryption, SDK imports
                 fetch("/free")
                 fetch("/weather")
-            for _ in range(args.rounds):
+                tool("server_time", {})
+                tool("define_word", {"word": "w"})
+            for _ in track(range(args.rounds), description="paid vs unpaid calls"):
                 t = time.perf_counter()
                 c.get(sandbox + "/free")
                 times["raw"].append((time.perf_counter() - t) * 1000)
                 times["unpaid"].append(fetch("/free"))
                 times["paid"].append(fetch("/weather"))
+                times["tool_free"].append(tool("server_time", {}))
+                times["tool_paid"].append(tool("define_word", {"word": "w"}))
 
         # the budget check alone, on the same SQLite ledger
         intent = PaymentIntent("bench", "agent", "bench-check", sandbox + "/weather", "GET",
@@ -149,10 +170,12 @@ def main() -> None:
     rows = {name: {"p50_ms": statistics.median(v), "p95_ms": pct(v, 0.95),
                    "mean_ms": statistics.fmean(v)} for name, v in times.items()}
     added = rows["paid"]["p50_ms"] - rows["unpaid"]["p50_ms"]
+    tool_added = rows["tool_paid"]["p50_ms"] - rows["tool_free"]["p50_ms"]
     result = {
         "rounds": args.rounds, "machine": "shared 2-core box (other agents busy)",
         "python": sys.version.split()[0], "latency": rows,
         "paid_added_p50_ms": added, "target_added_p50_ms": 60.0,
+        "paid_tool_added_p50_ms": tool_added,
         "precheck_p50_ms": statistics.median(pre),
         "reservation_txn_p50_ms": statistics.median(reserve),
         "reservation_txn_p95_ms": pct(reserve, 0.95), "target_budget_check_ms": 1.0,
@@ -163,13 +186,16 @@ def main() -> None:
     for col in ("p50 ms", "p95 ms", "mean ms"):
         table.add_column(col, justify="right")
     labels = {"raw": "sandbox /free direct (raw)", "unpaid": "keel /v1/fetch, free",
-              "paid": "keel /v1/fetch, $0.001 (402->sign->settle)"}
+              "paid": "keel /v1/fetch, $0.001 (402->sign->settle)",
+              "tool_free": "keel /v1/tools, free MCP tool", "tool_paid": "keel /v1/tools, "
+              "$0.001 MCP tool (402->sign->settle)"}
     for name, r in rows.items():
         table.add_row(labels[name], f"{r['p50_ms']:.2f}", f"{r['p95_ms']:.2f}",
                       f"{r['mean_ms']:.2f}")
     console = Console()
     console.print(table)
-    console.print(f"paid adds [bold]{added:.1f} ms[/] p50 (target <= 60); budget pre-check "
+    console.print(f"paid adds [bold]{added:.1f} ms[/] p50 (target <= 60), paid MCP tool adds "
+                  f"[bold]{tool_added:.1f} ms[/]; budget pre-check "
                   f"{result['precheck_p50_ms'] * 1000:.1f} µs, atomic reservation "
                   f"{result['reservation_txn_p50_ms']:.2f} ms p50 (target <= 1); "
                   f"books balanced: {balanced}")

@@ -1,0 +1,89 @@
+"""The fetch egress guard and reading x402 terms out of MCP tool results (no network)."""
+
+from __future__ import annotations
+
+import socket
+from typing import Any
+
+import mcp_types as types
+import pytest
+from aiohttp.abc import AbstractResolver, ResolveResult
+
+from keel.errors import EgressDenied, PaymentRequirementsInvalid
+from keel.x402.egress import EgressPolicy, EgressRefused, GuardedResolver, is_public
+from keel.x402.mcp_tools import payment_required
+
+
+@pytest.mark.parametrize("address,public", [
+    ("93.184.216.34", True), ("2606:4700::1111", True),
+    ("127.0.0.1", False), ("10.1.2.3", False), ("172.16.0.1", False), ("192.168.1.1", False),
+    ("169.254.169.254", False), ("100.64.0.1", False), ("0.0.0.0", False), ("::1", False),
+    ("fe80::1%eth0", False), ("fd00::1", False), ("::ffff:127.0.0.1", False),
+    ("224.0.0.1", False),
+])
+def test_public_addresses(address: str, public: bool) -> None:
+    assert is_public(address) is public
+
+
+def test_policy_host_patterns_and_literals() -> None:
+    p = EgressPolicy(["*.example.com", "api.partner.io:443"], ["127.0.0.1:4020"])
+    p.check_url("https://data.example.com/x")
+    p.check_url("https://api.partner.io/v1")
+    with pytest.raises(EgressDenied, match="allow-list"):
+        p.check_url("http://api.partner.io/v1")  # port 80 is not listed
+    with pytest.raises(EgressDenied, match="allow-list"):
+        p.check_url("https://evil.com/")
+    open_policy = EgressPolicy(["*"], ["127.0.0.1:4020"])
+    open_policy.check_url("http://127.0.0.1:4020/free")
+    with pytest.raises(EgressDenied, match=r"non-public address 127\.0\.0\.1"):
+        open_policy.check_url("http://127.0.0.1:4021/free")
+    with pytest.raises(EgressDenied, match="non-public"):
+        open_policy.check_url("http://[::1]/")
+
+
+class FixedResolver(AbstractResolver):
+    def __init__(self, answers: list[str]) -> None:
+        self.answers = answers
+
+    async def resolve(self, host: str, port: int = 0,
+                      family: socket.AddressFamily = socket.AF_INET) -> list[ResolveResult]:
+        return [ResolveResult(hostname=host, host=a, port=port, family=family, proto=0,
+                              flags=0) for a in self.answers]
+
+    async def close(self) -> None:
+        pass
+
+
+async def test_resolver_refuses_names_that_rebind_to_private_addresses() -> None:
+    policy = EgressPolicy(["*"], ["sandbox.local:*"])
+    ok = GuardedResolver(policy, FixedResolver(["93.184.216.34"]))
+    assert (await ok.resolve("example.com", 443))[0]["host"] == "93.184.216.34"
+    rebind = GuardedResolver(policy, FixedResolver(["93.184.216.34", "10.0.0.5"]))
+    with pytest.raises(EgressRefused, match=r"10\.0\.0\.5"):
+        await rebind.resolve("attacker.example", 80)
+    listed = GuardedResolver(policy, FixedResolver(["127.0.0.1"]))
+    assert await listed.resolve("sandbox.local", 8080)
+
+
+def _error_result(structured: Any = None, text: str | None = None) -> types.CallToolResult:
+    content = [types.TextContent(type="text", text=text)] if text is not None else []
+    return types.CallToolResult(content=content, structured_content=structured, is_error=True)
+
+
+def test_payment_terms_in_tool_results() -> None:
+    terms = {"x402Version": 2, "error": "pay", "resource": {"url": "mcp://tool/x"},
+             "accepts": [{"scheme": "exact", "network": "eip155:84532", "asset": "0xabc",
+                          "amount": "1000", "payTo": "0x" + "1" * 40,
+                          "maxTimeoutSeconds": 60, "extra": {}}]}
+    assert payment_required(_error_result(terms), "t").accepts[0].amount == "1000"  # type: ignore[union-attr]
+    import json
+
+    assert payment_required(_error_result(text=json.dumps(terms)), "t") is not None
+    ok = types.CallToolResult(content=[], structured_content=terms, is_error=False)
+    assert payment_required(ok, "t") is None  # only error results ask for money
+    assert payment_required(_error_result({"detail": "boom"}), "t") is None
+    assert payment_required(_error_result(text="plain failure"), "t") is None
+    with pytest.raises(PaymentRequirementsInvalid, match="x402 v2 only"):
+        payment_required(_error_result({**terms, "x402Version": 1}), "tool 'x'")
+    with pytest.raises(PaymentRequirementsInvalid, match="malformed"):
+        payment_required(_error_result({**terms, "accepts": [{"scheme": 5}]}), "tool 'x'")
