@@ -32,10 +32,13 @@ def build() -> typer.Typer:
             table.add_row(e.method, e.path, e.price, e.pay_to)
         if sb.mcp is not None:
             for t in sb.mcp.tools.values():
-                table.add_row("MCP", f"/mcp {t.name}", t.price or "free", pay_to or sandbox_payee())
+                table.add_row("MCP", f"/mcp {t.name}", t.price or "free",
+                              (pay_to or sandbox_payee()) if t.price else "")
         console.print(table)
         console.print(f"network {sb.network}, payee {pay_to or sandbox_payee()}; allow it with "
-                      f'[bold]wallets.payees = ["{pay_to or sandbox_payee()}"][/]')
+                      f'[bold]wallets.payees = ["{pay_to or sandbox_payee()}"][/], let agents '
+                      f'fetch it with [bold]wallets.x402.private_hosts = ["127.0.0.1:{port}"][/]'
+                      " and permit paying with a Cedar policy on Action::\"x402:pay\"")
         console.print(f"chain state: http://127.0.0.1:{port}/_sandbox/ledger")
         uvicorn.run(sb.app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
 
