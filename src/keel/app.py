@@ -133,9 +133,9 @@ def build_services(
 
             tool_gateway.payments = PaidToolCalls(fetcher.payer)
             if settings.wallets.cedar:  # every payment is Action::"x402:pay" for Cedar
-                from keel.x402.policy import PAY_SIGNATURE, CedarPayments
+                from keel.x402.policy import CedarPayments, policy_actions
 
-                tool_gateway.extra_actions.append(PAY_SIGNATURE)
+                tool_gateway.extra_actions.extend(policy_actions(settings))
                 wallets.authorizer = CedarPayments(tool_gateway)
     # --- end issue 8 ---------------------------------------------------------------------
     # --- issue 7: approvals as durable DBOS workflows (DBOS launches in the lifespan) ----

@@ -107,3 +107,30 @@ def test_draft_with_the_real_local_model(cfg: Path, tmp_path: Path) -> None:
     else:
         assert code == 1 and "did not produce a valid Cedar policy" in out
         assert "attempt 2:" in out and not out_file.exists()
+
+
+def test_payment_policies_through_the_cli(cfg: Path, tmp_path: Path) -> None:
+    """With wallets on, policies may name Action::"x402:pay" (validated against its schema)."""
+    cfg.write_text(cfg.read_text() + '[wallets]\nenabled = true\n'
+                   'encryption_key = "cli-test-wallet-key-0123456789abcdef"\n')
+    code, out = run(cfg, "policy", "schema")
+    assert code == 0 and 'action "x402:pay"' in out and "amount_micros" in out
+    pay = tmp_path / "pay.cedar"
+    pay.write_text(POLICY + '@id("small-payments")\n'
+                   'permit(principal, action == Action::"x402:pay", resource)\n'
+                   "when { context.amount_micros <= 50000 };\n")
+    assert run(cfg, "policy", "apply", str(pay))[0] == 0
+    typo = tmp_path / "typo.cedar"
+    typo.write_text('permit(principal, action == Action::"x402:pay", resource) '
+                    "when { context.amount_cents <= 5 };")
+    code, out = run(cfg, "policy", "validate", str(typo))
+    assert code == 1 and "amount_cents" in out
+    cases = tmp_path / "pay.yaml"
+    args = '{payee: "0xabc", host: "api.example.com", network: "eip155:8453", resource: "r"'
+    cases.write_text(f"- {{name: cheap, tool: 'x402:pay', arguments: {args}, "
+                     "amount_micros: 20000}, expect: allow}\n"
+                     f"- {{name: dear, tool: 'x402:pay', arguments: {args}, "
+                     "amount_micros: 90000}, expect: deny}\n")
+    code, out = run(cfg, "policy", "test", str(cases), "--json")
+    assert code == 0, out
+    assert {c["name"]: c["got"] for c in json.loads(out)} == {"cheap": "allow", "dear": "deny"}

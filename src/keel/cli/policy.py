@@ -30,11 +30,13 @@ def with_gateway(settings: Settings, fn: Callable[[Any], Awaitable[T]],
     """Run ``fn(gateway)`` with the tool servers connected and the active policy loaded."""
     from keel.app import open_database
     from keel.tools.gateway import ToolGateway
+    from keel.x402.policy import policy_actions
 
     async def run() -> T:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         db = open_database(settings)
         gw = ToolGateway(settings.tools, db)
+        gw.extra_actions.extend(policy_actions(settings))  # e.g. x402:pay with wallets on
         try:
             with Progress(SpinnerColumn(), TextColumn("{task.description}"),
                           TimeElapsedColumn(), console=console, transient=True) as bar:

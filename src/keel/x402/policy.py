@@ -24,6 +24,7 @@ from keel.policy.schema import ToolSignature
 from keel.wallets.hooks import AuthorizationDecision, PaymentIntent
 
 if TYPE_CHECKING:
+    from keel.config import Settings
     from keel.tools.gateway import ToolGateway
 
 PAY_ACTION = "x402:pay"
@@ -34,6 +35,13 @@ PAY_SIGNATURE = ToolSignature(PAY_ACTION, "x402", {
                    "resource": {"type": "string"}},
     "required": ["payee", "amount_micros", "host", "network", "resource"],
 })
+
+
+def policy_actions(settings: Settings) -> list[ToolSignature]:
+    """The non-tool actions Cedar policies may name under these settings (for the gateway
+    and for `keel policy validate|apply|schema|draft`)."""
+    w = settings.wallets
+    return [PAY_SIGNATURE] if w.enabled and w.cedar else []
 
 
 def pay_arguments(intent: PaymentIntent) -> dict[str, Any]:
