@@ -67,6 +67,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     settings = load_settings(None, **{
         "data_dir": str(tmp / "data"), "firewall": {"enabled": False},
         "tools": {"servers": [{"name": "market", "url": srv.url + "/mcp"}],
+                  "http": [{"name": "search", "url": srv.url + "/search",
+                            "input_schema": {"type": "object",
+                                             "properties": {"q": {"type": "string"}}}}],
                   "policy": {"reload_s": 0}},
         "wallets": {"enabled": True, "encryption_key": KEY, "payees": [sandbox_payee()],
                     "session_budget_usd": "0.05", "per_call_max_usd": "2.00",
@@ -133,6 +136,15 @@ async def test_paid_mcp_tool_is_paid_from_the_agent_wallet(stack: Stack) -> None
             await mcp.call_tool("market_quote", {"symbol": "x"})
         assert held.value.data["code"] == "payment_approval_pending"
     assert transfers(stack) == before + 3 and books_balanced(stack)
+
+
+async def test_paid_http_tool_is_paid_the_same_way(stack: Stack) -> None:
+    before = transfers(stack)
+    r = await call(stack, "search", {"q": "x402"}, session="http-tool")
+    assert r.status_code == 200, r.text
+    assert r.json()["result"]["structuredContent"]["hits"] == ["a", "b"]
+    assert r.json()["payment"]["amount"] == "$0.005"
+    assert transfers(stack) == before + 1 and books_balanced(stack)
 
 
 async def test_paid_tool_refusals_charge_nothing(stack: Stack) -> None:

@@ -2,11 +2,14 @@
 
 Each MCP server gets one long-lived client session opened when the gateway starts; calls
 from many requests share it (JSON-RPC ids keep them apart). Plain HTTP tools are called with
-one pooled aiohttp session; their JSON answer becomes an MCP ``CallToolResult``.
+one pooled aiohttp session; their JSON answer becomes an MCP ``CallToolResult``, and an x402
+``402`` (``PAYMENT-REQUIRED`` header) becomes the x402 MCP transport's payment-required
+result, so paid HTTP tools are paid by the same hook as paid MCP tools.
 """
 
 from __future__ import annotations
 
+import base64
 import os
 import sys
 from contextlib import AsyncExitStack
@@ -24,6 +27,10 @@ from mcp.shared.exceptions import MCPError
 
 from keel.errors import ConfigError, ToolFailed
 from keel.tools.settings import HttpToolSettings, McpServerSettings
+
+# the x402 MCP transport's _meta keys; HTTP tools speak x402 headers and are mapped onto them
+X402_PAYMENT_META = "x402/payment"
+X402_PAYMENT_RESPONSE_META = "x402/payment-response"
 
 
 @dataclass(frozen=True)
@@ -120,15 +127,27 @@ class HttpToolUpstream:
     async def call(self, tool: str, arguments: dict[str, Any],
                    meta: dict[str, Any] | None = None) -> types.CallToolResult:
         assert self._session is not None, "HTTP tool used before start()"
+        headers = {"content-type": "application/json"}
+        payment = (meta or {}).get(X402_PAYMENT_META)
+        if payment is not None:  # a paid retry: the signed payload as the x402 header
+            headers["PAYMENT-SIGNATURE"] = base64.b64encode(orjson.dumps(payment)).decode()
         try:
             async with self._session.request(self.cfg.method, self.cfg.url,
                                              data=orjson.dumps(arguments),
-                                             headers={"content-type": "application/json"}
-                                             ) as resp:
+                                             headers=headers) as resp:
                 raw = await resp.read()
                 status = resp.status
+                required = resp.headers.get("payment-required")
+                settled = resp.headers.get("payment-response")
         except (TimeoutError, aiohttp.ClientError) as exc:
             raise ToolFailed(f"HTTP tool {tool!r} failed: {type(exc).__name__}") from None
+        if status == 402 and required:
+            # x402 over HTTP -> the MCP transport's shape, so one payment hook serves both
+            terms = _b64json(required)
+            if isinstance(terms, dict):
+                return types.CallToolResult(
+                    content=[types.TextContent(type="text", text=orjson.dumps(terms).decode())],
+                    structured_content=terms, is_error=True)
         text = raw.decode(errors="replace")
         structured: dict[str, Any] | None = None
         try:
@@ -136,8 +155,19 @@ class HttpToolUpstream:
             structured = parsed if isinstance(parsed, dict) else {"result": parsed}
         except orjson.JSONDecodeError:
             pass
-        return types.CallToolResult(content=[types.TextContent(type="text", text=text)],
-                                    structured_content=structured, is_error=status >= 400)
+        receipt = _b64json(settled) if settled else None
+        return types.CallToolResult.model_validate({
+            "content": [{"type": "text", "text": text}], "structuredContent": structured,
+            "isError": status >= 400,
+            "_meta": {X402_PAYMENT_RESPONSE_META: receipt} if receipt is not None else None})
+
+
+def _b64json(value: str) -> Any:
+    """A base64-JSON x402 header, or None when it is not one."""
+    try:
+        return orjson.loads(base64.b64decode(value.strip(), validate=True))
+    except (ValueError, orjson.JSONDecodeError):
+        return None
 
 
 def _errlog(stack: AsyncExitStack) -> TextIO:

@@ -1,4 +1,4 @@
-"""Paid MCP tools behind the tool gateway: the x402 MCP transport, paid from agent wallets.
+"""Paid tools behind the tool gateway: the x402 MCP transport, paid from agent wallets.
 
 A paid MCP tool answers an unpaid call with an error result whose structured content is an
 x402 ``PaymentRequired`` (the SDK's ``x402.mcp`` wrapper does this). When that happens, the
@@ -6,7 +6,8 @@ gateway (after Cedar allowed the call) hands the result to :class:`PaidToolCalls
 checks, reservation and signature as ``/v1/fetch`` (:class:`keel.x402.payer.Payer`), then
 the very same call again with ``_meta["x402/payment"]``. The answer's
 ``_meta["x402/payment-response"]`` settles the hold; the agent gets the tool's result with
-keel's receipt in ``_meta["keel/payment"]``.
+keel's receipt in ``_meta["keel/payment"]``. Paid plain-HTTP tools arrive here in the same
+shape (``keel.tools.upstreams.HttpToolUpstream`` maps x402 headers onto these ``_meta`` keys).
 """
 
 from __future__ import annotations
@@ -23,13 +24,13 @@ from x402.schemas import PaymentRequired, SettleResponse
 
 from keel.errors import InvalidRequest, PaymentFailed, ToolFailed
 from keel.tools.ports import PAYMENT_RECEIPT_META, ToolCall
+from keel.tools.upstreams import X402_PAYMENT_META as PAYMENT_META
+from keel.tools.upstreams import X402_PAYMENT_RESPONSE_META as PAYMENT_RESPONSE_META
 from keel.wallets.money import fmt_usd
 from keel.x402.payer import Payer, Receipt, Signed
 from keel.x402.requirements import payment_required_from_object
 
 log = logging.getLogger("keel.x402")
-PAYMENT_META = "x402/payment"
-PAYMENT_RESPONSE_META = "x402/payment-response"
 
 Retry = Callable[[dict[str, Any]], Awaitable[types.CallToolResult]]
 
@@ -83,7 +84,7 @@ class PaidToolCalls:
             raise InvalidRequest(
                 f"{call.tool} is a paid tool and budgets are per session: send the session "
                 "id in the x-keel-session header", param="x-keel-session")
-        resource = f"mcp://{call.server}/{call.tool}"
+        resource = f"tool://{call.server}/{call.tool}"
         signed = await self.payer.prepare(call.principal.tenant, call.agent, call.session_id,
                                           resource, "tools/call", required, where)
         meta = {PAYMENT_META: signed.payload.model_dump(by_alias=True, exclude_none=True)}
