@@ -8,7 +8,6 @@ prompt and completion tokens at the model table's current prices.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import time
@@ -31,6 +30,7 @@ from sqlalchemy import (
     update,
 )
 
+from keel.background import Periodic
 from keel.storage.migrations import Migration
 from keel.storage.sql import Database
 
@@ -62,7 +62,8 @@ class CacheStats:
         self.db = db
         self.flush_s = flush_s
         self._buckets: dict[tuple[float, str, str], _Bucket] = {}
-        self._task: asyncio.Task[None] | None = None
+        self._flusher = Periodic("keel-cache-stats", flush_s, self.flush,
+                                 error="cache stats flush failed", logger=log)
         self.requests = Counter("keel_cache_requests", "Cache lookups by outcome",
                                 ["outcome"], registry=registry)
         self.rejections = Counter("keel_cache_verifier_rejections",
@@ -94,16 +95,8 @@ class CacheStats:
     # -- persistence ------------------------------------------------------------------------
 
     def start(self) -> None:
-        if self._task is None:
-            self._task = asyncio.create_task(self._loop(), name="keel-cache-stats")
-
-    async def _loop(self) -> None:
-        while True:
-            await asyncio.sleep(self.flush_s)
-            try:
-                await self.flush()
-            except Exception:  # the next round retries; stats must never break serving
-                log.exception("cache stats flush failed")
+        self._flusher.interval_s = self.flush_s
+        self._flusher.start()  # a failed round keeps its buckets for the next one
 
     async def flush(self) -> None:
         buckets, self._buckets = self._buckets, {}
@@ -120,11 +113,7 @@ class CacheStats:
                 raise
 
     async def aclose(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await self._flusher.stop()
         with contextlib.suppress(Exception):
             await self.flush()
 

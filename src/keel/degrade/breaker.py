@@ -13,7 +13,6 @@ key -- moves the streaks and the level, so replicas never double-count a period.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import os
@@ -24,6 +23,7 @@ from dataclasses import dataclass
 import orjson
 from sqlalchemy import Connection
 
+from keel.background import Periodic
 from keel.degrade import audit
 from keel.degrade.audit import Flip
 from keel.degrade.flags import ModeFlags, ModeState
@@ -79,7 +79,8 @@ class Breaker:
         self.values: Values = {}
         self.last: Evaluation | None = None
         self.on_evaluated = on_evaluated
-        self._task: asyncio.Task[None] | None = None
+        self._ticker: Periodic | None = None
+        self._last_period = 0
 
     async def compute(self, now: float) -> Values:
         windows = {a.window_s for a in self.settings.alarms}
@@ -167,33 +168,31 @@ class Breaker:
                             f.reason)
         return flips
 
-    async def _loop(self) -> None:
+    async def _tick(self) -> None:
+        """Flush this replica's meter; once a period closed, evaluate the alarms."""
         period_s = self.settings.period_s
         tick = min(1.0, period_s / 4, self.settings.bucket_s)
         slack = min(tick + 0.1, period_s / 2)  # let every replica flush the closing period
-        last_period = int(time.time() // period_s)
-        while True:
-            await asyncio.sleep(tick)
-            now = time.time()
-            try:
-                period = int((now - slack) // period_s)
-                if period > last_period:
-                    last_period = period
-                    await self.evaluate(now)
-                else:
-                    await self.meter.flush(now)
-            except Exception:
-                log.exception("degrade: evaluating the alarms failed")
+        now = time.time()
+        period = int((now - slack) // period_s)
+        if period > self._last_period:
+            self._last_period = period
+            await self.evaluate(now)
+        else:
+            await self.meter.flush(now)
 
     async def start(self) -> None:
         if self.settings.alarms:
-            self._task = asyncio.create_task(self._loop(), name="keel-degrade-breaker")
+            s = self.settings
+            self._last_period = int(time.time() // s.period_s)
+            self._ticker = Periodic("keel-degrade-breaker", min(1.0, s.period_s / 4, s.bucket_s),
+                                    self._tick, error="degrade: evaluating the alarms failed",
+                                    logger=log)
+            self._ticker.start()
 
     async def aclose(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        if self._ticker is not None:
+            await self._ticker.stop()
+            self._ticker = None
         with contextlib.suppress(Exception):
             await self.meter.flush()

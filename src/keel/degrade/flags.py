@@ -9,8 +9,6 @@ and a request reads its level with one dict lookup and no I/O.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -18,6 +16,7 @@ from dataclasses import dataclass, field
 
 import orjson
 
+from keel.background import Periodic
 from keel.degrade.ladder import Ladder, Level
 from keel.ports.kv import KV
 
@@ -54,7 +53,8 @@ class ModeFlags:
         self.state = ModeState()
         self.override: Override | None = None
         self._version: str | None = None
-        self._task: asyncio.Task[None] | None = None
+        self._refresher = Periodic("keel-degrade-flags", refresh_s, self.refresh_if_changed,
+                                   error="degrade: refreshing the level failed", logger=log)
         self._level: Level = ladder.at(0)
         self._tenant_levels: dict[str, Level] = {}
 
@@ -98,24 +98,13 @@ class ModeFlags:
                 and self._level.index == self.override.level:
             self._apply()  # the override just expired
 
-    async def _loop(self) -> None:
-        while True:
-            await asyncio.sleep(self.refresh_s)
-            try:
-                await self.refresh_if_changed()
-            except Exception:  # the KV store may blip: keep serving the last level
-                log.exception("degrade: refreshing the level failed")
-
     async def start(self) -> None:
         await self.refresh_if_changed()
-        self._task = asyncio.create_task(self._loop(), name="keel-degrade-flags")
+        self._refresher.interval_s = self.refresh_s
+        self._refresher.start()  # the KV store may blip: the last level keeps serving
 
     async def aclose(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await self._refresher.stop()
 
     # -- writes ------------------------------------------------------------------------
 

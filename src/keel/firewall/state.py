@@ -9,8 +9,6 @@ the KV store only (they are touched on blocks, not on clean traffic).
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import hashlib
 import logging
 import time
@@ -18,6 +16,7 @@ from dataclasses import dataclass
 
 import orjson
 
+from keel.background import Periodic
 from keel.config import FirewallSettings
 from keel.ports.kv import KV
 
@@ -50,7 +49,8 @@ class FirewallState:
         self._bans: dict[str, Ban] = {}
         self._allow_rules: set[tuple[str, str]] = set()  # (tenant or "*", rule id)
         self._allow_hashes: set[str] = set()
-        self._task: asyncio.Task[None] | None = None
+        self._refresher = Periodic("keel-firewall-state", refresh_s, self.refresh_if_changed,
+                                   error="firewall: refreshing bans failed", logger=log)
         self._version: str | None = None
 
     # -- snapshot ------------------------------------------------------------------------
@@ -81,24 +81,13 @@ class FirewallState:
         hashes = {k[len(ALLOW_HASH):] for k in await self.kv.keys(ALLOW_HASH)}
         self._bans, self._allow_rules, self._allow_hashes = bans, rules, hashes
 
-    async def _loop(self) -> None:
-        while True:
-            try:
-                await self.refresh_if_changed()
-            except Exception:  # the KV store may blip; keep the last snapshot
-                log.exception("firewall: refreshing bans failed")
-            await asyncio.sleep(self.refresh_s)
-
     async def start(self) -> None:
         await self.refresh_if_changed()
-        self._task = asyncio.create_task(self._loop(), name="keel-firewall-state")
+        self._refresher.interval_s = self.refresh_s
+        self._refresher.start()  # the KV store may blip: the last snapshot keeps serving
 
     async def aclose(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await self._refresher.stop()
 
     # -- hot path (memory only) -----------------------------------------------------------
 

@@ -9,7 +9,6 @@ deciding policy ids; the tool is never called for them.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import logging
 import os
@@ -23,6 +22,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import mcp_types as types
 import orjson
 
+from keel.background import Periodic
 from keel.errors import (
     ApprovalRequired,
     ConfigError,
@@ -95,7 +95,7 @@ class ToolGateway:
         self.authorizer = Authorizer([], roles=settings.policy.roles)
         self.on_start: list[Callable[[AsyncExitStack], Any]] = []  # e.g. the /mcp manager
         self._stack: AsyncExitStack | None = None
-        self._reload_task: asyncio.Task[None] | None = None
+        self._reloader: Periodic | None = None
         self._runner: asyncio.Task[None] | None = None
         self._stop = asyncio.Event()
         self._ids = itertools.count(1)
@@ -114,8 +114,11 @@ class ToolGateway:
         self._runner = asyncio.create_task(self._run(ready), name="keel-tools")
         await ready
         self.log.start()
-        if self.settings.policy.reload_s > 0:
-            self._reload_task = asyncio.create_task(self._reload_loop(), name="keel-policy")
+        if self.settings.policy.reload_s > 0:  # a failed reload keeps the version we have
+            self._reloader = Periodic("keel-policy", self.settings.policy.reload_s,
+                                      self._reload_step, error="policy reload failed",
+                                      logger=log)
+            self._reloader.start()
 
     async def _run(self, ready: asyncio.Future[None]) -> None:
         try:
@@ -159,11 +162,9 @@ class ToolGateway:
         return stack
 
     async def aclose(self) -> None:
-        if self._reload_task is not None:
-            self._reload_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._reload_task
-            self._reload_task = None
+        if self._reloader is not None:
+            await self._reloader.stop()
+            self._reloader = None
         await self.log.aclose()
         if self._runner is not None:
             runner, self._runner = self._runner, None
@@ -195,13 +196,8 @@ class ToolGateway:
                           active.version, snap.problem)
         return True
 
-    async def _reload_loop(self) -> None:
-        while True:
-            await asyncio.sleep(self.settings.policy.reload_s)
-            try:
-                await self.reload()
-            except Exception:  # keep serving the version we have
-                log.exception("policy reload failed")
+    async def _reload_step(self) -> None:
+        await self.reload()
 
     # -- the call path --------------------------------------------------------------------
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import time
 from dataclasses import dataclass
@@ -13,6 +11,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry
 from sqlalchemy import Connection, select
 
+from keel.background import Periodic
 from keel.errors import (
     BudgetExceeded,
     ConfigError,
@@ -68,7 +67,9 @@ class WalletService:
         self.approvals: PaymentApprovals | None = None  # set by the approvals capability
         self._payees = {p.lower() for p in settings.payees}
         self._signers: dict[str, PaymentSigner] = {}
-        self._sweeper: asyncio.Task[None] | None = None
+        self._sweeper = Periodic("keel-payment-sweeper", settings.sweep_interval_s,
+                                 self._sweep_step, error="payment-hold sweeper failed",
+                                 logger=log, at_once=True)
 
     # -- wallets and funding ------------------------------------------------------------------
 
@@ -292,6 +293,9 @@ class WalletService:
 
     # -- expiry sweeper -------------------------------------------------------------------------
 
+    async def _sweep_step(self) -> None:
+        await self.sweep()
+
     async def sweep(self) -> list[str]:
         released = await self.db.run(ledger.expire)
         if released:
@@ -300,19 +304,7 @@ class WalletService:
         return released
 
     def start(self) -> None:
-        async def loop() -> None:
-            while True:
-                try:
-                    await self.sweep()
-                except Exception:  # keep sweeping; the next pass retries
-                    log.exception("payment-hold sweeper failed")
-                await asyncio.sleep(self.settings.sweep_interval_s)
-
-        self._sweeper = asyncio.get_running_loop().create_task(loop())
+        self._sweeper.start()
 
     async def aclose(self) -> None:
-        if self._sweeper is not None:
-            self._sweeper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._sweeper
-            self._sweeper = None
+        await self._sweeper.stop()
