@@ -205,6 +205,7 @@ async def test_fetch_refuses_private_and_unlisted_hosts(stack: Stack) -> None:
         assert (await fetch(stack.sandbox_url + "/free")).status_code == 200  # listed
         for url in ("http://169.254.169.254/latest/meta-data/",  # cloud metadata
                     "http://10.0.0.7/admin", "http://[::1]:8080/",
+                    "http://2130706433:" + stack.sandbox_url.rsplit(":", 1)[1] + "/free",
                     "http://localhost:" + stack.sandbox_url.rsplit(":", 1)[1] + "/free"):
             r = await fetch(url)
             assert r.status_code == 403, (url, r.text)

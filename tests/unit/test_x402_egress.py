@@ -10,7 +10,13 @@ import pytest
 from aiohttp.abc import AbstractResolver, ResolveResult
 
 from keel.errors import EgressDenied, PaymentRequirementsInvalid
-from keel.x402.egress import EgressPolicy, EgressRefused, GuardedResolver, is_public
+from keel.x402.egress import (
+    EgressPolicy,
+    EgressRefused,
+    GuardedResolver,
+    is_public,
+    literal_addresses,
+)
 from keel.x402.mcp_tools import payment_required
 
 
@@ -39,6 +45,22 @@ def test_policy_host_patterns_and_literals() -> None:
         open_policy.check_url("http://127.0.0.1:4021/free")
     with pytest.raises(EgressDenied, match="non-public"):
         open_policy.check_url("http://[::1]/")
+
+
+@pytest.mark.parametrize("host", [
+    "2130706433", "127.1", "017700000001", "0x7f000001", "0x7f.1", "[::ffff:127.0.0.1]",
+    "127.0.0.1.",
+])
+def test_odd_ip_literals_cannot_reach_loopback(host: str) -> None:
+    """aiohttp connects to these without asking the resolver; the C library reads them as
+    127.0.0.1 (or they are refused as unreadable)."""
+    with pytest.raises(EgressDenied):
+        EgressPolicy(["*"], []).check_url(f"http://{host}:8080/")
+
+
+def test_names_that_look_hexadecimal_are_names() -> None:
+    assert literal_addresses("bad.cafe") == [] and literal_addresses("cafe") == []
+    assert literal_addresses("10.0.0.7") == ["10.0.0.7"]
 
 
 class FixedResolver(AbstractResolver):

@@ -17,12 +17,14 @@ made earlier. IP literals, which aiohttp does not resolve, are checked up front.
 from __future__ import annotations
 
 import ipaddress
+import re
 import socket
 from fnmatch import fnmatchcase
 from typing import Any
 from urllib.parse import urlsplit
 
 from aiohttp.abc import AbstractResolver, ResolveResult
+from aiohttp.helpers import is_ip_address
 from aiohttp.resolver import ThreadedResolver
 
 from keel.errors import EgressDenied
@@ -56,11 +58,8 @@ class EgressPolicy:
         if not self._matches(self.hosts, host, port):
             raise EgressDenied(f"{host}:{port} is not on the fetch allow-list "
                                "(wallets.x402.hosts)", param="url")
-        try:
-            literal = ipaddress.ip_address(host.strip("[]"))
-        except ValueError:
-            return
-        self.check_address(host, port, str(literal))
+        for address in literal_addresses(host):
+            self.check_address(host, port, address)
 
     def check_address(self, host: str, port: int, address: str) -> None:
         if not is_public(address) and not self._matches(self.private_hosts, host, port):
@@ -68,6 +67,32 @@ class EgressPolicy:
                 f"{host} resolves to the non-public address {address}; keel does not fetch "
                 "private, loopback or link-local addresses for agents unless the host is in "
                 "wallets.x402.private_hosts", param="url")
+
+
+def literal_addresses(host: str) -> list[str]:
+    """The addresses an IP-literal host connects to, without DNS; [] for a name.
+
+    aiohttp skips the resolver for anything it considers an IP address, including forms
+    Python's ``ipaddress`` rejects but the C library accepts (``2130706433``, ``127.1``,
+    ``017700000001``, ``127.0.0.1.``): those are decoded the way the connection will be
+    made, and refused when they cannot be decoded."""
+    bare = host.strip("[]")
+    try:
+        return [str(ipaddress.ip_address(bare))]
+    except ValueError:
+        pass
+    if not is_ip_address(bare) and not _NUMERIC.fullmatch(bare):
+        return []
+    try:
+        infos = socket.getaddrinfo(bare, None, flags=socket.AI_NUMERICHOST)
+    except (OSError, UnicodeError):
+        raise EgressDenied(f"{host} is not a valid IP address", param="url") from None
+    return sorted({str(i[4][0]) for i in infos})
+
+
+# inet_aton forms: 1-4 dot-separated decimal, octal (leading 0) or 0x-hex parts
+_PART = r"(?:0[xX][0-9a-fA-F]*|[0-9]+)"
+_NUMERIC = re.compile(rf"{_PART}(?:\.{_PART}){{0,3}}\.?")
 
 
 class GuardedResolver(AbstractResolver):
