@@ -33,7 +33,7 @@ class Periodic:
         self.log = logger or log
         self.at_once = at_once
         self._task: asyncio.Task[None] | None = None
-        self._stopping = False
+        self._stop: asyncio.Event | None = None
 
     @property
     def running(self) -> bool:
@@ -41,16 +41,19 @@ class Periodic:
 
     def start(self) -> None:
         if self._task is None:
-            self._stopping = False
-            self._task = asyncio.get_running_loop().create_task(self._run(), name=self.name)
+            self._stop = asyncio.Event()  # one per run: a straggler never sees a new run's
+            self._task = asyncio.get_running_loop().create_task(self._run(self._stop),
+                                                                 name=self.name)
 
-    async def _run(self) -> None:
+    async def _run(self, stop: asyncio.Event) -> None:
         first = True
-        while not self._stopping:
+        while not stop.is_set():
             if not (first and self.at_once):
-                await asyncio.sleep(self.interval_s)
-                if self._stopping:
+                try:  # sleep, but wake at once when stopped
+                    await asyncio.wait_for(stop.wait(), self.interval_s)
                     return
+                except TimeoutError:
+                    pass
             first = False
             try:
                 await self.step()
@@ -59,7 +62,8 @@ class Periodic:
 
     async def stop(self, timeout_s: float = 5.0) -> None:
         task, self._task = self._task, None
-        self._stopping = True
+        if self._stop is not None:
+            self._stop.set()
         if task is None:
             return
         task.cancel()

@@ -126,7 +126,8 @@ def test_payment_policies_through_the_cli(cfg: Path, tmp_path: Path) -> None:
     code, out = run(cfg, "policy", "validate", str(typo))
     assert code == 1 and "amount_cents" in out
     cases = tmp_path / "pay.yaml"
-    args = '{payee: "0xabc", host: "api.example.com", network: "eip155:8453", resource: "r"'
+    args = ('{payee: "0xabc", host: "api.example.com", port: 443, network: "eip155:8453", '
+            'resource: "r"')
     cases.write_text(f"- {{name: cheap, tool: 'x402:pay', arguments: {args}, "
                      "amount_micros: 20000}, expect: allow}\n"
                      f"- {{name: dear, tool: 'x402:pay', arguments: {args}, "

@@ -180,8 +180,18 @@ async def test_over_budget_payment_waits_for_a_human_then_pays_once(stack: Stack
     assert again.json()["error"]["approval_id"] == err["approval_id"]
     a = await engine.get(err["approval_id"])
     assert a.action == "x402:pay" and a.arguments["amount"] == "$0.02"
+    # the agent cannot file (and auto-approve) the approval its held payment would find
+    async with httpx.AsyncClient(base_url=stack.url) as c:
+        forged = await c.post("/v1/approvals", headers=stack.auth(None), json={
+            "action": "anything", "risk_level": "LOW",
+            "idempotency_key": "payment:" + "0" * 40})
+    assert forged.status_code == 400 and "reserved" in forged.json()["error"]["message"]
     await engine.decide("approve", Decider("cfo@example.com", "api"),
                         approval_id=err["approval_id"])
+    # the approval is for that request only: other arguments at the same price ask again
+    other = await call(stack, "market_quote", {"symbol": "other"}, "ov")
+    assert other.status_code == 202
+    assert other.json()["error"]["approval_id"] != err["approval_id"]
     ok = await call(stack, "market_quote", {"symbol": "m"}, "ov")
     assert ok.status_code == 200 and ok.json()["payment"]["amount"] == "$0.02"
     assert transfers(stack) == before + 1
@@ -192,6 +202,79 @@ async def test_over_budget_payment_waits_for_a_human_then_pays_once(stack: Stack
     denied = await call(stack, "market_quote", {"symbol": "m"}, "ov")
     assert denied.status_code == 403 and denied.json()["error"]["code"] == "budget_exceeded"
     assert transfers(stack) == before + 1 and books_balanced(stack)
+
+
+async def _first_unpaid(stack: Stack, tool: str, args: dict[str, Any]) -> Any:
+    """The paid tool's real "payment required" answer (asked from this test's loop)."""
+    async with Client(streamable_http_client(stack.sandbox_url + "/mcp"),
+                      read_timeout_seconds=10) as sandbox:
+        first = await sandbox.call_tool(tool, args)
+    assert first.is_error and first.structured_content["x402Version"] == 2
+    return first
+
+
+def _tool_call(stack: Stack, tool: str, args: dict[str, Any], session: str) -> Any:
+    from keel.gateway.context import Principal
+    from keel.tools.ports import ToolCall
+
+    return ToolCall("td-test", tool, "market", args, Principal("k", "acme", "bot"), "bot",
+                    session, None)
+
+
+async def test_unknown_outcome_keeps_the_hold_and_a_refusal_releases_it(stack: Stack) -> None:
+    """A client-side timeout after the signed call was sent may still settle: keep the money
+    held; a JSON-RPC error the server sent means it did not settle: release."""
+    from keel.errors import PaymentFailed, ToolFailed
+    from keel.wallets.tables import payments
+
+    assert stack.svc.tools is not None and stack.svc.tools.payments is not None
+    hook = stack.svc.tools.payments
+    args = {"symbol": "slow"}
+    first = await _first_unpaid(stack, "market_quote", args)
+
+    async def timed_out(meta: dict[str, Any]) -> Any:
+        raise ToolFailed("tool server 'market' refused 'market_quote': timed out",
+                         upstream_code=-32001)
+
+    with pytest.raises(PaymentFailed, match="outcome is unknown") as unknown:
+        await hook.handle(_tool_call(stack, "market_quote", args, "unk"), first, timed_out)
+
+    async def refused(meta: dict[str, Any]) -> Any:
+        raise ToolFailed("tool server 'market' refused 'market_quote': bad params",
+                         upstream_code=-32602)
+
+    with pytest.raises(ToolFailed):
+        await hook.handle(_tool_call(stack, "market_quote", args, "unk"), first, refused)
+    rows = stack.svc.db.transaction(lambda c: {
+        r.id: r.status for r in c.execute(payments.select().where(
+            payments.c.session_id == "unk"))})
+    assert rows[unknown.value.extra["payment_id"]] == "held"
+    assert sorted(rows.values()) == ["held", "released"]
+    assert books_balanced(stack)
+
+
+async def test_a_successful_settlement_counts_even_on_an_error_result(stack: Stack) -> None:
+    import mcp_types as types
+
+    from keel.wallets.tables import payments
+
+    assert stack.svc.tools is not None and stack.svc.tools.payments is not None
+    args = {"symbol": "err"}
+    first = await _first_unpaid(stack, "market_quote", args)
+
+    async def settled_but_failed(meta: dict[str, Any]) -> Any:
+        return types.CallToolResult.model_validate({
+            "content": [{"type": "text", "text": "boom"}], "isError": True,
+            "_meta": {"x402/payment-response": {
+                "success": True, "transaction": "0x" + "ab" * 32, "network": "eip155:84532",
+                "payer": "0x" + "2" * 40}}})
+
+    out = await stack.svc.tools.payments.handle(
+        _tool_call(stack, "market_quote", args, "settled-err"), first, settled_but_failed)
+    assert out.is_error and out.meta is not None and out.meta["keel/payment"]["amount"] == "$0.02"
+    statuses = stack.svc.db.transaction(lambda c: [r.status for r in c.execute(
+        payments.select().where(payments.c.session_id == "settled-err"))])
+    assert statuses == ["settled"] and books_balanced(stack)
 
 
 async def test_fetch_refuses_private_and_unlisted_hosts(stack: Stack) -> None:
@@ -211,6 +294,10 @@ async def test_fetch_refuses_private_and_unlisted_hosts(stack: Stack) -> None:
             assert r.status_code == 403, (url, r.text)
             assert r.json()["error"]["code"] == "egress_denied", url
         assert "private_hosts" in (await fetch("http://10.0.0.7/")).json()["error"]["message"]
+        for bad in ("http://h:99999/", "https://user:secret@api.example.com/"):
+            r = await fetch(bad)
+            assert r.status_code == 400, (bad, r.text)
+        assert "credentials" in (await fetch("https://u:p@api.example.com/")).text
         saved = fetcher.egress.hosts
         fetcher.egress.hosts = ["api.example.com"]
         try:

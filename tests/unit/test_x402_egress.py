@@ -26,6 +26,10 @@ from keel.x402.mcp_tools import payment_required
     ("169.254.169.254", False), ("100.64.0.1", False), ("0.0.0.0", False), ("::1", False),
     ("fe80::1%eth0", False), ("fd00::1", False), ("::ffff:127.0.0.1", False),
     ("224.0.0.1", False),
+    # IPv6 forms that carry an IPv4 address: NAT64 -> 169.254.169.254, 6to4 / compatible /
+    # SIIT -> 127.0.0.1; a public NAT64 target stays public
+    ("64:ff9b::a9fe:a9fe", False), ("2002:7f00:1::", False), ("::7f00:1", False),
+    ("::ffff:0:7f00:1", False), ("64:ff9b::5db8:d822", True),
 ])
 def test_public_addresses(address: str, public: bool) -> None:
     assert is_public(address) is public
@@ -56,6 +60,42 @@ def test_odd_ip_literals_cannot_reach_loopback(host: str) -> None:
     127.0.0.1 (or they are refused as unreadable)."""
     with pytest.raises(EgressDenied):
         EgressPolicy(["*"], []).check_url(f"http://{host}:8080/")
+
+
+def test_host_is_read_as_the_connection_reads_it() -> None:
+    policy = EgressPolicy(["*"], [])
+    with pytest.raises(EgressDenied, match="non-public"):  # ideographic full stops
+        policy.check_url("http://127\u30020\u30020\u30021:8080/")
+    with pytest.raises(EgressDenied, match="not a valid URL"):
+        policy.check_url("http://h:99999/")
+
+
+def test_payment_context_uses_the_bare_host() -> None:
+    from keel.wallets.hooks import PaymentIntent
+    from keel.x402.policy import pay_arguments
+
+    args = pay_arguments(PaymentIntent("t", "a", "s", "https://x@evil.com:8443/p", "GET",
+                                       "0xabc", "eip155:8453", "0xusdc", 5))
+    assert (args["host"], args["port"]) == ("evil.com", 8443)
+    assert "x@" not in args["resource"]
+    tool = pay_arguments(PaymentIntent("t", "a", "s", "tool://market/quote", "tools/call",
+                                       "0xabc", "eip155:8453", "0xusdc", 5))
+    assert tool["host"] == "tool:market"
+
+
+def test_requirements_valid_for_too_long_are_refused() -> None:
+    from x402.schemas import PaymentRequired
+
+    from keel.wallets.settings import X402ClientSettings
+    from keel.x402.requirements import choose
+
+    req = PaymentRequired.model_validate({
+        "x402Version": 2, "resource": {"url": "https://api.example.com/r"},
+        "accepts": [{"scheme": "exact", "network": "eip155:84532",
+                     "asset": "0x036CbD53842c5426634e7929541eC2318f3dCF7e", "amount": "1000",
+                     "payTo": "0x" + "1" * 40, "maxTimeoutSeconds": 86_400, "extra": {}}]})
+    with pytest.raises(PaymentRequirementsInvalid, match="max_validity_s"):
+        choose(req, X402ClientSettings(), "api.example.com")
 
 
 def test_names_that_look_hexadecimal_are_names() -> None:

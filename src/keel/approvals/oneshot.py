@@ -26,9 +26,25 @@ if TYPE_CHECKING:
     from keel.approvals.service import ApprovalsService
 
 
+# idempotency keys keel files approvals under; the approvals API refuses them from clients,
+# so an agent cannot file (or auto-approve) the approval its own held request would find
+RESERVED_KEY_PREFIXES = ("tool-call:", "payment:")
+
+
+def reserved_key(key: str | None) -> bool:
+    return key is not None and key.startswith(RESERVED_KEY_PREFIXES)
+
+
 def request_key(prefix: str, fields: dict[str, Any]) -> str:
+    assert f"{prefix}:".startswith(RESERVED_KEY_PREFIXES), prefix
     blob = orjson.dumps(fields, option=orjson.OPT_SORT_KEYS)
     return f"{prefix}:" + hashlib.sha256(blob).hexdigest()[:40]
+
+
+def _matches(a: Approval, p: Proposal) -> bool:
+    """Defence in depth: an approval only counts for the very request keel would file."""
+    return (a.tenant == p.tenant and a.action == p.action and a.arguments == p.arguments
+            and a.requested_by == p.requested_by)
 
 
 def _latest(c: Connection, tenant: str, key: str) -> Approval | None:
@@ -48,7 +64,10 @@ class OneShotApprovals:
     async def ask(self, tenant: str, key: str, proposal: Callable[[], Proposal],
                   pending_hint: str) -> ApprovalOutcome:
         engine = self.service.engine
+        expected = proposal()
         found = await engine.db.run(lambda c: _latest(c, tenant, key))
+        if found is not None and not _matches(found, expected):
+            found = None
         if found is not None and found.status == PENDING:
             return self._pending(found, pending_hint)
         if found is not None and found.status in (APPROVED, AUTO_APPROVED):
@@ -57,7 +76,7 @@ class OneShotApprovals:
         elif found is not None and await self._consume(found):
             return self._rejected(found)
         # none yet, or the last one was used / its refusal reported: file a new request
-        approval = (await engine.request(proposal())).approval
+        approval = (await engine.request(expected)).approval
         if approval.status == PENDING and self.wait_s > 0:
             approval = await engine.wait(approval.id, self.wait_s)
         if approval.status == PENDING:
@@ -77,6 +96,12 @@ class OneShotApprovals:
             return True
 
         return bool(await self.service.engine.db.run(claim))
+
+    async def restore(self, approval_id: str) -> None:
+        """Undo :meth:`ask`'s claim: the approved request did not go through after all
+        (e.g. the wallet could not cover it), so the next repeat may still use it."""
+        key = f"{approval_id}:consumed"
+        await self.service.engine.db.run(lambda c: store.ledger_forget(c, key))
 
     @staticmethod
     def _pending(a: Approval, hint: str) -> ApprovalOutcome:

@@ -24,7 +24,7 @@ def payment_key(intent: PaymentIntent, kind: str) -> str:
     return request_key("payment", {
         "t": intent.tenant, "a": intent.agent, "s": intent.session_id, "url": intent.url,
         "payee": intent.payee.lower(), "amount": intent.amount_micros,
-        "network": intent.network, "kind": kind})
+        "network": intent.network, "request": intent.request_digest, "kind": kind})
 
 
 class PaymentApprovalHook:
@@ -46,7 +46,7 @@ class PaymentApprovalHook:
                 arguments={"payee": intent.payee, "amount_micros": intent.amount_micros,
                            "amount": fmt_usd(intent.amount_micros), "resource": intent.url,
                            "network": intent.network, "session_id": intent.session_id,
-                           "why": kind})
+                           "request_digest": intent.request_digest, "why": kind})
 
         outcome = await self.approvals.ask(intent.tenant, key, proposal,
                                            "repeat the same paid call once it is approved")
@@ -54,3 +54,6 @@ class PaymentApprovalHook:
         if outcome.status == "pending" and outcome.approval_id:
             url = f"/v1/approvals/{outcome.approval_id}"
         return ApprovalTicket(outcome.approval_id or "", url, outcome.status, outcome.message)
+
+    async def restore(self, ticket: ApprovalTicket) -> None:
+        await self.approvals.restore(ticket.id)

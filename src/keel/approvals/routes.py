@@ -19,6 +19,7 @@ from starlette.responses import HTMLResponse, Response
 from keel.approvals import slack, store
 from keel.approvals.engine import Decider
 from keel.approvals.models import STATUSES, Proposal
+from keel.approvals.oneshot import RESERVED_KEY_PREFIXES, reserved_key
 from keel.errors import ConfigError, InvalidRequest, KeelError, NotFound, PermissionDenied
 from keel.gateway.http import ORJSONResponse, client_ip, read_body, require_admin
 from keel.gateway.routes import authenticate
@@ -79,6 +80,12 @@ class ApprovalRoutes:
             e = exc.errors()[0]
             where = ".".join(str(x) for x in e["loc"]) or "body"
             raise InvalidRequest(f"{where}: {e['msg']}", param=where) from None
+        if reserved_key(proposal.idempotency_key):
+            raise InvalidRequest(
+                "idempotency keys starting with "
+                f"{' or '.join(repr(k) for k in RESERVED_KEY_PREFIXES)} are reserved for the "
+                "approvals keel files itself (held tool calls and payments)",
+                param="idempotency_key")
         handle = await self.engine.request(proposal)
         return ORJSONResponse(handle.approval.public(), status_code=201)
 

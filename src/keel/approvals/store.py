@@ -266,6 +266,11 @@ def ledger_begin(c: Connection, key: str, approval_id: str, action: str, now: fl
     return None
 
 
+def ledger_forget(c: Connection, key: str) -> None:
+    """Drop a claim whose run did not happen, so the approval can be used again."""
+    c.execute(ledger.delete().where(ledger.c.idempotency_key == key))
+
+
 def ledger_end(c: Connection, key: str, result: Any, error: str | None, now: float) -> None:
     c.execute(update(ledger).where(ledger.c.idempotency_key == key).values(
         finished_at=now, result=orjson.dumps(result).decode(), error=error))

@@ -28,6 +28,9 @@ class PaymentIntent:
     network: str
     asset: str
     amount_micros: int
+    # a digest of what is being bought (the tool's arguments, or method and body), so an
+    # approval granted for one request never pays for another at the same price
+    request_digest: str = ""
 
 
 @dataclass(frozen=True)
@@ -54,4 +57,8 @@ class PaymentApprovals(Protocol):
     async def request(self, intent: PaymentIntent, reason: str, kind: str) -> ApprovalTicket:
         """File (or find) the approval for this payment; ``kind`` is ``"budget"`` (over a
         budget or the per-call cap) or ``"policy"`` (a Cedar ``@approval`` policy)."""
+        ...
+
+    async def restore(self, ticket: ApprovalTicket) -> None:
+        """An approved payment did not go through after all: keep the approval usable."""
         ...

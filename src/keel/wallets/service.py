@@ -26,7 +26,12 @@ from keel.errors import (
 from keel.storage.sql import Database
 from keel.wallets import ledger
 from keel.wallets.crypto import KeyCipher
-from keel.wallets.hooks import PaymentApprovals, PaymentAuthorizer, PaymentIntent
+from keel.wallets.hooks import (
+    ApprovalTicket,
+    PaymentApprovals,
+    PaymentAuthorizer,
+    PaymentIntent,
+)
 from keel.wallets.ledger import CounterSpec, Hold
 from keel.wallets.metrics import WalletMetrics
 from keel.wallets.money import fmt_usd
@@ -148,46 +153,59 @@ class WalletService:
                       authorization_expires_at: float) -> Reservation:
         """Payee, policy, cap, then the atomic reservation. Raises before anything is signed.
 
-        Over a budget or the cap, with an approvals hook: the payment waits for a human
-        (``PaymentApprovalPending``); once approved, the identical payment is reserved once
-        with the money limits lifted."""
+        A Cedar ``@approval`` payment, or (with ``over_budget = "approval"``) one over a
+        budget or the cap, waits for a human (``PaymentApprovalPending``); once approved, the
+        identical payment is reserved once, with the money limits lifted when it is over
+        budget. One approval covers both reasons. If the reservation still fails (the wallet
+        cannot cover it, the loop guard), the approval stays usable for the next repeat."""
         self._check_payee(intent)
-        await self._check_policy(intent)
+        policy_reason = await self._check_policy(intent)
+        approved: ApprovalTicket | None = None
+        if policy_reason is not None:
+            approved = await self._ask(intent, policy_reason, "policy")
         try:
-            self._check_cap(intent)
-            return await self._reserve(wallet, intent, authorization_expires_at)
-        except InsufficientFunds:
-            raise
-        except BudgetExceeded as exc:
-            if self.approvals is None or self.settings.over_budget != "approval":
+            try:
+                self._check_cap(intent)
+                return await self._reserve(wallet, intent, authorization_expires_at)
+            except InsufficientFunds:
                 raise
-            await self._ask(intent, exc.message, "budget")
-            return await self._reserve(wallet, intent, authorization_expires_at,
-                                       over_budget=True)
+            except BudgetExceeded as exc:
+                if self.approvals is None or self.settings.over_budget != "approval":
+                    raise
+                if approved is None:
+                    approved = await self._ask(intent, exc.message, "budget")
+                return await self._reserve(wallet, intent, authorization_expires_at,
+                                           over_budget=True)
+        except BaseException:
+            if approved is not None and self.approvals is not None:
+                await self.approvals.restore(approved)
+            raise
 
-    async def _check_policy(self, intent: PaymentIntent) -> None:
+    async def _check_policy(self, intent: PaymentIntent) -> str | None:
+        """Raises when Cedar refuses; returns the reason when a human must approve first."""
         if self.authorizer is None:
-            return
+            return None
         decision = await self.authorizer.authorize(intent)
         if not decision.allowed:
             self._refused(intent, "policy")
             await self._audit("refused", intent, reason=f"policy: {decision.reason}")
             raise PolicyDenied(f"payment refused by policy: {decision.reason}; "
                                "refused before signing")
-        if decision.approval:
-            if self.approvals is None:
-                self._refused(intent, "policy")
-                raise PolicyDenied(f"payment needs a human approval ({decision.reason}) and no "
-                                   "approval workflow is configured; refused before signing")
-            await self._ask(intent, f"policy requires approval: {decision.reason}", "policy")
+        if not decision.approval:
+            return None
+        if self.approvals is None:
+            self._refused(intent, "policy")
+            raise PolicyDenied(f"payment needs a human approval ({decision.reason}) and no "
+                               "approval workflow is configured; refused before signing")
+        return f"policy requires approval: {decision.reason}"
 
-    async def _ask(self, intent: PaymentIntent, reason: str, kind: str) -> None:
-        """Returns when a human approved this payment; raises otherwise."""
+    async def _ask(self, intent: PaymentIntent, reason: str, kind: str) -> ApprovalTicket:
+        """The approved ticket (claimed for this payment); raises otherwise."""
         assert self.approvals is not None
         ticket = await self.approvals.request(intent, reason, kind)
         if ticket.status == "approved":
             await self._audit("approved", intent, approval_id=ticket.id, reason=reason)
-            return
+            return ticket
         if ticket.status == "pending":
             await self._audit("approval_pending", intent, approval_id=ticket.id, reason=reason)
             raise PaymentApprovalPending(
@@ -262,7 +280,9 @@ class WalletService:
             if row.status != "settled":
                 raise Conflict(f"payment {payment_id} is {row.status}; only settled payments "
                                "can be refunded", param="payment_id")
-            ledger.refund(c, payment_id, memo)
+            if not ledger.refund(c, payment_id, memo):  # a concurrent refund won the race
+                raise Conflict(f"payment {payment_id} was refunded concurrently",
+                               param="payment_id")
             ledger.event(c, "refunded", tenant=tenant, agent=row.agent,
                          session_id=row.session_id, payment_id=payment_id, memo=memo or None,
                          amount=row.amount)

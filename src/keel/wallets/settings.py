@@ -18,6 +18,9 @@ class X402ClientSettings(BaseModel):
     timeout_s: float = 30.0
     # requirements that let less than this many seconds to sign, retry and settle are refused
     min_validity_s: int = 10
+    # ... and no more than this: on an unknown outcome the hold lives as long as the signed
+    # authorization could still settle, so a server asking for days is refused
+    max_validity_s: int = 900
     max_response_bytes: int = 10 * 1024 * 1024
     # SSRF guard for /v1/fetch (keel.x402.egress): globs on host or host:port. Agents may
     # fetch hosts matching ``hosts``; only hosts matching ``private_hosts`` may resolve to

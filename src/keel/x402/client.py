@@ -20,12 +20,13 @@ from urllib.parse import urlsplit
 import aiohttp
 from x402.http.utils import decode_payment_response_header, encode_payment_signature_header
 from x402.schemas import SettleResponse
+from yarl import URL
 
 from keel.errors import InvalidRequest, PaymentFailed, UpstreamError, UpstreamTimeout
 from keel.wallets.hooks import PaymentIntent
 from keel.wallets.service import WalletService
 from keel.x402.egress import EgressPolicy, GuardedResolver, refusal
-from keel.x402.payer import Payer, Receipt, Signed
+from keel.x402.payer import Payer, Receipt, Signed, digest
 from keel.x402.requirements import (
     PAYMENT_RESPONSE,
     PAYMENT_SIGNATURE,
@@ -125,8 +126,9 @@ class PaidFetcher:
         except Exception as exc:
             await self.wallets.audit("unpayable", _intent(tenant, agent, req), error=str(exc))
             raise
-        signed = await self.payer.prepare(tenant, agent, req.session_id, req.url, req.method,
-                                          required, host)
+        signed = await self.payer.prepare(
+            tenant, agent, req.session_id, req.url, req.method, required, host,
+            request_digest=digest(req.method.encode(), req.body or b""))
         header = encode_payment_signature_header(signed.payload)
         hold = signed.hold
         try:
@@ -146,7 +148,8 @@ class PaidFetcher:
 
     async def _outcome(self, req: FetchRequest, signed: Signed, resp: _Response) -> FetchResult:
         settle = _settle_response(resp.headers)
-        if resp.status < 400 and (settle is None or settle.success):
+        # a successful settlement is a fact whatever the status: the money moved
+        if (settle is not None and settle.success) or (resp.status < 400 and settle is None):
             receipt = await self.payer.settled(signed, settle, resp.status)
             return FetchResult(resp.status, resp.headers, resp.body, receipt)
         reason = _refusal_reason(resp, settle)
@@ -190,9 +193,16 @@ def _host(url: str) -> str:
 
 
 def _check_request(req: FetchRequest) -> None:
-    parts = urlsplit(req.url)
-    if parts.scheme not in ("http", "https") or not parts.netloc:
+    try:  # parsed the way aiohttp will (yarl): ports, IDNA and NFKC problems are 400s
+        u = URL(req.url)
+        port = u.port
+    except ValueError as exc:
+        raise InvalidRequest(f"'url' is not a valid URL: {exc}", param="url") from None
+    if u.scheme not in ("http", "https") or not u.host or port is None:
         raise InvalidRequest("'url' must be an absolute http(s) URL", param="url")
+    if u.user is not None or u.password is not None:
+        raise InvalidRequest("'url' must not carry credentials (user:password@host); send "
+                             "them in 'headers' instead: URLs end up in logs", param="url")
     if not req.session_id.strip():
         raise InvalidRequest("'session_id' must not be empty: budgets are per session",
                              param="session_id")

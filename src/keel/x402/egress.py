@@ -21,11 +21,11 @@ import re
 import socket
 from fnmatch import fnmatchcase
 from typing import Any
-from urllib.parse import urlsplit
 
 from aiohttp.abc import AbstractResolver, ResolveResult
 from aiohttp.helpers import is_ip_address
 from aiohttp.resolver import ThreadedResolver
+from yarl import URL
 
 from keel.errors import EgressDenied
 
@@ -34,11 +34,34 @@ class EgressRefused(OSError):
     """Raised inside the resolver; aiohttp wraps it, the client unwraps it."""
 
 
+# prefixes whose low 32 bits are an IPv4 address: NAT64 (well-known and local-use), SIIT
+_V4_IN_LOW_BITS = (ipaddress.ip_network("64:ff9b::/96"), ipaddress.ip_network("64:ff9b:1::/48"),
+                   ipaddress.ip_network("::ffff:0:0:0/96"))
+
+
+def _embedded_ipv4(ip: ipaddress.IPv6Address) -> list[ipaddress.IPv4Address]:
+    """IPv4 addresses an IPv6 address carries (mapped, 6to4, Teredo, NAT64, SIIT,
+    compatible)."""
+    out: list[ipaddress.IPv4Address] = []
+    if ip.ipv4_mapped is not None:
+        out.append(ip.ipv4_mapped)
+    if ip.sixtofour is not None:
+        out.append(ip.sixtofour)
+    if ip.teredo is not None:
+        out.extend(ip.teredo)
+    if any(ip in net for net in _V4_IN_LOW_BITS) or int(ip) >> 32 == 0:  # + ::a.b.c.d
+        out.append(ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF))
+    return out
+
+
 def is_public(address: str) -> bool:
+    """Globally routable unicast, and so is every IPv4 address it embeds."""
     ip = ipaddress.ip_address(address.split("%", 1)[0])
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    return ip.is_global and not ip.is_multicast
+    if not ip.is_global or ip.is_multicast:
+        return False
+    if isinstance(ip, ipaddress.IPv6Address):
+        return all(v4.is_global and not v4.is_multicast for v4 in _embedded_ipv4(ip))
+    return True
 
 
 class EgressPolicy:
@@ -51,10 +74,17 @@ class EgressPolicy:
         return any(fnmatchcase(host, p) or fnmatchcase(f"{host}:{port}", p) for p in patterns)
 
     def check_url(self, url: str) -> None:
-        """Refuse before any connection: host not allowed, or a non-public IP literal."""
-        parts = urlsplit(url)
-        host = (parts.hostname or "").lower()
-        port = parts.port or (443 if parts.scheme == "https" else 80)
+        """Refuse before any connection: host not allowed, or a non-public IP literal.
+
+        The URL is read with yarl, as aiohttp will connect to it: its host after IDNA and
+        NFKC normalisation (``127。0。0。1`` is ``127.0.0.1``), not what ``urlsplit`` sees."""
+        try:
+            u = URL(url)
+            host, port = (u.host or "").lower(), u.port
+        except ValueError as exc:
+            raise EgressDenied(f"'url' is not a valid URL: {exc}", param="url") from None
+        if not host or port is None:
+            raise EgressDenied("'url' has no host to check", param="url")
         if not self._matches(self.hosts, host, port):
             raise EgressDenied(f"{host}:{port} is not on the fetch allow-list "
                                "(wallets.x402.hosts)", param="url")

@@ -27,7 +27,7 @@ from keel.tools.ports import PAYMENT_RECEIPT_META, ToolCall
 from keel.tools.upstreams import X402_PAYMENT_META as PAYMENT_META
 from keel.tools.upstreams import X402_PAYMENT_RESPONSE_META as PAYMENT_RESPONSE_META
 from keel.wallets.money import fmt_usd
-from keel.x402.payer import Payer, Receipt, Signed
+from keel.x402.payer import Payer, Receipt, Signed, digest
 from keel.x402.requirements import payment_required_from_object
 
 log = logging.getLogger("keel.x402")
@@ -68,6 +68,15 @@ def receipt_meta(r: Receipt) -> dict[str, Any]:
             "transaction": r.transaction, "payer": r.payer}
 
 
+# errors the MCP client makes up itself: the paid request may have run and settled
+_CLIENT_SIDE = frozenset({types.CONNECTION_CLOSED, types.REQUEST_TIMEOUT})
+
+
+def _server_answered(exc: ToolFailed) -> bool:
+    code = exc.extra.get("upstream_code")
+    return code is not None and code not in _CLIENT_SIDE
+
+
 class PaidToolCalls:
     """:class:`keel.tools.ports.ToolPayments` on top of agent wallets."""
 
@@ -85,13 +94,15 @@ class PaidToolCalls:
                 f"{call.tool} is a paid tool and budgets are per session: send the session "
                 "id in the x-keel-session header", param="x-keel-session")
         resource = f"tool://{call.server}/{call.tool}"
-        signed = await self.payer.prepare(call.principal.tenant, call.agent, call.session_id,
-                                          resource, "tools/call", required, where)
+        signed = await self.payer.prepare(
+            call.principal.tenant, call.agent, call.session_id, resource, "tools/call",
+            required, where, request_digest=digest(
+                orjson.dumps(call.arguments, option=orjson.OPT_SORT_KEYS)))
         meta = {PAYMENT_META: signed.payload.model_dump(by_alias=True, exclude_none=True)}
         try:
             paid = await retry(meta)
         except ToolFailed as exc:
-            if exc.extra.get("upstream_code") is not None:  # the server answered: not settled
+            if _server_answered(exc):  # a JSON-RPC error from the server: not settled
                 await self.payer.failed(signed, f"the tool server refused the call: {exc}")
                 raise
             log.warning("paid tool call %s: outcome unknown (%s); hold %s kept until expiry",
@@ -109,7 +120,8 @@ class PaidToolCalls:
     async def _outcome(self, call: ToolCall, signed: Signed, paid: types.CallToolResult,
                        where: str) -> types.CallToolResult:
         settle = settlement(paid)
-        if not paid.is_error and (settle is None or settle.success):
+        # a successful settlement is a fact even on an error result: the money moved
+        if (settle is not None and settle.success) or (not paid.is_error and settle is None):
             receipt = await self.payer.settled(signed, settle, "ok")
             return paid.model_copy(update={"meta": {**(paid.meta or {}),
                                                     PAYMENT_RECEIPT_META: receipt_meta(receipt)}})

@@ -9,6 +9,7 @@ the outcome with :meth:`Payer.settled` or :meth:`Payer.failed`.
 
 from __future__ import annotations
 
+import hashlib
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -47,6 +48,15 @@ class Signed:
         return auth if isinstance(auth, dict) else {}
 
 
+def digest(*parts: bytes) -> str:
+    """A short digest of the request a payment is for (see ``PaymentIntent``)."""
+    h = hashlib.sha256()
+    for part in parts:
+        h.update(len(part).to_bytes(8, "big"))
+        h.update(part)
+    return h.hexdigest()[:32]
+
+
 class Payer:
     def __init__(self, wallets: WalletService) -> None:
         self.wallets = wallets
@@ -54,7 +64,8 @@ class Payer:
         self._clients: dict[str, x402Client] = {}
 
     async def prepare(self, tenant: str, agent: str, session_id: str, resource: str,
-                      method: str, required: PaymentRequired, host: str) -> Signed:
+                      method: str, required: PaymentRequired, host: str, *,
+                      request_digest: str = "") -> Signed:
         """Check, reserve and sign; raises (with nothing held) when any step refuses."""
         wallet = await self.wallets.db.run(lambda c: self.wallets.store.get(c, tenant, agent))
         try:
@@ -66,7 +77,7 @@ class Payer:
         intent = PaymentIntent(tenant=tenant, agent=agent, session_id=session_id,
                                url=resource, method=method, payee=offer.payee,
                                network=offer.chosen.network, asset=offer.chosen.asset,
-                               amount_micros=offer.micros)
+                               amount_micros=offer.micros, request_digest=request_digest)
         valid_before = time.time() + offer.chosen.max_timeout_seconds
         hold = await self.wallets.reserve(wallet, intent, valid_before)
         try:

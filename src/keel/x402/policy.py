@@ -3,7 +3,8 @@
 When the tool gateway (and so the policy store) exists, keel asks Cedar before reserving any
 payment, with the same principal (``Agent::"<agent>"``, its tenant and roles) and the same
 fail-closed rules as tool calls: default deny, ``forbid`` wins, errors deny. The context
-holds the payment (``payee``, ``amount_micros``, ``host``, ``network``, ``resource``) plus
+holds the payment (``payee``, ``amount_micros``, ``host``, ``port``, ``network``,
+``resource``) plus
 ``context.now`` and ``context.session``. A permitting policy annotated
 ``@approval("required")`` sends the payment to a human first (when approvals are on).
 
@@ -17,7 +18,8 @@ when { context.payee == "0x1111..." && context.amount_micros <= 50000 };
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
+
+from yarl import URL
 
 from keel.gateway.context import Principal
 from keel.policy.schema import ToolSignature
@@ -31,9 +33,9 @@ PAY_ACTION = "x402:pay"
 PAY_SIGNATURE = ToolSignature(PAY_ACTION, "x402", {
     "type": "object",
     "properties": {"payee": {"type": "string"}, "amount_micros": {"type": "integer"},
-                   "host": {"type": "string"}, "network": {"type": "string"},
-                   "resource": {"type": "string"}},
-    "required": ["payee", "amount_micros", "host", "network", "resource"],
+                   "host": {"type": "string"}, "port": {"type": "integer"},
+                   "network": {"type": "string"}, "resource": {"type": "string"}},
+    "required": ["payee", "amount_micros", "host", "port", "network", "resource"],
 })
 
 
@@ -45,10 +47,16 @@ def policy_actions(settings: Settings) -> list[ToolSignature]:
 
 
 def pay_arguments(intent: PaymentIntent) -> dict[str, Any]:
-    parts = urlsplit(intent.url)
-    host = parts.netloc if parts.scheme in ("http", "https") else f"{parts.scheme}:{parts.netloc}"
-    return {"payee": intent.payee, "amount_micros": intent.amount_micros,
-            "host": host.lower(), "network": intent.network, "resource": intent.url}
+    """The Cedar context of a payment. ``host`` is the bare host name as the connection uses
+    it (no port, no user info; for a paid tool, the tool server's name) and ``port`` is
+    separate, so ``context.host == "api.example.com"`` cannot be sidestepped."""
+    u = URL(intent.url)
+    host = (u.host or "").lower()
+    if u.scheme not in ("http", "https"):  # tool://server/name
+        host = f"{u.scheme}:{host}"
+    resource = str(u.with_user(None)) if u.user is not None else intent.url
+    return {"payee": intent.payee, "amount_micros": intent.amount_micros, "host": host,
+            "port": u.port or 0, "network": intent.network, "resource": resource}
 
 
 class CedarPayments:

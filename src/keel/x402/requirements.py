@@ -119,6 +119,12 @@ def choose(required: PaymentRequired, cfg: X402ClientSettings, host: str) -> Off
                 f"{what}: the requirements expire in {req.max_timeout_seconds} s; keel needs "
                 f"at least {cfg.min_validity_s} s to sign, retry and settle")
             continue
+        if req.max_timeout_seconds > cfg.max_validity_s:
+            problems.append(
+                f"{what}: the requirements stay valid for {req.max_timeout_seconds} s; keel "
+                f"signs authorizations valid for at most {cfg.max_validity_s} s "
+                "(wallets.x402.max_validity_s)")
+            continue
         payable.append(Offer(required, req, atomic_to_micros(amount, asset["decimals"]), payee))
     if not payable:
         raise PaymentRequirementsInvalid(
