@@ -220,8 +220,7 @@ class ToolGateway:
                      session_id: str = "") -> AuthzDecision:
         """Authorize an action that is not a tool call (a payment) and log the decision."""
         decision = await self.authorize(principal, action, arguments, session_id)
-        row = self._row(f"{self._id_prefix}{next(self._ids):08x}", principal, action,
-                        arguments, session_id, decision)
+        row = self._row(self._next_id(), principal, action, arguments, session_id, decision)
         self._submit(row, {"allow": "allowed", "deny": "denied"}.get(decision.outcome, "held"))
         return decision
 
@@ -233,7 +232,7 @@ class ToolGateway:
             raise PayloadTooLarge(f"tool arguments are {size} bytes; the limit is "
                                   f"{self.settings.max_argument_bytes} "
                                   "(tools.max_argument_bytes)")
-        decision_id = f"{self._id_prefix}{next(self._ids):08x}"
+        decision_id = self._next_id()
         decision = await self.authorize(principal, tool, arguments, session_id)
         row = self._row(decision_id, principal, tool, arguments, session_id, decision)
         if decision.outcome == "deny":
@@ -286,6 +285,9 @@ class ToolGateway:
         raise PolicyDenied(f"the approver rejected the call: {outcome.message or 'no reason'}",
                            param=name, policy_ids=ids, decision_id=decision_id,
                            approval_id=outcome.approval_id)
+
+    def _next_id(self) -> str:
+        return f"{self._id_prefix}{next(self._ids):08x}"
 
     def _row(self, decision_id: str, principal: Principal, tool: str, arguments: Any,
              session_id: str, d: AuthzDecision) -> dict[str, Any]:

@@ -20,6 +20,14 @@ from keel.gateway.context import Principal
 PAYMENT_RECEIPT_META = "keel/payment"
 
 
+def payment_headers(receipt: Any) -> dict[str, str]:
+    """``x-keel-payment-*`` response headers for a receipt dict (none without a payment)."""
+    if not isinstance(receipt, dict):
+        return {}
+    return {"x-keel-payment-id": str(receipt.get("id")),
+            "x-keel-payment-usd": str(receipt.get("amount"))}
+
+
 @dataclass(frozen=True)
 class ToolCall:
     """A tool call that passed Cedar (or awaits approval)."""

@@ -20,20 +20,13 @@ from keel.gateway.validation import check, parse_json
 from keel.tools.decision_log import DecisionFilter, query_decisions
 from keel.tools.gateway import ToolGateway
 from keel.tools.mcp_endpoint import SESSION_HEADER, McpEndpoint
-from keel.tools.ports import PAYMENT_RECEIPT_META
+from keel.tools.ports import PAYMENT_RECEIPT_META, payment_headers
 
 
 def result_json(result: types.CallToolResult) -> dict[str, Any]:
     out: dict[str, Any] = result.model_dump(mode="json", by_alias=True, exclude_none=True)
     out.pop("_meta", None)
     return out
-
-
-def _payment_headers(paid: Any) -> dict[str, str]:
-    if not isinstance(paid, dict):
-        return {}
-    return {"x-keel-payment-id": str(paid.get("id")),
-            "x-keel-payment-usd": str(paid.get("amount"))}
 
 
 class ToolRoutes:
@@ -76,7 +69,7 @@ class ToolRoutes:
         return ORJSONResponse({"id": decision_id, "tool": name, "decision": decision.outcome,
                                "policy_ids": list(decision.policy_ids),
                                "result": result_json(result), "payment": paid},
-                              headers=_payment_headers(paid))
+                              headers=payment_headers(paid))
 
     async def decisions(self, request: Request) -> Response:
         p = await authenticate(self.svc, request)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
@@ -23,10 +22,9 @@ from x402.schemas import SettleResponse
 from yarl import URL
 
 from keel.errors import InvalidRequest, PaymentFailed, UpstreamError, UpstreamTimeout
-from keel.wallets.hooks import PaymentIntent
 from keel.wallets.service import WalletService
 from keel.x402.egress import EgressPolicy, GuardedResolver, refusal
-from keel.x402.payer import Payer, Receipt, Signed, digest
+from keel.x402.payer import Payer, Receipt, Signed, digest, happened
 from keel.x402.requirements import (
     PAYMENT_RESPONSE,
     PAYMENT_SIGNATURE,
@@ -124,22 +122,16 @@ class PaidFetcher:
         try:
             required = parse_payment_required(first.headers, host)
         except Exception as exc:
-            await self.wallets.audit("unpayable", _intent(tenant, agent, req), error=str(exc))
+            await self.payer.unpayable(tenant, agent, req.session_id, req.url, req.method, exc)
             raise
         signed = await self.payer.prepare(
             tenant, agent, req.session_id, req.url, req.method, required, host,
             request_digest=digest(req.method.encode(), req.body or b""))
         header = encode_payment_signature_header(signed.payload)
-        hold = signed.hold
         try:
             resp = await self._send(req, {"PAYMENT-SIGNATURE": header}, paid=True)
         except _Uncertain as exc:
-            log.warning("payment %s: outcome unknown (%s); hold kept until %s", hold.id, exc,
-                        time.strftime("%H:%M:%S", time.localtime(hold.expires_at)))
-            raise PaymentFailed(
-                f"the paid request to {host} failed after signing ({exc}); the "
-                "outcome is unknown, so the amount stays reserved until the signed "
-                "authorization expires and is then released", payment_id=hold.id) from None
+            raise self.payer.unknown_outcome(signed, host, str(exc)) from None
         except BaseException as exc:  # not sent at all, or cancelled before sending
             if not isinstance(exc, asyncio.CancelledError):
                 await self.payer.failed(signed, f"not sent: {exc}")
@@ -148,8 +140,7 @@ class PaidFetcher:
 
     async def _outcome(self, req: FetchRequest, signed: Signed, resp: _Response) -> FetchResult:
         settle = _settle_response(resp.headers)
-        # a successful settlement is a fact whatever the status: the money moved
-        if (settle is not None and settle.success) or (resp.status < 400 and settle is None):
+        if happened(settle, resp.status < 400):
             receipt = await self.payer.settled(signed, settle, resp.status)
             return FetchResult(resp.status, resp.headers, resp.body, receipt)
         reason = _refusal_reason(resp, settle)
@@ -159,10 +150,6 @@ class PaidFetcher:
                                 "was charged", payment_id=signed.hold.id)
         # the server failed after verifying: x402 servers do not settle error responses
         return FetchResult(resp.status, resp.headers, resp.body)
-
-
-def _intent(tenant: str, agent: str, req: FetchRequest) -> PaymentIntent:
-    return PaymentIntent(tenant, agent, req.session_id, req.url, req.method, "", "", "", 0)
 
 
 def _settle_response(headers: Mapping[str, str]) -> SettleResponse | None:

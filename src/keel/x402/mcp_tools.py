@@ -26,8 +26,7 @@ from keel.errors import InvalidRequest, PaymentFailed, ToolFailed
 from keel.tools.ports import PAYMENT_RECEIPT_META, ToolCall
 from keel.tools.upstreams import X402_PAYMENT_META as PAYMENT_META
 from keel.tools.upstreams import X402_PAYMENT_RESPONSE_META as PAYMENT_RESPONSE_META
-from keel.wallets.money import fmt_usd
-from keel.x402.payer import Payer, Receipt, Signed, digest
+from keel.x402.payer import Payer, Signed, digest, happened
 from keel.x402.requirements import payment_required_from_object
 
 log = logging.getLogger("keel.x402")
@@ -62,12 +61,6 @@ def settlement(result: types.CallToolResult) -> SettleResponse | None:
                               transaction="", network="unknown")
 
 
-def receipt_meta(r: Receipt) -> dict[str, Any]:
-    return {"id": r.payment_id, "amount_micros": r.amount_micros,
-            "amount": fmt_usd(r.amount_micros), "payee": r.payee, "network": r.network,
-            "transaction": r.transaction, "payer": r.payer}
-
-
 # errors the MCP client makes up itself: the paid request may have run and settled
 _CLIENT_SIDE = frozenset({types.CONNECTION_CLOSED, types.REQUEST_TIMEOUT})
 
@@ -86,14 +79,19 @@ class PaidToolCalls:
     async def handle(self, call: ToolCall, result: types.CallToolResult,
                      retry: Retry) -> types.CallToolResult:
         where = f"tool {call.tool!r} ({call.server})"
-        required = payment_required(result, where)
+        resource = f"tool://{call.server}/{call.tool}"
+        try:
+            required = payment_required(result, where)
+        except Exception as exc:
+            await self.payer.unpayable(call.principal.tenant, call.agent, call.session_id,
+                                       resource, "tools/call", exc)
+            raise
         if required is None:
             return result
         if not call.session_id:
             raise InvalidRequest(
                 f"{call.tool} is a paid tool and budgets are per session: send the session "
                 "id in the x-keel-session header", param="x-keel-session")
-        resource = f"tool://{call.server}/{call.tool}"
         signed = await self.payer.prepare(
             call.principal.tenant, call.agent, call.session_id, resource, "tools/call",
             required, where, request_digest=digest(
@@ -105,12 +103,7 @@ class PaidToolCalls:
             if _server_answered(exc):  # a JSON-RPC error from the server: not settled
                 await self.payer.failed(signed, f"the tool server refused the call: {exc}")
                 raise
-            log.warning("paid tool call %s: outcome unknown (%s); hold %s kept until expiry",
-                        call.tool, exc, signed.hold.id)
-            raise PaymentFailed(
-                f"the paid call to {call.tool} failed after signing ({exc.message}); the outcome "
-                "is unknown, so the amount stays reserved until the signed authorization "
-                "expires and is then released", payment_id=signed.hold.id) from None
+            raise self.payer.unknown_outcome(signed, where, exc.message) from None
         except BaseException as exc:
             if not isinstance(exc, asyncio.CancelledError):
                 await self.payer.failed(signed, f"not sent: {exc}")
@@ -120,11 +113,10 @@ class PaidToolCalls:
     async def _outcome(self, call: ToolCall, signed: Signed, paid: types.CallToolResult,
                        where: str) -> types.CallToolResult:
         settle = settlement(paid)
-        # a successful settlement is a fact even on an error result: the money moved
-        if (settle is not None and settle.success) or (not paid.is_error and settle is None):
+        if happened(settle, not paid.is_error):
             receipt = await self.payer.settled(signed, settle, "ok")
             return paid.model_copy(update={"meta": {**(paid.meta or {}),
-                                                    PAYMENT_RECEIPT_META: receipt_meta(receipt)}})
+                                                    PAYMENT_RECEIPT_META: receipt.as_dict()}})
         if settle is not None and not settle.success:
             reason = settle.error_message or settle.error_reason or "settlement failed"
         else:

@@ -10,6 +10,7 @@ the outcome with :meth:`Payer.settled` or :meth:`Payer.failed`.
 from __future__ import annotations
 
 import hashlib
+import logging
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -20,8 +21,11 @@ from x402.schemas import PaymentPayload, PaymentRequired, SettleResponse
 
 from keel.errors import PaymentFailed
 from keel.wallets.hooks import PaymentIntent
+from keel.wallets.money import fmt_usd
 from keel.wallets.service import Reservation, WalletService
 from keel.x402.requirements import choose
+
+log = logging.getLogger("keel.x402")
 
 
 @dataclass
@@ -32,6 +36,18 @@ class Receipt:
     network: str
     transaction: str
     payer: str | None
+
+    def as_dict(self) -> dict[str, Any]:
+        """What agents see (``payment`` in JSON answers, ``_meta["keel/payment"]``)."""
+        return {"id": self.payment_id, "amount_micros": self.amount_micros,
+                "amount": fmt_usd(self.amount_micros), "payee": self.payee,
+                "network": self.network, "transaction": self.transaction, "payer": self.payer}
+
+
+def happened(settle: SettleResponse | None, succeeded: bool) -> bool:
+    """Did the payment happen? A successful settlement is a fact whatever the answer's
+    status; without a settlement receipt, a successful answer counts as paid."""
+    return (settle is not None and settle.success) or (succeeded and settle is None)
 
 
 @dataclass(frozen=True)
@@ -71,8 +87,7 @@ class Payer:
         try:
             offer = choose(required, self.cfg, host)
         except Exception as exc:
-            await self.wallets.audit("unpayable", PaymentIntent(
-                tenant, agent, session_id, resource, method, "", "", "", 0), error=str(exc))
+            await self.unpayable(tenant, agent, session_id, resource, method, exc)
             raise
         intent = PaymentIntent(tenant=tenant, agent=agent, session_id=session_id,
                                url=resource, method=method, payee=offer.payee,
@@ -95,6 +110,24 @@ class Payer:
             raise PaymentFailed(f"signing the payment failed: {exc}; nothing was charged") \
                 from None
         return Signed(hold, payload)
+
+    async def unpayable(self, tenant: str, agent: str, session_id: str, resource: str,
+                        method: str, error: Exception) -> None:
+        """Audit a 402 keel could not pay (malformed terms, nothing payable)."""
+        await self.wallets.audit("unpayable", PaymentIntent(
+            tenant, agent, session_id, resource, method, "", "", "", 0), error=str(error))
+
+    @staticmethod
+    def unknown_outcome(signed: Signed, where: str, cause: str) -> PaymentFailed:
+        """The paid request failed after it may have reached the server: the hold stays
+        until the signed authorization can no longer settle (the sweeper releases it)."""
+        hold = signed.hold
+        log.warning("payment %s: outcome unknown (%s); hold kept until %s", hold.id, cause,
+                    time.strftime("%H:%M:%S", time.localtime(hold.expires_at)))
+        return PaymentFailed(
+            f"the paid request to {where} failed after signing ({cause}); the outcome is "
+            "unknown, so the amount stays reserved until the signed authorization expires "
+            "and is then released", payment_id=hold.id)
 
     def _client(self, signer: Any) -> x402Client:
         c = x402Client()

@@ -16,6 +16,7 @@ from keel.gateway.context import Principal
 from keel.gateway.http import ORJSONResponse, read_body, require_admin
 from keel.gateway.routes import authenticate
 from keel.gateway.validation import check, parse_json, require
+from keel.tools.ports import payment_headers
 from keel.wallets.money import fmt_usd
 from keel.x402.client import FetchRequest, FetchResult
 
@@ -56,7 +57,8 @@ class PaymentRoutes:
         if isinstance(body.get("body"), dict | list):
             req.headers.setdefault("content-type", "application/json")
         result = await self.fetcher.fetch(p.tenant, agent, req)
-        return ORJSONResponse(_render(result), headers=_payment_headers(result))
+        receipt = result.payment.as_dict() if result.payment is not None else None
+        return ORJSONResponse(_render(result, receipt), headers=payment_headers(receipt))
 
     async def refund(self, request: Request, payment_id: str) -> Response:
         p = await authenticate(self.svc, request)
@@ -97,25 +99,12 @@ def _body(raw: Any) -> bytes | None:
     raise WrongType("'body' must be a string or a JSON object/array", param="body")
 
 
-def _render(r: FetchResult) -> dict[str, Any]:
+def _render(r: FetchResult, receipt: dict[str, Any] | None) -> dict[str, Any]:
     out: dict[str, Any] = {"status": r.status, "headers": r.headers}
     try:
         out["body"] = r.body.decode()
     except UnicodeDecodeError:
         out["body"] = base64.b64encode(r.body).decode()
         out["body_encoding"] = "base64"
-    if r.payment is not None:
-        p = r.payment
-        out["payment"] = {"id": p.payment_id, "amount_micros": p.amount_micros,
-                          "amount": fmt_usd(p.amount_micros), "payee": p.payee,
-                          "network": p.network, "transaction": p.transaction, "payer": p.payer}
-    else:
-        out["payment"] = None
+    out["payment"] = receipt
     return out
-
-
-def _payment_headers(r: FetchResult) -> dict[str, str]:
-    if r.payment is None:
-        return {}
-    return {"x-keel-payment-id": r.payment.payment_id,
-            "x-keel-payment-usd": fmt_usd(r.payment.amount_micros)}
