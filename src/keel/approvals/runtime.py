@@ -16,7 +16,6 @@ Two tunings, applied once per process (:func:`tune_dbos`):
 from __future__ import annotations
 
 import logging
-import sqlite3
 import threading
 import time
 from collections.abc import Callable
@@ -26,6 +25,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from keel.config import Settings
+from keel.storage.sqlite_file import connect_wal
 
 log = logging.getLogger("keel.approvals")
 
@@ -87,8 +87,7 @@ def _sqlite_engine(url: str) -> sa.Engine:
     """DBOS's SQLite engine plus WAL and synchronous=NORMAL (DBOS sets neither)."""
     path = url.removeprefix("sqlite:///")
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    with sqlite3.connect(path) as c:  # journal_mode=WAL is persistent in the file
-        c.execute("PRAGMA journal_mode=WAL")
+    connect_wal(path).close()  # journal_mode=WAL is persistent in the file
     engine = sa.create_engine(url, pool_size=10, max_overflow=20, pool_timeout=30)
 
     @sa.event.listens_for(engine, "connect")

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from keel.errors import StorageError
+from keel.storage.sqlite_file import connect_wal
 
 T = TypeVar("T")
 
@@ -40,14 +41,10 @@ class SQLiteKV:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
         if conn is None:
             try:
-                conn = sqlite3.connect(self.path, timeout=5.0, isolation_level=None,
+                with self._lock:  # the first connection creates the tables, once
+                    conn = connect_wal(self.path, schema=None if self._ready else _SCHEMA,
                                        check_same_thread=False)
-                conn.execute("PRAGMA journal_mode=WAL")
-                conn.execute("PRAGMA synchronous=NORMAL")
-                with self._lock:
-                    if not self._ready:
-                        conn.executescript(_SCHEMA)
-                        self._ready = True
+                    self._ready = True
             except sqlite3.Error as exc:
                 raise StorageError(f"kv store {self.path} is not usable: {exc}") from None
             self._local.conn = conn

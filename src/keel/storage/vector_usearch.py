@@ -41,6 +41,7 @@ from usearch.index import Index
 
 from keel.errors import InvalidRequest, StorageError
 from keel.ports.vector_index import Hit, Metadata, Vectors
+from keel.storage.sqlite_file import connect_wal
 from keel.storage.vector_checks import (
     check_dim,
     check_filters,
@@ -153,10 +154,7 @@ class UsearchVectorIndex:
 
     def _open(self) -> None:
         self._dir.mkdir(parents=True, exist_ok=True)
-        db = sqlite3.connect(self.db_path, check_same_thread=False, isolation_level=None)
-        db.execute("PRAGMA journal_mode=WAL")
-        db.execute("PRAGMA synchronous=NORMAL")
-        db.executescript(_SCHEMA)
+        db = connect_wal(self.db_path, schema=_SCHEMA, check_same_thread=False)
         self._db = db
         meta = dict(db.execute("SELECT k, v FROM meta").fetchall())
         self._dim = int(meta.get("dim", 0))
