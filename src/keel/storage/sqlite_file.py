@@ -2,8 +2,8 @@
 
 Switching a fresh file to WAL (and creating its tables) needs a write lock; SQLite answers
 "database is locked" at once, without waiting on the busy timeout, when two connections
-that both read the file each want it. The first connection to a new file therefore does
-its setup under a retry loop, and later ones skip the switch (WAL is stored in the file).
+that both read the file each want it. Every connection therefore does its setup under a
+retry loop, and skips the switch once the file is WAL (the mode is stored in the file).
 """
 
 from __future__ import annotations
