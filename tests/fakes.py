@@ -33,6 +33,9 @@ class FakeUpstream:
     completion_tokens: int = 7
     fail_first: int = 0
     status: int = 200
+    # fields merged into every non-streamed answer and the streamed usage chunk, to script
+    # upstream nonsense (``{"usage": {"prompt_tokens": 1e30}}``, ``{"choices": "nope"}``)
+    override: dict[str, Any] = field(default_factory=dict)
     calls: list[dict[str, Any]] = field(default_factory=list)
     port: int = 0
     _loop: asyncio.AbstractEventLoop | None = None
@@ -59,7 +62,7 @@ class FakeUpstream:
                 "model": body.get("model"),
                 "choices": [{"index": 0, "finish_reason": "stop",
                              "message": {"role": "assistant", "content": self.reply}}],
-                "usage": usage,
+                "usage": usage, **self.override,
             })
         resp = web.StreamResponse(headers={"content-type": "text/event-stream"})
         await resp.prepare(request)
@@ -74,7 +77,8 @@ class FakeUpstream:
                  "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}
         await resp.write(b"data: " + json.dumps(final).encode() + b"\n\n")
         if (body.get("stream_options") or {}).get("include_usage"):
-            u = {**final, "choices": [], "usage": usage}
+            u = {**final, "choices": [], "usage": usage,
+                 **{k: v for k, v in self.override.items() if k == "usage"}}
             await resp.write(b"data: " + json.dumps(u).encode() + b"\n\n")
         await resp.write(b"data: [DONE]\n\n")
         return resp

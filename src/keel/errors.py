@@ -43,6 +43,10 @@ class MalformedJSON(InvalidRequest):
     code = "malformed_json"
 
 
+class JsonTooDeep(MalformedJSON):
+    code = "json_too_deep"
+
+
 class MissingField(InvalidRequest):
     code = "missing_field"
 

@@ -141,15 +141,24 @@ class RequestLogWriter:
         self._queue = asyncio.Queue(maxsize=self.settings.queue_limit)
         self._task = asyncio.create_task(self._run(), name="keel-request-log")
 
+    def _dropped(self, n: int) -> None:
+        self.stats.dropped += n
+        if self._on_drop:
+            self._on_drop(n)
+
     def submit(self, ctx: RequestContext) -> None:
         if not self.settings.enabled or self._queue is None:
             return
         try:
-            self._queue.put_nowait(record_from(ctx, store_bodies=self.settings.store_bodies))
+            record = record_from(ctx, store_bodies=self.settings.store_bodies)
+        except Exception:  # a record that cannot even be built is one drop, not a 500
+            log.exception("request log: cannot record request %s", ctx.id)
+            self._dropped(1)
+            return
+        try:
+            self._queue.put_nowait(record)
         except asyncio.QueueFull:
-            self.stats.dropped += 1
-            if self._on_drop:
-                self._on_drop(1)
+            self._dropped(1)
 
     async def _run(self) -> None:
         assert self._queue is not None
@@ -177,9 +186,20 @@ class RequestLogWriter:
         try:
             await self.db.run(lambda c: c.exec_driver_sql(sql, rows))
             self.stats.written += len(batch)
+            return
         except Exception:  # a failed batch must never take the gateway down
             self.stats.failed_batches += 1
-            log.exception("request log: failed to write %d records", len(batch))
+            log.warning("request log: a batch of %d records failed; writing them one by one",
+                        len(batch))
+        # One unwritable record must not cost the others: retry each row on its own and
+        # count only the rows that still fail as dropped.
+        for row in rows:
+            try:
+                await self.db.run(lambda c, row=row: c.exec_driver_sql(sql, [row]))
+                self.stats.written += 1
+            except Exception:
+                log.exception("request log: dropped the record of request %s", row[0])
+                self._dropped(1)
 
     async def flush(self) -> None:
         """Write everything submitted so far, including a batch being collected or written.
