@@ -339,3 +339,25 @@ async def test_fetch_endpoint_for_an_agent(
             assert page.status_code == 200
             assert 'id="total-x402-spend">$0.005<' in page.text and "<svg" in page.text
             assert "<td>web</td><td>1</td><td>$0.005</td>" in page.text  # per session
+
+
+@pytest.mark.parametrize("headers", [{"x-a": "1\r\nx-injected: 1"}, {"bad name": "v"},
+                                     {"x-a": "nul\x00"}])
+async def test_fetch_refuses_header_injection_with_400(
+        tmp_path: Path, sandbox: tuple[Sandbox, SandboxServer], headers: dict) -> None:
+    from keel.app import create_app
+
+    _sb, srv = sandbox
+    s = wallet_services(tmp_path)
+    assert s.wallets is not None
+    s.wallets.create_wallet("acme", "bot")
+    agent_key = s.keys.create("acme", agent="bot").secret
+    app = create_app(s.settings, services=s)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app, client=("127.0.0.1", 5555))
+        async with httpx.AsyncClient(transport=transport, base_url="http://keel") as c:
+            r = await c.post("/v1/fetch", headers={"authorization": f"Bearer {agent_key}"},
+                             json={"url": srv.url + "/free", "session_id": "s",
+                                   "headers": headers})
+    assert r.status_code == 400, r.text
+    assert r.json()["error"]["param"] == "headers"

@@ -15,6 +15,8 @@ DENIED = "denied"
 TIMED_OUT = "timed_out"
 AUTO_APPROVED = "auto_approved"
 AUTO_DENIED = "auto_denied"
+MAX_AMOUNT = 1e12  # USD: far above any real action, far below float trouble
+MAX_TIMEOUT_S = 366 * 24 * 3600.0  # a year
 STATUSES = (PENDING, APPROVED, DENIED, TIMED_OUT, AUTO_APPROVED, AUTO_DENIED)
 
 
@@ -25,12 +27,14 @@ class Proposal(BaseModel):
 
     action: str = Field(min_length=1, max_length=200)
     arguments: dict[str, Any] = Field(default_factory=dict)
-    amount: float | None = None
+    # Bounded so a hostile proposal cannot dodge amount rules (-1e308) or never expire.
+    amount: float | None = Field(default=None, ge=0, le=MAX_AMOUNT, allow_inf_nan=False)
     risk_level: str = "HIGH"
     reason: str = Field(default="", max_length=4000)
     requested_by: str = Field(default="", max_length=200)
     tenant: str = "default"
-    timeout_s: float | None = Field(default=None, gt=0)  # overrides [approvals] timeout_s
+    timeout_s: float | None = Field(default=None, gt=0, le=MAX_TIMEOUT_S,
+                                    allow_inf_nan=False)  # overrides [approvals] timeout_s
     idempotency_key: str | None = Field(default=None, max_length=200)
 
     @field_validator("risk_level")

@@ -20,8 +20,9 @@ from keel.approvals import slack, store
 from keel.approvals.engine import Decider
 from keel.approvals.models import STATUSES, Proposal
 from keel.approvals.oneshot import RESERVED_KEY_PREFIXES, reserved_key
-from keel.errors import ConfigError, InvalidRequest, KeelError, NotFound, PermissionDenied
+from keel.errors import InvalidRequest, KeelError, NotFound, PermissionDenied
 from keel.gateway.http import ORJSONResponse, client_ip, read_body, require_admin
+from keel.gateway.params import choice_param, int_param
 from keel.gateway.routes import authenticate
 from keel.gateway.validation import parse_json
 
@@ -92,13 +93,8 @@ class ApprovalRoutes:
     async def list(self, request: Request) -> Response:
         p = await authenticate(self.svc, request)
         q = request.query_params
-        status = q.get("status") or None
-        if status is not None and status not in STATUSES:
-            raise InvalidRequest(f"status must be one of {', '.join(STATUSES)}", param="status")
-        try:
-            limit = min(int(q.get("limit", 100)), 1000)
-        except ValueError:
-            raise InvalidRequest("limit must be an integer", param="limit") from None
+        status = choice_param(q, "status", STATUSES)
+        limit = int_param(q, "limit", 100, 1, 1000)
         f = store.ListFilter(status=status, action=q.get("action") or None, limit=limit,
                              tenant=(q.get("tenant") or None) if p.admin else p.tenant)
         rows = await self.engine.list(f)
@@ -195,8 +191,9 @@ class ApprovalRoutes:
 
     async def slack(self, request: Request) -> Response:
         secret = self.engine.cfg.slack_signing_secret
-        if secret is None:
-            raise ConfigError("Slack interactivity needs [approvals] slack_signing_secret")
+        if secret is None:  # not configured: the endpoint does not exist (no 500)
+            raise NotFound("Slack interactivity is not configured on this gateway (set "
+                           "[approvals] slack_signing_secret)")
         body = await read_body(request, 65536)
         try:
             slack.verify(secret.get_secret_value(),

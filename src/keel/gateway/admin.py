@@ -11,6 +11,7 @@ from starlette.responses import Response
 
 from keel.errors import InvalidRequest, NotFound
 from keel.gateway.http import ORJSONResponse, read_body, require_admin
+from keel.gateway.params import choice_param, float_param, int_param
 from keel.gateway.routes import authenticate
 from keel.gateway.services import Services
 from keel.gateway.validation import check, parse_json, require
@@ -70,14 +71,11 @@ class AdminRoutes:
     async def list_requests(self, request: Request) -> Response:
         await self._admin(request)
         q = request.query_params
-        try:
-            f = LogFilter(tenant=q.get("tenant"), model=q.get("model"), status=q.get("status"),
-                          since=float(q["since"]) if "since" in q else None,
-                          limit=min(int(q.get("limit", 100)), 1000))
-        except ValueError:
-            raise InvalidRequest(
-                "'since' must be a unix timestamp and 'limit' an integer"
-            ) from None
+        f = LogFilter(tenant=q.get("tenant"), model=q.get("model"),
+                      status=choice_param(q, "status", ("ok", "error")),
+                      since=float_param(q, "since", 0, 1e11),
+                      limit=int_param(q, "limit", 100, 1, 1000),
+                      offset=int_param(q, "offset", 0, 0, 10**9))
         await self.svc.request_log.flush()
         rows: list[dict[str, Any]] = await self.svc.db.run(lambda c: query_requests(c, f))
         return ORJSONResponse({"object": "list", "data": rows})

@@ -23,6 +23,7 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 
 from keel.errors import AuthenticationError
 from keel.gateway.context import Principal
+from keel.gateway.params import MAX_HOURS, MAX_PAGE, choice_param, float_param, int_param
 from keel.gateway.services import Services
 from keel.metering.request_log import (
     LogFilter,
@@ -160,13 +161,13 @@ class ConsoleRoutes:
 
     def _filter(self, request: Request, p: Principal, limit: int = 50) -> LogFilter:
         q = request.query_params
-        hours = q.get("hours", "")
-        page = max(1, int(q["page"])) if q.get("page", "").isdigit() else 1
+        hours = float_param(q, "hours", 0, MAX_HOURS)
+        page = int_param(q, "page", 1, 1, MAX_PAGE)
         return LogFilter(
             tenant=q.get("tenant") or None if p.admin else p.tenant,
             model=q.get("model") or None,
-            status=q.get("status") if q.get("status") in ("ok", "error") else None,
-            since=time.time() - float(hours) * 3600 if hours.isdigit() else None,
+            status=choice_param(q, "status", ("ok", "error")),
+            since=time.time() - hours * 3600 if hours is not None else None,
             search=q.get("q") or None,
             limit=limit, offset=(page - 1) * limit,
         )

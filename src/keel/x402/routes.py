@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import re
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -81,11 +82,24 @@ class PaymentRoutes:
                                "available": fmt_usd(balances.get("available", 0))})
 
 
+# RFC 9110 token characters for a header name; values may not carry CR, LF or NUL
+# (header injection, and the HTTP client refuses them with an exception).
+_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+_BAD_VALUE = re.compile(r"[\r\n\x00]")
+
+
 def _headers(raw: Any) -> dict[str, str]:
     if raw is None:
         return {}
     if not isinstance(raw, dict) or not all(isinstance(v, str) for v in raw.values()):
         raise WrongType("'headers' must be an object of string values", param="headers")
+    for k, v in raw.items():
+        if not _TOKEN.fullmatch(k):
+            raise InvalidRequest(f"header name {k[:60]!r} is not a valid HTTP header name",
+                                 param="headers")
+        if _BAD_VALUE.search(v):
+            raise InvalidRequest(f"header {k!r} contains CR, LF or NUL: send one line per "
+                                 "header value", param="headers")
     return {str(k): v for k, v in raw.items()}
 
 
