@@ -144,3 +144,22 @@ def test_firewall_export_blocked(config: Path, tmp_path: Path) -> None:
     # the exported set is a valid regression set for `keel firewall eval`
     code, text = run(config, "firewall", "eval", str(out), "--json", "--no-semantic")
     assert code == 0, text
+
+
+def test_serve_on_a_busy_port_fails_fast(config: Path, tmp_path: Path) -> None:
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        proc = subprocess.run(
+            [sys.executable, "-m", "keel.cli.main", "--config", str(config), "serve",
+             "--host", "127.0.0.1", "--port", str(port)],
+            capture_output=True, text=True, timeout=120, env={**os.environ, "COLUMNS": "200"})
+    assert proc.returncode == 1, proc.stderr
+    assert f"port {port} on 127.0.0.1 is already in use" in proc.stderr
+    # refused before the start-up: no database, no admin key, no model load
+    assert not (tmp_path / "data" / "keel.db").exists()

@@ -57,6 +57,29 @@ def prepare(settings: Settings) -> None:
         db.dispose()
 
 
+def port_in_use(host: str, port: int) -> str | None:
+    """Why ``host:port`` cannot be served (in use, not an address here), or None."""
+    import errno
+    import socket
+
+    try:
+        infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM,
+                                   flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        return f"cannot bind to {host}:{port}: {exc.strerror}; check server.host / --host"
+    family, kind, proto, _, addr = infos[0]
+    with socket.socket(family, kind, proto) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does
+        try:
+            sock.bind(addr)
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                return (f"port {port} on {host} is already in use (another keel or another "
+                        "server); stop it or pick another port with --port")
+            return f"cannot bind to {host}:{port}: {exc.strerror}"
+    return None
+
+
 def register(app: typer.Typer) -> None:
     @app.command("serve")
     def serve(
@@ -71,6 +94,9 @@ def register(app: typer.Typer) -> None:
         """Run the OpenAI-compatible gateway."""
         overrides = {"server.host": host, "server.port": port, "server.workers": workers}
         settings = settings_from(ctx, **overrides)
+        busy = port_in_use(settings.server.host, settings.server.port)
+        if busy is not None:  # before the heavy start-up (migrations, models, DBOS)
+            fail(busy)
         try:
             prepare(settings)
         except KeelError as exc:

@@ -22,8 +22,10 @@ class ORJSONResponse(Response):
 
 
 def error_response(exc: KeelError, *, request_id: str | None = None) -> Response:
-    headers = {"x-keel-request-id": request_id} if request_id else None
-    return ORJSONResponse(exc.to_dict(), status_code=exc.http_status, headers=headers)
+    headers = {"x-keel-request-id": request_id} if request_id else {}
+    if exc.http_status == 401:  # RFC 9110: a 401 names the scheme the client should use
+        headers["www-authenticate"] = 'Bearer realm="keel"'
+    return ORJSONResponse(exc.to_dict(), status_code=exc.http_status, headers=headers or None)
 
 
 async def read_body(request: Request, limit: int) -> bytes:

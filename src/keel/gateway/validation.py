@@ -101,6 +101,9 @@ def _range(body: JSON, name: str, lo: float, hi: float) -> None:
 def _common(body: JSON) -> None:
     require(body, "model", str)
     check(body, "stream", bool)
+    opts = check(body, "stream_options", dict)
+    if opts is not None:
+        check(opts, "include_usage", bool, where="stream_options.")
     mt = check(body, "max_tokens", int)
     if mt is not None and mt < 1:
         raise InvalidRequest(f"field 'max_tokens' must be >= 1, got {mt}", param="max_tokens")
@@ -208,6 +211,9 @@ def validate_embeddings(body: JSON) -> list[str] | None:
     if len(texts) > 2048:
         raise InvalidRequest(f"field 'input' has {len(texts)} items; the limit is 2048",
                              param="input")
+    dims = check(body, "dimensions", int)
+    if dims is not None and dims < 1:
+        raise InvalidRequest(f"field 'dimensions' must be >= 1, got {dims}", param="dimensions")
     enc = check(body, "encoding_format", str)
     if enc not in (None, "float", "base64"):
         raise InvalidRequest("field 'encoding_format' must be 'float' or 'base64'",

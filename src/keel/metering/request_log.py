@@ -13,6 +13,7 @@ import contextlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import orjson
@@ -195,7 +196,7 @@ class RequestLogWriter:
         # count only the rows that still fail as dropped.
         for row in rows:
             try:
-                await self.db.run(lambda c, row=row: c.exec_driver_sql(sql, [row]))
+                await self.db.run(partial(_insert_one, sql=sql, row=row))
                 self.stats.written += 1
             except Exception:
                 log.exception("request log: dropped the record of request %s", row[0])
@@ -224,6 +225,10 @@ class RequestLogWriter:
                 await self._task
             self._task = None
         await self.flush()
+
+
+def _insert_one(c: Connection, *, sql: str, row: tuple[Any, ...]) -> None:
+    c.exec_driver_sql(sql, [row])
 
 
 # -- queries used by the console and CLI --------------------------------------------------
