@@ -210,7 +210,7 @@ def create_app(settings: Settings, *, services: Services | None = None, **kw: An
     # FastAPI's built-in OpenTelemetry costs ~25 µs per request; opt in with server.otel.
     otel = settings.server.otel
     app = FastAPI(title="keel", version=__version__, lifespan=lifespan,
-                  docs_url="/docs", redoc_url=None,
+                  docs_url=None, redoc_url=None,  # /docs: keel.gateway.api_docs
                   telemetry={"tracing": otel, "metrics": otel, "logs": otel,
                              "operation_spans": otel})
     app.state.services = svc
@@ -237,8 +237,29 @@ def create_app(settings: Settings, *, services: Services | None = None, **kw: An
     from keel.web.console import ConsoleRoutes
 
     app.include_router(ConsoleRoutes(svc).router())
+    from keel.gateway.api_docs import install as install_docs
+
+    install_docs(app)  # after every router: the document describes them all
     _install_error_handlers(app)
     return app
+
+
+def _allowed_methods(app: FastAPI, request: Request) -> str:
+    """Every method some route serves at this path (Starlette names only the first)."""
+    from starlette.routing import Match
+
+    methods: set[str] = set()
+    todo: list[Any] = list(app.router.routes)
+    while todo:
+        route = todo.pop()
+        inner = getattr(route, "original_router", None)  # FastAPI's included routers
+        if inner is not None:
+            todo.extend(inner.routes)
+            continue
+        allowed = getattr(route, "methods", None)
+        if allowed and route.matches(request.scope)[0] != Match.NONE:
+            methods.update(allowed)
+    return ", ".join(sorted(methods))
 
 
 def _install_error_handlers(app: FastAPI) -> None:
@@ -246,15 +267,17 @@ def _install_error_handlers(app: FastAPI) -> None:
         assert isinstance(exc, KeelError)
         return error_response(exc)
 
-    async def http_error(_r: Request, exc: Exception) -> Response:
+    async def http_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, StarletteHTTPException)
         if exc.status_code == 404:
             return error_response(NotFound("no such endpoint; see /docs for the API"))
         if exc.status_code == 405:
+            allow = _allowed_methods(app, request) or (exc.headers or {}).get("Allow", "")
             return ORJSONResponse(
                 {"error": {"type": "invalid_request_error", "code": "method_not_allowed",
-                           "message": "method not allowed for this endpoint", "param": None}},
-                status_code=405,
+                           "message": f"method not allowed for this endpoint; use {allow}",
+                           "param": None}},
+                status_code=405, headers={"Allow": allow} if allow else None,
             )
         return ORJSONResponse(
             {"error": {"type": "invalid_request_error", "code": f"http_{exc.status_code}",
