@@ -20,10 +20,10 @@ from pathlib import Path
 
 import pytest
 
+from conftest import make_settings
 from keel.app import build_services, create_app
 from keel.gateway.services import Services
 
-from conftest import make_settings
 from fakes import FakeUpstream
 from live import serve_app
 
