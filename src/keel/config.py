@@ -187,31 +187,35 @@ class Settings(BaseSettings):
         return (init_settings,)  # env and TOML are merged by load_settings()
 
 
-def _expand(value: Any, where: str) -> Any:
+def _expand(value: Any, where: str, strict: bool = True) -> Any:
+    """Substitute ``${VAR}``. Unset: an error, or (``strict=False``, for commands that do
+    not use the setting) the value is left out so its default applies."""
     if isinstance(value, str):
-
-        def sub(m: re.Match[str]) -> str:
-            var = m.group(1)
-            if var not in os.environ:
-                raise ConfigError(f"{where} references ${{{var}}} but {var} is not set")
-            return os.environ[var]
-
-        return _VAR.sub(sub, value)
+        missing = [v for v in _VAR.findall(value) if v not in os.environ]
+        if missing and not strict:
+            return _UNSET
+        if missing:
+            raise ConfigError(f"{where} references ${{{missing[0]}}} but {missing[0]} is not set")
+        return _VAR.sub(lambda m: os.environ[m.group(1)], value)
     if isinstance(value, dict):
-        return {k: _expand(v, f"{where}.{k}") for k, v in value.items()}
+        out = {k: _expand(v, f"{where}.{k}", strict) for k, v in value.items()}
+        return {k: v for k, v in out.items() if v is not _UNSET}
     if isinstance(value, list):
-        return [_expand(v, f"{where}[{i}]") for i, v in enumerate(value)]
+        return [_expand(v, f"{where}[{i}]", strict) for i, v in enumerate(value)]
     return value
 
 
-def read_toml(path: Path) -> dict[str, Any]:
+_UNSET = object()  # a value whose ${VAR} is unset, left out when loading leniently
+
+
+def read_toml(path: Path, *, strict_env: bool = True) -> dict[str, Any]:
     try:
         raw = tomllib.loads(path.read_text())
     except FileNotFoundError:
         raise ConfigError(f"config file {path} does not exist") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path} is not valid TOML: {exc}") from None
-    result: dict[str, Any] = _expand(raw, path.name)
+    result: dict[str, Any] = _expand(raw, path.name, strict_env)
     return result
 
 
@@ -242,18 +246,21 @@ def _env_overrides() -> dict[str, Any]:
     return out
 
 
-def load_settings(config: Path | None = None, **overrides: Any) -> Settings:
+def load_settings(config: Path | None = None, *, strict_env: bool = True,
+                  **overrides: Any) -> Settings:
     """Build the settings object.
 
     ``config`` defaults to ``$KEEL_CONFIG`` or ``./keel.toml`` when that file exists.
     ``overrides`` are CLI flags; ``None`` values are ignored. Nested keys use dots.
+    ``strict_env=False`` leaves out values whose ``${VAR}`` is unset instead of failing
+    (CLI commands that never use them: `keel models` needs no wallet key).
     """
     if config is None:
         env_path = os.environ.get("KEEL_CONFIG")
         config = Path(env_path) if env_path else Path("keel.toml")
-        data = read_toml(config) if config.exists() else {}
+        data = read_toml(config, strict_env=strict_env) if config.exists() else {}
     else:
-        data = read_toml(config)
+        data = read_toml(config, strict_env=strict_env)
     data = _merge(data, _env_overrides())
     flags: dict[str, Any] = {}
     for key, value in overrides.items():

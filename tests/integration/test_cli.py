@@ -163,3 +163,44 @@ def test_serve_on_a_busy_port_fails_fast(config: Path, tmp_path: Path) -> None:
     assert f"port {port} on 127.0.0.1 is already in use" in proc.stderr
     # refused before the start-up: no database, no admin key, no model load
     assert not (tmp_path / "data" / "keel.db").exists()
+
+
+def test_cli_prints_square_brackets_literally(config: Path) -> None:
+    code, out = run(config, "keys", "revoke", "[bold]k_1[/]")
+    assert code == 1
+    assert "'[bold]k_1[/]'" in out
+    code, out = run(config, "keys", "create", "--tenant", "[red]acme[/]")
+    assert code == 0 and "tenant=[red]acme[/]" in out
+
+
+def test_tables_are_whole_when_piped_and_json_is_offered(config: Path) -> None:
+    # no COLUMNS: the way a pipe (`keel models | grep`) sees it
+    result = CliRunner().invoke(build(), ["--config", str(config), "models"])
+    assert result.exit_code == 0
+    assert "gemma-3-270m" in result.output and "all-minilm-l6-v2" in result.output
+    assert "…" not in result.output
+    code, out = run(config, "models", "--json")
+    models = {m["name"]: m for m in json.loads(out)}
+    assert models["fake-gpt"]["provider"] == "openai" and "api_key" not in models["fake-gpt"]
+    created = json.loads(run(config, "keys", "create", "--tenant", "acme", "--json")[1])
+    keys = json.loads(run(config, "keys", "list", "--json")[1])
+    assert [k["id"] for k in keys] == [created["id"]] and "key" not in keys[0]
+    code, out = run(config, "approvals", "list", "--status", "all", "--json")
+    assert code == 0 and json.loads(out) == []
+    code, out = run(config, "approvals", "list", "--status", "zzz")
+    assert code == 1 and "--status must be one of" in out
+
+
+def test_unrelated_commands_work_without_the_wallet_key(
+    config: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with config.open("a") as f:
+        f.write('[wallets]\nenabled = true\nencryption_key = "${KEEL_WALLET_KEY}"\n')
+    monkeypatch.delenv("KEEL_WALLET_KEY", raising=False)
+    code, out = run(config, "models")
+    assert code == 0 and "fake-gpt" in out
+    code, out = run(config, "keys", "list")
+    assert code == 0, out
+    # the commands that need it still say exactly what is missing
+    code, out = run(config, "wallet", "balance", "--tenant", "acme")
+    assert code == 1 and "KEEL_WALLET_KEY is not set" in out

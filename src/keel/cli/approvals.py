@@ -9,9 +9,8 @@ import time
 
 import orjson
 import typer
-from rich.table import Table
 
-from keel.cli.common import console, fail, settings_from
+from keel.cli.common import console, fail, new_table, settings_from, styled
 from keel.errors import KeelError
 
 
@@ -35,15 +34,23 @@ def build() -> typer.Typer:
         status: str | None = typer.Option("pending", "--status", "-s",
                                           help="pending, approved, denied, timed_out, ... "
                                                "or 'all'"),
-        limit: int = typer.Option(50, "--limit"),
+        limit: int = typer.Option(50, "--limit", min=1, max=1000),
+        as_json: bool = typer.Option(False, "--json", help="JSON, one list."),
     ) -> None:
         """Approvals, newest first (pending ones by default)."""
+        from keel.approvals.models import STATUSES
         from keel.approvals.store import ListFilter
 
+        if status not in (*STATUSES, "all"):
+            fail(f"--status must be one of {', '.join(STATUSES)} or all")
         eng = _engine(ctx)
         rows = asyncio.run(eng.list(ListFilter(status=None if status == "all" else status,
                                                limit=limit)))
-        t = Table("id", "action", "amount", "risk", "status", "outcome", "requested by",
+        if as_json:
+            typer.echo(orjson.dumps([a.public() for a in rows]).decode())
+            eng.db.dispose()
+            return
+        t = new_table("id", "action", "amount", "risk", "status", "outcome", "requested by",
                   "expires in")
         now = time.time()
         for a in rows:
@@ -65,7 +72,7 @@ def build() -> typer.Typer:
         except KeelError as exc:
             fail(exc.message)
         console.print_json(orjson.dumps(a.public()).decode())
-        t = Table("time", "event", "accepted", "actor", "ip", "channel", "detail")
+        t = new_table("time", "event", "accepted", "actor", "ip", "channel", "detail")
         for r in reversed(eng.db.transaction(lambda c: audit_rows(c, approval_id))):
             t.add_row(time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r["at"])), r["event"],
                       "yes" if r["accepted"] else "NO", r["actor"] or "", r["ip"] or "",
@@ -84,7 +91,8 @@ def build() -> typer.Typer:
             fail(exc.message)
         finally:
             eng.db.dispose()
-        console.print(f"{a.id}: [bold]{a.status}[/] ({a.action}); the workflow resumes now")
+        console.print(styled(f"{a.id}: ", (a.status, "bold"),
+                             f" ({a.action}); the workflow resumes now"))
 
     @app.command("approve")
     def approve(ctx: typer.Context, approval_id: str,

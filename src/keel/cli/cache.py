@@ -9,9 +9,8 @@ from pathlib import Path
 from typing import Any
 
 import typer
-from rich.table import Table
 
-from keel.cli.common import console, fail, settings_from
+from keel.cli.common import console, fail, new_table, settings_from, styled
 from keel.errors import KeelError
 
 
@@ -73,7 +72,7 @@ def build() -> typer.Typer:
         if as_json:
             typer.echo(json.dumps(s))
             return
-        t = Table(title=f"cache, last {hours:g} h" + (f", tenant {tenant}" if tenant else ""))
+        t = new_table(title=f"cache, last {hours:g} h" + (f", tenant {tenant}" if tenant else ""))
         for col in ("hits (exact)", "hits (semantic)", "misses", "guard rejections", "bypass",
                     "errors", "hit rate", "tokens saved", "USD saved"):
             t.add_column(col, justify="right")
@@ -117,12 +116,12 @@ def build() -> typer.Typer:
 
 def _print_eval(out: dict[str, Any]) -> None:
     console.print(
-        f"[bold]operating point[/]: cosine >= {out['threshold']:.2f}"
-        f"{' + verifier' if out['verifier'] else ''} on {out['pairs']:,} pairs: "
-        f"precision {out['precision']:.3f}, recall {out['recall']:.3f}, "
-        f"false-hit rate {out['false_hit_rate']:.2%} ({out['true_hits']} true hits, "
-        f"{out['false_hits']} false hits)")
-    t = Table(title="threshold sweep")
+        styled(("operating point", "bold"), f": cosine >= {out['threshold']:.2f}"
+               f"{' + verifier' if out['verifier'] else ''} on {out['pairs']:,} pairs: "
+               f"precision {out['precision']:.3f}, recall {out['recall']:.3f}, "
+               f"false-hit rate {out['false_hit_rate']:.2%} ({out['true_hits']} true hits, "
+               f"{out['false_hits']} false hits)"))
+    t = new_table(title="threshold sweep")
     for col in ("cosine >=", "precision", "recall", "false-hit rate", "cosine-only precision"):
         t.add_column(col, justify="right")
     for row in out["sweep"]:

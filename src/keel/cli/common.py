@@ -8,26 +8,49 @@ from typing import Any, NoReturn
 
 import typer
 from rich.console import Console
+from rich.table import Table
+from rich.text import Text
 
 from keel.config import Settings, load_settings
 from keel.errors import KeelError
 
-console = Console()
-err_console = Console(stderr=True)
+# Markup off: text from users, configs and upstreams ("add it to [[models]]", "[x]") is
+# printed as it is, tables included. Styling goes through :func:`styled`.
+# Piped output is not cut to 80 columns: the width is unlimited unless COLUMNS says so.
+_PIPE_WIDTH = None if os.isatty(1) or os.environ.get("COLUMNS") else 100_000
+console = Console(markup=False, highlight=False, width=_PIPE_WIDTH)
+err_console = Console(stderr=True, markup=False, highlight=False)
+
+
+def new_table(*columns: str, **kw: Any) -> Table:
+    """A table whose cells wrap (fold) instead of ending in "…": ids stay whole."""
+    t = Table(**kw)
+    for name in columns:
+        t.add_column(name, overflow="fold")
+    return t
+
+
+def styled(*parts: str | tuple[str, str]) -> Text:
+    """Literal text with styled pieces: ``styled(("created", "green"), " key ", name)``."""
+    return Text.assemble(*parts)
 
 ADMIN_KEY_FILE = "admin.key"
 
 
-def settings_from(ctx: typer.Context, **overrides: Any) -> Settings:
+def settings_from(ctx: typer.Context, *, strict_env: bool = False,
+                  **overrides: Any) -> Settings:
+    """Settings for a command. ``${VAR}`` references that are unset are left out unless
+    ``strict_env`` (commands that use them say so: serve, wallet): an unrelated command
+    never fails for a secret it does not need."""
     config: Path | None = (ctx.obj or {}).get("config") if ctx.obj is not None else None
     try:
-        return load_settings(config, **overrides)
+        return load_settings(config, strict_env=strict_env, **overrides)
     except KeelError as exc:
         fail(exc.message)
 
 
 def fail(message: str, code: int = 1) -> NoReturn:
-    err_console.print(f"[bold red]error:[/] {message}")
+    err_console.print(styled(("error:", "bold red"), " ", message))
     raise typer.Exit(code)
 
 

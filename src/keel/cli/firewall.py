@@ -10,9 +10,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import typer
-from rich.table import Table
 
-from keel.cli.common import console, fail, settings_from
+from keel.cli.common import console, fail, new_table, settings_from, styled
 from keel.config import Settings
 from keel.errors import KeelError
 
@@ -73,13 +72,13 @@ def build() -> typer.Typer:
         if as_json:
             typer.echo(json.dumps(out))
         elif verdict is None:
-            console.print("[green]allowed[/]: no signature matched"
-                          + (" and the semantic layer found no close attack" if fw.semantic
-                             else ""))
+            console.print(styled(("allowed", "green"), ": no signature matched"
+                                 + (" and the semantic layer found no close attack"
+                                    if fw.semantic else "")))
         else:
-            console.print(f"[red]blocked[/] by the {verdict.layer} layer: rule "
-                          f"[bold]{verdict.rule}[/] ({verdict.category}, score "
-                          f"{verdict.score:.3f}) — {verdict.detail}")
+            console.print(styled(("blocked", "red"), f" by the {verdict.layer} layer: rule ",
+                                 (str(verdict.rule), "bold"), f" ({verdict.category}, score "
+                                 f"{verdict.score:.3f}) — {verdict.detail}"))
         raise typer.Exit(1 if verdict else 0)
 
     @app.command("eval")
@@ -115,7 +114,7 @@ def build() -> typer.Typer:
         """List active bans."""
         settings = settings_from(ctx)
         active = _with_state(settings, lambda st: st.list_bans())
-        table = Table("client", "since", "until", "reason")
+        table = new_table("client", "since", "until", "reason")
         for b in active:
             table.add_row(b.client, _ts(b.since), _ts(b.until) if b.until else "never",
                           b.reason)

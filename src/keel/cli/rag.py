@@ -11,9 +11,8 @@ from typing import Any, TypeVar
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
 
-from keel.cli.common import console, fail, settings_from
+from keel.cli.common import console, fail, new_table, settings_from, styled
 from keel.config import Settings
 from keel.errors import KeelError
 
@@ -69,7 +68,7 @@ def build() -> typer.Typer:
         async def go(db: Any, retriever: Any) -> Any:
             docs = read_documents(source)
             vectors = retriever.open_vectors(index)
-            columns = (TextColumn("[bold]{task.description}"), BarColumn(),
+            columns = (TextColumn("{task.description}", markup=False, style="bold"), BarColumn(),
                        MofNCompleteColumn(), TimeElapsedColumn())
             try:
                 with Progress(*columns, console=console, disable=as_json) as bar:
@@ -89,8 +88,8 @@ def build() -> typer.Typer:
         if as_json:
             typer.echo(json.dumps(out))
         else:
-            console.print(f"[green]indexed[/] {info.name} v{info.version}: "
-                          f"{info.documents} documents, {info.chunks} chunks")
+            console.print(styled(("indexed", "green"), f" {info.name} v{info.version}: "
+                                 f"{info.documents} documents, {info.chunks} chunks"))
 
     @app.command("list")
     def list_cmd(ctx: typer.Context, as_json: bool = typer.Option(False, "--json")) -> None:
@@ -106,7 +105,7 @@ def build() -> typer.Typer:
         if as_json:
             typer.echo(json.dumps([dataclasses.asdict(r) for r in rows]))
             return
-        table = Table("index", "version", "documents", "chunks")
+        table = new_table("index", "version", "documents", "chunks")
         for r in rows:
             table.add_row(r.name, str(r.version), str(r.documents), str(r.chunks))
         console.print(table)
@@ -132,7 +131,7 @@ def build() -> typer.Typer:
                                                  "title": p.title, "text": p.text}
                                                 for p in passages]}))
             return
-        table = Table("score", "doc", "text", title=f"{info.name} v{info.version}")
+        table = new_table("score", "doc", "text", title=f"{info.name} v{info.version}")
         for p in passages:
             table.add_row(f"{p.score:.3f}", p.doc, p.text[:120])
         console.print(table)

@@ -6,7 +6,7 @@ import os
 
 import typer
 
-from keel.cli.common import admin_key_path, console, fail, settings_from, write_secret
+from keel.cli.common import admin_key_path, console, fail, settings_from, styled, write_secret
 from keel.config import Settings
 from keel.errors import KeelError
 
@@ -51,8 +51,8 @@ def prepare(settings: Settings) -> None:
         if settings.auth_required and not path.exists() and not store.list():
             new = store.create("default", admin=True, name="bootstrap admin (keel serve)")
             write_secret(path, new.secret)
-            console.print(f"created an admin API key; it is in [bold]{path}[/] (mode 0600). "
-                          "`keel chat` uses it.")
+            console.print(styled("created an admin API key; it is in ", (str(path), "bold"),
+                                 " (mode 0600). `keel chat` uses it."))
     finally:
         db.dispose()
 
@@ -93,7 +93,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Run the OpenAI-compatible gateway."""
         overrides = {"server.host": host, "server.port": port, "server.workers": workers}
-        settings = settings_from(ctx, **overrides)
+        settings = settings_from(ctx, strict_env=True, **overrides)
         busy = port_in_use(settings.server.host, settings.server.port)
         if busy is not None:  # before the heavy start-up (migrations, models, DBOS)
             fail(busy)

@@ -7,9 +7,8 @@ import time
 from typing import Any
 
 import typer
-from rich.table import Table
 
-from keel.cli.common import console, fail, settings_from
+from keel.cli.common import console, fail, new_table, settings_from, styled
 from keel.errors import KeelError
 from keel.wallets.money import fmt_usd, usd_to_micros
 
@@ -18,7 +17,7 @@ def _service(ctx: typer.Context) -> Any:
     from keel.app import open_database
     from keel.wallets.service import WalletService
 
-    settings = settings_from(ctx)
+    settings = settings_from(ctx, strict_env=True)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     try:
         return WalletService(settings.wallets, open_database(settings))
@@ -57,8 +56,9 @@ def build() -> typer.Typer:
             typer.echo(json.dumps({"id": w.id, "tenant": w.tenant, "agent": w.agent,
                                    "address": w.address, "external_signer": w.external}))
             return
-        console.print(f"[green]created wallet[/] {w.id} for {tenant}/{agent}: {w.address}"
-                      + (" (external signer)" if w.external else ""))
+        console.print(styled(("created wallet", "green"),
+                             f" {w.id} for {tenant}/{agent}: {w.address}"
+                             + (" (external signer)" if w.external else "")))
 
     @app.command("fund")
     def fund(
@@ -98,7 +98,7 @@ def build() -> typer.Typer:
         if as_json:
             typer.echo(json.dumps(rows))
             return
-        table = Table("agent", "address", "available", "held")
+        table = new_table("agent", "address", "available", "held")
         for r in rows:
             table.add_row(r["agent"], r["address"], fmt_usd(r.get("available", 0)),
                           fmt_usd(r.get("held", 0)))
@@ -128,15 +128,15 @@ def build() -> typer.Typer:
             typer.echo(json.dumps({"entries": rows,
                                    "balanced": report.balanced if report else None}))
         else:
-            table = Table("time", "kind", "available", "held", "payment", "memo")
+            table = new_table("time", "kind", "available", "held", "payment", "memo")
             for r in rows:
                 table.add_row(time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r["at"])),
                               r["kind"], fmt_usd(r["available"]), fmt_usd(r["held"]),
                               r["payment_id"] or "", (r["memo"] or "")[:40])
             console.print(table)
             if report is not None:
-                console.print("[green]books balance[/]" if report.balanced
-                              else f"[red]books do not balance:[/] {report}")
+                console.print(styled(("books balance", "green")) if report.balanced
+                              else styled(("books do not balance:", "red"), f" {report}"))
         if report is not None and not report.balanced:
             raise typer.Exit(2)
 
