@@ -15,7 +15,13 @@ BLOCK_CODES = ("prompt_blocked", "client_banned")
 
 
 def _rule(decisions: str | None) -> str:
-    for d in orjson.loads(decisions or "[]"):
+    try:
+        parsed = orjson.loads(decisions or "[]")
+    except orjson.JSONDecodeError:
+        return ""
+    for d in parsed if isinstance(parsed, list) else []:
+        if not isinstance(d, dict):
+            continue
         if d.get("stage") == "firewall" and d.get("action") in ("block", "banned"):
             return str(d.get("detail", "")).split(" ")[0]
     return ""
@@ -40,11 +46,20 @@ def rule_hits(blocks: list[dict[str, Any]]) -> list[tuple[str, int]]:
 
 
 def blocked_rows(c: Connection, limit: int) -> list[dict[str, Any]]:
+    """Blocked prompts as regression rows. Bodies that were stored cut mid-JSON (logs from
+    before bodies were shortened as valid JSON) are recovered as raw text, not skipped."""
     rows = []
     for b in recent_blocks(c, limit):
         if b["error_code"] != "prompt_blocked" or not b["request_body"]:
             continue
-        body = orjson.loads(b["request_body"])
+        try:
+            body = orjson.loads(b["request_body"])
+        except orjson.JSONDecodeError:
+            rows.append({"id": b["id"], "text": b["request_body"], "label": "attack",
+                         "rule": b["rule"], "ts": b["ts"], "truncated": True})
+            continue
+        if not isinstance(body, dict):
+            continue
         _, users = extract_texts(body, ["messages", "prompt", "input"])
         rows.append({"id": b["id"], "text": "\n".join(users), "label": "attack",
                      "rule": b["rule"], "ts": b["ts"]})

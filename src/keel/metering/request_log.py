@@ -84,6 +84,30 @@ def _cap(s: str) -> str:
     return s if len(s) <= _MAX_STORED else s[:_MAX_STORED] + "…[truncated]"
 
 
+def _shorten(value: Any, limit: int) -> Any:
+    if isinstance(value, str):
+        return value if len(value) <= limit else value[:limit] + "…[truncated]"
+    if isinstance(value, dict):
+        return {k: _shorten(v, limit) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_shorten(v, limit) for v in value]
+    return value
+
+
+def stored_body(body: Any) -> str:
+    """The request body as stored: whole when it fits in 64 KiB, otherwise still valid JSON
+    with its strings shortened (never cut mid-JSON: readers parse it)."""
+    raw = orjson.dumps(body).decode()
+    limit = _MAX_STORED // 2
+    while len(raw) > _MAX_STORED and limit >= 64:
+        raw = orjson.dumps({"_keel_truncated": True, **_shorten(body, limit)}).decode() \
+            if isinstance(body, dict) else orjson.dumps(_shorten(body, limit)).decode()
+        limit //= 4
+    if len(raw) > _MAX_STORED:  # huge numbers of keys or items: keep only the marker
+        raw = orjson.dumps({"_keel_truncated": True}).decode()
+    return raw
+
+
 def record_from(ctx: RequestContext, *, store_bodies: bool = True) -> dict[str, Any]:
     return {
         "id": ctx.id,
@@ -104,7 +128,7 @@ def record_from(ctx: RequestContext, *, store_bodies: bool = True) -> dict[str, 
         "cost_usd": ctx.cost_usd,
         "latency_ms": ctx.latency_ms or ctx.elapsed_ms(),
         "ttft_ms": ctx.ttft_ms,
-        "request_body": _cap(orjson.dumps(ctx.body).decode()) if store_bodies else None,
+        "request_body": stored_body(ctx.body) if store_bodies else None,
         "response_text": _cap(ctx.output_text) if store_bodies else None,
         "decisions": orjson.dumps(
             [{"stage": d.stage, "action": d.action, "detail": d.detail} for d in ctx.decisions]
