@@ -176,6 +176,26 @@ async def test_http_route_auth_and_bad_input(stack: Stack) -> None:
         assert (await anon.post("/v1/tools/read_customer", json={})).status_code == 401
 
 
+async def test_mcp_get_is_405_not_a_silent_stream_and_deep_json_is_refused(
+    stack: Stack,
+) -> None:
+    h = {"authorization": f"Bearer {stack.key}", "accept": "text/event-stream"}
+    async with httpx.AsyncClient(base_url=stack.url, headers=h, timeout=5) as c:
+        r = await c.get("/mcp")  # used to open an SSE stream that never sent or closed
+        assert r.status_code == 405 and r.headers["allow"] == "POST"
+        deep: object = 1
+        for _ in range(300):
+            deep = [deep]
+        r = await c.post("/v1/tools/issue_refund", json={"arguments": {"customer_id": deep}})
+        assert r.status_code == 400 and r.json()["error"]["code"] == "json_too_deep"
+        r = await c.post("/mcp", headers={"accept": "application/json, text/event-stream"},
+                         json={"jsonrpc": "2.0", "id": 9, "method": "tools/call",
+                               "params": {"name": "issue_refund",
+                                          "arguments": {"customer_id": deep}}})
+        assert r.status_code < 500  # a JSON-RPC error (the transport's parser or keel's)
+        assert r.json()["error"]["code"] in (-32700, -32602)
+
+
 class RecordingApprovals:
     """An ApprovalHook that answers from a script (the approvals capability is elsewhere)."""
 

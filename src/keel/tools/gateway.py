@@ -32,6 +32,7 @@ from keel.errors import (
     ToolNotFound,
 )
 from keel.gateway.context import Principal
+from keel.gateway.validation import check_depth
 from keel.policy.authorizer import Authorizer, AuthzDecision, AuthzRequest
 from keel.policy.schema import ToolSignature
 from keel.policy.store import PolicyStore
@@ -227,6 +228,7 @@ class ToolGateway:
     async def call(self, principal: Principal, tool: str, arguments: Any,
                    session_id: str = "") -> tuple[str, AuthzDecision, types.CallToolResult]:
         """Authorize and run one call; returns (decision id, decision, tool result)."""
+        check_depth(arguments, where="tool arguments")  # /mcp bodies skip parse_json
         size = len(orjson.dumps(arguments)) if arguments is not None else 0
         if size > self.settings.max_argument_bytes:
             raise PayloadTooLarge(f"tool arguments are {size} bytes; the limit is "
