@@ -27,7 +27,8 @@ from keel.gateway.services import Services
 from fakes import FakeUpstream
 from live import serve_app
 
-CHECKS = "not_a_server_error,status_code_conformance,response_schema_conformance"
+CHECKS = ("not_a_server_error,status_code_conformance,response_schema_conformance,"
+          "content_type_conformance,unsupported_method")
 
 
 @pytest.fixture
