@@ -33,6 +33,7 @@ from keel.ports.provider import ChatProvider
 from keel.providers.registry import ModelRegistry
 from keel.storage.kv import open_kv
 from keel.storage.migrations import Migration, migrate
+from keel.storage.private_files import private_dir
 from keel.storage.sql import Database
 
 log = logging.getLogger("keel")
@@ -68,7 +69,7 @@ def build_services(
     embedder: Embedder | None = None,
     stages: Sequence[Stage] = (),
 ) -> Services:
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    private_dir(settings.data_dir)
     db = open_database(settings)
     models = ModelRegistry(settings, providers=providers, embedder=embedder)
     metrics = GatewayMetrics()

@@ -14,6 +14,7 @@ from rich.table import Table
 from keel.cli.common import console, settings_from
 from keel.config import Settings
 from keel.errors import KeelError
+from keel.storage.private_files import private_dir
 
 
 @dataclass
@@ -30,7 +31,7 @@ class CheckFailed(Exception):
 def _checks(settings: Settings) -> list[Check]:
     def data_dir() -> str:
         d = settings.data_dir
-        d.mkdir(parents=True, exist_ok=True)
+        private_dir(d)
         if not os.access(d, os.W_OK):
             raise CheckFailed(f"{d} is not writable: fix its permissions or set data_dir")
         return str(d.resolve())

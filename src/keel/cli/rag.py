@@ -16,6 +16,7 @@ from rich.table import Table
 from keel.cli.common import console, fail, settings_from
 from keel.config import Settings
 from keel.errors import KeelError
+from keel.storage.private_files import private_dir
 
 T = TypeVar("T")
 
@@ -32,7 +33,7 @@ def _run(settings: Settings, fn: Callable[[Any, Any], Awaitable[T]]) -> T:
     from keel.rag.retrieve import Retriever
 
     async def go() -> T:
-        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        private_dir(settings.data_dir)
         db = open_database(settings)
         retriever = Retriever(db, settings.rag, settings.data_dir,
                               MiniLMEmbedder(settings.model_dir))

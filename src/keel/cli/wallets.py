@@ -11,6 +11,7 @@ from rich.table import Table
 
 from keel.cli.common import console, fail, settings_from
 from keel.errors import KeelError
+from keel.storage.private_files import private_dir
 from keel.wallets.money import fmt_usd, usd_to_micros
 
 
@@ -19,7 +20,7 @@ def _service(ctx: typer.Context) -> Any:
     from keel.wallets.service import WalletService
 
     settings = settings_from(ctx)
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    private_dir(settings.data_dir)
     try:
         return WalletService(settings.wallets, open_database(settings))
     except KeelError as exc:
