@@ -23,12 +23,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, model_validator
+
+from keel.settings_section import Section
 
 DEFAULT_INPUT_SCHEMA: dict[str, Any] = {"type": "object", "properties": {}}
 
 
-class McpServerSettings(BaseModel):
+class McpServerSettings(Section):
     name: str
     command: list[str] = Field(default_factory=list)  # stdio: argv of the server process
     url: str | None = None  # streamable HTTP endpoint, e.g. http://127.0.0.1:9000/mcp
@@ -45,7 +47,7 @@ class McpServerSettings(BaseModel):
         return self
 
 
-class HttpToolSettings(BaseModel):
+class HttpToolSettings(Section):
     name: str
     url: str
     description: str = ""
@@ -56,7 +58,7 @@ class HttpToolSettings(BaseModel):
     spend_arg: str | None = None
 
 
-class PolicySettings(BaseModel):
+class PolicySettings(Section):
     # Cedar principal attributes: Agent::"<id>" has `tenant` (from the API key) and `roles`
     roles: dict[str, list[str]] = Field(default_factory=dict)
     reload_s: float = 2.0  # how often a gateway checks the store for a newly applied version
@@ -65,7 +67,7 @@ class PolicySettings(BaseModel):
     log_arguments: bool = True  # keep call arguments in the decision log (shadow replays them)
 
 
-class ToolSettings(BaseModel):
+class ToolSettings(Section):
     enabled: bool = True
     timezone: str = "UTC"
     max_argument_bytes: int = 65_536
