@@ -14,7 +14,7 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from keel.approvals.settings import ApprovalsSettings
@@ -289,15 +289,19 @@ def _problem(kind: str, loc: tuple[Any, ...], msg: str) -> str:
             entries = False
             table = f"[{table}] #{part + 1}" if isinstance(part, int) else f"[{name}]"
             continue
-        field = model.model_fields.get(part) if isinstance(model, type) else None
+        field = model.model_fields.get(part) if _is_model(model) else None
         model = _section_type(field.annotation) if field is not None else None
         entries = field is not None and getattr(field.annotation, "__origin__", None) in (
             list, dict)
         table = f"[{name}]"
-    known = ", ".join(sorted(model.model_fields)) if isinstance(model, type) else ""
+    known = ", ".join(sorted(model.model_fields)) if _is_model(model) else ""
     place = table or "the top level"
     return (f"unknown key {key!r} in {place}" + (f" (known keys: {known})" if known else "")
             + "; check the spelling in keel.toml (see docs/configuration.md)")
+
+
+def _is_model(t: Any) -> bool:
+    return isinstance(t, type) and issubclass(t, BaseModel)
 
 
 def _section_type(annotation: Any) -> Any:

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import typer
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -58,18 +59,24 @@ def build() -> typer.Typer:
         source: Path = typer.Argument(..., help="A directory of .txt/.md/.rst/.jsonl files "
                                       "or one .jsonl file (rows with text, id, title)."),
         index: str = typer.Option(..., "--index", "-i", help="Index name."),
+        tenant: str = typer.Option("default", "--tenant", "-t",
+                                   help="The tenant that owns the index: only its API keys "
+                                        "can read it (\"default\" when auth is off)."),
         replace: bool = typer.Option(False, "--replace",
                                      help="Build a fresh generation and swap it in."),
         as_json: bool = typer.Option(False, "--json"),
     ) -> None:
         """Chunk, embed and index documents; every ingest publishes a new index version."""
+        from keel.rag import catalog
         from keel.rag.ingest import ingest, read_documents
 
         settings = settings_from(ctx)
 
         async def go(db: Any, retriever: Any) -> Any:
             docs = read_documents(source)
-            vectors = retriever.open_vectors(index)
+            catalog.check_index_name(index)
+            vectors = retriever.open_vectors(
+                await db.run(lambda c: catalog.vector_for(c, tenant, index)))
             columns = (TextColumn("[bold]{task.description}"), BarColumn(),
                        MofNCompleteColumn(), TimeElapsedColumn())
             try:
@@ -79,37 +86,44 @@ def build() -> typer.Typer:
                     def step(done: int, total: int) -> None:
                         bar.update(task, completed=done, total=total)
 
-                    return await ingest(db, vectors, retriever.embedder, index, docs,
-                                        settings.rag, replace=replace, progress=step)
+                    return await ingest(db, vectors, retriever.embedder, tenant, index,
+                                        docs, settings.rag, replace=replace, progress=step)
             finally:
                 await vectors.aclose()
 
         info = _run(settings, go)
-        out = {"index": info.name, "version": info.version, "generation": info.generation,
-               "documents": info.documents, "chunks": info.chunks}
+        out = {"tenant": info.tenant, "index": info.name, "version": info.version,
+               "generation": info.generation, "documents": info.documents,
+               "chunks": info.chunks}
         if as_json:
             typer.echo(json.dumps(out))
         else:
-            console.print(f"[green]indexed[/] {info.name} v{info.version}: "
-                          f"{info.documents} documents, {info.chunks} chunks")
+            console.print(f"[green]indexed[/] {escape(info.tenant)}/{escape(info.name)} "
+                          f"v{info.version}: {info.documents} documents, {info.chunks} chunks")
 
     @app.command("list")
-    def list_cmd(ctx: typer.Context, as_json: bool = typer.Option(False, "--json")) -> None:
-        """List RAG indexes with their version and size."""
+    def list_cmd(
+        ctx: typer.Context,
+        tenant: str | None = typer.Option(None, "--tenant", "-t",
+                                          help="Only this tenant's indexes."),
+        as_json: bool = typer.Option(False, "--json"),
+    ) -> None:
+        """List RAG indexes (every tenant's, or one tenant's) with version and size."""
         from keel.rag import catalog
 
         settings = settings_from(ctx)
 
         async def go(db: Any, _r: Any) -> Any:
-            return await db.run(catalog.list_indexes)
+            return await db.run(lambda c: catalog.list_indexes(c, tenant))
 
         rows = _run(settings, go)
         if as_json:
             typer.echo(json.dumps([dataclasses.asdict(r) for r in rows]))
             return
-        table = Table("index", "version", "documents", "chunks")
+        table = Table("tenant", "index", "version", "documents", "chunks")
         for r in rows:
-            table.add_row(r.name, str(r.version), str(r.documents), str(r.chunks))
+            table.add_row(escape(r.tenant), escape(r.name), str(r.version), str(r.documents),
+                          str(r.chunks))
         console.print(table)
 
     @app.command("search")
@@ -117,6 +131,8 @@ def build() -> typer.Typer:
         ctx: typer.Context,
         query: str = typer.Argument(...),
         index: str = typer.Option(..., "--index", "-i"),
+        tenant: str = typer.Option("default", "--tenant", "-t",
+                                   help="The tenant whose index to search."),
         k: int = typer.Option(5, "-k", min=1, max=1000),
         as_json: bool = typer.Option(False, "--json"),
     ) -> None:
@@ -124,7 +140,7 @@ def build() -> typer.Typer:
         settings = settings_from(ctx)
 
         async def go(_db: Any, retriever: Any) -> Any:
-            return await retriever.search(index, query, k)
+            return await retriever.search(tenant, index, query, k)
 
         info, passages = _run(settings, go)
         if as_json:
