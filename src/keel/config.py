@@ -21,6 +21,7 @@ from keel.approvals.settings import ApprovalsSettings
 from keel.cache.settings import CacheSettings
 from keel.degrade.settings import DegradeSettings
 from keel.errors import ConfigError
+from keel.metering.settings import MetricsSettings
 from keel.rag.settings import RagSettings
 from keel.settings_section import Section
 from keel.tools.settings import ToolSettings
@@ -139,6 +140,7 @@ class Settings(BaseSettings):
     approvals: ApprovalsSettings = Field(default_factory=ApprovalsSettings)
     tools: ToolSettings = Field(default_factory=ToolSettings)
     wallets: WalletSettings = Field(default_factory=WalletSettings)
+    metrics: MetricsSettings = Field(default_factory=MetricsSettings)
     models: list[ModelSpec] = Field(default_factory=list)
 
     @field_validator("models")
