@@ -118,3 +118,60 @@ def test_redactor_keeps_ordinary_messages() -> None:
     assert r("Bearer abcdefghijklmnop and hunter2-secret-value") == "[redacted] and [redacted]"
     assert r('{"api_key": "zzzzzzzz", "model": "x"}') == '{"[redacted]", "model": "x"}'
     assert len(r("x" * 5000)) < 320
+
+
+class EchoTool:
+    """A plain HTTP tool that answers with the headers it was sent (a real server)."""
+
+    def __init__(self) -> None:
+        self.port = 0
+        self.loop = asyncio.new_event_loop()
+        ready = threading.Event()
+
+        async def answer(request: web.Request) -> web.Response:
+            return web.json_response({"you_sent": dict(request.headers)}, status=400)
+
+        async def start() -> None:
+            app = web.Application()
+            app.router.add_post("/tool", answer)
+            self.runner = web.AppRunner(app)
+            await self.runner.setup()
+            site = web.TCPSite(self.runner, "127.0.0.1", 0)
+            await site.start()
+            self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+            ready.set()
+
+        def run() -> None:
+            asyncio.set_event_loop(self.loop)
+            self.loop.run_until_complete(start())
+            self.loop.run_forever()
+
+        self.thread = threading.Thread(target=run, daemon=True)
+        self.thread.start()
+        ready.wait(10)
+
+    def stop(self) -> None:
+        asyncio.run_coroutine_threadsafe(self.runner.cleanup(), self.loop).result(10)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+
+
+async def test_http_tool_echoing_its_credentials_is_masked() -> None:
+    from contextlib import AsyncExitStack
+
+    from keel.tools.settings import HttpToolSettings
+    from keel.tools.upstreams import HttpToolUpstream
+
+    tool_token = "tool-token-5b4a3c2d1e"
+    server = EchoTool()
+    try:
+        up = HttpToolUpstream(HttpToolSettings(
+            name="echo", url=f"http://127.0.0.1:{server.port}/tool",
+            headers={"authorization": f"Bearer {tool_token}"}))  # type: ignore[dict-item]
+        async with AsyncExitStack() as stack:
+            await up.start(stack)
+            result = await up.call("echo", {"q": "x"})
+        dumped = result.model_dump_json()
+        assert result.is_error and tool_token not in dumped and "[redacted]" in dumped
+    finally:
+        server.stop()
