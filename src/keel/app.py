@@ -25,6 +25,7 @@ from keel.gateway.routes import OpenAIRoutes
 from keel.gateway.services import Services
 from keel.gateway.terminal import ProviderCall
 from keel.metering import request_log
+from keel.metering.exposition import MetricsExposition
 from keel.metering.metrics import GatewayMetrics
 from keel.metering.request_log import RequestLogWriter
 from keel.metering.stage import MeteringStage
@@ -33,6 +34,7 @@ from keel.ports.provider import ChatProvider
 from keel.providers.registry import ModelRegistry
 from keel.storage.kv import open_kv
 from keel.storage.migrations import Migration, migrate
+from keel.storage.private_files import private_dir
 from keel.storage.sql import Database
 
 log = logging.getLogger("keel")
@@ -68,7 +70,7 @@ def build_services(
     embedder: Embedder | None = None,
     stages: Sequence[Stage] = (),
 ) -> Services:
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    private_dir(settings.data_dir)
     db = open_database(settings)
     models = ModelRegistry(settings, providers=providers, embedder=embedder)
     metrics = GatewayMetrics()
@@ -168,9 +170,15 @@ def build_services(
 def create_app(settings: Settings, *, services: Services | None = None, **kw: Any) -> FastAPI:
     svc = services or build_services(settings, **kw)
 
+    # /metrics: who may scrape, and tenant/agent/payee labels only for trusted scrapes
+    exposition = MetricsExposition(settings.metrics, svc.metrics.registry,
+                                   before_render=lambda: svc.metrics.local_loaded.set(
+                                       1 if svc.models.local_loaded else 0))
+
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         svc.request_log.start()
+        await exposition.start()
         if svc.firewall_state is not None:
             await svc.firewall_state.start()
         if svc.cache is not None:  # issue 4
@@ -202,6 +210,7 @@ def create_app(settings: Settings, *, services: Services | None = None, **kw: An
                 await svc.wallets.aclose()
             if svc.x402 is not None:
                 await svc.x402.aclose()
+            await exposition.aclose()
             await svc.request_log.aclose()
             await svc.models.aclose()
             await svc.kv.aclose()
@@ -216,6 +225,7 @@ def create_app(settings: Settings, *, services: Services | None = None, **kw: An
     app.state.services = svc
     app.include_router(OpenAIRoutes(svc).router())
     app.include_router(AdminRoutes(svc).router())
+    app.include_router(exposition.router())
     if svc.cache is not None:  # issue 4: /v1/admin/cache/*
         from keel.cache.routes import CacheAdminRoutes
 

@@ -21,7 +21,9 @@ from keel.approvals.settings import ApprovalsSettings
 from keel.cache.settings import CacheSettings
 from keel.degrade.settings import DegradeSettings
 from keel.errors import ConfigError
+from keel.metering.settings import MetricsSettings
 from keel.rag.settings import RagSettings
+from keel.settings_section import Section
 from keel.tools.settings import ToolSettings
 from keel.wallets.settings import WalletSettings
 
@@ -31,7 +33,7 @@ ProviderKind = Literal["local", "openai"]
 ModelKind = Literal["chat", "embedding"]
 
 
-class ModelSpec(BaseModel):
+class ModelSpec(Section):
     """One row of the model table: a public name routed to a provider's model."""
 
     name: str
@@ -58,7 +60,7 @@ class ModelSpec(BaseModel):
         ) / 1_000_000
 
 
-class ServerSettings(BaseModel):
+class ServerSettings(Section):
     host: str = "127.0.0.1"
     port: int = 8080
     workers: int = 1
@@ -67,7 +69,7 @@ class ServerSettings(BaseModel):
     otel: bool = False  # FastAPI's native OpenTelemetry spans and metrics
 
 
-class LocalModelSettings(BaseModel):
+class LocalModelSettings(Section):
     threads: int = 0  # 0 = all cores
     context: int = 4096
     slots: int = 4  # sequences decoded together (continuous batching), each with `context`
@@ -78,7 +80,7 @@ class LocalModelSettings(BaseModel):
     output_usd_per_1m: float = 0.02
 
 
-class OpenAISettings(BaseModel):
+class OpenAISettings(Section):
     """Defaults for every model with ``provider = "openai"``."""
 
     base_url: str = "https://api.openai.com/v1"
@@ -89,7 +91,7 @@ class OpenAISettings(BaseModel):
     max_connections: int = 256
 
 
-class RequestLogSettings(BaseModel):
+class RequestLogSettings(Section):
     enabled: bool = True
     batch_size: int = 200
     flush_interval_s: float = 0.25
@@ -97,7 +99,7 @@ class RequestLogSettings(BaseModel):
     store_bodies: bool = True
 
 
-class FirewallSettings(BaseModel):
+class FirewallSettings(Section):
     enabled: bool = True
     rules: list[str] = Field(default_factory=lambda: ["default"])  # rule-set names or files
     # JSON fields scanned: every messages[].content part, prompt, tool-call arguments
@@ -138,6 +140,7 @@ class Settings(BaseSettings):
     approvals: ApprovalsSettings = Field(default_factory=ApprovalsSettings)
     tools: ToolSettings = Field(default_factory=ToolSettings)
     wallets: WalletSettings = Field(default_factory=WalletSettings)
+    metrics: MetricsSettings = Field(default_factory=MetricsSettings)
     models: list[ModelSpec] = Field(default_factory=list)
 
     @field_validator("models")
@@ -276,7 +279,46 @@ def load_settings(config: Path | None = None, *, strict_env: bool = True,
         # init kwargs only: env was merged above so nested TOML tables and env combine.
         return Settings.model_validate(data)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc']) or '(root)'}: {e['msg']}" for e in exc.errors()
-        )
+        problems = "; ".join(_problem(e["type"], tuple(e["loc"]), e["msg"])
+                             for e in exc.errors())
         raise ConfigError(f"invalid settings: {problems}") from None
+
+
+def _problem(kind: str, loc: tuple[Any, ...], msg: str) -> str:
+    """One validation error; an unknown key names itself, its table and the known keys."""
+    if kind != "extra_forbidden" or not loc:
+        return f"{'.'.join(str(p) for p in loc) or '(root)'}: {msg}"
+    *where, key = loc
+    model: Any = Settings
+    table = ""
+    entries = False  # the last field was a list or dict of tables: this part indexes it
+    for i, part in enumerate(where):
+        name = ".".join(str(p) for p in where[: i + 1] if not isinstance(p, int))
+        if entries:
+            entries = False
+            table = f"[{table}] #{part + 1}" if isinstance(part, int) else f"[{name}]"
+            continue
+        field = model.model_fields.get(part) if _is_model(model) else None
+        model = _section_type(field.annotation) if field is not None else None
+        entries = field is not None and getattr(field.annotation, "__origin__", None) in (
+            list, dict)
+        table = f"[{name}]"
+    known = ", ".join(sorted(model.model_fields)) if _is_model(model) else ""
+    place = table or "the top level"
+    return (f"unknown key {key!r} in {place}" + (f" (known keys: {known})" if known else "")
+            + "; check the spelling in keel.toml (see docs/configuration.md)")
+
+
+def _is_model(t: Any) -> bool:
+    return isinstance(t, type) and issubclass(t, BaseModel)
+
+
+def _section_type(annotation: Any) -> Any:
+    """The settings model behind a field's type (``list[X]``, ``dict[str, X]``, ``X | None``)."""
+    if isinstance(annotation, type) and issubclass(annotation, Section):
+        return annotation
+    for arg in getattr(annotation, "__args__", ()):
+        found = _section_type(arg)
+        if found is not None:
+            return found
+    return None

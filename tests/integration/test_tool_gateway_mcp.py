@@ -62,7 +62,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         "max_argument_bytes": 4096,
         "servers": [{"name": "crm", "command": [sys.executable, SERVER],
                      "spend_args": {"issue_refund": "amount_cents"}}],
-        "policy": {"roles": {"support-bot": ["support"]}, "reload_s": 0},
+        "policy": {"roles": {"acme/support-bot": ["support"]}, "reload_s": 0},
     }, firewall={"enabled": False})
     svc = build_services(settings)
     assert svc.tools is not None

@@ -14,6 +14,7 @@ from typing import Any
 import httpx
 import pytest
 from fastapi import FastAPI
+from pydantic import SecretStr
 from starlette.responses import JSONResponse
 from x402 import x402Client
 from x402.http.utils import encode_payment_signature_header
@@ -329,7 +330,12 @@ async def test_fetch_endpoint_for_an_agent(
             assert no_agent.status_code == 400 and "no agent" in no_agent.text
             w = (await c.get("/v1/wallet", headers=auth)).json()
             assert w["available_micros"] == 1_000_000 - 5_000
-            metrics = (await c.get("/metrics")).text
+            public = (await c.get("/metrics")).text  # untrusted: no tenant, agent, payee
+            assert 'keel_x402_payments_total{agent="*",outcome="settled",tenant="*"} 1.0' \
+                in public and 'tenant="acme"' not in public
+            s.settings.metrics.token = SecretStr("scrape-token")
+            metrics = (await c.get("/metrics", headers={
+                "authorization": "Bearer scrape-token"})).text
             assert 'keel_x402_payments_total{agent="bot",outcome="settled",tenant="acme"} 1.0' \
                 in metrics
             login = await c.post("/console/login", data={"api_key": admin_key})

@@ -27,6 +27,7 @@ from keel.approvals.models import (
     TIMED_OUT,
     Approval,
     Proposal,
+    Requester,
 )
 from keel.approvals.notify import Notifier
 from keel.approvals.routing import route
@@ -120,7 +121,11 @@ class ApprovalEngine:
 
     # -- requests --------------------------------------------------------------------------
 
-    async def request(self, p: Proposal) -> ApprovalHandle:
+    async def request(self, p: Proposal, requester: Requester | None = None) -> ApprovalHandle:
+        """Start an approval. ``requester`` (from the HTTP API) is who really asked: it
+        replaces ``p.requested_by`` and goes into the audit row with key, agent and IP."""
+        if requester is not None:
+            p = p.model_copy(update={"requested_by": requester.label})
         if self._workflow is None and self.starter is not None:
             await self.starter()
         if self._workflow is None:
@@ -135,10 +140,12 @@ class ApprovalEngine:
         def create(c: Any) -> Approval:
             store.insert(c, p, approval_id=approval_id, workflow_id=wid, kind="action",
                          policy=r.policy, status=status, timeout_s=timeout_s, now=now)
+            detail = f"policy={r.policy} route={r.route} args_hash={p.arguments_hash()}"
+            if requester is not None:
+                detail += " " + requester.audit_detail()
             store.add_audit(c, approval_id, "requested", actor=p.requested_by or None,
-                            channel="api", now=now,
-                            detail=f"policy={r.policy} route={r.route} "
-                                   f"args_hash={p.arguments_hash()}")
+                            ip=requester.ip if requester is not None else None,
+                            channel="api", now=now, detail=detail)
             got = store.get(c, approval_id)
             assert got is not None
             return got

@@ -52,6 +52,28 @@ def hash_arguments(action: str, arguments: dict[str, Any]) -> str:
 
 
 @dataclass(frozen=True)
+class Requester:
+    """Who really asked for an approval: taken from the API key and the connection, never
+    from the request body. ``claimed`` is what the caller said (kept, marked unverified)."""
+
+    key_id: str
+    agent: str | None
+    ip: str
+    claimed: str | None = None
+
+    @property
+    def label(self) -> str:
+        """The ``requested_by`` value keel stores: ``agent:<name> key:<id>``."""
+        return f"agent:{self.agent} key:{self.key_id}" if self.agent else f"key:{self.key_id}"
+
+    def audit_detail(self) -> str:
+        out = f"key={self.key_id} agent={self.agent or '-'} ip={self.ip}"
+        if self.claimed:
+            out += f" claimed_requested_by={self.claimed!r} (unverified)"
+        return out
+
+
+@dataclass(frozen=True)
 class Approval:
     id: str
     workflow_id: str

@@ -18,7 +18,7 @@ from starlette.responses import HTMLResponse, Response
 
 from keel.approvals import slack, store
 from keel.approvals.engine import Decider
-from keel.approvals.models import STATUSES, Proposal
+from keel.approvals.models import STATUSES, Proposal, Requester
 from keel.approvals.oneshot import RESERVED_KEY_PREFIXES, reserved_key
 from keel.errors import InvalidRequest, KeelError, NotFound, PermissionDenied
 from keel.gateway.http import ORJSONResponse, client_ip, read_body, require_admin
@@ -71,7 +71,15 @@ class ApprovalRoutes:
         body = parse_json(await read_body(request, 65536))
         if not isinstance(body, dict):
             raise InvalidRequest("the body must be a JSON object (an action proposal)")
-        body.setdefault("requested_by", p.agent or p.key_id)
+        # requested_by is never taken from the caller: the key (and the connection) say who
+        # asked; a claimed value is only kept, marked unverified, in the audit detail.
+        claimed = body.pop("requested_by", None)
+        if claimed is not None and not isinstance(claimed, str):
+            raise InvalidRequest("requested_by must be a string (it is informational: keel "
+                                 "records the API key that made the request)",
+                                 param="requested_by")
+        requester = Requester(key_id=p.key_id, agent=p.agent, ip=self._ip(request),
+                              claimed=claimed[:200] if claimed else None)
         if "tenant" in body and not p.admin and body["tenant"] != p.tenant:
             raise PermissionDenied("only admin keys may request approvals for another tenant")
         body.setdefault("tenant", p.tenant)
@@ -87,7 +95,7 @@ class ApprovalRoutes:
                 f"{' or '.join(repr(k) for k in RESERVED_KEY_PREFIXES)} are reserved for the "
                 "approvals keel files itself (held tool calls and payments)",
                 param="idempotency_key")
-        handle = await self.engine.request(proposal)
+        handle = await self.engine.request(proposal, requester)
         return ORJSONResponse(handle.approval.public(), status_code=201)
 
     async def list(self, request: Request) -> Response:

@@ -19,7 +19,6 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
@@ -86,8 +85,7 @@ def tune_dbos() -> None:
 def _sqlite_engine(url: str) -> sa.Engine:
     """DBOS's SQLite engine plus WAL and synchronous=NORMAL (DBOS sets neither)."""
     path = url.removeprefix("sqlite:///")
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    connect_wal(path).close()  # journal_mode=WAL is persistent in the file
+    connect_wal(path).close()  # created 0600 in a 0700 dir; WAL is persistent in the file
     engine = sa.create_engine(url, pool_size=10, max_overflow=20, pool_timeout=30)
 
     @sa.event.listens_for(engine, "connect")

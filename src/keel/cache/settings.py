@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
+
+from keel.settings_section import Section
 
 
-class NamespaceSettings(BaseModel):
+class NamespaceSettings(Section):
     """Per-namespace overrides. ``per_user`` namespaces never use the shared cache."""
 
     threshold: float | None = None  # cosine; None: the [cache] default
@@ -21,7 +23,7 @@ class NamespaceSettings(BaseModel):
         return v
 
 
-class CacheSettings(BaseModel):
+class CacheSettings(Section):
     enabled: bool = True
     exact: bool = True  # hash of the normalised request
     semantic: bool = True  # embedding of the last user turn, nearest neighbour, verifier

@@ -13,6 +13,7 @@ from rich.text import Text
 
 from keel.config import Settings, load_settings
 from keel.errors import KeelError
+from keel.storage.private_files import private_dir
 
 # Markup off: text from users, configs and upstreams ("add it to [[models]]", "[x]") is
 # printed as it is, tables included. Styling goes through :func:`styled`.
@@ -68,7 +69,7 @@ def read_local_key(settings: Settings) -> str | None:
 
 
 def write_secret(path: Path, secret: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
+    private_dir(path.parent)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as fh:
         fh.write(secret + "\n")

@@ -13,6 +13,7 @@ import typer
 from keel.cli.common import console, new_table, settings_from, styled
 from keel.config import Settings
 from keel.errors import KeelError
+from keel.storage.private_files import private_dir
 
 
 @dataclass
@@ -29,7 +30,7 @@ class CheckFailed(Exception):
 def _checks(settings: Settings) -> list[Check]:
     def data_dir() -> str:
         d = settings.data_dir
-        d.mkdir(parents=True, exist_ok=True)
+        private_dir(d)
         if not os.access(d, os.W_OK):
             raise CheckFailed(f"{d} is not writable: fix its permissions or set data_dir")
         return str(d.resolve())

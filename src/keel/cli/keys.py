@@ -11,13 +11,14 @@ import typer
 from keel.auth.keys import KeyStore
 from keel.cli.common import console, fail, new_table, settings_from, styled
 from keel.errors import KeelError
+from keel.storage.private_files import private_dir
 
 
 def _store(ctx: typer.Context) -> KeyStore:
     from keel.app import open_database
 
     settings = settings_from(ctx)
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    private_dir(settings.data_dir)
     try:
         return KeyStore(open_database(settings))
     except KeelError as exc:

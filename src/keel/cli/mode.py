@@ -15,6 +15,7 @@ import typer
 from keel.cli.common import console, fail, new_table, settings_from, styled
 from keel.config import Settings
 from keel.errors import KeelError
+from keel.storage.private_files import private_dir
 
 T = TypeVar("T")
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
@@ -37,7 +38,7 @@ def _run(settings: Settings, fn: Callable[[Any], Awaitable[T]]) -> T:
         fail("no degradation ladder is configured: add [[degrade.levels]] to keel.toml")
 
     async def go() -> T:
-        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        private_dir(settings.data_dir)
         db = open_database(settings)
         kv = open_kv(settings.kv)
         try:

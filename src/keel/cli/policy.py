@@ -21,6 +21,7 @@ from rich.text import Text
 from keel.cli.common import console, fail, new_table, settings_from, styled
 from keel.config import Settings
 from keel.errors import KeelError
+from keel.storage.private_files import private_dir
 
 T = TypeVar("T")
 
@@ -33,7 +34,7 @@ def with_gateway(settings: Settings, fn: Callable[[Any], Awaitable[T]],
     from keel.x402.policy import policy_actions
 
     async def run() -> T:
-        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        private_dir(settings.data_dir)
         db = open_database(settings)
         gw = ToolGateway(settings.tools, db)
         gw.extra_actions.extend(policy_actions(settings))  # e.g. x402:pay with wallets on

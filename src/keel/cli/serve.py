@@ -9,6 +9,7 @@ import typer
 from keel.cli.common import admin_key_path, console, fail, settings_from, styled, write_secret
 from keel.config import Settings
 from keel.errors import KeelError
+from keel.storage.private_files import private_dir
 
 
 def factory() -> object:
@@ -43,7 +44,7 @@ def prepare(settings: Settings) -> None:
     from keel.app import open_database
     from keel.auth.keys import KeyStore
 
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    private_dir(settings.data_dir)
     db = open_database(settings)
     try:
         store = KeyStore(db)

@@ -10,6 +10,7 @@ import typer
 
 from keel.cli.common import console, fail, new_table, settings_from, styled
 from keel.errors import KeelError
+from keel.storage.private_files import private_dir
 from keel.wallets.money import fmt_usd, usd_to_micros
 
 
@@ -18,7 +19,7 @@ def _service(ctx: typer.Context) -> Any:
     from keel.wallets.service import WalletService
 
     settings = settings_from(ctx, strict_env=True)
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    private_dir(settings.data_dir)
     try:
         return WalletService(settings.wallets, open_database(settings))
     except KeelError as exc:

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, Field, model_validator
+from pydantic import Field, model_validator
+
+from keel.settings_section import Section
 
 Metric = Literal["spend_usd_per_hour", "invocations_per_minute"]
 DEFAULT_WINDOW_S = {"spend_usd_per_hour": 600.0, "invocations_per_minute": 60.0}
 
 
-class LevelSettings(BaseModel):
+class LevelSettings(Section):
     """One rung: which concrete model serves each requested model, RAG depth, caps."""
 
     name: str = Field(min_length=1, max_length=32)
@@ -20,7 +22,7 @@ class LevelSettings(BaseModel):
     models: dict[str, str] = Field(default_factory=dict)  # requested name -> served model
 
 
-class AlarmSettings(BaseModel):
+class AlarmSettings(Section):
     """Breach when the metric is above ``threshold`` for ``evaluation_periods`` periods;
     OK when below ``recover_below`` (lower: hysteresis) for ``recovery_periods``."""
 
@@ -45,7 +47,7 @@ class AlarmSettings(BaseModel):
         return self
 
 
-class DegradeSettings(BaseModel):
+class DegradeSettings(Section):
     enabled: bool = True  # the stage runs when enabled and at least one level is defined
     period_s: float = Field(default=60.0, gt=0)  # evaluation period
     bucket_s: float = Field(default=5.0, gt=0)  # rolling-window bucket

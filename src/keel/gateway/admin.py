@@ -1,4 +1,5 @@
-"""Operational endpoints: health, Prometheus metrics, and the admin API (admin keys only)."""
+"""Operational endpoints: health and the admin API (admin keys only); ``/metrics`` is
+served by :mod:`keel.metering.exposition`."""
 
 from __future__ import annotations
 
@@ -25,7 +26,6 @@ class AdminRoutes:
     def router(self) -> APIRouter:
         r = APIRouter()
         r.add_api_route("/healthz", self.healthz, methods=["GET"], summary="Liveness")
-        r.add_api_route("/metrics", self.metrics, methods=["GET"], summary="Prometheus")
         r.add_api_route("/v1/admin/keys", self.list_keys, methods=["GET"])
         r.add_api_route("/v1/admin/keys", self.create_key, methods=["POST"])
         r.add_api_route("/v1/admin/keys/{key_id}", self.revoke_key, methods=["DELETE"])
@@ -36,11 +36,6 @@ class AdminRoutes:
     async def healthz(self) -> Response:
         return ORJSONResponse({"status": "ok", "time": time.time(),
                                "local_model_loaded": self.svc.models.local_loaded})
-
-    async def metrics(self) -> Response:
-        self.svc.metrics.local_loaded.set(1 if self.svc.models.local_loaded else 0)
-        return Response(self.svc.metrics.render(),
-                        media_type="text/plain; version=0.0.4; charset=utf-8")
 
     async def _admin(self, request: Request) -> None:
         require_admin((await authenticate(self.svc, request)).admin

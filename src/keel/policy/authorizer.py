@@ -62,6 +62,13 @@ class AuthzDecision:
         return self.outcome == "allow"
 
 
+def principal_id(tenant: str, agent: str) -> str:
+    """The Cedar id of an agent: ``<tenant>/<agent>``, so tenant A's ``bot`` and tenant B's
+    ``bot`` are different principals (``%`` and ``/`` in the tenant are written ``%25`` and
+    ``%2F``, so the first ``/`` always ends the tenant). ``tools.policy.roles`` uses it too."""
+    return tenant.replace("%", "%25").replace("/", "%2F") + "/" + agent
+
+
 def parse_policies(text: str, version: int | None = None) -> PolicySnapshot:
     """Parse Cedar text into a snapshot (raises InvalidPolicy with Cedar's own message)."""
     try:
@@ -141,8 +148,10 @@ class Authorizer:
         if ents is None:
             if len(self._agents) >= self._agent_cache_size:
                 self._agents.clear()
-            delta = [{"uid": {"type": "Agent", "id": agent},
-                      "attrs": {"tenant": tenant, "roles": self.roles.get(agent, [])},
+            uid = principal_id(tenant, agent)
+            delta = [{"uid": {"type": "Agent", "id": uid},
+                      "attrs": {"tenant": tenant, "name": agent,
+                                "roles": self.roles.get(uid, [])},
                       "parents": []}]
             ents = self._base.with_added_json_str(json.dumps(delta), self.schema)
             self._agents[key] = ents
@@ -179,7 +188,7 @@ class Authorizer:
             return _deny(f"policy store unusable: {snap.problem}", (), t0, snap.version, ctx)
         try:
             result = cedarpy.is_authorized(
-                {"principal": {"type": "Agent", "id": agent},
+                {"principal": {"type": "Agent", "id": principal_id(tenant, agent)},
                  "action": {"type": "Action", "id": tool},
                  "resource": {"type": "Tool", "id": tool}, "context": ctx},
                 snap.policies, self._principal(agent, tenant), self.schema,

@@ -39,7 +39,7 @@ SESSION_TYPE: dict[str, Any] = {
 }
 AGENT_SHAPE: dict[str, Any] = {
     "type": "Record",
-    "attributes": {"tenant": {"type": "String"},
+    "attributes": {"tenant": {"type": "String"}, "name": {"type": "String"},
                    "roles": {"type": "Set", "element": {"type": "String"}}},
 }
 TOOL_SHAPE: dict[str, Any] = {

@@ -5,12 +5,13 @@ from __future__ import annotations
 from decimal import Decimal
 from typing import Literal
 
-from pydantic import BaseModel, Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator
 
+from keel.settings_section import Section
 from keel.wallets.money import usd_to_micros
 
 
-class X402ClientSettings(BaseModel):
+class X402ClientSettings(Section):
     # CAIP-2 networks keel will pay on. The default is the sandbox's (Base Sepolia USDC);
     # production lists the real network, e.g. "eip155:8453" (Base mainnet USDC).
     networks: list[str] = Field(default_factory=lambda: ["eip155:84532"])
@@ -29,7 +30,7 @@ class X402ClientSettings(BaseModel):
     private_hosts: list[str] = Field(default_factory=list)
 
 
-class WalletSettings(BaseModel):
+class WalletSettings(Section):
     enabled: bool = False
     # AES-256-GCM key material for wallet private keys at rest: reference an environment
     # variable (``encryption_key = "${KEEL_WALLET_KEY}"``); >= 32 characters.

@@ -8,6 +8,7 @@ itself is never put in a cookie or URL.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import secrets
 import time
@@ -21,8 +22,9 @@ from jinja2 import Environment, PackageLoader, select_autoescape
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 
-from keel.errors import AuthenticationError
+from keel.errors import AuthenticationError, PayloadTooLarge
 from keel.gateway.context import Principal
+from keel.gateway.http import read_body
 from keel.gateway.params import MAX_HOURS, MAX_PAGE, choice_param, float_param, int_param
 from keel.gateway.services import Services
 from keel.metering.request_log import (
@@ -112,9 +114,13 @@ class ConsoleRoutes:
         raw = await self.svc.kv.get(_session_key(token))
         if raw is None:
             return None
-        d = orjson.loads(raw)
-        return Principal(key_id=d["key_id"], tenant=d["tenant"], agent=d.get("agent"),
-                         admin=d["admin"])
+        key_id = str(orjson.loads(raw)["key_id"])
+        # The session only names its key: the key's current row decides (a revoked key ends
+        # every session made with it at once, admin keys included).
+        current = await asyncio.to_thread(self.svc.keys.active, key_id)
+        if current is None:
+            await self.svc.kv.delete(_session_key(token))
+        return current
 
     def render(self, name: str, status: int = 200, **ctx: Any) -> HTMLResponse:
         html = self.env.get_template(name).render(nav=self.nav, **ctx)
@@ -127,8 +133,17 @@ class ConsoleRoutes:
     async def login_form(self, request: Request) -> Response:
         return self.render("login.html", error=None, active="")
 
+    async def form(self, request: Request) -> dict[str, list[str]]:
+        """A posted form, refused with 413 (server.max_body_bytes) before it is buffered."""
+        raw = await read_body(request, self.svc.settings.server.max_body_bytes)
+        return parse_qs(raw.decode(errors="replace"))
+
     async def login(self, request: Request) -> Response:
-        form = parse_qs((await request.body()).decode(errors="replace"))
+        try:
+            form = await self.form(request)
+        except PayloadTooLarge as exc:
+            return self.render("login.html", status=exc.http_status, error=exc.message,
+                               active="")
         key = (form.get("api_key") or [""])[0].strip()
         try:
             if not key:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 from typing import TYPE_CHECKING, Any
-from urllib.parse import parse_qs
 
 from fastapi import APIRouter
 from starlette.requests import Request
@@ -55,7 +54,7 @@ class FirewallPage:
         p = await self.console.principal(request)
         if p is None:
             return RedirectResponse("/console/login", status_code=303)
-        form = parse_qs((await request.body()).decode(errors="replace"))
+        form = await self.console.form(request)
         token = (form.get("csrf") or [""])[0]
         client = (form.get("client") or [""])[0]
         if not p.admin or not hmac.compare_digest(token, csrf_token(request, COOKIE)):
