@@ -216,6 +216,10 @@ def create_app(settings: Settings, *, services: Services | None = None, **kw: An
     app.state.services = svc
     app.include_router(OpenAIRoutes(svc).router())
     app.include_router(AdminRoutes(svc).router())
+    if svc.firewall_state is not None:  # /v1/admin/firewall/*: bans and the allow-list
+        from keel.firewall.routes import FirewallAdminRoutes
+
+        app.include_router(FirewallAdminRoutes(svc, svc.firewall_state).router())
     if svc.cache is not None:  # issue 4: /v1/admin/cache/*
         from keel.cache.routes import CacheAdminRoutes
 

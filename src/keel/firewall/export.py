@@ -8,7 +8,7 @@ from typing import Any
 import orjson
 from sqlalchemy import Connection, select
 
-from keel.firewall.extract import extract_texts
+from keel.firewall.extract import judged_texts
 from keel.metering.request_log import requests
 
 BLOCK_CODES = ("prompt_blocked", "client_banned")
@@ -45,7 +45,7 @@ def blocked_rows(c: Connection, limit: int) -> list[dict[str, Any]]:
         if b["error_code"] != "prompt_blocked" or not b["request_body"]:
             continue
         body = orjson.loads(b["request_body"])
-        _, users = extract_texts(body, ["messages", "prompt", "input"])
+        users = judged_texts(body, ["messages", "prompt", "input"])
         rows.append({"id": b["id"], "text": "\n".join(users), "label": "attack",
                      "rule": b["rule"], "ts": b["ts"]})
     return rows
