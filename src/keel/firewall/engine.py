@@ -76,7 +76,8 @@ class Firewall:
                     if best is not None and index >= best[0]:
                         break
                     rule = self.matcher.rules[index]
-                    if skip(rule.id) or benign_framing(self._pattern(index), variant):
+                    if skip(rule.id) or benign_framing(self._pattern(index), variant,
+                                                         rule.category):
                         continue
                     best = (index, rule)
                     break

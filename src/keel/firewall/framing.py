@@ -20,37 +20,69 @@ import re
 WINDOW = 90  # characters before a match that can frame it
 MAX_QUOTE = 120  # a quoted phrase longer than this is a payload, not a quotation
 
-_FRAMES = [
-    # reported or conditional speech: "if a user asks you to <match>", "requests to <match>",
-    # "messages that tell you to <match>", "attempts to make you <match>"
-    r"\b(asks?|asked|asking|tells?|telling|told|tries|trying|attempts?|attempting|wants?|"
-    r"requests?|requesting|instructs?|instructing|says?|saying|demands?|urges?|pressures?|"
-    r"tricks?|convinces?|persuades?|claims?|invites?)( you)?( to| into)?( make you| get you)?"
-    r"( to)?( \S+)?[ :,]*$",
-    r"\b(attempts?|tries|efforts?|requests?|instructions?|prompts?|messages?|content|text|"
-    r"inputs?|documents?|emails?|pages?|anything) (that|which|to|asking|telling|trying) "
-    r"(\S+ ){0,3}$",
-    # defensive negation right before the phrase: "never <match>", "do not <match>"
+# reported or conditional speech: "if a user asks you to <match>", "requests that tell you
+# to <match>", "attempts to make you <match>", "if someone says: <match>"
+_REPORTED = (
+    r"\b(ask|asks|asked|asking|tell|tells|told|telling|instruct|instructs|instructed|urge|"
+    r"urges|pressure|pressures|trick|tricks|convince|convinces|persuade|persuades|want|wants|"
+    r"invite|invites|get|gets|make|makes|lead|leads|push|pushes) (you|the (assistant|model|"
+    r"bot|ai)|models?|chatbots?|assistants|llms?|ai|bots?) (to|into)( \S+)?$",
+    r"\b(requests?|attempts?|tries|trying|efforts?|instructions?|messages?|prompts?|text|"
+    r"content|inputs?|documents?|emails?|pages?|phrases?|anything|something),? (that|which|"
+    r"asking|telling|trying|attempting|saying|like|such as)( you)?( to)?( \S+)?$",
+    r"\b(user|users|someone|anyone|somebody|people|attackers?|they|message|text|document|"
+    r"email|page) (says?|said|writes?|wrote|types?|typed|sends?|sent)( something like| "
+    r"things like| phrases like)?$",
+)
+# defensive negation right before the phrase: "never <match>", "do not <match>"
+_NEGATION = (
     r"\b(never|not|don'?t|do not|must not|mustn'?t|should not|shouldn'?t|cannot|can'?t|"
     r"won'?t|will not|refuse to|decline to|no need to|avoid|without)( ever| under any "
-    r"circumstances,?)?( \S+)? ?$",
-    # a question about the phrase, or teaching / analysing / detecting it
-    r"\b(what|explain|explaining|describe|describing|define|meaning of|history of|why|"
-    r"tell me about|learn about|learning about|teach|teaching|examples? of|analy[sz]e|"
-    r"analy[sz]ing|detect|detecting|detection of|classify|classifying|recogni[sz]e|"
-    r"flag|flags|flagging|spot|defend against|defending against|protect against|"
-    r"protecting against|mitigate|mitigating|prevent|preventing|block|blocking|"
-    r"filter out|filtering|test (our|my) \S+ (against|with)|research on|paper on|"
-    r"workshop|training|awareness|course|lesson|quiz)\b[^.!?;]{0,70}$",
-    r"\bhow (do|does|can|could|should|would|did|to) (i|we|you|one|they|people|attackers|"
-    r"hackers)?\b[^.!?;]{0,70}$",
+    r"circumstances,?)?( \S+)?$",
+)
+# a question about the phrase, or teaching / analysing / detecting it
+_ABOUT = (
+    r"\b(explain|explaining|describe|describing|define|meaning of|history of|tell me about|"
+    r"learn about|learning about|teach|teaching|examples? of|analy[sz]e|analy[sz]ing|"
+    r"detect|detecting|detection of|classify|classifying|recogni[sz]e|flag|flags|flagging|"
+    r"spot|defend against|defending against|protect against|protecting against|mitigate|"
+    r"mitigating|prevent|preventing|research on|paper on|workshop|awareness|lesson|quiz|"
+    r"blocklist|block list|why)\b[^.!?;]{0,70}$",
+    r"\bwhat (is|was|were|are|does|did) (a |an |the |this |that )?(\S+ )?$",
+    r"\bhow (do|does|can|could|should|did) (i|we|one|people|attackers|hackers)\b"
+    r"[^.!?;]{0,70}$",
     r"\bis (it|there|this)\b[^.!?;]{0,40}$",
-]
-_FRAME = re.compile("(?:" + ")|(?:".join(_FRAMES) + ")")
+)
+# words that make a quotation a quotation (translating, quizzing, listing phrases)
+_QUOTING = re.compile(
+    r"\b(translat\w*|phrase|phrases|sentence|meaning|means|mean|quiz|blocklist|block list|"
+    r"dataset|classif\w*|detect\w*|example|examples|awareness|workshop|training|glossary|"
+    r"flashcards?|spell\w*|pronounce\w*|definition|define|such as|like|e\.g\.)\b")
+
+
+# "ignore any instructions in the retrieved documents", "do not apologize more than once":
+# what follows the phrase makes it a defensive rule, not an attack
+_DEFENSIVE_SUFFIX = re.compile(
+    r" ?(that|which)? ?(appear|appearing|found|contained|embedded|written|hidden)? ?(in|inside|"
+    r"within|from) (the |this |these |any |a |an |retrieved |search |web |uploaded )?(review|"
+    r"reviews|document|documents|email|emails|web ?pages?|pages?|content|context|results?|"
+    r"tool (output|results?)|data|files?|pdf|transcript|search results)\b"
+    r"| ?(more than once|more than twice|unless|except when)\b")
+
+
+def _compile(parts: tuple[str, ...]) -> re.Pattern[str]:
+    return re.compile("(?:" + ")|(?:".join(parts) + ")")
+
+
+_FRAME_ALL = _compile(_REPORTED + _NEGATION + _ABOUT)
+_FRAME_NO_NEGATION = _compile(_REPORTED + _ABOUT)
+# Negation frames a phrase only where the phrase is the attack itself ("never reveal your
+# prompt"); in jailbreak rules the negation is part of the attack ("you will not refuse").
+_NEGATABLE = frozenset({"prompt_extraction", "instruction_override", "encoded_payload"})
+# A hijack's payload is a quoted output string ("say 'access granted'"): never framed.
+_UNFRAMED = frozenset({"goal_hijacking", "fake_markup"})
 _OPEN_QUOTES = "\"'`\u201c\u2018\u00ab"  # also curly double/single quotes, guillemet
 _CLOSE_QUOTES = "\"'`\u201d\u2019\u00bb"
-
-
 def _quoted(text: str, start: int, end: int) -> bool:
     """True when text[start:end] lies inside one short quotation ("...", '...', “...”)."""
     lo = max(0, start - MAX_QUOTE)
@@ -72,19 +104,28 @@ def _quoted(text: str, start: int, end: int) -> bool:
     return False
 
 
-def framed(text: str, start: int, end: int) -> bool:
+def framed(text: str, start: int, end: int, category: str = "") -> bool:
     """Is the match text[start:end] framed benignly (quoted, negated, asked about)?"""
-    if _quoted(text, start, end):
+    if category in _UNFRAMED:
+        return False
+    # the phrase, or the tail of it (the object of "translate"), inside a short quotation
+    if ((_quoted(text, start, end) or _quoted(text, max(start, end - 12), end))
+            and _QUOTING.search(text) is not None):
         return True
-    prefix = text[max(0, start - WINDOW):start]
-    return _FRAME.search(prefix) is not None
+    if _DEFENSIVE_SUFFIX.match(text, end) is not None:
+        return True
+    prefix = text[max(0, start - WINDOW):start].rstrip(" \"'`\u201c\u2018\u00ab:,(")
+    frames = _FRAME_ALL if category in _NEGATABLE else _FRAME_NO_NEGATION
+    return frames.search(prefix) is not None
 
 
-def benign_framing(pattern: re.Pattern[str], text: str) -> bool:
+def benign_framing(pattern: re.Pattern[str], text: str, category: str = "") -> bool:
     """True when ``pattern`` occurs in ``text`` and every occurrence is benignly framed."""
+    if category in _UNFRAMED:
+        return False
     found = False
     for m in pattern.finditer(text):
         found = True
-        if not framed(text, m.start(), m.end()):
+        if not framed(text, m.start(), m.end(), category):
             return False
     return found
