@@ -78,7 +78,7 @@ def build_services(
     # capabilities add their stages after it, in front of metering: cache, degrade, rag...
     kv = open_kv(settings.kv)
     front: list[Stage] = []
-    firewall = firewall_state = None
+    firewall = firewall_state = firewall_stage = None
     if settings.firewall.enabled:
         from keel.firewall.engine import Firewall
         from keel.firewall.stage import FirewallMetrics, FirewallStage
@@ -86,8 +86,9 @@ def build_services(
 
         firewall_state = FirewallState(kv, settings.firewall)
         firewall = Firewall.build(settings.firewall, models.embedder())
-        front.append(FirewallStage(firewall, firewall_state,
-                                   FirewallMetrics(metrics.registry, firewall_state)))
+        firewall_stage = FirewallStage(firewall, firewall_state,
+                                       FirewallMetrics(metrics.registry, firewall_state))
+        front.append(firewall_stage)
     # RAG objects first: the cache keys answers on the RAG index version they used.
     retriever = rag_stage = None
     if settings.rag.enabled:
@@ -119,6 +120,10 @@ def build_services(
         from keel.tools.gateway import ToolGateway
 
         tool_gateway = ToolGateway(settings.tools, db)
+        if firewall_stage is not None:  # tool arguments and results meet the same firewall
+            from keel.firewall.tools import ToolFirewall
+
+            tool_gateway.scanner = ToolFirewall(firewall_stage)
     # --- end issue 6 ---------------------------------------------------------------------
     # --- issue 8: wallets, budgets and x402 payments (fails start-up without a key) ----
     wallets = fetcher = None

@@ -26,9 +26,11 @@ from keel.background import Periodic
 from keel.errors import (
     ApprovalRequired,
     ConfigError,
+    InvalidRequest,
     KeelError,
     PayloadTooLarge,
     PolicyDenied,
+    PromptBlocked,
     ToolNotFound,
 )
 from keel.gateway.context import Principal
@@ -44,6 +46,7 @@ from keel.tools.ports import (
     SessionSpend,
     ToolCall,
     ToolPayments,
+    ToolScanner,
 )
 from keel.tools.settings import ToolSettings
 from keel.tools.upstreams import ToolSpec, Upstream, build_upstreams
@@ -84,6 +87,7 @@ class ToolGateway:
         self.clock: Clock = clock or (lambda: datetime.now(self.tz))
         self.approvals = approvals
         self.payments: ToolPayments | None = None  # set by the wallets capability (x402)
+        self.scanner: ToolScanner | None = None  # set by the firewall capability
         # actions that are not tools but are decided by the same policies (x402:pay)
         self.extra_actions: list[ToolSignature] = []
         self.spend: SessionSpend = spend or MemorySessionSpend()
@@ -227,11 +231,17 @@ class ToolGateway:
     async def call(self, principal: Principal, tool: str, arguments: Any,
                    session_id: str = "") -> tuple[str, AuthzDecision, types.CallToolResult]:
         """Authorize and run one call; returns (decision id, decision, tool result)."""
-        size = len(orjson.dumps(arguments)) if arguments is not None else 0
+        try:
+            size = len(orjson.dumps(arguments)) if arguments is not None else 0
+        except orjson.JSONEncodeError:  # nested deeper than 254 levels
+            raise InvalidRequest("tool arguments are nested too deeply (at most 254 levels "
+                                 "of arrays/objects)", param="arguments") from None
         if size > self.settings.max_argument_bytes:
             raise PayloadTooLarge(f"tool arguments are {size} bytes; the limit is "
                                   f"{self.settings.max_argument_bytes} "
                                   "(tools.max_argument_bytes)")
+        if self.scanner is not None:  # injections in the arguments never reach the tool
+            await self.scanner.check_arguments(principal, tool, arguments)
         decision_id = self._next_id()
         decision = await self.authorize(principal, tool, arguments, session_id)
         row = self._row(decision_id, principal, tool, arguments, session_id, decision)
@@ -250,6 +260,11 @@ class ToolGateway:
             if result.is_error and self.payments is not None:  # a paid tool's 402?
                 result = await self.payments.handle(
                     call, result, lambda meta: upstream.call(tool, args, meta))
+            if self.scanner is not None:  # indirect injection: the result goes to a model
+                await self.scanner.check_result(principal, tool, result)
+        except PromptBlocked:
+            self._submit(row, "blocked")
+            raise
         except KeelError:
             self._submit(row, "tool_error")
             raise
