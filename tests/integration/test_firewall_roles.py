@@ -267,6 +267,13 @@ async def test_flag_mode_answers_marks_and_logs(
     rows = await services.db.run(lambda c: query_requests(c, LogFilter(tenant="flagco")))
     assert any('"flag"' in (row["decisions"] or "") for row in rows)
     assert "keel_firewall_flags_total" in (await client.get("/metrics")).text
+    # the console shows what flag mode would have blocked
+    admin = services.keys.create("flagco", admin=True).secret
+    await client.post("/console/login", data={"api_key": admin})
+    page = (await client.get("/console/firewall")).text
+    assert "Would have been blocked" in page and "flagged (answered)" in page
+    rule = r.headers["x-keel-firewall"].split("rule=")[1]
+    assert f"<td>signature:{rule}</td>" in page
 
 
 async def test_off_mode_per_route(client: httpx.AsyncClient, user_key: str) -> None:
