@@ -221,9 +221,9 @@ async def benign_everyday(fw: Firewall, layer: SemanticLayer,
                           threshold: float) -> dict[str, Any]:
     """False positives on the hand-written everyday corpus (bench/data/benign_everyday):
     every row judged as raw text by both layers (system prompts too, although the gateway
-    never judges them), per category and per half (``dev`` = the hash split's train side,
-    looked at while narrowing rules; ``test`` = the other half); system prompts also the way
-    the gateway sees them (a chat request with that system prompt and a short user turn)."""
+    never judges them), per category and per half of the hash split (``dev`` = its train
+    side); system prompts also the way the gateway sees them (a chat request with that system
+    prompt and a short user turn)."""
     data = [json.loads(line) for line in BENIGN_CORPUS.read_text().splitlines() if line]
     rows = [Row(id=d["id"], text=d["text"], label="benign", category=d["category"])
             for d in data]
