@@ -128,6 +128,9 @@ class FirewallSettings(BaseModel):
     # a key whose anonymous traffic keeps being blocked is reported and its anonymous
     # requests are limited to this many per minute while watched (0: report only)
     watch_rate_per_min: int = 60
+    # a secret string planted in your system prompt: an earlier assistant turn that contains
+    # it means the model leaked the prompt; reported (log, metric, decision), never blocked
+    canary: str = ""
 
 
 class Settings(BaseSettings):

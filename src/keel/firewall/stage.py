@@ -35,6 +35,9 @@ class FirewallMetrics:
                              ["layer", "rule"], registry=registry)
         self.bans = Counter("keel_firewall_bans", "End users (or opted-in keys/IPs) banned",
                             registry=registry)
+        self.canary_leaks = Counter("keel_firewall_canary_leaks",
+                                    "Assistant turns that contained the canary token",
+                                    registry=registry)
         self.watches = Counter("keel_firewall_watches",
                                "Keys watched for repeated anonymous blocks (not banned)",
                                registry=registry)
@@ -90,7 +93,9 @@ class FirewallStage:
                       forwarded_ip=ctx.forwarded_ip)
         if mode == "block":
             await self._admit(ctx, who)
-        judged, _ = extract_items(ctx.body, self.settings.scan_fields)
+        judged, context = extract_items(ctx.body, self.settings.scan_fields)
+        if self.settings.canary:
+            self._canary(ctx, context)
         size_guard(judged, self.settings.max_scan_chars)
         verdict = await self.judge(tenant, judged)
         if verdict is None:
@@ -111,6 +116,15 @@ class FirewallStage:
             f"{verdict.category}); if this is a false positive, ask an admin to allow-list it",
             rule=verdict.rule, layer=verdict.layer,
         )
+
+    def _canary(self, ctx: RequestContext, context: list[ScanItem]) -> None:
+        """Report (never block) an earlier assistant turn that leaked the canary token."""
+        canary = self.settings.canary
+        if any(i.role == "assistant" and canary in i.text for i in context):
+            ctx.decide(self.name, "canary-leak", "an assistant turn contains the canary")
+            self.metrics.canary_leaks.inc()
+            log.warning("firewall: request %s of tenant %s carries an assistant turn with the "
+                        "canary token (the system prompt leaked)", ctx.id, ctx.principal.tenant)
 
     async def _admit(self, ctx: RequestContext, who: Identity) -> None:
         """Refuse banned end users; rate-limit anonymous traffic of a watched key."""
