@@ -75,48 +75,63 @@ def _compile(parts: tuple[str, ...]) -> re.Pattern[str]:
 
 
 _FRAME_ALL = _compile(_REPORTED + _NEGATION + _ABOUT)
-_FRAME_NO_NEGATION = _compile(_REPORTED + _ABOUT)
-# Negation frames a phrase only where the phrase is the attack itself ("never reveal your
-# prompt"); in jailbreak rules the negation is part of the attack ("you will not refuse").
+_FRAME_ABOUT = _compile(_ABOUT)
+# Reported speech, negation and defensive suffixes frame a phrase only where the phrase is
+# the attack itself ("never reveal your prompt", "if a user asks you to ignore..."); in
+# jailbreak rules they are part of the attack ("you will not refuse", "when i tell you to").
 _NEGATABLE = frozenset({"prompt_extraction", "instruction_override", "encoded_payload"})
 # A hijack's payload is a quoted output string ("say 'access granted'"): never framed.
 _UNFRAMED = frozenset({"goal_hijacking", "fake_markup"})
 _OPEN_QUOTES = "\"'`\u201c\u2018\u00ab"  # also curly double/single quotes, guillemet
 _CLOSE_QUOTES = "\"'`\u201d\u2019\u00bb"
-def _quoted(text: str, start: int, end: int) -> bool:
-    """True when text[start:end] lies inside one short quotation ("...", '...', “...”)."""
+def _quote_span(text: str, start: int, end: int) -> tuple[int, int] | None:
+    """(open, close) of the one short quotation text[start:end] lies in, or None."""
     lo = max(0, start - MAX_QUOTE)
     open_at = -1
     for i in range(start - 1, lo - 1, -1):
         c = text[i]
-        if c in _OPEN_QUOTES and (i == 0 or not text[i - 1].isalnum()):
+        if c in _OPEN_QUOTES or c in _CLOSE_QUOTES:
+            before = i > 0 and text[i - 1].isalnum()
+            after = i + 1 < len(text) and text[i + 1].isalnum()
+            if before and after:  # an apostrophe inside a word ("don't")
+                continue
+            if before or c not in _OPEN_QUOTES:  # a closing quote: we are outside
+                return None
             open_at = i
             break
         if c in ".!?\n" and i < start - 1:
-            return False
+            return None
     if open_at < 0:
-        return False
-    hi = min(len(text), open_at + MAX_QUOTE)
-    for j in range(end, hi):
+        return None
+    for j in range(end, min(len(text), open_at + MAX_QUOTE)):
         c = text[j]
         if c in _CLOSE_QUOTES and (j + 1 == len(text) or not text[j + 1].isalnum()):
-            return True
-    return False
+            return open_at, j
+    return None
+
+
+def _quoted_for_discussion(text: str, start: int, end: int) -> bool:
+    """The phrase (or its tail, the object of "translate") sits in a short quotation that
+    the words right around it present as material: translate, define, quiz, an example."""
+    span = _quote_span(text, start, end) or _quote_span(text, max(start, end - 12), end)
+    if span is None:
+        return False
+    around = text[max(0, span[0] - 80):span[0]] + " " + text[span[1] + 1:span[1] + 60]
+    return _QUOTING.search(around) is not None
 
 
 def framed(text: str, start: int, end: int, category: str = "") -> bool:
     """Is the match text[start:end] framed benignly (quoted, negated, asked about)?"""
     if category in _UNFRAMED:
         return False
-    # the phrase, or the tail of it (the object of "translate"), inside a short quotation
-    if ((_quoted(text, start, end) or _quoted(text, max(start, end - 12), end))
-            and _QUOTING.search(text) is not None):
-        return True
-    if _DEFENSIVE_SUFFIX.match(text, end) is not None:
+    if _quoted_for_discussion(text, start, end):
         return True
     prefix = text[max(0, start - WINDOW):start].rstrip(" \"'`\u201c\u2018\u00ab:,(")
-    frames = _FRAME_ALL if category in _NEGATABLE else _FRAME_NO_NEGATION
-    return frames.search(prefix) is not None
+    if _DEFENSIVE_SUFFIX.match(text, end) is not None:
+        return True
+    if category not in _NEGATABLE:  # jailbreaks are full of "i will tell you to ..."
+        return _FRAME_ABOUT.search(prefix) is not None
+    return _FRAME_ALL.search(prefix) is not None
 
 
 def benign_framing(pattern: re.Pattern[str], text: str, category: str = "") -> bool:
