@@ -80,7 +80,7 @@ def build_services(
     # capabilities add their stages after it, in front of metering: cache, degrade, rag...
     kv = open_kv(settings.kv)
     front: list[Stage] = []
-    firewall = firewall_state = None
+    firewall = firewall_state = firewall_stage = None
     if settings.firewall.enabled:
         from keel.firewall.engine import Firewall
         from keel.firewall.stage import FirewallMetrics, FirewallStage
@@ -88,8 +88,9 @@ def build_services(
 
         firewall_state = FirewallState(kv, settings.firewall)
         firewall = Firewall.build(settings.firewall, models.embedder())
-        front.append(FirewallStage(firewall, firewall_state,
-                                   FirewallMetrics(metrics.registry, firewall_state)))
+        firewall_stage = FirewallStage(firewall, firewall_state,
+                                       FirewallMetrics(metrics.registry, firewall_state))
+        front.append(firewall_stage)
     # RAG objects first: the cache keys answers on the RAG index version they used.
     retriever = rag_stage = None
     if settings.rag.enabled:
@@ -121,6 +122,10 @@ def build_services(
         from keel.tools.gateway import ToolGateway
 
         tool_gateway = ToolGateway(settings.tools, db)
+        if firewall_stage is not None:  # tool arguments and results meet the same firewall
+            from keel.firewall.tools import ToolFirewall
+
+            tool_gateway.scanner = ToolFirewall(firewall_stage)
     # --- end issue 6 ---------------------------------------------------------------------
     # --- issue 8: wallets, budgets and x402 payments (fails start-up without a key) ----
     wallets = fetcher = None
@@ -226,6 +231,10 @@ def create_app(settings: Settings, *, services: Services | None = None, **kw: An
     app.include_router(OpenAIRoutes(svc).router())
     app.include_router(AdminRoutes(svc).router())
     app.include_router(exposition.router())
+    if svc.firewall_state is not None:  # /v1/admin/firewall/*: bans and the allow-list
+        from keel.firewall.routes import FirewallAdminRoutes
+
+        app.include_router(FirewallAdminRoutes(svc, svc.firewall_state).router())
     if svc.cache is not None:  # issue 4: /v1/admin/cache/*
         from keel.cache.routes import CacheAdminRoutes
 

@@ -99,6 +99,9 @@ class RequestLogSettings(Section):
     store_bodies: bool = True
 
 
+FirewallMode = Literal["block", "flag", "off"]
+
+
 class FirewallSettings(Section):
     enabled: bool = True
     rules: list[str] = Field(default_factory=lambda: ["default"])  # rule-set names or files
@@ -116,6 +119,20 @@ class FirewallSettings(Section):
     strike_window_s: float = 60.0
     ban_s: float = 24 * 3600.0
     trusted_proxies: list[str] = Field(default_factory=list)
+    # block (403) | flag (answer, mark and log) | off; `modes` overrides per "TENANT",
+    # "TENANT/ROUTE" or "*/ROUTE" (routes: chat, completions, tools), most specific first
+    mode: FirewallMode = "block"
+    modes: dict[str, FirewallMode] = Field(default_factory=dict)
+    # who strikes and bans hit: the end user (this header, else the OpenAI `user` field, else
+    # an address from a trusted proxy); "key" / "ip" (socket) only when listed here
+    end_user_header: str = "x-keel-end-user"
+    ban_fallback: list[Literal["key", "ip"]] = Field(default_factory=list)
+    # a key whose anonymous traffic keeps being blocked is reported and its anonymous
+    # requests are limited to this many per minute while watched (0: report only)
+    watch_rate_per_min: int = 60
+    # a secret string planted in your system prompt: an earlier assistant turn that contains
+    # it means the model leaked the prompt; reported (log, metric, decision), never blocked
+    canary: str = ""
 
 
 class Settings(BaseSettings):

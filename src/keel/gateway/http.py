@@ -73,13 +73,21 @@ def bearer_token(request: Request) -> str:
     )
 
 
-def client_ip(request: Request, trusted_proxies: frozenset[str] = frozenset()) -> str:
+def forwarded_ip(request: Request, trusted_proxies: frozenset[str] = frozenset()) -> str | None:
+    """The client address a trusted proxy reported in X-Forwarded-For (None otherwise)."""
     peer = request.client.host if request.client else "unknown"
     if peer in trusted_proxies:
         fwd = request.headers.get("x-forwarded-for")
         if fwd:
-            return fwd.split(",")[0].strip() or peer
-    return peer
+            return fwd.split(",")[0].strip() or None
+    return None
+
+
+def client_ip(request: Request, trusted_proxies: frozenset[str] = frozenset()) -> str:
+    fwd = forwarded_ip(request, trusted_proxies)
+    if fwd is not None:
+        return fwd
+    return request.client.host if request.client else "unknown"
 
 
 def require_admin(admin: bool) -> None:

@@ -19,6 +19,7 @@ from keel.gateway.http import (
     bearer_token,
     client_ip,
     error_response,
+    forwarded_ip,
     log,
     read_body,
 )
@@ -104,6 +105,7 @@ class OpenAIRoutes:
             id=request_id, route=route, body=body, model=spec, principal=principal,
             client_ip=client_ip(request, svc.trusted_proxies),
             headers=dict(request.headers), stream=bool(body.get("stream")),
+            forwarded_ip=forwarded_ip(request, svc.trusted_proxies),
         )
         try:
             await svc.pipeline(ctx)

@@ -29,6 +29,7 @@ from keel.errors import (
     KeelError,
     PayloadTooLarge,
     PolicyDenied,
+    PromptBlocked,
     ToolNotFound,
 )
 from keel.gateway.context import Principal
@@ -45,6 +46,7 @@ from keel.tools.ports import (
     SessionSpend,
     ToolCall,
     ToolPayments,
+    ToolScanner,
 )
 from keel.tools.settings import ToolSettings
 from keel.tools.upstreams import ToolSpec, Upstream, build_upstreams
@@ -85,6 +87,7 @@ class ToolGateway:
         self.clock: Clock = clock or (lambda: datetime.now(self.tz))
         self.approvals = approvals
         self.payments: ToolPayments | None = None  # set by the wallets capability (x402)
+        self.scanner: ToolScanner | None = None  # set by the firewall capability
         # actions that are not tools but are decided by the same policies (x402:pay)
         self.extra_actions: list[ToolSignature] = []
         self.spend: SessionSpend = spend or MemorySessionSpend()
@@ -234,6 +237,8 @@ class ToolGateway:
             raise PayloadTooLarge(f"tool arguments are {size} bytes; the limit is "
                                   f"{self.settings.max_argument_bytes} "
                                   "(tools.max_argument_bytes)")
+        if self.scanner is not None:  # injections in the arguments never reach the tool
+            await self.scanner.check_arguments(principal, tool, arguments)
         decision_id = self._next_id()
         decision = await self.authorize(principal, tool, arguments, session_id)
         row = self._row(decision_id, principal, tool, arguments, session_id, decision)
@@ -252,6 +257,11 @@ class ToolGateway:
             if result.is_error and self.payments is not None:  # a paid tool's 402?
                 result = await self.payments.handle(
                     call, result, lambda meta: upstream.call(tool, args, meta))
+            if self.scanner is not None:  # indirect injection: the result goes to a model
+                await self.scanner.check_result(principal, tool, result)
+        except PromptBlocked:
+            self._submit(row, "blocked")
+            raise
         except KeelError:
             self._submit(row, "tool_error")
             raise

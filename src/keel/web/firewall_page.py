@@ -10,7 +10,7 @@ from fastapi import APIRouter
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
-from keel.firewall.export import recent_blocks, rule_hits
+from keel.firewall.export import flag_hits, recent_blocks, rule_hits
 
 if TYPE_CHECKING:
     from keel.web.console import ConsoleRoutes
@@ -42,9 +42,11 @@ class FirewallPage:
             blocks = [b for b in blocks if b["tenant"] == p.tenant]
         state = self.svc.firewall_state
         bans = await state.list_bans() if state is not None and p.admin else []
+        watched = await state.list_watches() if state is not None and p.admin else []
         return self.console.render(
             "firewall.html", active="/console/firewall", principal=p, blocks=blocks[:50],
-            hits=rule_hits(blocks), bans=bans, enabled=state is not None,
+            hits=rule_hits(blocks), flags=flag_hits(blocks), bans=bans, watched=watched,
+            enabled=state is not None,
             csrf=csrf_token(request, COOKIE), message=request.query_params.get("msg"),
         )
 
