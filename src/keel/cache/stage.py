@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -18,11 +19,12 @@ import numpy as np
 import orjson
 
 from keel.cache.keys import CacheKey, cache_key, tenant_tag
+from keel.cache.profiles import make_verifier
 from keel.cache.replay import StreamAssembler, fresh, replay
-from keel.cache.settings import CacheSettings, NamespaceSettings
+from keel.cache.settings import CacheSettings, NamespaceSettings, Profile
 from keel.cache.stats import CacheStats
 from keel.cache.store import CacheStore, Entry
-from keel.cache.verifier import HitVerifier
+from keel.cache.verifier import Verifier
 from keel.errors import InvalidRequest
 from keel.gateway.context import RequestContext
 from keel.gateway.pipeline import Next
@@ -61,7 +63,10 @@ class CacheStage:
         self.store = store
         self.embedder = embedder if settings.semantic else None
         self.stats = stats
-        self.verifier = HitVerifier() if settings.verifier else None
+        self.verifiers: dict[Profile, Verifier] = (
+            {p: make_verifier(p) for p in ("strict", "balanced")} if settings.verifier else {})
+        # embeddings of the short phrases the balanced verifier compares, most recent last
+        self._phrases: OrderedDict[str, Vectors] = OrderedDict()
         self.rag_tag = rag_tag
         self._pending: set[asyncio.Task[None]] = set()
 
@@ -154,12 +159,16 @@ class CacheStage:
             return None
         plan.vector = np.asarray((await self.embedder.embed([key.query]))[0], np.float32)
         threshold = self.settings.threshold_for(plan.ns)
+        verifier = self.verifiers.get(self.settings.profile_for(plan.ns))
         rejected = ""
         for cand in await self.store.search(key, plan.vector, k=3):
             if cand.similarity < threshold:
                 break
-            reason = (None if self.verifier is None or cand.entry.query is None
-                      else self.verifier.check(key.query, cand.entry.query))
+            reason = None
+            if verifier is not None and cand.entry.query is not None:
+                phrases = await self._phrase_vectors(
+                    verifier.needs(key.query, cand.entry.query))
+                reason = verifier.check(key.query, cand.entry.query, phrases)
             if reason is None:
                 return Hit(cand.entry, "semantic", cand.similarity)
             self.stats.reject(reason)
@@ -169,6 +178,23 @@ class CacheStage:
             ctx.decide("cache", "rejected", rejected)
         self.stats.record(plan.tenant, key.namespace, "rejected" if rejected else "miss")
         return None
+
+    async def _phrase_vectors(self, texts: list[str]) -> dict[str, Vectors]:
+        """Embeddings of the verifier's phrases: one batched call for the ones not seen
+        recently (the 4,096 most recent are kept)."""
+        if not texts or self.embedder is None:
+            return {}
+        missing = [t for t in dict.fromkeys(texts) if t not in self._phrases]
+        if missing:
+            for text, vec in zip(missing, await self.embedder.embed(missing), strict=True):
+                self._phrases[text] = np.asarray(vec, np.float32)
+            while len(self._phrases) > 4096:
+                self._phrases.popitem(last=False)
+        out = {}
+        for t in texts:
+            self._phrases.move_to_end(t)
+            out[t] = self._phrases[t]
+        return out
 
     def _serve(self, ctx: RequestContext, plan: _Plan, hit: Hit) -> None:
         entry = hit.entry
