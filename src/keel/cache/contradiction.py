@@ -17,8 +17,9 @@ never hit. This one looks only for differences that change the answer:
   substitution: "password" vs "database"), the unmatched words of each side are embedded as
   a phrase and must be close (cosine of the two phrases >= ``substitution``); words added on
   one side only must be few (<= ``max_added``) and close to the other question as a whole
-  (cosine >= ``addition``), so "saved card" vs "saved payment card" hits and "reset my
-  password" vs "reset my router password" does not.
+  (cosine >= ``addition``) or, for one added word in front of a shared word, close to that
+  word (``modifier``: "saved card" vs "saved payment card" hits, "reset my password" vs
+  "reset my router password" does not).
 
 The phrase embeddings come from the same embedder as the cache (one small batched call, only
 when words differ); the stage passes them in through ``vectors``. :meth:`needs` says which
@@ -41,7 +42,7 @@ _QUANTITY = {"how many", "how much", "how long", "how often", "how old", "how fa
 # Words the strict verifier treats as scaffolding but that change what is asked ("be a good
 # roommate" / "find a good roommate", "talk to people" / "get people to talk to you").
 _MEANINGFUL = frozenset({
-    "best", "good", "know", "want", "need", "like", "people", "someone", "somebody", "find",
+    "best", "good", "know", "need", "like", "people", "someone", "somebody", "find",
     "make", "makes", "making", "get", "got", "getting", "go", "going", "use", "using", "used",
     "show", "give", "tell", "help", "thing", "things"})
 _THIRD = frozenset({"he", "him", "his", "she", "her", "hers", "they", "them", "their"})
@@ -81,8 +82,9 @@ class ContradictionVerifier:
     """Rejects a semantic hit only when the two questions contradict each other."""
 
     def __init__(self, *, substitution: float = 0.5, addition: float = 0.25,
-                 max_added: int = 1) -> None:
+                 modifier: float = 0.45, max_added: int = 1) -> None:
         self.substitution = substitution
+        self.modifier = modifier
         self.addition = addition
         self.max_added = max_added
         self.opposites = Opposites()
@@ -97,11 +99,13 @@ class ContradictionVerifier:
 
     def needs(self, query: str, cached: str) -> list[str]:
         """Texts whose embeddings :meth:`check` needs (empty when no content word differs)."""
-        _, _, ua, ub = self._diff(query, cached)
+        a, b, ua, ub = self._diff(query, cached)
         if ua and ub:
             return [" ".join(ua), " ".join(ub)]
         if ua or ub:
-            return [" ".join(ua or ub), cached if ua else query]
+            added = " ".join(ua or ub)
+            head = _head(a if ua else b, ua or ub)
+            return [added, cached if ua else query] + ([head] if head else [])
         return []
 
     # -- the check --------------------------------------------------------------------------
@@ -125,7 +129,10 @@ class ContradictionVerifier:
         if len(added) > self.max_added:
             return "content added: " + " ".join(added)[:60]
         sim = _cos(vectors, " ".join(added), cached if ua else query)
-        if sim is None or sim < self.addition:
+        head = _head(a if ua else b, added)
+        modifier = _cos(vectors, added[0], head) if head else None
+        if (sim is None or sim < self.addition) and (modifier is None
+                                                     or modifier < self.modifier):
             return "content added: " + " ".join(added)[:60]
         return None
 
@@ -192,6 +199,18 @@ def _order_swapped(a: Features, b: Features) -> bool:
         return out
     ra, rb = roles(a), roles(b)
     return any(rb.get(w) not in (None, r) for w, r in ra.items())
+
+
+def _head(f: Features, added: list[str]) -> str | None:
+    """The word a single added word modifies, when it is followed by a content word both
+    sides share ("saved payment card": card)."""
+    if len(added) != 1:
+        return None
+    words = f.words
+    for i, w in enumerate(words[:-1]):
+        if w == added[0] and _stem(words[i + 1]) in f.content:
+            return words[i + 1]
+    return None
 
 
 def _cos(vectors: Mapping[str, Vector], x: str, y: str) -> float | None:

@@ -11,7 +11,8 @@ sources kept here:
   install/uninstall...), and so are two words that differ only in a reversing prefix pair
   (upload/download, import/export, include/exclude, increase/decrease, encrypt/decrypt).
   Both words must occur, one on each side, so a word that merely starts like a prefix
-  (discount, display, detail) can only match its own un-prefixed form.
+  (discount, display, detail) can only match its own un-prefixed form (count, play, tail),
+  which then rejects a hit that was wrong anyway.
 
 Rewordings (switch off = disable, get rid of = remove, a copy of = download) are not listed:
 they are recognised by comparing embeddings of the words that differ (see
@@ -97,6 +98,7 @@ _IDIOMS = [
     (r"\bsign(?:ed|ing|s)? out\b", "logout"),
     (r"\bforg[oe]t(?:ten)? (?:my |the )?password\b", "reset password"),
     (r"\bsign(?:ed|ing|s)? up\b", "register"),
+    (r"\b(?:get|obtain|receive)(?:ting)? (?:a |an )?cop(?:y|ies) of\b", "download"),
     (r"\bset(?:ting|s)? up\b", "configure"), (r"\bopt(?:ed|ing|s)? out(?: of)?\b", "unsubscribe"),
     (r"\bopt(?:ed|ing|s)? in(?:to)?\b", "subscribe"), (r"\bzoom(?:ed|ing|s)? in\b", "magnify"),
     (r"\bzoom(?:ed|ing|s)? out\b", "unmagnify"), (r"\bget in touch with\b", "contact"),
