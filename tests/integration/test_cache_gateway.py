@@ -11,6 +11,8 @@ import json
 import httpx
 import pytest
 
+from keel.cache.settings import NamespaceSettings
+from keel.config import Settings
 from keel.gateway.services import Services
 
 from fakes import FakeUpstream
@@ -69,6 +71,28 @@ async def test_verifier_refuses_near_misses(
     r = await ask(client, user_key, asked)
     assert r.headers["x-keel-cache"] == "miss"
     assert len(fake_upstream.calls) == 2
+
+
+async def test_balanced_default_serves_rewordings_strict_namespace_does_not(
+    client: httpx.AsyncClient, user_key: str, services: Services, fake_upstream: FakeUpstream,
+    settings: Settings,
+) -> None:
+    settings.cache.namespaces["exacting"] = NamespaceSettings(profile="strict")
+    for ns in ("default", "exacting"):
+        h = {"x-keel-cache-namespace": ns}
+        await ask(client, user_key, "How can I disable email notifications?", **h)
+        await drained(services)
+        r = await ask(client, user_key, "How do I turn off email notifications?", **h)
+        if ns == "default":
+            assert r.headers["x-keel-cache"] == "hit", r.headers
+            assert r.headers["x-keel-cache-layer"] == "semantic"
+        else:
+            assert r.headers["x-keel-cache"] == "miss"
+            assert "content differs" in r.headers["x-keel-cache-rejected"]
+    assert len(fake_upstream.calls) == 3
+    r = await ask(client, user_key, "How can I enable email notifications?")
+    assert r.headers["x-keel-cache"] == "miss"  # an opposite is never served
+    assert "opposites" in r.headers["x-keel-cache-rejected"]
 
 
 async def test_tenants_never_share_entries(
