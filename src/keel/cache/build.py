@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
+import re
+
 from prometheus_client import CollectorRegistry
 
 from keel.cache.stage import CacheStage, RagTag
@@ -14,6 +17,16 @@ from keel.storage.sql import Database
 from keel.storage.vectors import open_vector_index
 
 INDEX_NAME = "semantic-cache"
+DEFAULT_EMBEDDER = "all-minilm-l6-v2"
+
+
+def index_name(embedder: str) -> str:
+    """One vector index per embedder: vectors of different models are never compared."""
+    if embedder == DEFAULT_EMBEDDER:
+        return INDEX_NAME  # the name the cache always used for MiniLM
+    slug = re.sub(r"[^a-z0-9]+", "-", embedder.lower()).strip("-")[:40]
+    digest = hashlib.blake2b(embedder.encode(), digest_size=4).hexdigest()
+    return f"{INDEX_NAME}-{slug}-{digest}"
 
 
 def build_cache(settings: Settings, kv: KV, db: Database, embedder: Embedder | None,
@@ -21,7 +34,8 @@ def build_cache(settings: Settings, kv: KV, db: Database, embedder: Embedder | N
     cs = settings.cache
     index = None
     if cs.semantic and embedder is not None:
-        index = open_vector_index(cs.vector_url or "embedded://", INDEX_NAME, settings.data_dir)
+        index = open_vector_index(cs.vector_url or "embedded://", index_name(embedder.name),
+                                  settings.data_dir)
     store = CacheStore(kv, index, embedder.dim if embedder is not None else 0)
     stats = CacheStats(db, registry, cs.stats_flush_s)
     return CacheStage(cs, store, embedder, stats, rag_tag=rag_tag)

@@ -36,6 +36,9 @@ class CacheSettings(BaseModel):
     # "" = embedded (usearch HNSW + SQLite beside the data dir); redis://host:port/0 for many
     # replicas (RediSearch HNSW). Entries themselves live in the KV port ([kv_url]).
     vector_url: str = ""
+    # model-table name of an embedding model ("" = the built-in all-MiniLM-L6-v2). Each
+    # embedder has its own vector index, so switching never compares vectors across models.
+    embedder: str = ""
     profile: Profile = "balanced"
     # cosine similarity a semantic hit needs before the verifier; None: the profile's default
     threshold: float | None = None
