@@ -103,7 +103,8 @@ def build_services(
 
         cache = build_cache(settings, kv, db, models.embedder_for(settings.cache.embedder),
                             metrics.registry,
-                            rag_tag=rag_stage.cache_tag if rag_stage is not None else None)
+                            rag_tag=rag_stage.cache_tag if rag_stage is not None else None,
+                            models=models)
         front.append(cache)
     # --- issue 5: degradation ladder (model, RAG depth, caps), then RAG context ---------
     degrader = None

@@ -17,6 +17,9 @@ class NamespaceSettings(BaseModel):
 
     threshold: float | None = None  # cosine; None: the [cache] default, else the profile's
     profile: Profile | None = None  # None: the [cache] profile
+    # chat model (model table) that confirms hits balanced serves but strict would not;
+    # None: the [cache] judge; "" : no judge
+    judge: str | None = None
     ttl_s: float | None = None  # None: the [cache] default
     per_user: bool = False
     semantic: bool = True
@@ -43,6 +46,7 @@ class CacheSettings(BaseModel):
     # cosine similarity a semantic hit needs before the verifier; None: the profile's default
     threshold: float | None = None
     verifier: bool = True
+    judge: str = ""  # default judge model for every namespace ("" = none); see cache/judge.py
     ttl_s: float = 24 * 3600.0
     max_query_chars: int = 2000  # longer last turns are served by the exact layer only
     max_response_bytes: int = 256_000  # larger answers are not stored
@@ -80,6 +84,9 @@ class CacheSettings(BaseModel):
 
     def profile_for(self, ns: NamespaceSettings) -> Profile:
         return self.profile if ns.profile is None else ns.profile
+
+    def judge_for(self, ns: NamespaceSettings) -> str:
+        return self.judge if ns.judge is None else ns.judge
 
     def threshold_for(self, ns: NamespaceSettings) -> float:
         if ns.threshold is not None:
