@@ -23,6 +23,7 @@ before comparing, where an embedding of the separate words would mislead.
 from __future__ import annotations
 
 import re
+from functools import lru_cache
 
 _PAIRS = """
 enable disable, on off, in out, up down, start stop, begin end, open close, show hide,
@@ -67,20 +68,30 @@ def _pairs() -> dict[str, frozenset[str]]:
 
 
 class Opposites:
-    """``opposite(a, b)``: are the two (lower-case) words opposites? Built once per verifier."""
+    """``opposite(a, b)``: are the two (lower-case) words opposites? Built once per verifier;
+    answers are memoised (bounded) because the same words recur in every comparison."""
 
     def __init__(self) -> None:
         self.pairs = _pairs()
+        self._memo: dict[tuple[str, str], bool] = {}
 
     def opposite(self, a: str, b: str) -> bool:
+        key = (a, b) if a <= b else (b, a)
+        known = self._memo.get(key)
+        if known is None:
+            if len(self._memo) >= 65536:
+                self._memo.clear()
+            known = self._memo[key] = self._opposite(a, b)
+        return known
+
+    def _opposite(self, a: str, b: str) -> bool:
         if a == b:
             return False
         if b in self.pairs.get(a, ()):
             return True
         for x, y in ((a, b), (b, a)):
-            for p in _NEGATING:
-                if x == p + y and len(y) >= _MIN_ROOT:
-                    return True
+            if x.endswith(y) and len(y) >= _MIN_ROOT and x[: len(x) - len(y)] in _NEGATING:
+                return True
         for p, q in _REVERSING:
             for x, y in ((a, b), (b, a)):
                 if (x.startswith(p) and y.startswith(q) and x[len(p):] == y[len(q):]
@@ -111,9 +122,16 @@ _IDIOMS = [
     (r"\blog-?out\b", "logout"),
 ]
 _IDIOM_RE = [(re.compile(p, re.IGNORECASE), r) for p, r in _IDIOMS]
+# every idiom contains one of these words: texts without any skip the substitutions
+_IDIOM_WORDS = re.compile(r"\b(?:rid|off|on|in|out|up|touch|back|possible|able|unable|not|"
+                          r"copy|copies|forgot|forget|forgotten|check|sign|log|login|logout|"
+                          r"signin)\b", re.IGNORECASE)
 
 
+@lru_cache(maxsize=4096)
 def fold_idioms(text: str) -> str:
+    if _IDIOM_WORDS.search(text) is None:
+        return text
     for pattern, repl in _IDIOM_RE:
         text = pattern.sub(repl, text)
     return text
