@@ -144,3 +144,17 @@ def test_firewall_export_blocked(config: Path, tmp_path: Path) -> None:
     # the exported set is a valid regression set for `keel firewall eval`
     code, text = run(config, "firewall", "eval", str(out), "--json", "--no-semantic")
     assert code == 0, text
+
+
+def test_cache_eval_profiles_on_the_support_set(config: Path) -> None:
+    pairs = Path(__file__).resolve().parents[2] / "bench" / "data" / "support_paraphrases.jsonl"
+    code, out = run(config, "cache", "eval", str(pairs), "--json")
+    assert code == 0, out
+    balanced = json.loads(out)
+    assert balanced["profile"] == "balanced" and balanced["threshold"] == 0.78
+    assert balanced["false_hits"] == 0 and balanced["recall"] >= 0.4
+    code, out = run(config, "cache", "eval", str(pairs), "--json", "--profile", "strict")
+    strict = json.loads(out)
+    assert code == 0 and strict["profile"] == "strict" and strict["recall"] < balanced["recall"]
+    code, out = run(config, "cache", "eval", str(pairs), "--profile", "[loose]")
+    assert code == 1 and "--profile must be one of: strict, balanced" in out and "[loose]" in out

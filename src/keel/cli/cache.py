@@ -101,7 +101,10 @@ def build() -> typer.Typer:
 
         settings = settings_from(ctx)
         if profile is not None and profile not in DEFAULT_THRESHOLD:
-            fail(f"--profile must be one of: {', '.join(DEFAULT_THRESHOLD)} (got {profile!r})")
+            from rich.markup import escape
+
+            fail(f"--profile must be one of: {', '.join(DEFAULT_THRESHOLD)} "
+                 f"(got {escape(repr(profile))})")
         ns = NamespaceSettings.model_validate({"profile": profile})
         prof = settings.cache.profile_for(ns)
         th = settings.cache.threshold_for(ns) if threshold is None else threshold
