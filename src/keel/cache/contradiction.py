@@ -100,9 +100,11 @@ class ContradictionVerifier:
     def needs(self, query: str, cached: str) -> list[str]:
         """Texts whose embeddings :meth:`check` needs (empty when no content word differs)."""
         a, b, ua, ub = self._diff(query, cached)
+        if (not ua and not ub) or self._contradiction(query, cached, a, b) is not None:
+            return []  # decided without embeddings
         if ua and ub:
             return [" ".join(ua), " ".join(ub)]
-        if ua or ub:
+        if len(ua or ub) <= self.max_added:
             added = " ".join(ua or ub)
             head = _head(a if ua else b, ua or ub)
             return [added, cached if ua else query] + ([head] if head else [])
