@@ -28,13 +28,19 @@ texts to embed. Everything else is a pure function of the two strings.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 
 import numpy as np
 import numpy.typing as npt
 
-from keel.cache.lexicon import DEICTIC, FILLER, Opposites, fold_idioms, rewordings
+from keel.cache.lexicon import (
+    DEICTIC,
+    FILLER,
+    Opposites,
+    fold_idioms,
+    rewordings,
+    speaker_role_swapped,
+)
 from keel.cache.verifier import Features, _stem, _swapped_modifier, features
 
 Vector = npt.NDArray[np.float32]
@@ -164,7 +170,7 @@ class ContradictionVerifier:
             for l2, p2, r2 in b.directions:
                 if p2 == prep and left != l2 and (left == r2 or right == l2):
                     return f"direction swapped around {prep!r}"
-        if _speaker_role_swapped(query, cached):
+        if speaker_role_swapped(query, cached):
             return "direction swapped (who does what to whom)"
         if _order_swapped(a, b):
             return "direction swapped (from / to)"
@@ -172,17 +178,6 @@ class ContradictionVerifier:
         if swapped:
             return f"modifiers swapped: {swapped}"
         return None
-
-
-_SPEAKER_TARGET = re.compile(r"\b(?:to|from|for|with|by)\s+(?:me|us)\b", re.IGNORECASE)
-_SPEAKER_AGENT = re.compile(r"\b(?:I|we)\b", re.IGNORECASE)
-
-
-def _speaker_role_swapped(x: str, y: str) -> bool:
-    """"Can I send an invoice to a customer?" vs "Can a customer send an invoice to me?":
-    the asker acts on one side and is acted on on the other."""
-    tx, ty = bool(_SPEAKER_TARGET.search(x)), bool(_SPEAKER_TARGET.search(y))
-    return tx != ty and bool(_SPEAKER_AGENT.search(y if tx else x))
 
 
 def _order_swapped(a: Features, b: Features) -> bool:

@@ -181,3 +181,14 @@ def rewordings() -> dict[str, str]:
         for w in words:
             out.setdefault(w, words[0])
     return out
+
+
+_SPEAKER_TARGET = re.compile(r"\b(?:to|from|for|with|by)\s+(?:me|us)\b", re.IGNORECASE)
+_SPEAKER_AGENT = re.compile(r"\b(?:I|we)\b", re.IGNORECASE)
+
+
+def speaker_role_swapped(x: str, y: str) -> bool:
+    """"Can I send an invoice to a customer?" vs "Can a customer send an invoice to me?":
+    the asker acts on one side and is acted on on the other."""
+    tx, ty = bool(_SPEAKER_TARGET.search(x)), bool(_SPEAKER_TARGET.search(y))
+    return tx != ty and bool(_SPEAKER_AGENT.search(y if tx else x))

@@ -32,6 +32,8 @@ from typing import Protocol
 import numpy as np
 import numpy.typing as npt
 
+from keel.cache.lexicon import DEICTIC, speaker_role_swapped
+
 _WORD = re.compile(r"[A-Za-z][A-Za-z'\u2019\-]*|\$?\d[\d,]*(?:\.\d+)?[A-Za-z%]*|\"[^\"]{1,80}\"")
 _NUMBER = re.compile(r"\$?(\d[\d,]*(?:\.\d+)?)([A-Za-z%]*)")
 
@@ -304,8 +306,10 @@ class HitVerifier:
         pa, pb = persons(a), persons(b)
         if pa and pb and pa != pb:
             return "grammatical person differs (I / you)"
-        if a.deictic or b.deictic:
+        if a.deictic or b.deictic or DEICTIC.search(query) or DEICTIC.search(cached):
             return "refers to context outside the text (this video, my code, attached file)"
+        if speaker_role_swapped(query, cached):
+            return "direction swapped (who does what to whom)"
         if a.intent != b.intent:
             return "question intent differs"
         missing = {e for e in a.entities if _stem(e) not in b.stems and e not in b.words}
