@@ -104,8 +104,10 @@ def build_services(
     if settings.cache.enabled:
         from keel.cache.build import build_cache
 
-        cache = build_cache(settings, kv, db, models.embedder(), metrics.registry,
-                            rag_tag=rag_stage.cache_tag if rag_stage is not None else None)
+        cache = build_cache(settings, kv, db, models.embedder_for(settings.cache.embedder),
+                            metrics.registry,
+                            rag_tag=rag_stage.cache_tag if rag_stage is not None else None,
+                            models=models)
         front.append(cache)
     # --- issue 5: degradation ladder (model, RAG depth, caps), then RAG context ---------
     degrader = None

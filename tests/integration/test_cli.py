@@ -265,3 +265,17 @@ def test_firewall_export_blocked_with_bodies_over_64_kib(config: Path, tmp_path:
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert len(rows) == 2 and all(attack in row["text"] for row in rows)
     assert [row.get("truncated") for row in rows] == [None, True]
+
+
+def test_cache_eval_profiles_on_the_support_set(config: Path) -> None:
+    pairs = Path(__file__).resolve().parents[2] / "bench" / "data" / "support_paraphrases.jsonl"
+    code, out = run(config, "cache", "eval", str(pairs), "--json")
+    assert code == 0, out
+    balanced = json.loads(out)
+    assert balanced["profile"] == "balanced" and balanced["threshold"] == 0.78
+    assert balanced["false_hits"] == 0 and balanced["recall"] >= 0.4
+    code, out = run(config, "cache", "eval", str(pairs), "--json", "--profile", "strict")
+    strict = json.loads(out)
+    assert code == 0 and strict["profile"] == "strict" and strict["recall"] < balanced["recall"]
+    code, out = run(config, "cache", "eval", str(pairs), "--profile", "[loose]")
+    assert code == 1 and "--profile must be one of: strict, balanced" in out and "[loose]" in out

@@ -87,16 +87,27 @@ def build() -> typer.Typer:
         pairs_file: Path = typer.Argument(
             ..., help="JSONL: text_a, text_b, label (or a, b, same)."),
         threshold: float | None = typer.Option(None, help="Cosine threshold (default: config)."),
+        profile: str | None = typer.Option(
+            None, help="strict or balanced (default: the [cache] profile)."),
         verifier: bool = typer.Option(True, "--verifier/--no-verifier"),
         as_json: bool = typer.Option(False, "--json"),
     ) -> None:
         """Precision, recall and false-hit rate at the operating point, plus a sweep."""
         from keel.cache import evaluate as ev
-        from keel.cache.verifier import HitVerifier
+        from keel.cache.profiles import make_verifier
+        from keel.cache.settings import DEFAULT_THRESHOLD, NamespaceSettings
         from keel.providers.embeddings import MiniLMEmbedder
 
         settings = settings_from(ctx)
-        th = settings.cache.threshold if threshold is None else threshold
+        if profile is not None and profile not in DEFAULT_THRESHOLD:
+            from rich.markup import escape
+
+            fail(f"--profile must be one of: {', '.join(DEFAULT_THRESHOLD)} "
+                 f"(got {escape(repr(profile))})")
+        ns = NamespaceSettings.model_validate({"profile": profile})
+        prof = settings.cache.profile_for(ns)
+        th = settings.cache.threshold_for(ns) if threshold is None else threshold
+        check = make_verifier(prof) if verifier else None
         try:
             pairs = ev.load_pairs(pairs_file)
         except KeelError as exc:
@@ -104,8 +115,10 @@ def build() -> typer.Typer:
         embedder = MiniLMEmbedder(settings.model_dir)
         with console.status(f"embedding {len(pairs):,} pairs"):
             sims = asyncio.run(ev.similarities(embedder, pairs))
+            vectors = asyncio.run(ev.phrase_vectors(embedder, pairs, check))
         embedder.close()
-        out = ev.evaluate(pairs, sims, th, HitVerifier() if verifier else None)
+        out = ev.evaluate(pairs, sims, th, check, vectors)
+        out["profile"] = prof
         if as_json:
             typer.echo(json.dumps(out))
             return
@@ -116,7 +129,8 @@ def build() -> typer.Typer:
 
 def _print_eval(out: dict[str, Any]) -> None:
     console.print(
-        styled(("operating point", "bold"), f": cosine >= {out['threshold']:.2f}"
+        styled(("operating point", "bold"), f" ({out.get('profile', 'strict')}): "
+               f"cosine >= {out['threshold']:.2f}"
                f"{' + verifier' if out['verifier'] else ''} on {out['pairs']:,} pairs: "
                f"precision {out['precision']:.3f}, recall {out['recall']:.3f}, "
                f"false-hit rate {out['false_hit_rate']:.2%} ({out['true_hits']} true hits, "
