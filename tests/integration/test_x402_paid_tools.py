@@ -81,6 +81,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     svc.tools.log.flush_interval_s = 0.01
     svc.wallets.create_wallet("acme", "bot")
     svc.wallets.fund("acme", "bot", 10_000_000)
+    for sid in ("s-1", "quote-1", "http-tool", "big", "unk", "settled-err", "egress", "rf", "ov"):
+        svc.wallets.open_session("acme", "bot", session_id=sid, opened_by="test",
+                                 by_agent=False)
     agent_key = svc.keys.create("acme", agent="bot").secret
     admin_key = svc.keys.create("acme", admin=True).secret
     try:

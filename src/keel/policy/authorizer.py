@@ -19,7 +19,13 @@ from typing import Any, Literal
 import cedarpy
 
 from keel.errors import InvalidPolicy
-from keel.policy.decimals import DecimalMisfit, compile_policy_text, decimal_shape, explain, to_cedar
+from keel.policy.decimals import (
+    DecimalMisfit,
+    compile_policy_text,
+    decimal_shape,
+    explain,
+    to_cedar,
+)
 from keel.policy.schema import ToolSignature, argument_names, build_schema, record_type
 
 Outcome = Literal["allow", "deny", "approval"]
