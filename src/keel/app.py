@@ -220,6 +220,10 @@ def create_app(settings: Settings, *, services: Services | None = None, **kw: An
         from keel.cache.routes import CacheAdminRoutes
 
         app.include_router(CacheAdminRoutes(svc, svc.cache).router())
+    if svc.degrade is not None:  # /v1/admin/degrade: ladder and mode at runtime
+        from keel.degrade.routes import DegradeAdminRoutes
+
+        app.include_router(DegradeAdminRoutes(svc, svc.degrade).router())
     if svc.tools is not None:  # issue 6: /mcp and /v1/tools
         from keel.tools.routes import install as install_tools
 

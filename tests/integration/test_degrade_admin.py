@@ -1,0 +1,184 @@
+"""The default ladder and the degradation admin API, with a scripted fake LLM (the tests are
+about keel's own logic: levels, caps, validation, audit, propagation). Storage is real
+SQLite; two gateway apps sharing the SQLite KV file stand in for two replicas."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from typer.testing import CliRunner
+
+from conftest import make_settings
+from keel.app import build_services, create_app
+from keel.cli.main import build as build_cli
+from keel.config import Settings
+from keel.degrade import audit
+from keel.gateway.services import Services
+
+from fakes import FakeUpstream
+
+LADDER = {
+    "levels": [
+        {"name": "deep", "rag_top_k": 8, "rag_context_tokens": 4000},
+        {"name": "shallow", "rag_top_k": 2, "rag_context_tokens": 600, "max_tokens": 100},
+        {"name": "minimal", "rag_top_k": 0, "max_tokens": 20},
+    ],
+    "alarms": [{"metric": "invocations_per_minute", "threshold": 500, "recover_below": 100}],
+}
+
+
+def chat(max_tokens: int = 1000, n: int = 0) -> dict[str, Any]:
+    return {"model": "fake-gpt", "max_tokens": max_tokens,
+            "messages": [{"role": "user", "content": f"hello {n} {time.time()}"}]}
+
+
+def fresh_settings(tmp_path: Path, up: FakeUpstream, **kw: Any) -> Settings:
+    """No [degrade] section at all: what a new user has."""
+    s = make_settings(tmp_path, up, **kw)
+    s.degrade.refresh_s = 0.1
+    return s
+
+
+class Replica:
+    def __init__(self, settings: Settings) -> None:
+        self.svc: Services = build_services(settings)
+        self.app = create_app(settings, services=self.svc)
+        self.c = httpx.AsyncClient(transport=httpx.ASGITransport(
+            app=self.app, client=("127.0.0.1", 5555)), base_url="http://keel")
+
+
+@pytest.fixture
+async def replicas(tmp_path: Path, fake_upstream: FakeUpstream,
+                   monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[list[Replica]]:
+    monkeypatch.chdir(tmp_path)
+    shared = {"kv_url": f"sqlite:///{tmp_path}/kv.db",
+              "database_url": f"sqlite:///{tmp_path}/keel.db"}
+    reps = [Replica(fresh_settings(tmp_path / f"r{i}", fake_upstream, **shared))
+            for i in range(2)]
+    a, b = reps
+    async with a.app.router.lifespan_context(a.app), b.app.router.lifespan_context(b.app):
+        yield reps
+    for r in reps:
+        await r.c.aclose()
+
+
+def keys(r: Replica) -> tuple[dict[str, str], dict[str, str]]:
+    admin = r.svc.keys.create("acme", admin=True).secret
+    user = r.svc.keys.create("acme", agent="bot").secret
+    return {"authorization": f"Bearer {admin}"}, {"authorization": f"Bearer {user}"}
+
+
+def test_mode_set_shallow_works_on_a_fresh_install(tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    cfg = tmp_path / "keel.toml"
+    cfg.write_text(f'data_dir = "{tmp_path / "data"}"\n')  # nothing about degrade
+    cli = build_cli()
+    r = CliRunner().invoke(cli, ["-c", str(cfg), "mode", "set", "shallow"])
+    assert r.exit_code == 0, r.output
+    assert "SHALLOW" in r.output
+    r = CliRunner().invoke(cli, ["-c", str(cfg), "mode", "show", "--json"])
+    status = json.loads(r.output)
+    assert status["mode"] == "SHALLOW" and status["levels"] == ["DEEP", "SHALLOW"]
+    assert status["ladder_source"] == "default"
+
+
+async def test_default_ladder_caps_tokens_in_shallow_and_keeps_the_model(
+        replicas: list[Replica], fake_upstream: FakeUpstream) -> None:
+    a, _ = replicas
+    admin, _user = keys(a)
+    r = await a.c.post("/v1/chat/completions", json=chat(), headers=admin)
+    assert r.status_code == 200 and r.headers["x-keel-mode"] == "DEEP"
+    assert fake_upstream.calls[-1]["body"]["max_tokens"] == 1000  # DEEP: no cap
+    put = await a.c.put("/v1/admin/degrade/mode", json={"mode": "shallow"}, headers=admin)
+    assert put.status_code == 200, put.text
+    r = await a.c.post("/v1/chat/completions", json=chat(n=1), headers=admin)
+    assert r.headers["x-keel-mode"] == "SHALLOW"
+    sent = fake_upstream.calls[-1]["body"]
+    assert sent["max_tokens"] == 256 and sent["model"] == "gpt-4o-mini"  # same model
+    assert (await a.c.delete("/v1/admin/degrade/mode", headers=admin)).json()["mode"] == "DEEP"
+
+
+async def test_ladder_changes_at_runtime_reach_another_replica_within_a_second(
+        replicas: list[Replica], fake_upstream: FakeUpstream) -> None:
+    a, b = replicas
+    admin, _ = keys(a)
+    t0 = time.perf_counter()
+    r = await a.c.put("/v1/admin/degrade/ladder", json=LADDER, headers=admin)
+    assert r.status_code == 200, r.text
+    assert r.json()["levels"] == ["DEEP", "SHALLOW", "MINIMAL"]
+    assert r.json()["ladder_source"] == "runtime"
+    r = await a.c.put("/v1/admin/degrade/mode", json={"mode": "minimal", "duration_s": 60},
+                      headers=admin)
+    assert r.status_code == 200 and r.json()["mode"] == "MINIMAL"
+    while b.svc.degrade.flags.level.name != "MINIMAL":  # type: ignore[union-attr]
+        assert time.perf_counter() - t0 < 1.0, "replica b did not see the new ladder in 1 s"
+        await asyncio.sleep(0.01)
+    resp = await b.c.post("/v1/chat/completions", json=chat(), headers=admin)
+    assert resp.headers["x-keel-mode"] == "MINIMAL"
+    assert fake_upstream.calls[-1]["body"]["max_tokens"] == 20
+    assert b.svc.degrade.settings.alarms[0].threshold == 500  # type: ignore[union-attr]
+    # back to the default ladder everywhere; the override clamps to the bottom level
+    assert (await a.c.delete("/v1/admin/degrade/ladder", headers=admin)).status_code == 200
+    while b.svc.degrade.source != "default":  # type: ignore[union-attr]
+        assert time.perf_counter() - t0 < 3.0
+        await asyncio.sleep(0.01)
+    assert b.svc.degrade.flags.level.name == "SHALLOW"  # type: ignore[union-attr]
+    flips = a.svc.db.transaction(lambda c: audit.recent(c, 10))
+    config = [f for f in flips if f.scope == "config"]
+    assert [f.reason.split(":")[0] for f in config] == ["ladder reset to default",
+                                                        "ladder set"]
+    assert config[-1].actor.startswith("api:key:")
+    assert config[-1].metrics["ladder"]["levels"][2]["name"] == "minimal"
+
+
+@pytest.mark.parametrize("body, message", [
+    ({"levels": []}, "levels"),
+    ({"levels": [{"name": "deep"}, {"name": "DEEP"}]}, "used twice"),
+    ({"levels": [{"name": "deep", "models": {"fake-gpt": "gpt-9"}}]}, "unknown model 'gpt-9'"),
+    ({"levels": [{"name": "deep", "max_tokens": 0}]}, "max_tokens"),
+    ({"levels": [{"name": "deep", "colour": "red"}]}, "colour"),
+    ({"levels": [{"name": "has space"}]}, "name"),
+    ({"levels": [{"name": "deep"}], "alarms": [
+        {"metric": "invocations_per_minute", "threshold": 5, "recover_below": 9}]},
+     "must be lower than threshold"),
+    ({"levels": [{"name": "deep"}], "alarms": [{"metric": "cpu", "threshold": 5,
+                                                 "recover_below": 1}]}, "metric"),
+    ([1, 2], "JSON object"),
+])
+async def test_bad_ladders_are_refused_and_change_nothing(
+        replicas: list[Replica], body: Any, message: str) -> None:
+    a, _ = replicas
+    admin, _ = keys(a)
+    r = await a.c.put("/v1/admin/degrade/ladder", json=body, headers=admin)
+    assert r.status_code == 400, r.text
+    assert message in r.json()["error"]["message"]
+    status = (await a.c.get("/v1/admin/degrade", headers=admin)).json()
+    assert status["ladder_source"] == "default" and status["levels"] == ["DEEP", "SHALLOW"]
+
+
+async def test_only_admin_keys_change_the_ladder(replicas: list[Replica]) -> None:
+    a, _ = replicas
+    admin, user = keys(a)
+    for method, path, body in (("PUT", "/v1/admin/degrade/ladder", LADDER),
+                               ("PUT", "/v1/admin/degrade/mode", {"mode": "shallow"}),
+                               ("DELETE", "/v1/admin/degrade/mode", None),
+                               ("GET", "/v1/admin/degrade", None)):
+        r = await a.c.request(method, path, json=body, headers=user)
+        assert r.status_code == 403, (path, r.text)
+        assert (await a.c.request(method, path, json=body)).status_code == 401
+    bad = [({"mode": "turbo"}, "unknown mode"), ({"mode": "shallow", "duration_s": -1},
+                                                 "duration_s"),
+           ({"mode": "shallow", "duration_s": "1h"}, "duration_s"), ({}, "mode"),
+           ({"mode": "shallow", "scope": "acme"}, "scope")]
+    for body, why in bad:
+        r = await a.c.put("/v1/admin/degrade/mode", json=body, headers=admin)
+        assert r.status_code == 400 and why in r.text, r.text
+    assert (await a.c.get("/v1/admin/degrade", headers=admin)).json()["mode"] == "DEEP"
