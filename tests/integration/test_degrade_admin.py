@@ -182,3 +182,49 @@ async def test_only_admin_keys_change_the_ladder(replicas: list[Replica]) -> Non
         r = await a.c.put("/v1/admin/degrade/mode", json=body, headers=admin)
         assert r.status_code == 400 and why in r.text, r.text
     assert (await a.c.get("/v1/admin/degrade", headers=admin)).json()["mode"] == "DEEP"
+
+
+async def test_console_changes_the_ladder_and_the_mode(replicas: list[Replica]) -> None:
+    import re
+
+    a, b = replicas
+    admin_key = a.svc.keys.create("acme", admin=True).secret
+    user_key = a.svc.keys.create("acme", agent="bot").secret
+    c = a.c
+    login = await c.post("/console/login", data={"api_key": admin_key})
+    assert login.status_code == 303
+    c.cookies = login.cookies
+    page = await c.get("/console/mode")
+    assert page.status_code == 200 and 'id="ladder"' in page.text
+    assert '<strong id="ladder-source">default</strong>' in page.text
+    m = re.search(r'name="csrf" value="([0-9a-f]+)"', page.text)
+    assert m is not None
+    csrf = m.group(1)
+    r = await c.post("/console/mode/change", data={"csrf": csrf, "op": "ladder",
+                                                   "ladder": json.dumps(LADDER)})
+    assert r.status_code == 303 and "ladder+saved" in r.headers["location"]
+    r = await c.post("/console/mode/change", data={"csrf": csrf, "op": "mode",
+                                                   "mode": "minimal", "minutes": "5"})
+    assert r.status_code == 303 and "MINIMAL" in r.headers["location"]
+    t0 = time.perf_counter()
+    while b.svc.degrade.flags.level.name != "MINIMAL":  # type: ignore[union-attr]
+        assert time.perf_counter() - t0 < 1.0
+        await asyncio.sleep(0.01)
+    bad = await c.post("/console/mode/change", data={"csrf": csrf, "op": "ladder",
+                                                     "ladder": "{not json"})
+    assert "err=" in bad.headers["location"]
+    shown = await c.get(bad.headers["location"])
+    assert 'id="err"' in shown.text and "not valid JSON" in shown.text
+    assert (await c.post("/console/mode/change", data={"op": "reset"})).status_code == 403
+    flips = a.svc.db.transaction(lambda conn: audit.recent(conn, 10))
+    assert {f.actor for f in flips} == {f"console:{a.svc.keys.list()[0].id}"}
+    # a non-admin console session sees the ladder but cannot change it
+    c.cookies.clear()
+    login = await c.post("/console/login", data={"api_key": user_key})
+    c.cookies = login.cookies
+    page = await c.get("/console/mode")
+    assert page.status_code == 200 and 'id="ladder"' not in page.text
+    assert "&#34;minimal&#34;" in page.text  # shown read-only (escaped JSON)
+    r = await c.post("/console/mode/change", data={"csrf": csrf, "op": "reset"})
+    assert r.status_code == 403
+    assert a.svc.degrade.source == "runtime"  # type: ignore[union-attr]
