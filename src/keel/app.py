@@ -132,6 +132,8 @@ def build_services(
             from keel.x402.mcp_tools import PaidToolCalls
 
             tool_gateway.payments = PaidToolCalls(fetcher.payer)
+            if settings.wallets.sessions == "issued":  # x-keel-session: only opened ones
+                tool_gateway.sessions = wallets
             if settings.wallets.cedar:  # every payment is Action::"x402:pay" for Cedar
                 from keel.x402.policy import CedarPayments, policy_actions
 

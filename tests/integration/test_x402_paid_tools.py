@@ -113,6 +113,18 @@ def transfers(stack: Stack) -> int:
     return len([t for t in stack.sb.chain.transfers if t.payer == address])
 
 
+async def test_invented_session_ids_are_refused_for_tool_calls(stack: Stack) -> None:
+    """Paid or not: a session header must name a session keel opened for this agent, so
+    rotating ids resets neither the session budget nor the spend Cedar policies see."""
+    before = transfers(stack)
+    for tool, args in (("market_quote", {"symbol": "abc"}), ("server_time", {})):
+        r = await call(stack, tool, args, session="invented-1")
+        assert r.status_code == 404, r.text
+        assert r.json()["error"]["code"] == "session_not_found"
+    assert transfers(stack) == before
+    assert (await call(stack, "server_time", {}, session="s-1")).status_code == 200
+
+
 async def test_paid_mcp_tool_is_paid_from_the_agent_wallet(stack: Stack) -> None:
     before = transfers(stack)
     r = await call(stack, "market_quote", {"symbol": "abc"}, session="quote-1")
