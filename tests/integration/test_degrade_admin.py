@@ -228,3 +228,23 @@ async def test_console_changes_the_ladder_and_the_mode(replicas: list[Replica]) 
     r = await c.post("/console/mode/change", data={"csrf": csrf, "op": "reset"})
     assert r.status_code == 403
     assert a.svc.degrade.source == "runtime"  # type: ignore[union-attr]
+
+
+async def test_alarms_added_at_runtime_drive_the_breaker(replicas: list[Replica]) -> None:
+    a, _ = replicas
+    admin, _ = keys(a)
+    dg = a.svc.degrade
+    assert dg is not None and not dg.stage.metering  # the default ladder has no alarms
+    ladder = {"levels": LADDER["levels"][:2], "alarms": [
+        {"metric": "invocations_per_minute", "threshold": 2, "recover_below": 1,
+         "window_s": 60, "evaluation_periods": 1}]}
+    assert (await a.c.put("/v1/admin/degrade/ladder", json=ladder,
+                          headers=admin)).status_code == 200
+    assert dg.stage.metering and dg.breaker._ticker is not None
+    for n in range(5):
+        assert (await a.c.post("/v1/chat/completions", json=chat(n=n),
+                               headers=admin)).status_code == 200
+    ev = await dg.breaker.evaluate(force_leader=True)
+    assert [(f.from_level, f.to_level) for f in ev.flips] == [("DEEP", "SHALLOW")]
+    assert "invocations_per_minute:global" in ev.flips[0].reason
+    assert dg.flags.level.name == "SHALLOW"

@@ -109,7 +109,10 @@ class Breaker:
     async def _step(self, values: Values, now: float) -> list[Flip]:
         raw = await self.kv.get(STREAKS)
         streaks: dict[str, dict[str, int]] = orjson.loads(raw) if raw else {}
+        settings = self.settings
         await self.flags.load()  # act on the freshest shared state
+        if self.settings is not settings:  # the ladder changed meanwhile: values are stale
+            return []
         old = self.flags.state
         state = ModeState(old.level, dict(old.tenants))
         scopes = {GLOBAL} | set(state.tenants) | {
