@@ -159,6 +159,19 @@ async def test_operators_and_the_orchestrator_open_sessions_with_budgets(stack: 
     # another tenant's orchestrator does not see acme's sessions
     foreign = await stack.c.get("/v1/wallet/sessions/run-42", headers=stack.auth("globex"))
     assert foreign.status_code == 404
+    assert (await stack.c.get("/v1/wallet/sessions", headers=stack.auth("globex"))).json()[
+        "data"] == []
+    listed = (await stack.c.get("/v1/wallet/sessions?agent=bot",
+                                headers=stack.auth("orchestrator"))).json()["data"]
+    states = {s["id"]: (s["state"], s["spent_micros"]) for s in listed}
+    assert states["run-42"] == ("open", 20_000) and states["big"] == ("closed", 0)
+    mine = (await stack.c.get("/v1/wallet/sessions", headers=stack.auth("other"))).json()
+    assert mine["data"] == []  # an agent lists only its own
+    login = await stack.c.post("/console/login", data={"api_key": stack.keys["admin"]})
+    stack.c.cookies = login.cookies
+    page = await stack.c.get("/console/wallets")
+    assert page.status_code == 200 and 'id="sessions"' in page.text
+    assert "<td>run-42</td><td>bot</td><td>$0.03</td><td>$0.02</td>" in page.text
     report = stack.svc.db.transaction(ledger.check_books)
     assert report.balanced, report
 

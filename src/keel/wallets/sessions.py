@@ -151,3 +151,18 @@ def usage(conn: Connection, s: Session) -> dict[str, int]:
         return {"spent_micros": 0, "reserved_micros": 0, "calls": 0}
     return {"spent_micros": int(row.spent), "reserved_micros": int(row.reserved),
             "calls": int(row.calls)}
+
+
+def recent(conn: Connection, tenant: str | None, agent: str | None = None,
+           limit: int = 100) -> list[dict[str, Any]]:
+    """The newest sessions (of a tenant, of an agent) with what each has spent."""
+    q = select(sessions).order_by(sessions.c.created_at.desc()).limit(limit)
+    if tenant is not None:
+        q = q.where(sessions.c.tenant == tenant)
+    if agent is not None:
+        q = q.where(sessions.c.agent == agent)
+    rows = [_session(r) for r in conn.execute(q)]
+    now = time.time()
+    return [{**s.as_dict(), **usage(conn, s),
+             "state": "closed" if s.closed_at is not None else
+             "expired" if s.expires_at <= now else "open"} for s in rows]

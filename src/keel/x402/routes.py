@@ -18,6 +18,7 @@ from keel.gateway.http import ORJSONResponse, read_body, require_admin
 from keel.gateway.routes import authenticate
 from keel.gateway.validation import check, parse_json, require
 from keel.tools.ports import payment_headers
+from keel.wallets import sessions
 from keel.wallets.money import fmt_usd, usd_to_micros
 from keel.x402.client import FetchRequest, FetchResult
 
@@ -40,6 +41,8 @@ class PaymentRoutes:
         r.add_api_route("/v1/wallet/sessions", self.open_session, methods=["POST"],
                         summary="Open a budget session for an agent (operator, orchestrator, "
                                 "or the agent itself within its daily quota)")
+        r.add_api_route("/v1/wallet/sessions", self.list_sessions, methods=["GET"],
+                        summary="Recent sessions (an agent: its own; operators: the tenant's)")
         r.add_api_route("/v1/wallet/sessions/{session_id}", self.get_session, methods=["GET"],
                         summary="A session's budget, spend and state")
         r.add_api_route("/v1/wallet/sessions/{session_id}", self.close_session,
@@ -111,6 +114,16 @@ class PaymentRoutes:
             max_calls=check(body, "max_calls", int), ttl_s=ttl, session_id=check(body, "id", str))
         return ORJSONResponse(s.as_dict(), status_code=201,
                               headers={"location": f"/v1/wallet/sessions/{s.id}"})
+
+    async def list_sessions(self, request: Request) -> Response:
+        p, operator = await self._who(request)
+        agent = request.query_params.get("agent") if operator else p.agent
+        try:
+            limit = min(max(int(request.query_params.get("limit", 100)), 1), 1000)
+        except ValueError:
+            raise InvalidRequest("'limit' must be an integer", param="limit") from None
+        rows = await self.svc.db.run(lambda c: sessions.recent(c, p.tenant, agent, limit))
+        return ORJSONResponse({"object": "list", "data": rows})
 
     async def get_session(self, request: Request, session_id: str) -> Response:
         p, operator = await self._who(request)
