@@ -148,6 +148,6 @@ def compile_policy_text(text: str) -> str:
 
 def explain(message: str) -> str:
     """Cedar's validation message, with the decimal hint when a decimal met an operator."""
-    if "but saw decimal" in message or "saw decimal" in message:
+    if "saw decimal" in message:
         return f"{message} ({HINT})"
     return message
