@@ -5,6 +5,9 @@ The reference policy: refunds up to $50 are allowed, refunds over $50 need a hum
 
 from __future__ import annotations
 
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
 import pytest
 
 from keel.errors import InvalidPolicy
@@ -130,3 +133,30 @@ def test_review_examples_handle_decimal_fields(authz: Authorizer) -> None:
     ex = examples(authz, authz.snapshot)
     sides = {(str(e.value), e.decision.outcome) for e in ex if e.field == "amount"}
     assert sides == {("50.00", "allow"), ("50.01", "approval")}
+
+
+def test_policy_test_cases_and_shadow_replay_carry_decimals(authz: Authorizer,
+                                                            tmp_path: Path) -> None:
+    """`keel policy test` (YAML numbers) and `keel policy shadow` (logged contexts)."""
+    import orjson
+
+    from keel.policy.cases import load_cases, run_cases, shadow
+
+    f = tmp_path / "cases.yaml"
+    f.write_text("- {name: small, tool: issue_refund, arguments: {order_id: o, amount: 49.99},"
+                 " expect: allow}\n"
+                 "- {name: big, tool: issue_refund, arguments: {order_id: o, amount: 50.01},"
+                 " expect: approval}\n"
+                 "- {name: too precise, tool: issue_refund,"
+                 " arguments: {order_id: o, amount: 0.00001}, expect: deny}\n")
+    results = run_cases(authz, authz.snapshot, load_cases(f), ZoneInfo("UTC"))
+    assert [r.passed for r in results] == [True, True, True]
+    logged = authz.authorize(refund({"order_id": "o", "amount": 60}))
+    row = {"id": "d1", "ts": 0.0, "agent": "support-bot", "tenant": "acme",
+           "action": "issue_refund", "decision": logged.outcome, "policy_ids": "[]",
+           "context": orjson.dumps(logged.context).decode()}
+    stricter = authz.validate('@id("cap") permit(principal, action == Action::"issue_refund", '
+                              'resource) when { context.amount <= decimal("55.00") };')
+    report = shadow(authz, stricter, [row])
+    assert report.replayed == 1 and [(c.before, c.after) for c in report.changes] == \
+        [("approval", "deny")]
