@@ -141,6 +141,8 @@ def build_services(
             from keel.x402.mcp_tools import PaidToolCalls
 
             tool_gateway.payments = PaidToolCalls(fetcher.payer)
+            if settings.wallets.sessions == "issued":  # x-keel-session: only opened ones
+                tool_gateway.sessions = wallets
             if settings.wallets.cedar:  # every payment is Action::"x402:pay" for Cedar
                 from keel.x402.policy import CedarPayments, policy_actions
 
@@ -241,6 +243,10 @@ def create_app(settings: Settings, *, services: Services | None = None, **kw: An
         from keel.cache.routes import CacheAdminRoutes
 
         app.include_router(CacheAdminRoutes(svc, svc.cache).router())
+    if svc.degrade is not None:  # /v1/admin/degrade: ladder and mode at runtime
+        from keel.degrade.routes import DegradeAdminRoutes
+
+        app.include_router(DegradeAdminRoutes(svc, svc.degrade).router())
     if svc.tools is not None:  # issue 6: /mcp and /v1/tools
         from keel.tools.routes import install as install_tools
 

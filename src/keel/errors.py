@@ -242,6 +242,25 @@ class EgressDenied(PermissionDenied):
     code = "egress_denied"
 
 
+class SessionNotFound(NotFound):
+    """A payment named a session keel never opened for this agent (agents cannot mint
+    fresh budgets by inventing session ids)."""
+
+    code = "session_not_found"
+
+
+class SessionClosed(PermissionDenied):
+    """The session was closed or expired: its budget is spent for good."""
+
+    code = "session_closed"
+
+
+class SessionLimit(RateLimited):
+    """An agent key opened as many sessions today as ``wallets.agent_sessions_per_day``."""
+
+    code = "session_limit"
+
+
 class PaymentLoopGuard(RateLimited):
     """Too many paid calls per minute or per session: an agent stuck in a paying loop."""
 

@@ -77,11 +77,19 @@ async def svc(tmp_path: Path) -> AsyncIterator[Services]:
     s = wallet_services(tmp_path)
     s.wallets.create_wallet("acme", "bot")  # type: ignore[union-attr]
     s.wallets.fund("acme", "bot", 5_000_000)  # type: ignore[union-attr]
+    open_sessions(s, "s", "s-50")
     await allow_payments(s)
     yield s
     await s.x402.aclose()  # type: ignore[union-attr]
     await s.tools.aclose()  # type: ignore[union-attr]
     s.db.dispose()
+
+
+def open_sessions(s: Services, *ids: str) -> None:
+    """Budgets belong to sessions an operator opened (wallets.sessions = "issued")."""
+    assert s.wallets is not None
+    for sid in ids:
+        s.wallets.open_session("acme", "bot", session_id=sid, opened_by="test", by_agent=False)
 
 
 def books(s: Services) -> ledger.BooksReport:
@@ -123,6 +131,7 @@ async def test_fifty_concurrent_paid_calls_postgres(
     assert s.wallets is not None and s.x402 is not None
     s.wallets.create_wallet("acme", "bot")
     s.wallets.fund("acme", "bot", 5_000_000)
+    open_sessions(s, "s-50")
     await allow_payments(s)
     try:
         await _fifty_concurrent(s, sandbox[1], sandbox[0])
@@ -283,6 +292,7 @@ async def test_approval_hook_turns_over_budget_into_a_request(
     svc.wallets.approvals = RecordingApprovals()
     svc.wallets.settings.over_budget = "approval"
     svc.wallets.settings.session_budget_usd = __import__("decimal").Decimal("0.03")
+    open_sessions(svc, "a")  # opened with the session budget in force now
     await svc.x402.fetch("acme", "bot", FetchRequest(url=srv.url + "/report", session_id="a"))
     with pytest.raises(PaymentApprovalPending, match="approval requested") as exc:
         await svc.x402.fetch("acme", "bot", FetchRequest(url=srv.url + "/report",
@@ -308,6 +318,9 @@ async def test_fetch_endpoint_for_an_agent(
         transport = httpx.ASGITransport(app=app, client=("127.0.0.1", 5555))
         async with httpx.AsyncClient(transport=transport, base_url="http://keel") as c:
             auth = {"authorization": f"Bearer {agent_key}"}
+            opened = await c.post("/v1/wallet/sessions", json={"agent": "bot", "id": "web"},
+                                  headers={"authorization": f"Bearer {admin_key}"})
+            assert opened.status_code == 201, opened.text
             r = await c.post("/v1/fetch", headers=auth,
                              json={"url": srv.url + "/search", "method": "POST",
                                    "body": {"q": "x"}, "session_id": "web"})

@@ -78,10 +78,11 @@ def test_bad_arguments_deny(authz: Authorizer, args: object, why: str) -> None:
     assert why in d.reason
 
 
-def test_json_numbers_are_dropped_not_typed(authz: Authorizer) -> None:
+def test_json_numbers_reach_cedar_as_decimals(authz: Authorizer) -> None:
     d = authz.authorize(req("issue_refund", {"customer_id": "c1", "amount_cents": 1,
                                              "note": 1.5, "tags": ["x"]}))
-    assert d.allowed and d.context is not None and "note" not in d.context
+    assert d.allowed and d.context is not None
+    assert d.context["note"] == {"__extn": {"fn": "decimal", "arg": "1.5"}}
 
 
 def test_unknown_action_denies(authz: Authorizer) -> None:

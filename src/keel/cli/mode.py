@@ -35,7 +35,8 @@ def _run(settings: Settings, fn: Callable[[Any], Awaitable[T]]) -> T:
     from keel.storage.kv import open_kv
 
     if not settings.degrade.active:
-        fail("no degradation ladder is configured: add [[degrade.levels]] to keel.toml")
+        fail("the degradation ladder is turned off: set enabled = true under degrade in "
+             "keel.toml")
 
     async def go() -> T:
         private_dir(settings.data_dir)
@@ -96,7 +97,7 @@ def build() -> typer.Typer:
     @app.command("set")
     def set_cmd(
         ctx: typer.Context,
-        mode: str = typer.Argument(..., help="A level name from [[degrade.levels]]."),
+        mode: str = typer.Argument(..., help="A level name (default ladder: deep, shallow)."),
         duration: str | None = typer.Option(None, "--for", help="e.g. 30m, 2h; default: "
                                             "until `keel mode auto`."),
     ) -> None:

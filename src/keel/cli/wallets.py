@@ -160,4 +160,56 @@ def build() -> typer.Typer:
         console.print(f"refunded {out['amount']} of payment {payment_id} to {tenant}/"
                       f"{out['agent']}")
 
+    @app.command("session-open")
+    def session_open(
+        ctx: typer.Context,
+        tenant: str = typer.Option(..., "--tenant", "-t"),
+        agent: str = typer.Option(..., "--agent", "-a"),
+        budget: str | None = typer.Option(None, "--budget", help="USD, e.g. 5.00; default: "
+                                          "wallets.session_budget_usd."),
+        max_calls: int | None = typer.Option(None, "--max-calls", min=1),
+        ttl_s: float | None = typer.Option(None, "--ttl-s", help="Lifetime in seconds."),
+        session_id: str | None = typer.Option(None, "--id", help="A readable id (default: "
+                                              "generated)."),
+        as_json: bool = typer.Option(False, "--json"),
+    ) -> None:
+        """Open a budget session for an agent, as an operator (agents pay only within
+        sessions keel opened)."""
+        import getpass
+
+        try:
+            micros = usd_to_micros(budget) if budget is not None else None
+        except ValueError as exc:
+            fail(str(exc))
+        try:
+            user = getpass.getuser()
+        except (KeyError, OSError):
+            user = "unknown"
+        try:
+            s = _service(ctx).open_session(
+                tenant, agent, opened_by=f"cli:{user}", by_agent=False, budget_micros=micros,
+                max_calls=max_calls, ttl_s=ttl_s, session_id=session_id)
+        except KeelError as exc:
+            fail(exc.message)
+        if as_json:
+            typer.echo(json.dumps(s.as_dict()))
+            return
+        console.print(f"session {s.id} for {tenant}/{agent}: budget {fmt_usd(s.budget)}, "
+                      f"{s.max_calls} paid calls, until "
+                      f"{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(s.expires_at))}",
+                      markup=False)
+
+    @app.command("session-close")
+    def session_close(
+        ctx: typer.Context,
+        session_id: str = typer.Argument(...),
+        tenant: str = typer.Option(..., "--tenant", "-t"),
+    ) -> None:
+        """Close a session: its budget cannot be used any more."""
+        try:
+            s = _service(ctx).close_session(tenant, session_id, "cli")
+        except KeelError as exc:
+            fail(exc.message)
+        console.print(f"closed session {s.id} of {tenant}/{s.agent}", markup=False)
+
     return app

@@ -19,7 +19,14 @@ from typing import Any, Literal
 import cedarpy
 
 from keel.errors import InvalidPolicy
-from keel.policy.schema import ToolSignature, argument_names, build_schema
+from keel.policy.decimals import (
+    DecimalMisfit,
+    compile_policy_text,
+    decimal_shape,
+    explain,
+    to_cedar,
+)
+from keel.policy.schema import ToolSignature, argument_names, build_schema, record_type
 
 Outcome = Literal["allow", "deny", "approval"]
 DEFAULT_DENY = "no permit policy matched (default deny)"
@@ -70,10 +77,14 @@ def principal_id(tenant: str, agent: str) -> str:
 
 
 def parse_policies(text: str, version: int | None = None) -> PolicySnapshot:
-    """Parse Cedar text into a snapshot (raises InvalidPolicy with Cedar's own message)."""
+    """Parse Cedar text into a snapshot (raises InvalidPolicy with Cedar's own message).
+
+    The snapshot keeps ``text`` as written; Cedar gets it with decimal comparisons as method
+    calls (:func:`keel.policy.decimals.compile_policy_text`)."""
+    compiled = compile_policy_text(text)
     try:
-        policies = cedarpy.PolicySet.from_str(text)
-        tree = cedarpy.policies_to_pst(text)
+        policies = cedarpy.PolicySet.from_str(compiled)
+        tree = cedarpy.policies_to_pst(compiled)
     except ValueError as exc:
         raise InvalidPolicy(f"the policy does not parse: {exc}") from None
     labels: dict[str, str] = {}
@@ -99,7 +110,9 @@ class Authorizer:
         self.tools = {t.name: t for t in tools}
         self.schema, self.schema_text = build_schema(tools)
         self.roles = {k: list(v) for k, v in (roles or {}).items()}
-        # arguments Cedar cannot type (JSON numbers): dropped before the context is built
+        # arguments Cedar cannot type (e.g. untyped arrays): dropped before the context is
+        # built; and where each tool's decimals (JSON numbers) sit in its arguments
+        self._decimals = {t.name: decimal_shape(record_type(t.input_schema)) for t in tools}
         self._untyped = {
             t.name: frozenset(t.input_schema.get("properties") or {})
             - argument_names(t.input_schema)
@@ -120,11 +133,11 @@ class Authorizer:
             raise InvalidPolicy("the policy file is empty; an empty policy set denies every "
                                 "tool call, so keel refuses to apply it")
         snap = parse_policies(text)
-        result = cedarpy.validate_policies(text, self.schema)
+        result = cedarpy.validate_policies(compile_policy_text(text), self.schema)
         if not result.validation_passed:
             problems = "; ".join(
-                f"[{snap.labels.get(e.policy_id, e.policy_id)}] {e.error}" if e.policy_id
-                else e.error for e in result.errors
+                f"[{snap.labels.get(e.policy_id, e.policy_id)}] {explain(e.error)}"
+                if e.policy_id else explain(e.error) for e in result.errors
             )
             raise InvalidPolicy(f"the policy does not validate against the tool schema: "
                                 f"{problems}")
@@ -165,6 +178,12 @@ class Authorizer:
             return "tool arguments must be a JSON object"
         drop = self._untyped[req.tool]
         ctx = {k: v for k, v in req.arguments.items() if k not in drop}
+        shape = self._decimals[req.tool]
+        if shape is not None:
+            try:
+                ctx = to_cedar(shape, ctx, "arguments")
+            except DecimalMisfit as exc:  # never rounded: fail closed
+                return str(exc)
         ctx["now"] = dict(req.now)
         ctx["session"] = {"id": req.session_id, "spend_cents": req.spend_cents}
         return ctx

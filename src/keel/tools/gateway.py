@@ -43,6 +43,7 @@ from keel.tools.ports import (
     PAYMENT_RECEIPT_META,
     ApprovalHook,
     MemorySessionSpend,
+    SessionCheck,
     SessionSpend,
     ToolCall,
     ToolPayments,
@@ -88,6 +89,9 @@ class ToolGateway:
         self.approvals = approvals
         self.payments: ToolPayments | None = None  # set by the wallets capability (x402)
         self.scanner: ToolScanner | None = None  # set by the firewall capability
+        # set by wallets with issued sessions: an agent's x-keel-session must be one keel
+        # opened, so rotating ids cannot reset the session spend policies see
+        self.sessions: SessionCheck | None = None
         # actions that are not tools but are decided by the same policies (x402:pay)
         self.extra_actions: list[ToolSignature] = []
         self.spend: SessionSpend = spend or MemorySessionSpend()
@@ -239,6 +243,8 @@ class ToolGateway:
                                   "(tools.max_argument_bytes)")
         if self.scanner is not None:  # injections in the arguments never reach the tool
             await self.scanner.check_arguments(principal, tool, arguments)
+        if session_id and principal.agent and self.sessions is not None:
+            await self.sessions.check_session(principal.tenant, principal.agent, session_id)
         decision_id = self._next_id()
         decision = await self.authorize(principal, tool, arguments, session_id)
         row = self._row(decision_id, principal, tool, arguments, session_id, decision)

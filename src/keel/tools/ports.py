@@ -79,6 +79,12 @@ class ToolScanner(Protocol):
         ...
 
 
+class SessionCheck(Protocol):
+    async def check_session(self, tenant: str, agent: str, session_id: str) -> object:
+        """Raise (a 4xx KeelError) unless ``session_id`` is a session opened for ``agent``."""
+        ...
+
+
 class SessionSpend(Protocol):
     async def spent_cents(self, tenant: str, session: str) -> int: ...
 
