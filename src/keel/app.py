@@ -46,12 +46,14 @@ def all_migrations() -> list[Migration]:
     from keel.rag import catalog as rag_catalog
     from keel.tools import decision_log as tool_decisions
     from keel.wallets import tables as wallet_tables
+    from keel.workflows import store as workflow_store
 
     return [*keys_mod.MIGRATIONS, *request_log.MIGRATIONS, *cache_stats.MIGRATIONS,
             *policy_store.MIGRATIONS, *tool_decisions.MIGRATIONS,
             *rag_catalog.MIGRATIONS, *degrade_audit.MIGRATIONS,
             *wallet_tables.MIGRATIONS,  # issue 8
-            *approval_store.MIGRATIONS]  # issue 7
+            *approval_store.MIGRATIONS,  # issue 7
+            *workflow_store.MIGRATIONS]
 
 
 def open_database(settings: Settings) -> Database:

@@ -12,7 +12,12 @@ from keel.approvals.routing import route
 from keel.approvals.settings import ApprovalsSettings, RiskRule
 from keel.errors import InvalidRequest, InvalidSignature
 from keel.workflows import choice, paths
-from keel.workflows.definition import check, handler_name
+from keel.workflows.definition import check
+from keel.workflows.resources import resolve_resource
+
+
+def handler_name(state: dict[str, object]) -> str:
+    return resolve_resource(state).target
 
 
 def test_paths_get_put_parameters() -> None:
@@ -40,15 +45,16 @@ def test_choice_rules() -> None:
                                    {"Variable": "$.none", "IsNull": True}]}, d)
     assert choice.evaluate({"Variable": "$.level", "StringMatches": "HI*"}, d)
     assert choice.evaluate({"Variable": "$.amount", "NumericEqualsPath": "$.amount"}, d)
-    assert not choice.evaluate({"Variable": "$.missing", "StringEquals": "x"}, d)
+    with pytest.raises(paths.PathError, match="IsPresent"):  # fails closed, not Default
+        choice.evaluate({"Variable": "$.missing", "StringEquals": "x"}, d)
 
 
 def test_definition_checks_and_resources() -> None:
     with pytest.raises(InvalidRequest, match="StartAt"):
         check({"StartAt": "X", "States": {}})
-    with pytest.raises(InvalidRequest, match="Map"):
+    with pytest.raises(InvalidRequest, match="ItemProcessor"):
         check({"StartAt": "M", "States": {"M": {"Type": "Map", "End": True}}})
-    with pytest.raises(InvalidRequest, match="Next 'Nope'"):
+    with pytest.raises(InvalidRequest, match="transition to 'Nope'"):
         check({"StartAt": "P", "States": {"P": {"Type": "Pass", "Next": "Nope"}}})
     assert handler_name({"Resource": "arn:aws:lambda:us-east-1:1:function:fn:live"}) == "fn"
     assert handler_name({"Resource": "arn:aws:states:::lambda:invoke.waitForTaskToken",
