@@ -235,6 +235,10 @@ def create_app(settings: Settings, *, services: Services | None = None, **kw: An
         from keel.approvals.routes import ApprovalRoutes
 
         app.include_router(ApprovalRoutes(svc, svc.approvals).router())
+        if svc.approvals.workflows is not None:  # /v1/workflows, /v1/executions
+            from keel.workflows.routes import WorkflowRoutes
+
+            app.include_router(WorkflowRoutes(svc, svc.approvals.workflows).router())
 
     from keel.web.console import ConsoleRoutes
 

@@ -24,6 +24,7 @@ from keel.errors import ConfigError
 from keel.rag.settings import RagSettings
 from keel.tools.settings import ToolSettings
 from keel.wallets.settings import WalletSettings
+from keel.workflows.settings import WorkflowsSettings
 
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
@@ -136,6 +137,7 @@ class Settings(BaseSettings):
     rag: RagSettings = Field(default_factory=RagSettings)
     degrade: DegradeSettings = Field(default_factory=DegradeSettings)
     approvals: ApprovalsSettings = Field(default_factory=ApprovalsSettings)
+    workflows: WorkflowsSettings = Field(default_factory=WorkflowsSettings)
     tools: ToolSettings = Field(default_factory=ToolSettings)
     wallets: WalletSettings = Field(default_factory=WalletSettings)
     models: list[ModelSpec] = Field(default_factory=list)

@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from keel.approvals.engine import ApprovalEngine
 from keel.approvals.handlers import HandlerRegistry
 from keel.approvals.runtime import DbosRuntime, system_database_url
 from keel.config import Settings
+from keel.errors import ConfigError
 from keel.storage.sql import Database
+
+if TYPE_CHECKING:
+    from keel.workflows.service import WorkflowService
 
 
 class ApprovalsService:
@@ -27,6 +31,11 @@ class ApprovalsService:
         self.engine = ApprovalEngine(settings, db, self.registry, sender=self._send,
                                      starter=self.ensure_started)
         self._lock = asyncio.Lock()
+        self.workflows: WorkflowService | None = None
+        if settings.workflows.enabled:  # ASL executions share this DBOS runtime
+            from keel.workflows.service import WorkflowService
+
+            self.workflows = WorkflowService(self)
 
     async def _send(self, workflow_id: str, topic: str, message: dict[str, Any],
                     key: str) -> None:
@@ -42,7 +51,13 @@ class ApprovalsService:
         from keel.workflows import interpreter
 
         workflow.register(self.engine)
-        interpreter.register(self.engine)
+        interpreter.register(self.engine, self._call_tool)
+
+    async def _call_tool(self, execution_id: str, tool: str, arguments: Any) -> Any:
+        caller = self.workflows.tool_caller if self.workflows is not None else None
+        if caller is None:
+            raise ConfigError("tool tasks need the tool gateway ([tools] enabled = true)")
+        return await caller(execution_id, tool, arguments)
 
     def _has_state(self) -> bool:
         url = system_database_url(self.settings)
@@ -51,6 +66,8 @@ class ApprovalsService:
     async def start(self) -> None:
         """Launch DBOS now when there may be waits to recover; otherwise on first use, so
         an app that never requests an approval does not pay for DBOS's start-up."""
+        if self.workflows is not None:
+            await self.workflows.load_files()
         if self._has_state():
             await self.ensure_started()
 
