@@ -127,3 +127,52 @@ def test_kill9_with_100_pending_then_each_action_runs_once(tmp_path: Path) -> No
         if proc.poll() is None:
             proc.send_signal(signal.SIGINT)
             proc.communicate(timeout=30)
+
+
+def test_gateway_runs_cli_started_executions_and_resumes_them_after_kill9(
+    tmp_path: Path,
+) -> None:
+    """The CLI is a client: killing it does not stop or strand the execution, it never
+    launches DBOS (so it cannot take over the gateway's workflows), and a kill -9 of the
+    gateway resumes the waiting execution."""
+    refund = Path(__file__).resolve().parents[2] / "src/keel/workflows/examples/refund.asl.json"
+    cfg = tmp_path / "keel.toml"
+    cfg.write_text(f'data_dir = "{tmp_path / "data"}"\n[tools]\nenabled = false\n'
+                   '[approvals]\npolling_interval_s = 0.05\n')
+    env = {**os.environ, "KEEL_CONFIG": str(cfg)}
+    proc, base = start(tmp_path, env)
+    key = (tmp_path / "data" / "admin.key").read_text().strip()
+    h = {"Authorization": f"Bearer {key}"}
+    cli = subprocess.Popen([KEEL, "workflows", "run", str(refund), "--url", base, "--input",
+                            '{"order_id": "o-1", "amount": 5000}'], env=env, cwd=tmp_path,
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        with httpx.Client(base_url=base, headers=h, timeout=30) as c:
+            deadline = time.monotonic() + 60
+            while not c.get("/v1/approvals", params={"status": "pending"}).json()["data"]:
+                assert time.monotonic() < deadline, "no approval became pending"
+                time.sleep(0.1)
+            ex = c.get("/v1/executions").json()["data"]
+            assert len(ex) == 1 and ex[0]["status"] == "RUNNING"
+        cli.kill()  # the waiting CLI dies: the execution is the gateway's, not the CLI's
+        cli.wait(timeout=10)
+        kill9(proc)
+        proc, base = start(tmp_path, env)
+        with httpx.Client(base_url=base, headers=h, timeout=30) as c:
+            aid = c.get("/v1/approvals", params={"status": "pending"}).json()["data"][0]["id"]
+            r = c.post(f"/v1/approvals/{aid}/decision", json={"decision": "approve"})
+            assert r.status_code == 200, r.text
+            deadline = time.monotonic() + 60
+            while (e := c.get(f"/v1/executions/{ex[0]['id']}").json())["status"] == "RUNNING":
+                assert time.monotonic() < deadline, e
+                time.sleep(0.1)
+            assert e["status"] == "SUCCEEDED" and e["output"]["refund"]["refunded"] == 5000
+        dbos = sqlite3.connect(tmp_path / "data" / "dbos.sqlite")
+        owners = {r[0] for r in dbos.execute("select distinct executor_id from workflow_status")}
+        assert owners == {"keel-gateway"}  # no CLI executor ever owned a workflow
+    finally:
+        if cli.poll() is None:
+            cli.kill()
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+            proc.communicate(timeout=30)
