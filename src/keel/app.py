@@ -154,6 +154,8 @@ def build_services(
             from keel.approvals.payment_hook import PaymentApprovalHook
 
             wallets.approvals = PaymentApprovalHook(approvals, settings.approvals.tool_wait_s)
+        if tool_gateway is not None and approvals.workflows is not None:  # keel:tool:T tasks
+            approvals.workflows.use_tools(tool_gateway)
     # --- end issue 7 ---------------------------------------------------------------------
     pipeline = Pipeline([*front, *stages, MeteringStage()], ProviderCall(models))
     return Services(

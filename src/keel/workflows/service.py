@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -43,7 +44,14 @@ class WorkflowService:
             text = self.cfg.agent_policy_file.read_text()
         self.access = WorkflowAccess(text)
         self.tool_caller: ToolCaller | None = None  # set when the tool gateway runs
-        self.tool_names: set[str] = set()
+        self.tool_exists: Callable[[str], bool] = lambda _name: False
+
+    def use_tools(self, gateway: Any) -> None:
+        """Serve ``keel:tool:T`` tasks through the tool gateway."""
+        from keel.workflows.tool_tasks import ToolTasks
+
+        tools = ToolTasks(gateway, self.db)
+        self.tool_caller, self.tool_exists = tools, tools.has
 
     # -- definitions ---------------------------------------------------------------------
 
@@ -53,8 +61,8 @@ class WorkflowService:
             return (f"no handler registered for {target!r} (registered: "
                     f"{', '.join(registry.names()) or 'none'}); add a module with "
                     "register(registry) to [approvals] handler_modules")
-        if kind == "tool" and target not in self.tool_names:
-            return f"no registered tool {target!r}"
+        if kind == "tool" and not self.tool_exists(target):
+            return f"no registered tool {target!r} (is the tool gateway enabled?)"
         return None
 
     def parse(self, raw: bytes, source: str = "the body") -> dict[str, Any]:
@@ -117,7 +125,7 @@ class WorkflowService:
         defn = wf["definition"]
         definition.check(defn, self.handler_check)  # handlers may have changed since PUT
         eid, now = wstore.new_execution_id(), time.time()
-        by = who.agent or who.key_id
+        by = f"agent:{who.agent}" if who.agent else f"key:{who.key_id}"
         await self.db.run(lambda c: wstore.insert_execution(
             c, execution_id=eid, workflow=name, version=wf["version"], tenant=who.tenant,
             started_by=by, data=data, now=now))
@@ -163,7 +171,8 @@ class WorkflowService:
             if wstore.finish_execution(c, eid, wstore.ABORTED, error=error, cause=cause,
                                        now=now):
                 wstore.add_event(c, eid, "end", "ExecutionAborted", None,
-                                 {"error": error, "cause": cause, "by": who.agent or who.key_id},
+                                 {"error": error, "cause": cause,
+                                  "by": who.agent or f"key:{who.key_id}"},
                                  now)
 
         await self.db.run(write)
