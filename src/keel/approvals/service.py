@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -15,6 +16,9 @@ from keel.storage.sql import Database
 
 if TYPE_CHECKING:
     from keel.workflows.service import WorkflowService
+
+log = logging.getLogger("keel.approvals")
+EXECUTOR_SCAN_S = 5.0  # how often the leader looks for workers that died
 
 
 class ApprovalsService:
@@ -31,6 +35,7 @@ class ApprovalsService:
         self.engine = ApprovalEngine(settings, db, self.registry, sender=self._send,
                                      starter=self.ensure_started)
         self._lock = asyncio.Lock()
+        self._watcher: asyncio.Task[None] | None = None
         self.workflows: WorkflowService | None = None
         if settings.workflows.enabled:  # ASL executions share this DBOS runtime
             from keel.workflows.service import WorkflowService
@@ -78,12 +83,27 @@ class ApprovalsService:
             if not self.runtime.launched:
                 await asyncio.to_thread(self.runtime.launch, self._register)
                 await self.engine.reconcile()
+                if self.runtime.lease is not None and self.runtime.lease.leader:
+                    self._watcher = asyncio.create_task(self._watch_executors(),
+                                                        name="keel-executors")
+
+    async def _watch_executors(self) -> None:
+        """The leader resumes the workflows of gateway workers that died while it runs."""
+        while True:
+            await asyncio.sleep(EXECUTOR_SCAN_S)
+            try:
+                await asyncio.to_thread(self.runtime.recover_dead)
+            except Exception as exc:  # keep watching; the next scan retries
+                log.warning("approvals: recovering a dead executor failed: %s", exc)
 
     async def stop(self) -> None:
         """Destroy DBOS (and its registry) and give the loop back a default executor: DBOS
         made its own executor the loop's default, and destroying DBOS shuts that down."""
         from concurrent.futures import ThreadPoolExecutor
 
+        if self._watcher is not None:
+            self._watcher.cancel()
+            self._watcher = None
         if not self.runtime.launched:
             return
         loop = asyncio.get_running_loop()
