@@ -134,3 +134,25 @@ async def test_stop_aborts_a_waiting_execution(
     assert r.json()["cause"] == "customer cancelled"
     hist = (await client.get(f"/v1/executions/{eid}/history", headers=H(admin_key))).json()
     assert hist["data"][-1]["type"] == "ExecutionAborted"
+
+
+async def test_console_lists_executions_and_history(
+    client: httpx.AsyncClient, admin_key: str,
+) -> None:
+    from urllib.parse import urlencode
+
+    await client.put("/v1/workflows/refund", content=REFUND.read_bytes(),
+                     headers=H(admin_key))
+    r = await client.post("/v1/workflows/refund/executions",
+                          json={"input": {"order_id": "o-<b>", "amount": 3}},
+                          headers=H(admin_key))
+    eid = r.json()["id"]
+    await finished(client, admin_key, eid)
+    login = await client.post("/console/login", content=urlencode({"api_key": admin_key}),
+                              headers={"content-type": "application/x-www-form-urlencoded"})
+    assert login.status_code == 303
+    page = await client.get("/console/workflows")
+    assert page.status_code == 200 and eid in page.text and "SUCCEEDED" in page.text
+    detail = await client.get(f"/console/workflows?execution={eid}")
+    assert "ExecutionSucceeded" in detail.text and "TaskScheduled" in detail.text
+    assert "o-<b>" not in detail.text  # user data is escaped
