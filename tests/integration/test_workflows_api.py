@@ -134,6 +134,8 @@ async def test_stop_aborts_a_waiting_execution(
     assert r.json()["cause"] == "customer cancelled"
     hist = (await client.get(f"/v1/executions/{eid}/history", headers=H(admin_key))).json()
     assert hist["data"][-1]["type"] == "ExecutionAborted"
+    left = (await client.get("/v1/approvals?status=pending", headers=H(admin_key))).json()
+    assert left["data"] == []  # the approval it waited for is closed, not left dangling
 
 
 async def test_console_lists_executions_and_history(

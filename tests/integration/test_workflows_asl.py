@@ -376,3 +376,21 @@ async def test_map_item_failure_fails_the_map_and_is_caught(service: ApprovalsSe
         "Handled": {"Type": "Succeed"}}}
     out = await (await run(service, defn, [1, 2, 3])).get_result()
     assert out["status"] == "SUCCEEDED" and out["output"]["Error"] == "Picky.Three"
+
+
+async def test_spec_example_input_result_output_paths(service: ApprovalsService) -> None:
+    """The Step Functions guide's InputPath / ResultPath / OutputPath example."""
+    service.registry.register("hello", lambda p, ctx: f"Hello, {p['who']}!")
+    defn = {"StartAt": "Hello", "States": {"Hello": {
+        "Type": "Task", "Resource": "arn:aws:lambda:us-east-1:123456789012:function:hello",
+        "InputPath": "$.lambda", "ResultPath": "$.data.lambdaresult", "OutputPath": "$.data",
+        "End": True}}}
+    data = {"comment": "An input comment.", "data": {"val1": 23, "val2": 17},
+            "extra": "foo", "lambda": {"who": "AWS Step Functions"}}
+    out = await (await run(service, defn, data)).get_result()
+    assert out["output"] == {"val1": 23, "val2": 17,
+                             "lambdaresult": "Hello, AWS Step Functions!"}
+    discard = copy.deepcopy(defn)
+    discard["States"]["Hello"].update(ResultPath=None, OutputPath="$")
+    out = await (await run(service, discard, data)).get_result()
+    assert out["output"] == data  # ResultPath null: the input passes through

@@ -220,6 +220,15 @@ def decision_detail(c: Connection, approval_id: str) -> tuple[str | None, Any]:
     return r[0], orjson.loads(r[1]) if r[1] else None
 
 
+def pending_of_workflow(c: Connection, workflow_id: str) -> list[str]:
+    """Pending approvals a workflow (or its Map/Parallel children) waits for."""
+    q = select(approvals.c.id).where(
+        approvals.c.status == PENDING,
+        (approvals.c.workflow_id == workflow_id)
+        | approvals.c.workflow_id.startswith(workflow_id + "."))
+    return [r[0] for r in c.execute(q)]
+
+
 def bump_reminders(c: Connection, approval_id: str) -> None:
     c.execute(update(approvals).where(approvals.c.id == approval_id)
               .values(reminders_sent=approvals.c.reminders_sent + 1))

@@ -7,6 +7,7 @@ executor) recovers them after a crash; the CLI is a client of the HTTP API.
 
 from __future__ import annotations
 
+import contextlib
 import re
 import time
 from collections.abc import Callable
@@ -14,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from keel.errors import InvalidRequest, NotFound, PayloadTooLarge, PermissionDenied
+from keel.errors import InvalidRequest, KeelError, NotFound, PayloadTooLarge, PermissionDenied
 from keel.gateway.context import Principal
 from keel.workflows import definition
 from keel.workflows import store as wstore
@@ -181,7 +182,20 @@ class WorkflowService:
         children = await DBOS.list_workflows_async(workflow_id_prefix=eid + ".")
         for w in children:
             await DBOS.cancel_workflow_async(w.workflow_id)
+        await self._deny_waiting(eid, who)
         return await self.describe(eid, who)
+
+    async def _deny_waiting(self, eid: str, who: Principal) -> None:
+        """Close the approvals the stopped execution waited for (audited as denied)."""
+        from keel.approvals import store as astore
+        from keel.approvals.engine import Decider
+
+        ids = await self.db.run(lambda c: astore.pending_of_workflow(c, eid))
+        by = Decider(actor=f"execution-stop:{who.agent or who.key_id}", via="api")
+        for aid in ids:
+            with contextlib.suppress(KeelError):  # decided meanwhile
+                await self.approvals.engine.decide("deny", by, approval_id=aid,
+                                                   note=f"execution {eid} was stopped")
 
     async def history(self, eid: str, who: Principal) -> list[dict[str, Any]]:
         await self.describe(eid, who)
