@@ -158,3 +158,27 @@ async def test_console_lists_executions_and_history(
     detail = await client.get(f"/console/workflows?execution={eid}")
     assert "ExecutionSucceeded" in detail.text and "TaskScheduled" in detail.text
     assert "o-<b>" not in detail.text  # user data is escaped
+
+
+async def test_definitions_from_files_named_in_keel_toml(settings: Settings,
+                                                        tmp_path: Path) -> None:
+    from keel.app import build_services, create_app
+    from keel.errors import InvalidRequest
+
+    settings.workflows.files = {"refund": REFUND}
+    svc = build_services(settings)
+    admin = svc.keys.create("acme", admin=True).secret
+    app = create_app(settings, services=svc)
+    async with app.router.lifespan_context(app):
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
+                                     base_url="http://t") as c:
+            listed = (await c.get("/v1/workflows", headers=H(admin))).json()
+            assert [w["name"] for w in listed["data"]] == ["refund"]
+    bad = tmp_path / "bad.asl.json"
+    bad.write_text('{"StartAt": "A", "States": {"A": {"Type": "Pass", "Next": "A"}}}')
+    settings.workflows.files = {"bad": bad}
+    svc = build_services(settings)
+    app = create_app(settings, services=svc)
+    with pytest.raises(InvalidRequest, match=r"files.bad .*loop forever"):
+        async with app.router.lifespan_context(app):
+            pass

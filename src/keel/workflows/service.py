@@ -92,7 +92,12 @@ class WorkflowService:
             except OSError as exc:
                 raise InvalidRequest(f"[workflows] files.{name}: {path} cannot be read: {exc}"
                                      ) from None
-            await self._store(name, self.parse(raw, source=str(path)), "keel.toml")
+            try:
+                defn = self.parse(raw, source=str(path))
+            except InvalidRequest as exc:
+                raise InvalidRequest(f"[workflows] files.{name} ({path}): {exc.message}"
+                                     ) from None
+            await self._store(name, defn, "keel.toml")
 
     async def _store(self, name: str, defn: dict[str, Any], by: str) -> int:
         now = time.time()
