@@ -169,11 +169,10 @@ async def test_definitions_from_files_named_in_keel_toml(settings: Settings,
     svc = build_services(settings)
     admin = svc.keys.create("acme", admin=True).secret
     app = create_app(settings, services=svc)
-    async with app.router.lifespan_context(app):
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
-                                     base_url="http://t") as c:
-            listed = (await c.get("/v1/workflows", headers=H(admin))).json()
-            assert [w["name"] for w in listed["data"]] == ["refund"]
+    async with app.router.lifespan_context(app), httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app), base_url="http://t") as c:
+        listed = (await c.get("/v1/workflows", headers=H(admin))).json()
+        assert [w["name"] for w in listed["data"]] == ["refund"]
     bad = tmp_path / "bad.asl.json"
     bad.write_text('{"StartAt": "A", "States": {"A": {"Type": "Pass", "Next": "A"}}}')
     settings.workflows.files = {"bad": bad}

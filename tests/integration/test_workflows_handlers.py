@@ -30,7 +30,7 @@ when { context.amount_cents > 5000 };
 
 
 class _Echo(BaseHTTPRequestHandler):
-    def do_POST(self) -> None:  # noqa: N802
+    def do_POST(self) -> None:
         body = orjson.loads(self.rfile.read(int(self.headers["content-length"])))
         status = 503 if body.get("fail") else 200
         out = orjson.dumps({"got": body, "doubled": body.get("n", 0) * 2})

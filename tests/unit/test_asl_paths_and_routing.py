@@ -90,7 +90,7 @@ def _m(states: dict[str, object], start: str = "A") -> dict[str, object]:
 
 
 def test_definitions_are_validated_at_load() -> None:
-    with pytest.raises(InvalidRequest, match="'Orphan'.*cannot be reached"):
+    with pytest.raises(InvalidRequest, match=r"'Orphan'.*cannot be reached"):
         check(_m({"A": {"Type": "Succeed"}, "Orphan": {"Type": "Succeed"}}))
     with pytest.raises(InvalidRequest, match="loop forever"):
         check(_m({"A": {"Type": "Pass", "Next": "B"}, "B": {"Type": "Pass", "Next": "A"}}))
@@ -101,10 +101,10 @@ def test_definitions_are_validated_at_load() -> None:
     check(loop_with_exit)
     with pytest.raises(InvalidRequest, match="unsupported JSONPath"):
         check(_m({"A": {"Type": "Pass", "InputPath": "$..x", "End": True}}))
-    with pytest.raises(InvalidRequest, match="unknown intrinsic function States.Nope"):
+    with pytest.raises(InvalidRequest, match=r"unknown intrinsic function States\.Nope"):
         check(_m({"A": {"Type": "Pass", "Parameters": {"x.$": "States.Nope(1)"},
                         "End": True}}))
-    with pytest.raises(InvalidRequest, match="States.ALL must appear alone"):
+    with pytest.raises(InvalidRequest, match=r"States\.ALL must appear alone"):
         check(_m({"A": {"Type": "Task", "Resource": "f", "End": True, "Retry": [
             {"ErrorEquals": ["States.ALL", "X"]}]}}))
     task = _m({"A": {"Type": "Task", "Resource": "arn:aws:lambda:eu:1:function:gone",
