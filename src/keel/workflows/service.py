@@ -15,7 +15,14 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from keel.errors import InvalidRequest, KeelError, NotFound, PayloadTooLarge, PermissionDenied
+from keel.errors import (
+    ConfigError,
+    InvalidRequest,
+    KeelError,
+    NotFound,
+    PayloadTooLarge,
+    PermissionDenied,
+)
 from keel.gateway.context import Principal
 from keel.workflows import definition
 from keel.workflows import store as wstore
@@ -42,7 +49,11 @@ class WorkflowService:
         self.db = approvals.engine.db
         text = self.cfg.agent_policy
         if self.cfg.agent_policy_file is not None:
-            text = self.cfg.agent_policy_file.read_text()
+            try:
+                text = self.cfg.agent_policy_file.read_text()
+            except OSError as exc:
+                raise ConfigError(f"[workflows] agent_policy_file cannot be read: {exc}"
+                                  ) from None
         self.access = WorkflowAccess(text)
         self.tool_caller: ToolCaller | None = None  # set when the tool gateway runs
         self.tool_exists: Callable[[str], bool] = lambda _name: False
