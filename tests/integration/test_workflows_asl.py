@@ -394,3 +394,13 @@ async def test_spec_example_input_result_output_paths(service: ApprovalsService)
     discard["States"]["Hello"].update(ResultPath=None, OutputPath="$")
     out = await (await run(service, discard, data)).get_result()
     assert out["output"] == data  # ResultPath null: the input passes through
+
+
+def test_cli_errors_keep_square_brackets(tmp_path: Path) -> None:
+    env = {**os.environ, "KEEL_DATA_DIR": str(tmp_path / "data")}
+    bad = tmp_path / "bad.asl.json"
+    bad.write_text('{"StartAt": "T", "States": {"T": {"Type": "Task", "Resource": "nope", '
+                   '"End": true}}}')
+    p = subprocess.run([KEEL, "workflows", "run", "--local", str(bad)], env=env,
+                       cwd=tmp_path, capture_output=True, timeout=120)
+    assert p.returncode == 1 and b"[approvals] handler_modules" in p.stderr.replace(b"\n", b" ")

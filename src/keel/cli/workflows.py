@@ -14,14 +14,20 @@ import os
 import secrets
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import httpx
 import orjson
 import typer
 
-from keel.cli.common import console, err_console, fail, read_local_key, settings_from
+from keel.cli.common import console, err_console, read_local_key, settings_from
 from keel.errors import KeelError
+
+
+def fail(message: str) -> NoReturn:
+    """Print literally: messages name settings in brackets ([workflows] ...)."""
+    err_console.print(f"error: {message}", markup=False, highlight=False)
+    raise typer.Exit(1)
 
 
 def _client(settings: Any, url: str | None) -> httpx.Client:
@@ -106,7 +112,9 @@ def build() -> typer.Typer:
                 reg.load_modules(settings.approvals.handler_modules)
                 def problem(kind: str, target: str) -> str | None:
                     missing = kind == "python" and not reg.has(target)
-                    return f"no handler registered for {target!r}" if missing else None
+                    return (f"no handler registered for {target!r}; add a module with "
+                            "register(registry) to [approvals] handler_modules"
+                            if missing else None)
 
                 defn = load(path, problem)
                 result = asyncio.run(_run_local(settings, defn, data))
