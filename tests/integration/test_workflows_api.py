@@ -115,7 +115,7 @@ async def test_agents_start_only_workflows_a_policy_allows(
 
 
 async def test_stop_aborts_a_waiting_execution(
-    client: httpx.AsyncClient, admin_key: str,
+    client: httpx.AsyncClient, admin_key: str, user_key: str,
 ) -> None:
     await client.put("/v1/workflows/refund", content=REFUND.read_bytes(),
                      headers=H(admin_key))
@@ -128,6 +128,8 @@ async def test_stop_aborts_a_waiting_execution(
         if a["data"]:
             break
         await asyncio.sleep(0.02)
+    mine = (await client.get("/v1/approvals?status=pending", headers=H(user_key))).json()
+    assert len(mine["data"]) == 1  # the task's approval is in the execution's tenant
     r = await client.post(f"/v1/executions/{eid}/stop", json={"cause": "customer cancelled"},
                           headers=H(admin_key))
     assert r.status_code == 200 and r.json()["status"] == "ABORTED", r.text

@@ -53,7 +53,8 @@ def register(engine: ApprovalEngine, tool_caller: tasks.ToolCaller | None = None
         args_preview = _preview(c)
         p = Proposal(action=c["state"], arguments=args_preview,
                      amount=_amount(args_preview), risk_level="HIGH",
-                     reason=str(args_preview.get("reason", "")),
+                     reason=str(args_preview.get("reason", ""))[:4000],
+                     tenant=str(c.get("tenant") or "default"),
                      requested_by=f"workflow:{c['execution_id']}:{c['state']}")
 
         def create_all(conn: Any) -> str:

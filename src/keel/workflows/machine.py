@@ -303,7 +303,8 @@ class Machine:
         timeout, by_deadline = self._task_timeout(st)
         call = {"state": name, "kind": res.kind, "target": res.target,
                 "lambda_invoke": res.lambda_invoke, "timeout_s": timeout,
-                "execution_id": self.opts.get("execution_id", self.wid)}
+                "execution_id": self.opts.get("execution_id", self.wid),
+                "tenant": self.opts.get("tenant", "default")}
         if res.token:
             # Resolve once with a placeholder so path errors surface here, as States.Runtime;
             # the step resolves again with the real token, which never leaves it.

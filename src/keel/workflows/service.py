@@ -146,7 +146,7 @@ class WorkflowService:
         await self.db.run(lambda c: wstore.insert_execution(
             c, execution_id=eid, workflow=name, version=wf["version"], tenant=who.tenant,
             started_by=by, data=data, now=now))
-        opts = {"execution_id": eid, "workflow": name, "started_at": now,
+        opts = {"execution_id": eid, "workflow": name, "started_at": now, "tenant": who.tenant,
                 "max_payload": self.cfg.max_payload_bytes}
         try:
             await self.approvals.engine.run_asl(defn, data, workflow_id=eid, opts=opts)
