@@ -280,6 +280,8 @@ class Machine:
     async def _work(self, name: str, st: dict[str, Any], eff: Any, seed: str,
                     retries: int) -> Any:
         if st["Type"] == "Parallel":
+            if "Parameters" in st:
+                eff = self._params(st["Parameters"], eff, self.context(name, retries), seed)
             return await self._fan_out(name, [(b, eff) for b in st["Branches"]], 0)
         if st["Type"] == "Map":
             return await self._map(name, st, eff, seed)
