@@ -41,9 +41,10 @@ def _try_lock(path: Path) -> IO[str] | None:
 
 
 class ExecutorLease:
-    def __init__(self, lock_dir: Path, base_id: str) -> None:
+    def __init__(self, lock_dir: Path, base_id: str, *, lead: bool = True) -> None:
         self.dir = lock_dir
         self.base = base_id
+        self.lead = lead  # False: never take the configured id (a `keel workflows worker`)
         self.id = base_id
         self._fh: IO[str] | None = None
 
@@ -55,7 +56,7 @@ class ExecutorLease:
         """Lock the configured id, else a fresh one of our own; returns the id to use."""
         if self._fh is not None:
             return self.id
-        fh = _try_lock(self.dir / f"{self.base}.lock")
+        fh = _try_lock(self.dir / f"{self.base}.lock") if self.lead else None
         while fh is None:  # a fresh id; retried if a leader's scan raced us for the file
             self.id = f"{self.base}-{os.getpid()}-{secrets.token_hex(3)}"
             fh = _try_lock(self.dir / f"{self.id}.lock")

@@ -121,13 +121,15 @@ def dbos_config(settings: Settings, *, executor_id: str | None = None) -> dict[s
 class DbosRuntime:
     """Launches DBOS for this process; one at a time (DBOS is a singleton)."""
 
-    def __init__(self, settings: Settings, *, executor_id: str | None = None) -> None:
+    def __init__(self, settings: Settings, *, executor_id: str | None = None,
+                 worker: bool = False) -> None:
         self.settings = settings
         self.executor_id = executor_id
         self.launched = False
-        # The gateway (no explicit id) leases its executor id: see keel.approvals.executors
+        # The gateway (no explicit id) leases its executor id: see keel.approvals.executors;
+        # a `keel workflows worker` takes an id of its own that the gateway recovers.
         self.lease = None if executor_id is not None else ExecutorLease(
-            settings.data_dir / "executors", settings.approvals.executor_id)
+            settings.data_dir / "executors", settings.approvals.executor_id, lead=not worker)
 
     def launch(self, register: Callable[[], None]) -> None:
         from dbos import DBOS
@@ -139,6 +141,11 @@ class DbosRuntime:
         DBOS(config=dbos_config(self.settings, executor_id=executor))  # type: ignore[arg-type]
         DBOS.launch()
         self.launched = True
+        from keel.workflows.interpreter import MAP_QUEUE
+
+        DBOS.register_queue(  # distributed Map items: every keel process serves it
+            MAP_QUEUE, polling_interval_sec=self.settings.approvals.polling_interval_s,
+            worker_concurrency=self.settings.workflows.map_worker_concurrency)
         self.recover_dead()
 
     def recover_dead(self) -> int:

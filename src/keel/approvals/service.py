@@ -25,13 +25,14 @@ class ApprovalsService:
     """Built in ``build_services``; DBOS launches in the app lifespan (``start``)."""
 
     def __init__(self, settings: Settings, db: Database, *,
-                 registry: HandlerRegistry | None = None, executor_id: str | None = None
-                 ) -> None:
+                 registry: HandlerRegistry | None = None, executor_id: str | None = None,
+                 worker: bool = False) -> None:
         self.settings = settings
         self.registry = registry or HandlerRegistry()
         if registry is None:
             self.registry.load_modules(settings.approvals.handler_modules)
-        self.runtime = DbosRuntime(settings, executor_id=executor_id)
+        self.runtime = DbosRuntime(settings, executor_id=executor_id, worker=worker)
+        self.worker = worker
         self.engine = ApprovalEngine(settings, db, self.registry, sender=self._send,
                                      starter=self.ensure_started)
         self._lock = asyncio.Lock()
@@ -82,7 +83,8 @@ class ApprovalsService:
         async with self._lock:
             if not self.runtime.launched:
                 await asyncio.to_thread(self.runtime.launch, self._register)
-                await self.engine.reconcile()
+                if not self.worker:  # the gateway repairs approvals; a worker serves queues
+                    await self.engine.reconcile()
                 if self.runtime.lease is not None and self.runtime.lease.leader:
                     self._watcher = asyncio.create_task(self._watch_executors(),
                                                         name="keel-executors")

@@ -144,6 +144,37 @@ def build() -> typer.Typer:
         if wait and ex.get("status") != "SUCCEEDED":
             raise typer.Exit(1)
 
+    @app.command("worker")
+    def worker(ctx: typer.Context) -> None:
+        """Serve distributed Map items (ProcessorConfig.Mode DISTRIBUTED) next to the
+        gateway, on the same data dir / system database, until Ctrl-C. Runs under an
+        executor id of its own; if it dies, the gateway resumes its items."""
+        settings = settings_from(ctx)
+
+        async def serve() -> None:
+            from keel.app import open_database
+            from keel.approvals.service import ApprovalsService
+
+            db = open_database(settings)
+            svc = ApprovalsService(settings, db, worker=True)
+            await svc.ensure_started()
+            lease = svc.runtime.lease
+            err_console.print(f"serving distributed Map items as "
+                              f"{lease.id if lease else '?'} (Ctrl-C stops)",
+                              markup=False, highlight=False)
+            try:
+                await asyncio.Event().wait()
+            finally:
+                await svc.stop()
+                db.dispose()
+
+        try:
+            asyncio.run(serve())
+        except KeyboardInterrupt:
+            pass
+        except KeelError as exc:
+            fail(exc.message)
+
     @app.command("put")
     def put(ctx: typer.Context, file: Path, name: str | None = typer.Option(None, "--name"),
             url: str | None = url_opt) -> None:

@@ -124,9 +124,12 @@ def _state(name: str, st: Any, states: dict[str, Any], where: str,
             raise InvalidRequest(f"{w}: Map needs an ItemProcessor (or Iterator)")
         mode = ((proc.get("ProcessorConfig") or {}).get("Mode", "INLINE")
                 if isinstance(proc, dict) else "INLINE")
-        if mode != "INLINE":
-            raise InvalidRequest(f"{w}: only INLINE Map is supported (ProcessorConfig.Mode "
-                                 f"{mode!r}); split the items and use MaxConcurrency")
+        if mode not in ("INLINE", "DISTRIBUTED"):
+            raise InvalidRequest(f"{w}: ProcessorConfig.Mode must be INLINE or DISTRIBUTED")
+        for key in ("ItemReader", "ResultWriter", "ItemBatcher"):
+            if key in st:
+                raise InvalidRequest(f"{w}: {key} is not supported: pass the items in the "
+                                     "input (ItemsPath)")
         mc = st.get("MaxConcurrency", 0)
         if isinstance(mc, bool) or not isinstance(mc, int) or mc < 0:
             raise InvalidRequest(f"{w}: MaxConcurrency must be an integer >= 0 (0: no limit)")

@@ -31,6 +31,7 @@ if TYPE_CHECKING:
 WORKFLOW_NAME = "keel.workflows.asl"
 BRANCH_NAME = "keel.workflows.asl.branch"
 DENIED_ERROR = "Approval.Denied"
+MAP_QUEUE = "keel.workflows.map"  # distributed Map items (see keel.approvals.runtime)
 
 __all__ = ["BRANCH_NAME", "WORKFLOW_NAME", "StateError", "TaskFailed", "register"]
 
@@ -129,6 +130,10 @@ def register(engine: ApprovalEngine, tool_caller: tasks.ToolCaller | None = None
     async def start_child(child_id: str, defn: dict[str, Any], data: Any,
                           opts: dict[str, Any]) -> Any:
         with SetWorkflowID(child_id):
+            if opts.get("queued"):  # a distributed Map item: any keel process may run it
+                queue = await DBOS.retrieve_queue_async(MAP_QUEUE)
+                assert queue is not None, "registered at launch (DbosRuntime.launch)"
+                return await queue.enqueue_async(branch, defn, data, opts)
             return await DBOS.start_workflow_async(branch, defn, data, opts)
 
     def ports(opts: dict[str, Any]) -> Ports:

@@ -347,12 +347,16 @@ class Machine:
             else:
                 ctx = self.context(name, Map={"Item": {"Index": i, "Value": item}})
                 inputs.append((proc, self._params(selector, eff, ctx, f"{seed}:{i}")))
-        return await self._fan_out(name, inputs, int(st.get("MaxConcurrency", 0) or 0))
+        mode = (proc.get("ProcessorConfig") or {}).get("Mode", "INLINE")
+        return await self._fan_out(name, inputs, int(st.get("MaxConcurrency", 0) or 0),
+                                   distributed=mode == "DISTRIBUTED")
 
     async def _fan_out(self, name: str, runs: list[tuple[dict[str, Any], Any]],
-                       max_concurrency: int) -> list[Any]:
+                       max_concurrency: int, *, distributed: bool = False) -> list[Any]:
         """Each branch / item is a child workflow with a deterministic id; at most
-        ``max_concurrency`` run at once (0: all). The first failure fails the state."""
+        ``max_concurrency`` run at once (0: all). The first failure fails the state.
+        Distributed items go on a DBOS queue that every keel process serves (gateway
+        workers and ``keel workflows worker`` processes)."""
         limit = max_concurrency or len(runs) or 1
         results: list[Any] = [None] * len(runs)
         running: deque[tuple[int, Any]] = deque()
@@ -370,7 +374,8 @@ class Machine:
             if len(running) >= limit:
                 await collect()
             opts = {**self.opts, "workflow_id": f"{self.wid}.{self.entries}.{i}",
-                    "prefix": f"{self.prefix}{name}#{self.entries}[{i}]/", "branch": True}
+                    "prefix": f"{self.prefix}{name}#{self.entries}[{i}]/", "branch": True,
+                    "queued": distributed}
             running.append((i, await self.ports.start_child(opts["workflow_id"], defn, data,
                                                             opts)))
         while running:
