@@ -87,6 +87,30 @@ async def test_workers_in_other_processes_serve_a_distributed_map(
         with sqlite3.connect(tmp_path / "map.db") as c:
             pids = {pid for _, pid in c.execute("select item, pid from ran where item > 0")}
         assert worker.pid in pids, pids  # the other process served some of the items
+
+        # kill -9 the worker while it holds items: the gateway resumes them
+        r = await client.post("/v1/workflows/squares/executions",
+                              json={"input": list(range(100, 116))}, headers=h)
+        eid = r.json()["id"]
+        deadline = time.monotonic() + 60
+        while True:
+            with sqlite3.connect(tmp_path / "map.db") as c:
+                mine = c.execute("select count(*) from ran where item >= 100 and pid = ?",
+                                 (worker.pid,)).fetchone()[0]
+            if mine:
+                break
+            assert time.monotonic() < deadline, "the worker took no item"
+            await asyncio.sleep(0.05)
+        worker.kill()
+        worker.wait(timeout=10)
+        for _ in range(1200):
+            ex = (await client.get(f"/v1/executions/{eid}", headers=h)).json()
+            if ex["status"] != "RUNNING":
+                break
+            await asyncio.sleep(0.05)
+        assert ex["status"] == "SUCCEEDED", ex
+        assert ex["output"] == [i * i for i in range(100, 116)]
     finally:
-        worker.terminate()
-        worker.wait(timeout=30)
+        if worker.poll() is None:
+            worker.terminate()
+            worker.wait(timeout=30)
