@@ -183,3 +183,46 @@ async def test_definitions_from_files_named_in_keel_toml(settings: Settings,
     with pytest.raises(InvalidRequest, match=r"files.bad .*loop forever"):
         async with app.router.lifespan_context(app):
             pass
+
+
+async def test_send_task_success_and_failure_by_token(
+    client: httpx.AsyncClient, admin_key: str, user_key: str, services: Services,
+) -> None:
+    assert services.approvals is not None
+    tokens: list[str] = []
+    services.approvals.registry.register("callback", lambda p, ctx: tokens.append(p["token"]))
+    defn = {"StartAt": "Wait", "States": {"Wait": {
+        "Type": "Task", "Resource": "arn:aws:states:::lambda:invoke.waitForTaskToken",
+        "Parameters": {"FunctionName": "callback", "Payload": {"token.$": "$$.Task.Token"}},
+        "ResultPath": "$.cb", "End": True}}}
+    r = await client.put("/v1/workflows/cb", json=defn, headers=H(admin_key))
+    assert r.status_code == 200, r.text
+    ids = []
+    for _ in range(2):
+        r = await client.post("/v1/workflows/cb/executions", json={"input": {"k": 1}},
+                              headers=H(admin_key))
+        ids.append(r.json()["id"])
+        for _ in range(300):
+            if len(tokens) == len(ids):
+                break
+            await asyncio.sleep(0.02)
+    r = await client.post("/v1/tasks/success", json={"taskToken": tokens[0],
+                                                     "output": {"shipped": True}},
+                          headers=H(user_key))
+    assert r.status_code == 200, r.text
+    ok = await finished(client, admin_key, ids[0])
+    assert ok["status"] == "SUCCEEDED" and ok["output"] == {"k": 1, "cb": {"shipped": True}}
+    r = await client.post("/v1/tasks/failure", json={"taskToken": tokens[1],
+                                                     "error": "Partner.Down",
+                                                     "cause": "503 from the partner"},
+                          headers=H(user_key))
+    assert r.status_code == 200, r.text
+    bad = await finished(client, admin_key, ids[1])
+    assert (bad["status"], bad["error"], bad["cause"]) == (
+        "FAILED", "Partner.Down", "503 from the partner")
+    again = await client.post("/v1/tasks/success", json={"taskToken": tokens[0]},
+                              headers=H(user_key))
+    assert again.status_code >= 400 and "already used" in again.json()["error"]["message"]
+    r = await client.post("/v1/tasks/success", json={"taskToken": "forged"},
+                          headers=H(user_key))
+    assert r.status_code == 404

@@ -48,7 +48,46 @@ class WorkflowRoutes:
             summary="Stop an execution: {\"error\": ..., \"cause\": ...}")
         add("/v1/executions/{execution_id}/history", self.history, methods=["GET"],
             summary="An execution's history events")
+        add("/v1/tasks/success", self.task_success, methods=["POST"],
+            summary="SendTaskSuccess: {\"taskToken\": ..., \"output\": {...}}")
+        add("/v1/tasks/failure", self.task_failure, methods=["POST"],
+            summary="SendTaskFailure: {\"taskToken\": ..., \"error\": ..., \"cause\": ...}")
         return r
+
+    async def _task_body(self, request: Request, allowed: set[str]) -> tuple[Any, dict[str, Any]]:
+        p = await authenticate(self.svc, request)
+        body = parse_json(await read_body(request, self.wf.cfg.max_payload_bytes + 4096))
+        if not isinstance(body, dict) or not isinstance(body.get("taskToken"), str):
+            raise InvalidRequest('send {"taskToken": "..."} (the $$.Task.Token the task got)',
+                                 param="taskToken")
+        unknown = sorted(set(body) - allowed - {"taskToken"})
+        if unknown:
+            raise InvalidRequest(f"unknown field(s) {', '.join(unknown)}", param=unknown[0])
+        return p, body
+
+    async def task_success(self, request: Request) -> Response:
+        """Complete a waiting ``.waitForTaskToken`` task with its output. The token is a
+        one-time capability, like the decision link that carries it."""
+        from keel.approvals.engine import Decider
+
+        p, body = await self._task_body(request, {"output"})
+        who = Decider(actor=f"key:{p.key_id}", via="api")
+        a = await self.wf.approvals.engine.decide("approve", who, ref=body["taskToken"],
+                                                  output=body.get("output"))
+        return ORJSONResponse({"approval_id": a.id, "status": a.status})
+
+    async def task_failure(self, request: Request) -> Response:
+        from keel.approvals.engine import Decider
+
+        p, body = await self._task_body(request, {"error", "cause"})
+        for k in ("error", "cause"):
+            if body.get(k) is not None and not isinstance(body[k], str):
+                raise InvalidRequest(f"{k} must be a string", param=k)
+        who = Decider(actor=f"key:{p.key_id}", via="api")
+        a = await self.wf.approvals.engine.decide(
+            "deny", who, ref=body["taskToken"], error=body.get("error") or "States.TaskFailed",
+            cause=body.get("cause"), note=body.get("cause"))
+        return ORJSONResponse({"approval_id": a.id, "status": a.status})
 
     async def _admin(self, request: Request) -> Any:
         p = await authenticate(self.svc, request)
