@@ -48,12 +48,14 @@ def all_migrations() -> list[Migration]:
     from keel.rag import catalog as rag_catalog
     from keel.tools import decision_log as tool_decisions
     from keel.wallets import tables as wallet_tables
+    from keel.workflows import store as workflow_store
 
     return [*keys_mod.MIGRATIONS, *request_log.MIGRATIONS, *cache_stats.MIGRATIONS,
             *policy_store.MIGRATIONS, *tool_decisions.MIGRATIONS,
             *rag_catalog.MIGRATIONS, *degrade_audit.MIGRATIONS,
             *wallet_tables.MIGRATIONS,  # issue 8
-            *approval_store.MIGRATIONS]  # issue 7
+            *approval_store.MIGRATIONS,  # issue 7
+            *workflow_store.MIGRATIONS]
 
 
 def open_database(settings: Settings) -> Database:
@@ -163,6 +165,8 @@ def build_services(
             from keel.approvals.payment_hook import PaymentApprovalHook
 
             wallets.approvals = PaymentApprovalHook(approvals, settings.approvals.tool_wait_s)
+        if tool_gateway is not None and approvals.workflows is not None:  # keel:tool:T tasks
+            approvals.workflows.use_tools(tool_gateway)
     # --- end issue 7 ---------------------------------------------------------------------
     pipeline = Pipeline([*front, *stages, MeteringStage()], ProviderCall(models))
     return Services(
@@ -260,6 +264,10 @@ def create_app(settings: Settings, *, services: Services | None = None, **kw: An
         from keel.approvals.routes import ApprovalRoutes
 
         app.include_router(ApprovalRoutes(svc, svc.approvals).router())
+        if svc.approvals.workflows is not None:  # /v1/workflows, /v1/executions
+            from keel.workflows.routes import WorkflowRoutes
+
+            app.include_router(WorkflowRoutes(svc, svc.approvals.workflows).router())
 
     from keel.web.console import ConsoleRoutes
 

@@ -26,6 +26,7 @@ from keel.rag.settings import RagSettings
 from keel.settings_section import Section
 from keel.tools.settings import ToolSettings
 from keel.wallets.settings import WalletSettings
+from keel.workflows.settings import WorkflowsSettings
 
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
@@ -155,6 +156,7 @@ class Settings(BaseSettings):
     rag: RagSettings = Field(default_factory=RagSettings)
     degrade: DegradeSettings = Field(default_factory=DegradeSettings)
     approvals: ApprovalsSettings = Field(default_factory=ApprovalsSettings)
+    workflows: WorkflowsSettings = Field(default_factory=WorkflowsSettings)
     tools: ToolSettings = Field(default_factory=ToolSettings)
     wallets: WalletSettings = Field(default_factory=WalletSettings)
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)

@@ -135,9 +135,14 @@ class ApprovalRoutes:
             raise InvalidRequest("send {\"decision\": \"approve\"} or {\"decision\": \"deny\"}",
                                  param="decision")
         note = body.get("note")
+        for k in ("error", "cause"):
+            if body.get(k) is not None and not isinstance(body[k], str):
+                raise InvalidRequest(f"{k} must be a string", param=k)
         who = Decider(actor=f"key:{p.key_id}", via="api", ip=self._ip(request))
         a = await self.engine.decide(body["decision"], who, approval_id=approval_id,
-                                     note=note if isinstance(note, str) else None)
+                                     note=note if isinstance(note, str) else None,
+                                     output=body.get("output"), error=body.get("error"),
+                                     cause=body.get("cause"))
         return ORJSONResponse(a.public())
 
     async def audit(self, request: Request, approval_id: str) -> Response:

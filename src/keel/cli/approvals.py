@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import getpass
 import time
+from typing import Any
 
 import orjson
 import typer
@@ -80,13 +81,15 @@ def build() -> typer.Typer:
         console.print(t)
         eng.db.dispose()
 
-    def _decide(ctx: typer.Context, approval_id: str, decision: str, note: str | None) -> None:
+    def _decide(ctx: typer.Context, approval_id: str, decision: str, note: str | None,
+                **task: Any) -> None:
         from keel.approvals.engine import Decider
 
         eng = _engine(ctx)
         who = Decider(actor=f"cli:{getpass.getuser()}", via="cli", ip="local")
         try:
-            a = asyncio.run(eng.decide(decision, who, approval_id=approval_id, note=note))
+            a = asyncio.run(eng.decide(decision, who, approval_id=approval_id, note=note,
+                                       **task))
         except KeelError as exc:
             fail(exc.message)
         finally:
@@ -96,14 +99,26 @@ def build() -> typer.Typer:
 
     @app.command("approve")
     def approve(ctx: typer.Context, approval_id: str,
-                note: str | None = typer.Option(None, "--note")) -> None:
+                note: str | None = typer.Option(None, "--note"),
+                output: str | None = typer.Option(
+                    None, "--output", help="JSON result for a waiting workflow task.")) -> None:
         """Approve: the action runs once, in the process that waits for it."""
-        _decide(ctx, approval_id, "approve", note)
+        value = None
+        if output is not None:
+            try:
+                value = orjson.loads(output)
+            except orjson.JSONDecodeError as exc:
+                fail(f"--output is not valid JSON: {exc}")
+        _decide(ctx, approval_id, "approve", note, output=value)
 
     @app.command("deny")
     def deny(ctx: typer.Context, approval_id: str,
-             note: str | None = typer.Option(None, "--note")) -> None:
+             note: str | None = typer.Option(None, "--note"),
+             error: str | None = typer.Option(
+                 None, "--error", help="Error name a waiting workflow task fails with."),
+             cause: str | None = typer.Option(None, "--cause", help="Its cause (default: "
+                                              "the note).")) -> None:
         """Deny: the denial branch runs."""
-        _decide(ctx, approval_id, "deny", note)
+        _decide(ctx, approval_id, "deny", note, error=error, cause=cause)
 
     return app

@@ -72,6 +72,7 @@ class ConsoleRoutes:
                     NavItem("/console/cache", "Cache"),  # issue 4
                     NavItem("/console/tools", "Tools"),  # issue 6
                     NavItem("/console/approvals", "Approvals"),  # issue 7
+                    NavItem("/console/workflows", "Workflows"),
                     NavItem("/console/wallets", "Wallets"),  # issue 8
                     NavItem("/console/mode", "Mode")]  # issue 5
 
@@ -95,6 +96,9 @@ class ConsoleRoutes:
         from keel.web.approvals_page import ApprovalsPage  # issue 7
 
         ApprovalsPage(self).register(r)
+        from keel.web.workflows_page import WorkflowsPage
+
+        WorkflowsPage(self).register(r)
         from keel.web.wallets_page import WalletsPage  # issue 8
 
         WalletsPage(self).register(r)
