@@ -59,7 +59,7 @@ def settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Settings:
     monkeypatch.chdir(tmp_path)
     s = make_settings(tmp_path, tools={
         "servers": [{"name": "crm", "command": [sys.executable, SERVER]}],
-        "policy": {"roles": {"support-bot": ["support"]}, "reload_s": 0}},
+        "policy": {"roles": {"acme/support-bot": ["support"]}, "reload_s": 0}},
         firewall={"enabled": False})
     s.approvals.polling_interval_s = 0.02
     s.workflows.agent_policy = ('permit(principal, action == Action::"StartExecution", '

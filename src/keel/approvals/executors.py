@@ -24,11 +24,13 @@ import secrets
 from pathlib import Path
 from typing import IO
 
+from keel.storage.private_files import private_file
+
 
 def _try_lock(path: Path) -> IO[str] | None:
     """An exclusive lock on ``path`` (None when another process holds it). The file must
     still be the one at ``path`` once locked: a leader may have removed it meanwhile."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    private_file(path)  # 0600 in a 0700 directory, like every data file
     fh = open(path, "a+")  # noqa: SIM115 - held open for the process's lifetime
     try:
         fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
