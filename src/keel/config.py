@@ -139,6 +139,8 @@ class Settings(BaseSettings):
     tools: ToolSettings = Field(default_factory=ToolSettings)
     wallets: WalletSettings = Field(default_factory=WalletSettings)
     models: list[ModelSpec] = Field(default_factory=list)
+    # settings of capabilities from other packages: [plugins.NAME], validated by each one
+    plugins: dict[str, dict[str, Any]] = Field(default_factory=dict)
 
     @field_validator("models")
     @classmethod

@@ -11,6 +11,7 @@ import json
 import httpx
 import pytest
 
+from keel.cache.stage import CacheStage
 from keel.gateway.services import Services
 
 from fakes import FakeUpstream
@@ -25,8 +26,7 @@ def auth(key: str, **extra: str) -> dict[str, str]:
 
 
 async def drained(services: Services) -> None:
-    assert services.cache is not None
-    await services.cache.drain()
+    await services.get(CacheStage).drain()
 
 
 async def ask(client: httpx.AsyncClient, key: str, text: str, **headers: str) -> httpx.Response:

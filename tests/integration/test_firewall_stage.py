@@ -5,6 +5,7 @@ from __future__ import annotations
 import httpx
 import pytest
 
+from keel.firewall.state import FirewallState
 from keel.gateway.services import Services
 
 from fakes import FakeUpstream
@@ -99,7 +100,7 @@ async def test_repeat_offender_is_banned_and_unbanned(
     # the IP is banned too (same test client IP), so another key from it is refused
     r = await client.post("/v1/chat/completions", json=chat("hi"), headers=auth(other))
     assert r.json()["error"]["code"] == "client_banned"
-    state = services.firewall_state
+    state = services.get(FirewallState)
     assert state is not None
     bans = {b.client for b in await state.list_bans()}
     assert "ip:127.0.0.1" in bans
@@ -112,7 +113,7 @@ async def test_repeat_offender_is_banned_and_unbanned(
 async def test_bans_survive_a_restart(services: Services) -> None:
     from keel.firewall.state import FirewallState
 
-    state = services.firewall_state
+    state = services.get(FirewallState)
     assert state is not None
     await state.ban("ip:10.9.9.9", "test", 60)
     fresh = FirewallState(services.kv, services.settings.firewall)
@@ -125,11 +126,10 @@ async def test_allow_list_by_rule_and_tenant(
 ) -> None:
     r = await client.post("/v1/chat/completions", json=chat(ATTACK), headers=auth(user_key))
     rule = r.json()["error"]["rule"]
-    assert services.firewall_state is not None
-    await services.firewall_state.allow_rule(rule, "other-tenant")
+    await services.get(FirewallState).allow_rule(rule, "other-tenant")
     r = await client.post("/v1/chat/completions", json=chat(ATTACK), headers=auth(user_key))
     assert r.status_code == 403  # allow-listed for another tenant only
-    await services.firewall_state.allow_prompt(ATTACK)
+    await services.get(FirewallState).allow_prompt(ATTACK)
     r = await client.post("/v1/chat/completions", json=chat(ATTACK), headers=auth(user_key))
     assert r.status_code == 200
 

@@ -25,7 +25,7 @@ def test_concurrent_first_opens_never_see_database_is_locked(tmp_path: Path) -> 
                 conn = connect_wal(path, schema=SCHEMA, check_same_thread=False)
                 conn.execute("INSERT INTO t VALUES (?, ?)", (str(i), "x"))
                 conn.close()
-            except BaseException as exc:  # noqa: BLE001 - collected for the assertion
+            except BaseException as exc:
                 errors.append(exc)
 
         threads = [threading.Thread(target=open_and_write, args=(i,)) for i in range(12)]

@@ -8,6 +8,7 @@ from typing import Any, NoReturn
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from keel.config import Settings, load_settings
 from keel.errors import KeelError
@@ -27,7 +28,7 @@ def settings_from(ctx: typer.Context, **overrides: Any) -> Settings:
 
 
 def fail(message: str, code: int = 1) -> NoReturn:
-    err_console.print(f"[bold red]error:[/] {message}")
+    err_console.print("[bold red]error:[/] " + escape(message))  # user text, not markup
     raise typer.Exit(code)
 
 

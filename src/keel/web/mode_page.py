@@ -11,9 +11,10 @@ from starlette.responses import RedirectResponse, Response
 
 from keel.degrade import audit
 from keel.metering.request_log import LogFilter, spend_by_hour
+from keel.web.shell import ConsoleShell, NavItem, bar_chart
 
 if TYPE_CHECKING:
-    from keel.web.console import ConsoleRoutes
+    from keel.degrade.service import Degrader
 
 
 def timeline(flips: list[audit.Flip], levels: list[str], hours: float = 24.0,
@@ -46,30 +47,28 @@ def timeline(flips: list[audit.Flip], levels: list[str], hours: float = 24.0,
 
 
 class ModePage:
-    def __init__(self, console: ConsoleRoutes) -> None:
-        self.console = console
-        self.svc = console.svc
+    nav = NavItem("/console/mode", "Mode")
+
+    def __init__(self, shell: ConsoleShell, degrader: Degrader) -> None:
+        self.shell = shell
+        self.svc = shell.svc
+        self.degrader = degrader
 
     def register(self, r: APIRouter) -> None:
         r.add_api_route("/console/mode", self.page, methods=["GET"])
 
     async def page(self, request: Request) -> Response:
-        p = await self.console.principal(request)
+        p = await self.shell.principal(request)
         if p is None:
             return RedirectResponse("/console/login", status_code=303)
-        dg = self.svc.degrade
-        if dg is None:
-            return self.console.render("mode.html", active="/console/mode", principal=p,
-                                       enabled=False)
+        dg = self.degrader
         await self.svc.request_log.flush()
         since = time.time() - 24 * 3600
         flips = await self.svc.db.run(lambda c: audit.recent(c, 500, since=since))
         hourly = await self.svc.db.run(lambda c: spend_by_hour(
             c, LogFilter(tenant=None if p.admin else p.tenant, since=since)))
-        from keel.web.console import _bar_chart
-
         status = dg.status()
-        return self.console.render(
+        return self.shell.render(
             "mode.html", active="/console/mode", principal=p, enabled=True, st=status,
-            flips=flips[:50], chart=_bar_chart(hourly),
+            flips=flips[:50], chart=bar_chart(hourly),
             timeline=timeline(flips, status["levels"]))
