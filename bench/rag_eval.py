@@ -101,15 +101,15 @@ async def main() -> None:
     db = open_database(settings)
     embedder = MiniLMEmbedder(settings.model_dir)
     retriever = Retriever(db, settings.rag, data_dir, embedder)
-    info = await db.run(lambda c: catalog.get_index(c, INDEX))
+    info = await db.run(lambda c: catalog.get_index(c, "default", INDEX))
     ingest_s = None
     if info is None:
         docs = read_documents(DATA / "corpus.jsonl")
-        vectors = retriever.open_vectors(INDEX)
+        vectors = retriever.open_vectors(catalog.vector_name("default", INDEX))
         t0 = time.perf_counter()
         with Progress(console=console) as bar:
             task = bar.add_task("ingest (chunk + embed)", total=None)
-            info = await ingest(db, vectors, embedder, INDEX, docs, settings.rag,
+            info = await ingest(db, vectors, embedder, "default", INDEX, docs, settings.rag,
                                 progress=lambda d, t: bar.update(task, completed=d, total=t))
         ingest_s = time.perf_counter() - t0
         await vectors.aclose()

@@ -75,7 +75,7 @@ def bench_authorize(n: int) -> dict[str, Any]:
         "properties": {"customer_id": {"type": "string"}, "amount_cents": {"type": "integer"}}})
     read = ToolSignature("read_customer", "crm", {
         "type": "object", "properties": {"customer_id": {"type": "string"}}})
-    authz = Authorizer([sig, read], roles={"bot": ["support"]})
+    authz = Authorizer([sig, read], roles={"acme/bot": ["support"]})
     authz.load(POLICY, 1)
     now = {"hour": 11, "minute": 0, "weekday": 2, "day": 3, "month": 3, "year": 2026,
            "epoch": 1772528400}
@@ -138,7 +138,7 @@ def bench_mcp(n: int) -> dict[str, Any]:
             settings = load_settings(None, data_dir=tmp, firewall={"enabled": False},
                                      request_log={"enabled": False}, tools={
                                          "servers": [{"name": "crm", "url": upstream}],
-                                         "policy": {"roles": {"bot": ["support"]}}})
+                                         "policy": {"roles": {"acme/bot": ["support"]}}})
             svc = build_services(settings)
             key = svc.keys.create("acme", agent="bot").secret
             with serving(create_app(settings, services=svc)) as base:

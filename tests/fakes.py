@@ -33,6 +33,9 @@ class FakeUpstream:
     completion_tokens: int = 7
     fail_first: int = 0
     status: int = 200
+    # fields merged into every non-streamed answer and the streamed usage chunk, to script
+    # upstream nonsense (``{"usage": {"prompt_tokens": 1e30}}``, ``{"choices": "nope"}``)
+    override: dict[str, Any] = field(default_factory=dict)
     calls: list[dict[str, Any]] = field(default_factory=list)
     port: int = 0
     _loop: asyncio.AbstractEventLoop | None = None
@@ -59,7 +62,7 @@ class FakeUpstream:
                 "model": body.get("model"),
                 "choices": [{"index": 0, "finish_reason": "stop",
                              "message": {"role": "assistant", "content": self.reply}}],
-                "usage": usage,
+                "usage": usage, **self.override,
             })
         resp = web.StreamResponse(headers={"content-type": "text/event-stream"})
         await resp.prepare(request)
@@ -74,10 +77,26 @@ class FakeUpstream:
                  "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}
         await resp.write(b"data: " + json.dumps(final).encode() + b"\n\n")
         if (body.get("stream_options") or {}).get("include_usage"):
-            u = {**final, "choices": [], "usage": usage}
+            u = {**final, "choices": [], "usage": usage,
+                 **{k: v for k, v in self.override.items() if k == "usage"}}
             await resp.write(b"data: " + json.dumps(u).encode() + b"\n\n")
         await resp.write(b"data: [DONE]\n\n")
         return resp
+
+    async def _embeddings(self, request: web.Request) -> web.Response:
+        """Scripted embeddings: hashed bag of lower-case words in 64 dimensions, unnormalised,
+        rows returned in reverse order (clients must sort by ``index``)."""
+        body = await request.json()
+        self.calls.append({"body": body, "headers": dict(request.headers), "embeddings": True})
+        texts = body["input"] if isinstance(body["input"], list) else [body["input"]]
+        rows = []
+        for i, text in enumerate(texts):
+            vec = [0.0] * 64
+            for word in text.lower().replace("?", " ").split():
+                vec[sum(map(ord, word)) % 64] += 3.0
+            rows.append({"object": "embedding", "index": i, "embedding": vec})
+        return web.json_response({"object": "list", "data": rows[::-1], "model": body["model"],
+                                  "usage": {"prompt_tokens": 1, "total_tokens": 1}})
 
     async def _models(self, request: web.Request) -> web.Response:
         return web.json_response({"object": "list", "data": []})
@@ -93,6 +112,7 @@ class FakeUpstream:
             app.router.add_post("/v1/chat/completions", self._chat)
             app.router.add_post("/v1/completions", self._chat)
             app.router.add_get("/v1/models", self._models)
+            app.router.add_post("/v1/embeddings", self._embeddings)
             self._runner = web.AppRunner(app, access_log=None)
             loop.run_until_complete(self._runner.setup())
             site = web.TCPSite(self._runner, "127.0.0.1", self.port)

@@ -28,6 +28,7 @@ from keel.gateway.routes import OpenAIRoutes
 from keel.gateway.services import Services
 from keel.gateway.terminal import ProviderCall
 from keel.metering import request_log
+from keel.metering.exposition import MetricsExposition
 from keel.metering.metrics import GatewayMetrics
 from keel.metering.request_log import RequestLogWriter
 from keel.metering.stage import MeteringStage
@@ -36,6 +37,7 @@ from keel.ports.provider import ChatProvider
 from keel.providers.registry import ModelRegistry
 from keel.storage.kv import open_kv
 from keel.storage.migrations import Migration, migrate
+from keel.storage.private_files import private_dir
 from keel.storage.sql import Database
 from keel.web.console import ConsoleRoutes
 
@@ -68,7 +70,7 @@ def build_services(
     """Build the core, then each enabled capability in dependency order; compose the
     pipeline once from their stages (by slot), then ``stages``, then metering.
     ``capabilities`` adds capabilities to the built-in and entry-point ones."""
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    private_dir(settings.data_dir)
     available = capabilities_mod.available(capabilities)
     _check_plugin_tables(settings, available)
     db = open_database(settings, capabilities)
@@ -112,9 +114,15 @@ def _check_plugin_tables(settings: Settings, available: Sequence[type[Capability
 def create_app(settings: Settings, *, services: Services | None = None, **kw: Any) -> FastAPI:
     svc = services or build_services(settings, **kw)
 
+    # /metrics: who may scrape, and tenant/agent/payee labels only for trusted scrapes
+    exposition = MetricsExposition(settings.metrics, svc.metrics.registry,
+                                   before_render=lambda: svc.metrics.local_loaded.set(
+                                       1 if svc.models.local_loaded else 0))
+
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         svc.request_log.start()
+        await exposition.start()
         started: list[Capability] = []
         try:
             for cap in svc.capabilities:
@@ -127,6 +135,7 @@ def create_app(settings: Settings, *, services: Services | None = None, **kw: An
                     await cap.stop()
                 except Exception:
                     log.exception("stopping the %s capability failed", cap.name)
+            await exposition.aclose()
             await svc.request_log.aclose()
             await svc.models.aclose()
             await svc.kv.aclose()
@@ -135,18 +144,40 @@ def create_app(settings: Settings, *, services: Services | None = None, **kw: An
     # FastAPI's built-in OpenTelemetry costs ~25 µs per request; opt in with server.otel.
     otel = settings.server.otel
     app = FastAPI(title="keel", version=__version__, lifespan=lifespan,
-                  docs_url="/docs", redoc_url=None,
+                  docs_url=None, redoc_url=None,  # /docs: keel.gateway.api_docs
                   telemetry={"tracing": otel, "metrics": otel, "logs": otel,
                              "operation_spans": otel})
     app.state.services = svc
     app.include_router(OpenAIRoutes(svc).router())
     app.include_router(AdminRoutes(svc).router())
+    app.include_router(exposition.router())
     for cap in svc.capabilities:
         cap.install(app, svc)
     pages = [page for cap in svc.capabilities for page in cap.console_pages()]
     app.include_router(ConsoleRoutes(svc, pages).router())
+    from keel.gateway.api_docs import install as install_docs
+
+    install_docs(app)  # after every router: the document describes them all
     _install_error_handlers(app)
     return app
+
+
+def _allowed_methods(app: FastAPI, request: Request) -> str:
+    """Every method some route serves at this path (Starlette names only the first)."""
+    from starlette.routing import Match
+
+    methods: set[str] = set()
+    todo: list[Any] = list(app.router.routes)
+    while todo:
+        route = todo.pop()
+        inner = getattr(route, "original_router", None)  # FastAPI's included routers
+        if inner is not None:
+            todo.extend(inner.routes)
+            continue
+        allowed = getattr(route, "methods", None)
+        if allowed and route.matches(request.scope)[0] != Match.NONE:
+            methods.update(allowed)
+    return ", ".join(sorted(methods))
 
 
 def _install_error_handlers(app: FastAPI) -> None:
@@ -154,15 +185,17 @@ def _install_error_handlers(app: FastAPI) -> None:
         assert isinstance(exc, KeelError)
         return error_response(exc)
 
-    async def http_error(_r: Request, exc: Exception) -> Response:
+    async def http_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, StarletteHTTPException)
         if exc.status_code == 404:
             return error_response(NotFound("no such endpoint; see /docs for the API"))
         if exc.status_code == 405:
+            allow = _allowed_methods(app, request) or (exc.headers or {}).get("Allow", "")
             return ORJSONResponse(
                 {"error": {"type": "invalid_request_error", "code": "method_not_allowed",
-                           "message": "method not allowed for this endpoint", "param": None}},
-                status_code=405,
+                           "message": f"method not allowed for this endpoint; use {allow}",
+                           "param": None}},
+                status_code=405, headers={"Allow": allow} if allow else None,
             )
         return ORJSONResponse(
             {"error": {"type": "invalid_request_error", "code": f"http_{exc.status_code}",

@@ -21,9 +21,12 @@ from keel.approvals.settings import ApprovalsSettings
 from keel.cache.settings import CacheSettings
 from keel.degrade.settings import DegradeSettings
 from keel.errors import ConfigError
+from keel.metering.settings import MetricsSettings
 from keel.rag.settings import RagSettings
+from keel.settings_section import Section
 from keel.tools.settings import ToolSettings
 from keel.wallets.settings import WalletSettings
+from keel.workflows.settings import WorkflowsSettings
 
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
@@ -31,7 +34,7 @@ ProviderKind = Literal["local", "openai"]
 ModelKind = Literal["chat", "embedding"]
 
 
-class ModelSpec(BaseModel):
+class ModelSpec(Section):
     """One row of the model table: a public name routed to a provider's model."""
 
     name: str
@@ -58,7 +61,7 @@ class ModelSpec(BaseModel):
         ) / 1_000_000
 
 
-class ServerSettings(BaseModel):
+class ServerSettings(Section):
     host: str = "127.0.0.1"
     port: int = 8080
     workers: int = 1
@@ -67,7 +70,7 @@ class ServerSettings(BaseModel):
     otel: bool = False  # FastAPI's native OpenTelemetry spans and metrics
 
 
-class LocalModelSettings(BaseModel):
+class LocalModelSettings(Section):
     threads: int = 0  # 0 = all cores
     context: int = 4096
     slots: int = 4  # sequences decoded together (continuous batching), each with `context`
@@ -78,7 +81,7 @@ class LocalModelSettings(BaseModel):
     output_usd_per_1m: float = 0.02
 
 
-class OpenAISettings(BaseModel):
+class OpenAISettings(Section):
     """Defaults for every model with ``provider = "openai"``."""
 
     base_url: str = "https://api.openai.com/v1"
@@ -89,7 +92,7 @@ class OpenAISettings(BaseModel):
     max_connections: int = 256
 
 
-class RequestLogSettings(BaseModel):
+class RequestLogSettings(Section):
     enabled: bool = True
     batch_size: int = 200
     flush_interval_s: float = 0.25
@@ -97,7 +100,10 @@ class RequestLogSettings(BaseModel):
     store_bodies: bool = True
 
 
-class FirewallSettings(BaseModel):
+FirewallMode = Literal["block", "flag", "off"]
+
+
+class FirewallSettings(Section):
     enabled: bool = True
     rules: list[str] = Field(default_factory=lambda: ["default"])  # rule-set names or files
     # JSON fields scanned: every messages[].content part, prompt, tool-call arguments
@@ -114,6 +120,20 @@ class FirewallSettings(BaseModel):
     strike_window_s: float = 60.0
     ban_s: float = 24 * 3600.0
     trusted_proxies: list[str] = Field(default_factory=list)
+    # block (403) | flag (answer, mark and log) | off; `modes` overrides per "TENANT",
+    # "TENANT/ROUTE" or "*/ROUTE" (routes: chat, completions, tools), most specific first
+    mode: FirewallMode = "block"
+    modes: dict[str, FirewallMode] = Field(default_factory=dict)
+    # who strikes and bans hit: the end user (this header, else the OpenAI `user` field, else
+    # an address from a trusted proxy); "key" / "ip" (socket) only when listed here
+    end_user_header: str = "x-keel-end-user"
+    ban_fallback: list[Literal["key", "ip"]] = Field(default_factory=list)
+    # a key whose anonymous traffic keeps being blocked is reported and its anonymous
+    # requests are limited to this many per minute while watched (0: report only)
+    watch_rate_per_min: int = 60
+    # a secret string planted in your system prompt: an earlier assistant turn that contains
+    # it means the model leaked the prompt; reported (log, metric, decision), never blocked
+    canary: str = ""
 
 
 class Settings(BaseSettings):
@@ -136,8 +156,10 @@ class Settings(BaseSettings):
     rag: RagSettings = Field(default_factory=RagSettings)
     degrade: DegradeSettings = Field(default_factory=DegradeSettings)
     approvals: ApprovalsSettings = Field(default_factory=ApprovalsSettings)
+    workflows: WorkflowsSettings = Field(default_factory=WorkflowsSettings)
     tools: ToolSettings = Field(default_factory=ToolSettings)
     wallets: WalletSettings = Field(default_factory=WalletSettings)
+    metrics: MetricsSettings = Field(default_factory=MetricsSettings)
     models: list[ModelSpec] = Field(default_factory=list)
     # settings of capabilities from other packages: [plugins.NAME], validated by each one
     plugins: dict[str, dict[str, Any]] = Field(default_factory=dict)
@@ -189,31 +211,35 @@ class Settings(BaseSettings):
         return (init_settings,)  # env and TOML are merged by load_settings()
 
 
-def _expand(value: Any, where: str) -> Any:
+def _expand(value: Any, where: str, strict: bool = True) -> Any:
+    """Substitute ``${VAR}``. Unset: an error, or (``strict=False``, for commands that do
+    not use the setting) the value is left out so its default applies."""
     if isinstance(value, str):
-
-        def sub(m: re.Match[str]) -> str:
-            var = m.group(1)
-            if var not in os.environ:
-                raise ConfigError(f"{where} references ${{{var}}} but {var} is not set")
-            return os.environ[var]
-
-        return _VAR.sub(sub, value)
+        missing = [v for v in _VAR.findall(value) if v not in os.environ]
+        if missing and not strict:
+            return _UNSET
+        if missing:
+            raise ConfigError(f"{where} references ${{{missing[0]}}} but {missing[0]} is not set")
+        return _VAR.sub(lambda m: os.environ[m.group(1)], value)
     if isinstance(value, dict):
-        return {k: _expand(v, f"{where}.{k}") for k, v in value.items()}
+        out = {k: _expand(v, f"{where}.{k}", strict) for k, v in value.items()}
+        return {k: v for k, v in out.items() if v is not _UNSET}
     if isinstance(value, list):
-        return [_expand(v, f"{where}[{i}]") for i, v in enumerate(value)]
+        return [_expand(v, f"{where}[{i}]", strict) for i, v in enumerate(value)]
     return value
 
 
-def read_toml(path: Path) -> dict[str, Any]:
+_UNSET = object()  # a value whose ${VAR} is unset, left out when loading leniently
+
+
+def read_toml(path: Path, *, strict_env: bool = True) -> dict[str, Any]:
     try:
         raw = tomllib.loads(path.read_text())
     except FileNotFoundError:
         raise ConfigError(f"config file {path} does not exist") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path} is not valid TOML: {exc}") from None
-    result: dict[str, Any] = _expand(raw, path.name)
+    result: dict[str, Any] = _expand(raw, path.name, strict_env)
     return result
 
 
@@ -244,18 +270,21 @@ def _env_overrides() -> dict[str, Any]:
     return out
 
 
-def load_settings(config: Path | None = None, **overrides: Any) -> Settings:
+def load_settings(config: Path | None = None, *, strict_env: bool = True,
+                  **overrides: Any) -> Settings:
     """Build the settings object.
 
     ``config`` defaults to ``$KEEL_CONFIG`` or ``./keel.toml`` when that file exists.
     ``overrides`` are CLI flags; ``None`` values are ignored. Nested keys use dots.
+    ``strict_env=False`` leaves out values whose ``${VAR}`` is unset instead of failing
+    (CLI commands that never use them: `keel models` needs no wallet key).
     """
     if config is None:
         env_path = os.environ.get("KEEL_CONFIG")
         config = Path(env_path) if env_path else Path("keel.toml")
-        data = read_toml(config) if config.exists() else {}
+        data = read_toml(config, strict_env=strict_env) if config.exists() else {}
     else:
-        data = read_toml(config)
+        data = read_toml(config, strict_env=strict_env)
     data = _merge(data, _env_overrides())
     flags: dict[str, Any] = {}
     for key, value in overrides.items():
@@ -271,7 +300,46 @@ def load_settings(config: Path | None = None, **overrides: Any) -> Settings:
         # init kwargs only: env was merged above so nested TOML tables and env combine.
         return Settings.model_validate(data)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc']) or '(root)'}: {e['msg']}" for e in exc.errors()
-        )
+        problems = "; ".join(_problem(e["type"], tuple(e["loc"]), e["msg"])
+                             for e in exc.errors())
         raise ConfigError(f"invalid settings: {problems}") from None
+
+
+def _problem(kind: str, loc: tuple[Any, ...], msg: str) -> str:
+    """One validation error; an unknown key names itself, its table and the known keys."""
+    if kind != "extra_forbidden" or not loc:
+        return f"{'.'.join(str(p) for p in loc) or '(root)'}: {msg}"
+    *where, key = loc
+    model: Any = Settings
+    table = ""
+    entries = False  # the last field was a list or dict of tables: this part indexes it
+    for i, part in enumerate(where):
+        name = ".".join(str(p) for p in where[: i + 1] if not isinstance(p, int))
+        if entries:
+            entries = False
+            table = f"[{table}] #{part + 1}" if isinstance(part, int) else f"[{name}]"
+            continue
+        field = model.model_fields.get(part) if _is_model(model) else None
+        model = _section_type(field.annotation) if field is not None else None
+        entries = field is not None and getattr(field.annotation, "__origin__", None) in (
+            list, dict)
+        table = f"[{name}]"
+    known = ", ".join(sorted(model.model_fields)) if _is_model(model) else ""
+    place = table or "the top level"
+    return (f"unknown key {key!r} in {place}" + (f" (known keys: {known})" if known else "")
+            + "; check the spelling in keel.toml (see docs/configuration.md)")
+
+
+def _is_model(t: Any) -> bool:
+    return isinstance(t, type) and issubclass(t, BaseModel)
+
+
+def _section_type(annotation: Any) -> Any:
+    """The settings model behind a field's type (``list[X]``, ``dict[str, X]``, ``X | None``)."""
+    if isinstance(annotation, type) and issubclass(annotation, Section):
+        return annotation
+    for arg in getattr(annotation, "__args__", ()):
+        found = _section_type(arg)
+        if found is not None:
+            return found
+    return None

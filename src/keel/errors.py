@@ -43,6 +43,10 @@ class MalformedJSON(InvalidRequest):
     code = "malformed_json"
 
 
+class JsonTooDeep(MalformedJSON):
+    code = "json_too_deep"
+
+
 class MissingField(InvalidRequest):
     code = "missing_field"
 
@@ -236,6 +240,25 @@ class EgressDenied(PermissionDenied):
     """A paid fetch aimed at a host agents may not reach (allow-list, private addresses)."""
 
     code = "egress_denied"
+
+
+class SessionNotFound(NotFound):
+    """A payment named a session keel never opened for this agent (agents cannot mint
+    fresh budgets by inventing session ids)."""
+
+    code = "session_not_found"
+
+
+class SessionClosed(PermissionDenied):
+    """The session was closed or expired: its budget is spent for good."""
+
+    code = "session_closed"
+
+
+class SessionLimit(RateLimited):
+    """An agent key opened as many sessions today as ``wallets.agent_sessions_per_day``."""
+
+    code = "session_limit"
 
 
 class PaymentLoopGuard(RateLimited):

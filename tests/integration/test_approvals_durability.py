@@ -34,10 +34,11 @@ def register(registry):
 '''
 
 
-def start(tmp: Path, env: dict[str, str]) -> tuple[subprocess.Popen[bytes], str]:
+def start(tmp: Path, env: dict[str, str], *extra: str) -> tuple[subprocess.Popen[bytes], str]:
     port = free_port()
-    proc = subprocess.Popen([KEEL, "serve", "--port", str(port), "--log-level", "warning"],
-                            env=env, cwd=tmp, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen([KEEL, "serve", "--port", str(port), "--log-level", "warning",
+                             *extra], env=env, cwd=tmp, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, start_new_session=True)
     base = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60
     while True:
@@ -52,7 +53,8 @@ def start(tmp: Path, env: dict[str, str]) -> tuple[subprocess.Popen[bytes], str]
 
 
 def kill9(proc: subprocess.Popen[bytes]) -> None:
-    proc.send_signal(signal.SIGKILL)
+    """kill -9 the gateway and every worker it forked (its whole session)."""
+    os.killpg(proc.pid, signal.SIGKILL)
     proc.wait(timeout=10)
 
 
@@ -126,4 +128,101 @@ def test_kill9_with_100_pending_then_each_action_runs_once(tmp_path: Path) -> No
     finally:
         if proc.poll() is None:
             proc.send_signal(signal.SIGINT)
+            proc.communicate(timeout=30)
+
+
+def test_gateway_runs_cli_started_executions_and_resumes_them_after_kill9(
+    tmp_path: Path,
+) -> None:
+    """The CLI is a client: killing it does not stop or strand the execution, it never
+    launches DBOS (so it cannot take over the gateway's workflows), and a kill -9 of the
+    gateway resumes the waiting execution."""
+    refund = Path(__file__).resolve().parents[2] / "src/keel/workflows/examples/refund.asl.json"
+    cfg = tmp_path / "keel.toml"
+    cfg.write_text(f'data_dir = "{tmp_path / "data"}"\n[tools]\nenabled = false\n'
+                   '[approvals]\npolling_interval_s = 0.05\n')
+    env = {**os.environ, "KEEL_CONFIG": str(cfg)}
+    proc, base = start(tmp_path, env)
+    key = (tmp_path / "data" / "admin.key").read_text().strip()
+    h = {"Authorization": f"Bearer {key}"}
+    cli = subprocess.Popen([KEEL, "workflows", "run", str(refund), "--url", base, "--input",
+                            '{"order_id": "o-1", "amount": 5000}'], env=env, cwd=tmp_path,
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        with httpx.Client(base_url=base, headers=h, timeout=30) as c:
+            deadline = time.monotonic() + 60
+            while not c.get("/v1/approvals", params={"status": "pending"}).json()["data"]:
+                assert time.monotonic() < deadline, "no approval became pending"
+                time.sleep(0.1)
+            ex = c.get("/v1/executions").json()["data"]
+            assert len(ex) == 1 and ex[0]["status"] == "RUNNING"
+        cli.kill()  # the waiting CLI dies: the execution is the gateway's, not the CLI's
+        cli.wait(timeout=10)
+        kill9(proc)
+        proc, base = start(tmp_path, env)
+        with httpx.Client(base_url=base, headers=h, timeout=30) as c:
+            aid = c.get("/v1/approvals", params={"status": "pending"}).json()["data"][0]["id"]
+            r = c.post(f"/v1/approvals/{aid}/decision", json={"decision": "approve"})
+            assert r.status_code == 200, r.text
+            deadline = time.monotonic() + 60
+            while (e := c.get(f"/v1/executions/{ex[0]['id']}").json())["status"] == "RUNNING":
+                assert time.monotonic() < deadline, e
+                time.sleep(0.1)
+            assert e["status"] == "SUCCEEDED" and e["output"]["refund"]["refunded"] == 5000
+        dbos = sqlite3.connect(tmp_path / "data" / "dbos.sqlite")
+        owners = {r[0] for r in dbos.execute("select distinct executor_id from workflow_status")}
+        assert owners == {"keel-gateway"}  # no CLI executor ever owned a workflow
+    finally:
+        if cli.poll() is None:
+            cli.kill()
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+            proc.communicate(timeout=30)
+
+
+def test_two_workers_each_workflow_is_recovered_by_exactly_one_process(
+    tmp_path: Path,
+) -> None:
+    """`keel serve --workers 2`: each worker runs its workflows under its own executor id;
+    after kill -9 of all of them, the restarted gateway recovers each pending workflow in
+    exactly one process (DBOS counts recoveries), and each action runs once."""
+    (tmp_path / "durable_actions.py").write_text(ACTIONS)
+    cfg = tmp_path / "keel.toml"
+    cfg.write_text(f'data_dir = "{tmp_path / "data"}"\n[tools]\nenabled = false\n'
+                   '[approvals]\nhandler_modules = ["durable_actions"]\n'
+                   'polling_interval_s = 0.05\n')
+    action_db = tmp_path / "actions.db"
+    env = {**os.environ, "KEEL_CONFIG": str(cfg), "ACTION_DB": str(action_db),
+           "PYTHONPATH": f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    proc, base = start(tmp_path, env, "--workers", "2")
+    key = (tmp_path / "data" / "admin.key").read_text().strip()
+    h = {"Authorization": f"Bearer {key}"}
+    n = 30
+    try:
+        body = {"action": "pay", "amount": 5000, "risk_level": "HIGH", "reason": "r"}
+        ids = [httpx.post(base + "/v1/approvals", json={**body, "arguments": {"n": i}},
+                          headers=h, timeout=30).json()["id"] for i in range(n)]
+        time.sleep(1.0)
+        dbos = tmp_path / "data" / "dbos.sqlite"
+        with sqlite3.connect(dbos) as c:
+            owners = {r[0] for r in c.execute("select executor_id from workflow_status")}
+        assert "keel-gateway" in owners and len(owners) == 2, owners  # one id per worker
+        kill9(proc)
+        proc, base = start(tmp_path, env, "--workers", "2")
+        with httpx.Client(base_url=base, headers=h, timeout=30) as c:
+            for i in ids:  # fresh connections spread over both new workers
+                r = httpx.post(f"{base}/v1/approvals/{i}/decision",
+                               json={"decision": "approve"}, headers=h, timeout=30)
+                assert r.status_code == 200, r.text
+            done = wait_done(c, ids, timeout=120)
+            assert all(d["outcome"] == "executed" for d in done), done[:3]
+        got = runs(action_db)
+        assert len(got) == n and {k for k, _ in got} == set(ids)  # exactly once each
+        with sqlite3.connect(dbos) as c:
+            attempts = dict(c.execute("select workflow_uuid, recovery_attempts from "
+                                      "workflow_status where workflow_uuid like 'approval-%'"))
+        assert max(attempts.values()) <= 2, attempts  # started once, recovered once
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGINT)
             proc.communicate(timeout=30)

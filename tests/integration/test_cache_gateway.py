@@ -11,7 +11,9 @@ import json
 import httpx
 import pytest
 
+from keel.cache.settings import NamespaceSettings
 from keel.cache.stage import CacheStage
+from keel.config import Settings
 from keel.gateway.services import Services
 
 from fakes import FakeUpstream
@@ -69,6 +71,28 @@ async def test_verifier_refuses_near_misses(
     r = await ask(client, user_key, asked)
     assert r.headers["x-keel-cache"] == "miss"
     assert len(fake_upstream.calls) == 2
+
+
+async def test_balanced_default_serves_rewordings_strict_namespace_does_not(
+    client: httpx.AsyncClient, user_key: str, services: Services, fake_upstream: FakeUpstream,
+    settings: Settings,
+) -> None:
+    settings.cache.namespaces["exacting"] = NamespaceSettings(profile="strict")
+    for ns in ("default", "exacting"):
+        h = {"x-keel-cache-namespace": ns}
+        await ask(client, user_key, "How can I disable email notifications?", **h)
+        await drained(services)
+        r = await ask(client, user_key, "How do I turn off email notifications?", **h)
+        if ns == "default":
+            assert r.headers["x-keel-cache"] == "hit", r.headers
+            assert r.headers["x-keel-cache-layer"] == "semantic"
+        else:
+            assert r.headers["x-keel-cache"] == "miss"
+            assert "content differs" in r.headers["x-keel-cache-rejected"]
+    assert len(fake_upstream.calls) == 3
+    r = await ask(client, user_key, "How can I enable email notifications?")
+    assert r.headers["x-keel-cache"] == "miss"  # an opposite is never served
+    assert "opposites" in r.headers["x-keel-cache-rejected"]
 
 
 async def test_tenants_never_share_entries(
@@ -216,3 +240,35 @@ async def test_vector_backend_outage_degrades_to_miss(
             metrics = (await c.get("/metrics")).text
     assert 'keel_cache_requests_total{outcome="error"}' in metrics
     assert len(fake_upstream.calls) == 2
+
+
+async def test_scripted_fake_judge_confirms_hits_strict_would_refuse_verdict_remembered(
+    client: httpx.AsyncClient, user_key: str, services: Services, fake_upstream: FakeUpstream,
+    settings: Settings,
+) -> None:
+    """keel's judge logic against a scripted fake upstream as the judge model."""
+    from keel.cache.judge import Judge
+
+    services.get(CacheStage).judge = Judge(services.models, services.kv)
+    settings.cache.namespaces["judged"] = NamespaceSettings(judge="fake-gpt")
+    h = {"x-keel-cache-namespace": "judged"}
+    await ask(client, user_key, "How can I disable email notifications?", **h)
+    await drained(services)
+    fake_upstream.reply = "Yes."
+    r = await ask(client, user_key, "How do I turn off email notifications?", **h)
+    assert r.headers["x-keel-cache"] == "hit" and r.headers["x-keel-cache-judge"] == "yes"
+    judge_call = fake_upstream.calls[-1]["body"]
+    assert "same answer" in judge_call["messages"][0]["content"]
+    judged = float(r.headers["x-keel-cache-judge-usd"])
+    assert judged > 0 and float(r.headers["x-keel-cost-usd"]) == pytest.approx(judged, 1e-6)
+    calls = len(fake_upstream.calls)
+    r = await ask(client, user_key, "How do I turn off email notifications?", **h)
+    assert r.headers["x-keel-cache-judge"] == "yes (remembered)"
+    assert len(fake_upstream.calls) == calls  # neither the judge nor the model was called
+    assert r.headers["x-keel-cost-usd"] == "0.00000000"
+    fake_upstream.reply = "No"
+    r = await ask(client, user_key, "How can I switch off email notifications?", **h)
+    assert r.headers["x-keel-cache"] == "miss" and r.headers["x-keel-cache-judge"] == "no"
+    assert "judge" in r.headers["x-keel-cache-rejected"]
+    r = await ask(client, user_key, "How can I disable email notifications?", **h)
+    assert r.headers["x-keel-cache-layer"] == "exact" and "x-keel-cache-judge" not in r.headers

@@ -95,7 +95,7 @@ def test_cli_flip_reaches_two_gateway_processes_within_a_second(
         assert [mode(b, i) for i, b in enumerate(bases)] == ["DEEP", "DEEP"]
         t0 = time.monotonic()
         r = subprocess.run([KEEL, "-c", str(cfgs[0]), "mode", "set", "shallow", "--for", "60s"],
-                           cwd=tmp_path, capture_output=True, text=True, timeout=60)
+                           cwd=tmp_path, capture_output=True, text=True, timeout=180)
         assert r.returncode == 0, r.stdout + r.stderr
         t_set = time.monotonic()
         seen: dict[str, float] = {}
@@ -109,6 +109,70 @@ def test_cli_flip_reaches_two_gateway_processes_within_a_second(
         assert len(seen) == 2, f"not every replica flipped: {seen}"
         assert max(seen.values()) < 1.0, seen
         assert fake_upstream.calls[-1]["body"]["model"] == "gpt-small"
+        assert t_set - t0 < 30
+    finally:
+        for proc, _ in procs:
+            proc.terminate()
+            proc.wait(timeout=15)
+
+
+FRESH_TOML = """
+data_dir = "{data}"
+models_dir = "{models}"
+kv_url = "{kv}"
+auth_required = false
+[firewall]
+enabled = false
+[[models]]
+name = "big"
+upstream = "gpt-big"
+base_url = "{url}"
+input_usd_per_1m = 2.5
+output_usd_per_1m = 10.0
+[[models]]
+name = "small"
+upstream = "gpt-small"
+base_url = "{url}"
+input_usd_per_1m = 0.15
+output_usd_per_1m = 0.6
+[degrade]
+refresh_s = 0.1
+"""
+
+
+@pytest.mark.services
+def test_ladder_set_through_the_admin_api_reaches_another_process_within_a_second(
+    tmp_path: Path, fake_upstream: FakeUpstream, redis_clean_url: str
+) -> None:
+    """No ladder configured (the default one), then an admin replaces it on gateway A."""
+    from conftest import MODELS_DIR
+
+    procs = []
+    try:
+        for name in ("a", "b"):
+            cfg = tmp_path / f"{name}.toml"
+            cfg.write_text(FRESH_TOML.format(data=tmp_path / name, models=MODELS_DIR,
+                                             kv=redis_clean_url, url=fake_upstream.base_url))
+            procs.append(start(cfg, tmp_path))
+        (_, a), (_, b) = procs
+        assert mode(b, 0) == "DEEP"
+        ladder = {"levels": [{"name": "deep"},
+                             {"name": "cheap", "max_tokens": 32, "models": {"big": "small"}}]}
+        t0 = time.monotonic()
+        r = httpx.put(a + "/v1/admin/degrade/ladder", json=ladder, timeout=10)
+        assert r.status_code == 200, r.text
+        r = httpx.put(a + "/v1/admin/degrade/mode", json={"mode": "cheap"}, timeout=10)
+        assert r.status_code == 200 and r.json()["mode"] == "CHEAP", r.text
+        t_set = time.monotonic()
+        n = 1
+        while mode(b, n) != "CHEAP":
+            assert time.monotonic() - t_set < 1.0, "gateway b did not switch within 1 s"
+            n += 1
+            time.sleep(0.02)
+        sent = fake_upstream.calls[-1]["body"]
+        assert sent["model"] == "gpt-small" and sent["max_tokens"] == 32
+        status = httpx.get(b + "/v1/admin/degrade", timeout=10).json()
+        assert status["ladder_source"] == "runtime" and status["levels"] == ["DEEP", "CHEAP"]
         assert t_set - t0 < 30
     finally:
         for proc, _ in procs:

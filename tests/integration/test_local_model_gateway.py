@@ -40,17 +40,91 @@ def test_openai_client_streams_from_the_local_model(
     base, key, _ = local_stack
     client = openai.OpenAI(base_url=base + "/v1", api_key=key, max_retries=0)
     pieces = []
-    usage = None
-    for chunk in client.chat.completions.create(
+    chunks = list(client.chat.completions.create(
         model="gemma-3-270m", stream=True, max_tokens=12, temperature=0,
         messages=[{"role": "user", "content": "Name three colours."}],
-    ):
+        stream_options={"include_usage": True},
+    ))
+    for chunk in chunks:
         pieces.extend(c.delta.content or "" for c in chunk.choices)
-        usage = chunk.usage or usage
     text = "".join(pieces)
     assert text.strip(), "the model produced no text"
     assert len([p for p in pieces if p]) > 1, "tokens should arrive as separate chunks"
-    assert usage is not None and usage.completion_tokens > 0 and usage.prompt_tokens > 0
+    # OpenAI's contract: usage only in one final chunk, with no choices
+    *body, last = chunks
+    assert last.choices == [] and last.usage is not None
+    assert last.usage.completion_tokens > 0 and last.usage.prompt_tokens > 0
+    assert all(c.usage is None for c in body)
+
+
+def test_stream_carries_no_usage_unless_asked(local_stack: tuple[str, str, Services]) -> None:
+    base, key, _ = local_stack
+    client = openai.OpenAI(base_url=base + "/v1", api_key=key, max_retries=0)
+    for stream_options in (None, {"include_usage": False}):
+        kw = {"stream_options": stream_options} if stream_options else {}
+        chunks = list(client.chat.completions.create(
+            model="gemma-3-270m", stream=True, max_tokens=4, temperature=0,
+            messages=[{"role": "user", "content": "Name a fruit."}], **kw))
+        assert chunks and all(c.usage is None and c.choices for c in chunks)
+    done = list(client.completions.create(model="gemma-3-270m", prompt="One, two,",
+                                          max_tokens=3, stream=True))
+    assert all(c.usage is None for c in done)
+
+
+def test_stream_never_leaks_the_transcript_template(
+    local_stack: tuple[str, str, Services],
+) -> None:
+    """The base model continues a Q/A transcript with new "Answer:" lines (reproduced with
+    this prompt at temperature 0): the answer must end before them, streamed or not."""
+    base, key, _ = local_stack
+    client = openai.OpenAI(base_url=base + "/v1", api_key=key, max_retries=0)
+    msgs = [{"role": "user", "content": "Q: what is 1+1? A: 2. Q: what is 2+3?"}]
+    text = "".join(c.choices[0].delta.content or "" for c in client.chat.completions.create(
+        model="gemma-3-270m", stream=True, max_tokens=60, temperature=0, seed=1,
+        messages=msgs) if c.choices)
+    assert text.strip()
+    assert "Answer:" not in text and "Question:" not in text
+    whole = client.chat.completions.create(model="gemma-3-270m", max_tokens=60,
+                                           temperature=0, seed=1, messages=msgs)
+    assert "Answer:" not in (whole.choices[0].message.content or "")
+
+
+@pytest.mark.parametrize("extra", [
+    {"tools": [{"type": "function", "function": {"name": "f", "parameters": {}}}]},
+    {"tool_choice": "required"},
+    {"logprobs": True},
+    {"top_logprobs": 2},
+])
+def test_local_provider_refuses_what_it_cannot_do(
+    local_stack: tuple[str, str, Services], extra: dict,
+) -> None:
+    base, key, _ = local_stack
+    client = openai.OpenAI(base_url=base + "/v1", api_key=key, max_retries=0)
+    with pytest.raises(openai.BadRequestError) as err:
+        client.chat.completions.create(model="gemma-3-270m", max_tokens=2,
+                                       messages=[{"role": "user", "content": "hi"}], **extra)
+    assert err.value.body["param"] == next(iter(extra))  # type: ignore[index]
+
+
+def test_embedding_dimensions_are_honoured_or_refused(
+    local_stack: tuple[str, str, Services],
+) -> None:
+    base, key, _ = local_stack
+    client = openai.OpenAI(base_url=base + "/v1", api_key=key, max_retries=0)
+    out = client.embeddings.create(model="all-minilm-l6-v2", input="hi", dimensions=384)
+    assert len(out.data[0].embedding) == 384
+    with pytest.raises(openai.BadRequestError) as err:
+        client.embeddings.create(model="all-minilm-l6-v2", input="hi", dimensions=64)
+    assert "384" in str(err.value)
+
+
+def test_401_names_the_bearer_scheme(local_stack: tuple[str, str, Services]) -> None:
+    import httpx
+
+    base, _, _ = local_stack
+    r = httpx.get(base + "/v1/models")
+    assert r.status_code == 401
+    assert r.headers["www-authenticate"].startswith("Bearer")
 
 
 def test_local_completion_is_metered_and_logged(local_stack: tuple[str, str, Services]) -> None:

@@ -114,7 +114,7 @@ def test_transcript_prompt_for_base_models() -> None:
     assert prompt == (
         "Question: Be brief.\n\nHi\nAnswer: Hello.\nQuestion: Capital of France?\nAnswer:"
     )
-    assert stop == "\nQuestion:"
+    assert stop == ("\nQuestion:", "\nAnswer:")
     # a final assistant message is continued, not closed
     open_answer, _ = chat_prompt([*messages[:2], {"role": "assistant", "content": "Hel"}],
                                  "transcript")

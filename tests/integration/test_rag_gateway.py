@@ -33,11 +33,13 @@ def chat(text: str, model: str = "fake-gpt") -> dict:
     return {"model": model, "messages": [{"role": "user", "content": text}]}
 
 
-async def add(services: Services, name: str, docs: list[Document], *, replace: bool = False
-              ) -> catalog.IndexInfo:
-    vectors = services.get(Retriever).open_vectors(name)
+async def add(services: Services, name: str, docs: list[Document], *, replace: bool = False,
+              tenant: str = "acme") -> catalog.IndexInfo:
+    vector = await services.db.run(lambda c: catalog.vector_for(c, tenant, name))
+    retriever = services.get(Retriever)
+    vectors = retriever.open_vectors(vector)
     try:
-        return await ingest(services.db, vectors, services.get(Retriever).embedder, name, docs,
+        return await ingest(services.db, vectors, retriever.embedder, tenant, name, docs,
                             services.settings.rag, replace=replace)
     finally:
         await vectors.aclose()
@@ -82,7 +84,7 @@ async def test_unknown_index_is_a_clear_404(
 async def test_empty_index_is_a_400(
     client: httpx.AsyncClient, services: Services, user_key: str
 ) -> None:
-    await services.db.run(lambda c: catalog.publish(c, "empty", 1, 0, 0))
+    await services.db.run(lambda c: catalog.publish(c, "acme", "empty", 1, 0, 0))
     r = await client.post("/v1/chat/completions", json=chat("hi"),
                           headers={"Authorization": f"Bearer {user_key}", "x-keel-rag": "empty"})
     assert r.status_code == 400 and r.json()["error"]["code"] == "rag_index_empty"
@@ -96,10 +98,10 @@ async def test_every_ingest_bumps_the_version_and_replace_swaps_generations(
     assert (v2.version, v2.generation, v2.documents) == (2, v1.generation, 3)
     v3 = await add(services, "kb", [DOCS[0]], replace=True)
     assert (v3.version, v3.generation, v3.documents, v3.chunks) == (3, v1.generation + 1, 1, 1)
-    info, hits = await services.get(Retriever).search("kb", "green tea temperature", 5)
+    info, hits = await services.get(Retriever).search("acme", "kb", "green tea temperature", 5)
     assert info.version == 3 and [h.doc for h in hits] == ["pw"]  # old generation is gone
     with pytest.raises(RagIndexNotFound):
-        await services.get(Retriever).search("missing", "x", 3)
+        await services.get(Retriever).search("acme", "missing", "x", 3)
 
 
 def test_bad_sources_are_invalid_requests(tmp_path: Path) -> None:

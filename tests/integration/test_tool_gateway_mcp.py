@@ -64,7 +64,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         "max_argument_bytes": 4096,
         "servers": [{"name": "crm", "command": [sys.executable, SERVER],
                      "spend_args": {"issue_refund": "amount_cents"}}],
-        "policy": {"roles": {"support-bot": ["support"]}, "reload_s": 0},
+        "policy": {"roles": {"acme/support-bot": ["support"]}, "reload_s": 0},
     }, firewall={"enabled": False})
     svc = build_services(settings)
     clock = [datetime(2026, 3, 3, 11, 0, tzinfo=TZ)]
@@ -173,6 +173,26 @@ async def test_http_route_auth_and_bad_input(stack: Stack) -> None:
         r = await anon.post("/mcp", json={"jsonrpc": "2.0", "id": 1, "method": "tools/list"})
         assert r.status_code == 401 and r.json()["error"]["code"] == -32001
         assert (await anon.post("/v1/tools/read_customer", json={})).status_code == 401
+
+
+async def test_mcp_get_is_405_not_a_silent_stream_and_deep_json_is_refused(
+    stack: Stack,
+) -> None:
+    h = {"authorization": f"Bearer {stack.key}", "accept": "text/event-stream"}
+    async with httpx.AsyncClient(base_url=stack.url, headers=h, timeout=5) as c:
+        r = await c.get("/mcp")  # used to open an SSE stream that never sent or closed
+        assert r.status_code == 405 and r.headers["allow"] == "POST"
+        deep: object = 1
+        for _ in range(300):
+            deep = [deep]
+        r = await c.post("/v1/tools/issue_refund", json={"arguments": {"customer_id": deep}})
+        assert r.status_code == 400 and r.json()["error"]["code"] == "json_too_deep"
+        r = await c.post("/mcp", headers={"accept": "application/json, text/event-stream"},
+                         json={"jsonrpc": "2.0", "id": 9, "method": "tools/call",
+                               "params": {"name": "issue_refund",
+                                          "arguments": {"customer_id": deep}}})
+        assert r.status_code < 500  # a JSON-RPC error (the transport's parser or keel's)
+        assert r.json()["error"]["code"] in (-32700, -32602)
 
 
 class RecordingApprovals:

@@ -36,6 +36,10 @@ def test_wallet_cli_round_trip(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     assert code == 0 and "$2.50" in out
     code, out = run(cfg, "wallet", "fund", "-t", "acme", "-a", "bot", "0.0000001")
     assert code == 1 and "micro-dollar" in out
+    for huge in ("9000000000000", "1e30"):  # used to overflow the books or print a traceback
+        code, out = run(cfg, "wallet", "fund", "-t", "acme", "-a", "bot", huge)
+        assert code == 1 and "at most $1000000000.00 per amount" in out, out
+        assert "Traceback" not in out
     code, out = run(cfg, "wallet", "balance", "-t", "acme", "--json")
     assert json.loads(out) == [{"agent": "bot", "address": address, "available": 2_500_000,
                                 "held": 0}]
@@ -43,3 +47,16 @@ def test_wallet_cli_round_trip(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     assert code == 0 and "fund" in out and "books balance" in out
     code, out = run(cfg, "wallet", "balance", "-t", "acme", "-a", "ghost")
     assert code == 1 and "has no wallet" in out
+    # budget sessions, opened by an operator from the CLI
+    code, out = run(cfg, "wallet", "session-open", "-t", "acme", "-a", "bot", "--budget",
+                    "0.50", "--id", "run-1", "--json")
+    assert code == 0, out
+    assert json.loads(out)["budget_micros"] == 500_000 and json.loads(out)["id"] == "run-1"
+    code, out = run(cfg, "wallet", "session-open", "-t", "acme", "-a", "bot", "--id", "run-1")
+    assert code == 1 and "already exists" in out
+    code, out = run(cfg, "wallet", "session-open", "-t", "acme", "-a", "bot", "--budget", "x")
+    assert code == 1 and "not an amount" in out
+    code, out = run(cfg, "wallet", "session-close", "run-1", "-t", "acme")
+    assert code == 0 and "closed session run-1" in out
+    code, out = run(cfg, "wallet", "session-close", "nope", "-t", "acme")
+    assert code == 1 and "no session 'nope'" in out

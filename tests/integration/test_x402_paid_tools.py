@@ -84,6 +84,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     svc.get(ToolGateway).log.flush_interval_s = 0.01
     svc.get(WalletService).create_wallet("acme", "bot")
     svc.get(WalletService).fund("acme", "bot", 10_000_000)
+    for sid in ("s-1", "quote-1", "http-tool", "big", "unk", "settled-err", "egress", "rf", "ov"):
+        svc.get(WalletService).open_session("acme", "bot", session_id=sid, opened_by="test",
+                                 by_agent=False)
     agent_key = svc.keys.create("acme", agent="bot").secret
     admin_key = svc.keys.create("acme", admin=True).secret
     try:
@@ -110,6 +113,18 @@ def books_balanced(stack: Stack) -> bool:
 def transfers(stack: Stack) -> int:
     address = stack.svc.get(WalletService).wallet("acme", "bot").address
     return len([t for t in stack.sb.chain.transfers if t.payer == address])
+
+
+async def test_invented_session_ids_are_refused_for_tool_calls(stack: Stack) -> None:
+    """Paid or not: a session header must name a session keel opened for this agent, so
+    rotating ids resets neither the session budget nor the spend Cedar policies see."""
+    before = transfers(stack)
+    for tool, args in (("market_quote", {"symbol": "abc"}), ("server_time", {})):
+        r = await call(stack, tool, args, session="invented-1")
+        assert r.status_code == 404, r.text
+        assert r.json()["error"]["code"] == "session_not_found"
+    assert transfers(stack) == before
+    assert (await call(stack, "server_time", {}, session="s-1")).status_code == 200
 
 
 async def test_paid_mcp_tool_is_paid_from_the_agent_wallet(stack: Stack) -> None:

@@ -14,6 +14,7 @@ from typing import Any
 import httpx
 import pytest
 from fastapi import FastAPI
+from pydantic import SecretStr
 from starlette.responses import JSONResponse
 from x402 import x402Client
 from x402.http.utils import encode_payment_signature_header
@@ -77,11 +78,19 @@ async def svc(tmp_path: Path) -> AsyncIterator[Services]:
     s = wallet_services(tmp_path)
     s.get(WalletService).create_wallet("acme", "bot")
     s.get(WalletService).fund("acme", "bot", 5_000_000)
+    open_sessions(s, "s", "s-50")
     await allow_payments(s)
     yield s
     await s.get(PaidFetcher).aclose()
     await s.get(ToolGateway).aclose()
     s.db.dispose()
+
+
+def open_sessions(s: Services, *ids: str) -> None:
+    """Budgets belong to sessions an operator opened (wallets.sessions = "issued")."""
+    for sid in ids:
+        s.get(WalletService).open_session("acme", "bot", session_id=sid, opened_by="test",
+                                          by_agent=False)
 
 
 def books(s: Services) -> ledger.BooksReport:
@@ -121,6 +130,7 @@ async def test_fifty_concurrent_paid_calls_postgres(
     s = wallet_services(tmp_path, postgres_clean_url)
     s.get(WalletService).create_wallet("acme", "bot")
     s.get(WalletService).fund("acme", "bot", 5_000_000)
+    open_sessions(s, "s-50")
     await allow_payments(s)
     try:
         await _fifty_concurrent(s, sandbox[1], sandbox[0])
@@ -277,6 +287,7 @@ async def test_approval_hook_turns_over_budget_into_a_request(
     svc.get(WalletService).approvals = RecordingApprovals()
     svc.get(WalletService).settings.over_budget = "approval"
     svc.get(WalletService).settings.session_budget_usd = __import__("decimal").Decimal("0.03")
+    open_sessions(svc, "a")  # opened with the session budget in force now
     await svc.get(PaidFetcher).fetch("acme", "bot",
                                      FetchRequest(url=srv.url + "/report", session_id="a"))
     with pytest.raises(PaymentApprovalPending, match="approval requested") as exc:
@@ -302,6 +313,9 @@ async def test_fetch_endpoint_for_an_agent(
         transport = httpx.ASGITransport(app=app, client=("127.0.0.1", 5555))
         async with httpx.AsyncClient(transport=transport, base_url="http://keel") as c:
             auth = {"authorization": f"Bearer {agent_key}"}
+            opened = await c.post("/v1/wallet/sessions", json={"agent": "bot", "id": "web"},
+                                  headers={"authorization": f"Bearer {admin_key}"})
+            assert opened.status_code == 201, opened.text
             r = await c.post("/v1/fetch", headers=auth,
                              json={"url": srv.url + "/search", "method": "POST",
                                    "body": {"q": "x"}, "session_id": "web"})
@@ -324,7 +338,12 @@ async def test_fetch_endpoint_for_an_agent(
             assert no_agent.status_code == 400 and "no agent" in no_agent.text
             w = (await c.get("/v1/wallet", headers=auth)).json()
             assert w["available_micros"] == 1_000_000 - 5_000
-            metrics = (await c.get("/metrics")).text
+            public = (await c.get("/metrics")).text  # untrusted: no tenant, agent, payee
+            assert 'keel_x402_payments_total{agent="*",outcome="settled",tenant="*"} 1.0' \
+                in public and 'tenant="acme"' not in public
+            s.settings.metrics.token = SecretStr("scrape-token")
+            metrics = (await c.get("/metrics", headers={
+                "authorization": "Bearer scrape-token"})).text
             assert 'keel_x402_payments_total{agent="bot",outcome="settled",tenant="acme"} 1.0' \
                 in metrics
             login = await c.post("/console/login", data={"api_key": admin_key})
@@ -334,3 +353,24 @@ async def test_fetch_endpoint_for_an_agent(
             assert page.status_code == 200
             assert 'id="total-x402-spend">$0.005<' in page.text and "<svg" in page.text
             assert "<td>web</td><td>1</td><td>$0.005</td>" in page.text  # per session
+
+
+@pytest.mark.parametrize("headers", [{"x-a": "1\r\nx-injected: 1"}, {"bad name": "v"},
+                                     {"x-a": "nul\x00"}])
+async def test_fetch_refuses_header_injection_with_400(
+        tmp_path: Path, sandbox: tuple[Sandbox, SandboxServer], headers: dict) -> None:
+    from keel.app import create_app
+
+    _sb, srv = sandbox
+    s = wallet_services(tmp_path)
+    s.get(WalletService).create_wallet("acme", "bot")
+    agent_key = s.keys.create("acme", agent="bot").secret
+    app = create_app(s.settings, services=s)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app, client=("127.0.0.1", 5555))
+        async with httpx.AsyncClient(transport=transport, base_url="http://keel") as c:
+            r = await c.post("/v1/fetch", headers={"authorization": f"Bearer {agent_key}"},
+                             json={"url": srv.url + "/free", "session_id": "s",
+                                   "headers": headers})
+    assert r.status_code == 400, r.text
+    assert r.json()["error"]["param"] == "headers"

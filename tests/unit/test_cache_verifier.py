@@ -25,6 +25,9 @@ V = HitVerifier()
     ("How do I contact you?", "How do I contact them?") ,
     ("Explain the second law of thermodynamics", "Explain the third law of thermodynamics"),
     ("What is the price of the Pro plan?", "What is the price of the Team plan?"),
+    ("What is wrong with my invoice?", "What is wrong with this invoice?"),
+    ("Why is there a charge on my statement?", "Why is this charge on my statement?"),
+    ("Can I send an invoice to a customer?", "Can a customer send an invoice to me?"),
 ])
 def test_rejects_meaning_changes(a: str, b: str) -> None:
     assert V.check(b, a) is not None, (a, b)

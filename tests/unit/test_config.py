@@ -64,3 +64,49 @@ def test_bad_config_says_what_to_fix(tmp_path: Path, text: str, needle: str) -> 
 def test_missing_explicit_config(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="does not exist"):
         load_settings(tmp_path / "nope.toml")
+
+
+@pytest.mark.parametrize(
+    ("text", "key", "table"),
+    [
+        ("[cache]\nbar = 2", "'bar'", "[cache]"),
+        ('[[models]]\nname = "a"\nfoo = 1', "'foo'", "[[models]] #1"),
+        ('[[models]]\nname = "a"\n[[models]]\nname = "b"\nfoo = 1', "'foo'", "[[models]] #2"),
+        ("[tools.policy]\nrolez = {}", "'rolez'", "[tools.policy]"),
+        ('[[tools.servers]]\nname = "a"\nurl = "http://x"\nheader = {}', "'header'",
+         "[[tools.servers]] #1"),
+        ("[cache.namespaces.faq]\nttl = 5", "'ttl'", "[cache.namespaces.faq]"),
+        ("[server]\nprot = 9000", "'prot'", "[server]"),
+    ],
+)
+def test_unknown_key_in_a_nested_table_is_an_error(
+    tmp_path: Path, text: str, key: str, table: str
+) -> None:
+    with pytest.raises(ConfigError) as err:
+        load_settings(write(tmp_path, text))
+    assert f"unknown key {key} in {table}" in err.value.message
+    assert "known keys:" in err.value.message
+
+
+def test_every_settings_table_forbids_unknown_keys() -> None:
+    """Guards sections added later: each model reachable from Settings forbids extras."""
+    from pydantic import BaseModel
+
+    from keel.config import Settings
+
+    seen: set[type] = set()
+    todo: list[type] = [Settings]
+    while todo:
+        model = todo.pop()
+        if model in seen:
+            continue
+        seen.add(model)
+        assert model.model_config.get("extra") == "forbid", model.__name__
+        for field in model.model_fields.values():
+            stack = [field.annotation]
+            while stack:
+                t = stack.pop()
+                if isinstance(t, type) and issubclass(t, BaseModel):
+                    todo.append(t)
+                stack.extend(getattr(t, "__args__", ()))
+    assert len(seen) > 15

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from keel.errors import ConfigError, InvalidPolicy
-from keel.policy.authorizer import Authorizer, AuthzRequest
+from keel.policy.authorizer import Authorizer, AuthzRequest, principal_id
 from keel.policy.examples import examples
 from keel.policy.schema import ToolSignature
 
@@ -47,7 +47,7 @@ def req(tool: str, args: object, hour: int = 11, **kw: object) -> AuthzRequest:
 
 @pytest.fixture
 def authz() -> Authorizer:
-    a = Authorizer(CRM, roles={"support-bot": ["support"]})
+    a = Authorizer(CRM, roles={"acme/support-bot": ["support"]})
     a.load(REFUND_POLICY, 1)
     return a
 
@@ -78,10 +78,11 @@ def test_bad_arguments_deny(authz: Authorizer, args: object, why: str) -> None:
     assert why in d.reason
 
 
-def test_json_numbers_are_dropped_not_typed(authz: Authorizer) -> None:
+def test_json_numbers_reach_cedar_as_decimals(authz: Authorizer) -> None:
     d = authz.authorize(req("issue_refund", {"customer_id": "c1", "amount_cents": 1,
                                              "note": 1.5, "tags": ["x"]}))
-    assert d.allowed and d.context is not None and "note" not in d.context
+    assert d.allowed and d.context is not None
+    assert d.context["note"] == {"__extn": {"fn": "decimal", "arg": "1.5"}}
 
 
 def test_unknown_action_denies(authz: Authorizer) -> None:
@@ -165,3 +166,46 @@ def test_examples_cover_both_sides_of_each_rule(authz: Authorizer) -> None:
     hours = {(e.value, e.decision.outcome) for e in ex if e.field == "now.hour"}
     assert (9, "allow") in hours and (8, "deny") in hours
     assert (16, "allow") in hours and (17, "deny") in hours
+
+
+def test_same_agent_name_in_two_tenants_is_two_principals() -> None:
+    """Tenant A's `bot` and tenant B's `bot` differ to policies and to roles."""
+    a = Authorizer(CRM, roles={"acme/bot": ["support"]})
+    a.load('@id("acme-bot") permit(principal == Agent::"acme/bot", action, resource);\n'
+           '@id("support") permit(principal, action == Action::"issue_refund", resource) '
+           'when { principal.roles.contains("support") };', 1)
+    read = {"customer_id": "c1"}
+    refund = {"customer_id": "c1", "amount_cents": 10}
+
+    def ask(tenant: str, tool: str, args: object) -> str:
+        return a.authorize(AuthzRequest(agent="bot", tenant=tenant, tool=tool,
+                                        arguments=args, now=now())).outcome
+
+    assert ask("acme", "read_customer", read) == "allow"
+    assert ask("acme", "issue_refund", refund) == "allow"
+    assert ask("globex", "read_customer", read) == "deny"  # not Agent::"acme/bot"
+    assert ask("globex", "issue_refund", refund) == "deny"  # acme's roles are not globex's
+    # a tenant name cannot forge another tenant's id: "/" in a tenant is escaped
+    assert principal_id("acme/bot", "x") != principal_id("acme", "bot/x")
+    assert ask("acme%2Fbot", "read_customer", read) == "deny"
+
+
+def test_policies_can_name_the_agent_and_its_tenant() -> None:
+    a = Authorizer(CRM)
+    a.load('permit(principal, action, resource) when '
+           '{ principal.name == "bot" && principal.tenant == "acme" };', 1)
+    ok = AuthzRequest(agent="bot", tenant="acme", tool="read_customer",
+                      arguments={"customer_id": "c"}, now=now())
+    assert a.authorize(ok).allowed
+    assert not a.authorize(AuthzRequest(agent="bot", tenant="globex", tool="read_customer",
+                                        arguments={"customer_id": "c"}, now=now())).allowed
+
+
+def test_roles_keyed_by_agent_name_alone_are_refused() -> None:
+    from pydantic import ValidationError
+
+    from keel.tools.settings import PolicySettings
+
+    with pytest.raises(ValidationError, match="'<tenant>/<agent>'"):
+        PolicySettings(roles={"support-bot": ["support"]})
+    assert PolicySettings(roles={"acme/support-bot": ["support"]}).roles

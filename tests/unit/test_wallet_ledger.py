@@ -38,6 +38,13 @@ def test_money_is_exact_integer_micro_usd() -> None:
     assert fmt_usd(125) == "$0.000125"
 
 
+@pytest.mark.parametrize("amount", ["1e30", "9000000000000", "Infinity", "NaN", "-1e30",
+                                    "1000000000.000001"])
+def test_amounts_that_would_not_fit_the_books_are_refused(amount: str) -> None:
+    with pytest.raises(ValueError, match="at most"):
+        usd_to_micros(amount)
+
+
 def test_key_cipher_round_trip_and_binding() -> None:
     c = KeyCipher(new_key_material())
     sealed = c.encrypt(b"secret-key-bytes", "w_1")
@@ -103,6 +110,27 @@ def test_every_operation_keeps_the_books_balanced(svc: WalletService) -> None:
     report = tx(ledger.check_books)
     assert report.balanced, report
     assert report.entries == 6  # fund, 2 reserves, settle, release, refund
+
+
+def test_balances_stay_inside_64_bit_integers(svc: WalletService) -> None:
+    from keel.wallets.money import MAX_AMOUNT_MICROS, MAX_BALANCE_MICROS
+
+    w = svc.create_wallet("t", "a")
+    svc.create_wallet("t", "b")
+    with pytest.raises(ValueError, match="at most"):
+        svc.fund("t", "a", MAX_AMOUNT_MICROS + 1)
+    for _ in range(MAX_BALANCE_MICROS // MAX_AMOUNT_MICROS):
+        svc.fund("t", "a", MAX_AMOUNT_MICROS)
+    with pytest.raises(ValueError, match="limit"):
+        svc.fund("t", "a", 1)  # the wallet is full
+    with pytest.raises(ValueError, match="limit"):
+        svc.fund("t", "b", 1)  # and so is the tenant's funding account (it goes negative)
+    assert svc.balance(w)["available"] == MAX_BALANCE_MICROS
+    report = svc.db.transaction(ledger.check_books)
+    assert report.balanced, report
+    rows = svc.db.transaction(lambda c: c.exec_driver_sql(
+        "SELECT typeof(balance) FROM ledger_accounts").all())
+    assert {r[0] for r in rows} == {"integer"}
 
 
 def test_reservation_refusals_roll_back_everything(svc: WalletService) -> None:

@@ -28,8 +28,9 @@ class ApprovalsCapability(Capability):
     @classmethod
     def migrations(cls) -> Sequence[Migration]:
         from keel.approvals import store
+        from keel.workflows import store as workflow_store
 
-        return store.MIGRATIONS
+        return [*store.MIGRATIONS, *workflow_store.MIGRATIONS]
 
     @classmethod
     def cli_groups(cls) -> Sequence[CliGroup]:
@@ -59,16 +60,26 @@ class ApprovalsCapability(Capability):
             from keel.approvals.payment_hook import PaymentApprovalHook
 
             wallets.approvals = PaymentApprovalHook(self.approvals, s.approvals.tool_wait_s)
+        if tools is not None and self.approvals.workflows is not None:  # keel:tool:T tasks
+            self.approvals.workflows.use_tools(tools)
 
     def install(self, app: FastAPI, svc: Services) -> None:
         from keel.approvals.routes import ApprovalRoutes
 
         app.include_router(ApprovalRoutes(svc, self.approvals).router())
+        if self.approvals.workflows is not None:  # /v1/workflows, /v1/executions
+            from keel.workflows.routes import WorkflowRoutes
+
+            app.include_router(WorkflowRoutes(svc, self.approvals.workflows).router())
 
     def console_pages(self) -> Sequence[PageFactory]:
         from keel.web.approvals_page import ApprovalsPage
+        from keel.web.workflows_page import WorkflowsPage
 
-        return [partial(ApprovalsPage, approvals=self.approvals)]
+        pages: list[PageFactory] = [partial(ApprovalsPage, approvals=self.approvals)]
+        if self.approvals.workflows is not None:
+            pages.append(partial(WorkflowsPage, workflows=self.approvals.workflows))
+        return pages
 
     async def start(self) -> None:
         await self.approvals.start()  # launches DBOS when there are waits to recover

@@ -27,6 +27,7 @@ from keel.approvals.models import (
     TIMED_OUT,
     Approval,
     Proposal,
+    Requester,
 )
 from keel.approvals.notify import Notifier
 from keel.approvals.routing import route
@@ -103,8 +104,10 @@ class ApprovalEngine:
         self._asl = execution
 
     async def run_asl(self, definition: dict[str, Any], data: Any,
-                      workflow_id: str | None = None) -> Any:
-        """Start an ASL execution; returns the DBOS handle (``await h.get_result()``)."""
+                      workflow_id: str | None = None, opts: dict[str, Any] | None = None
+                      ) -> Any:
+        """Start an ASL execution; returns the DBOS handle (``await h.get_result()``).
+        ``opts``: execution id, workflow name, started_at (see keel.workflows.machine)."""
         from dbos import DBOS, SetWorkflowID
 
         if self._asl is None and self.starter is not None:
@@ -112,15 +115,20 @@ class ApprovalEngine:
         if self._asl is None:
             raise KeelError("workflows are not running in this process (DBOS not launched)")
         wid = workflow_id or "asl-" + store.new_id().removeprefix("apr_")
+        o = {"started_at": time.time(), **(opts or {})}
         with SetWorkflowID(wid):
-            return await DBOS.start_workflow_async(self._asl, definition, data)
+            return await DBOS.start_workflow_async(self._asl, definition, data, o)
 
     def link(self, ref: str) -> str:
         return f"{self.public_url}/approvals/r/{ref}"
 
     # -- requests --------------------------------------------------------------------------
 
-    async def request(self, p: Proposal) -> ApprovalHandle:
+    async def request(self, p: Proposal, requester: Requester | None = None) -> ApprovalHandle:
+        """Start an approval. ``requester`` (from the HTTP API) is who really asked: it
+        replaces ``p.requested_by`` and goes into the audit row with key, agent and IP."""
+        if requester is not None:
+            p = p.model_copy(update={"requested_by": requester.label})
         if self._workflow is None and self.starter is not None:
             await self.starter()
         if self._workflow is None:
@@ -135,10 +143,12 @@ class ApprovalEngine:
         def create(c: Any) -> Approval:
             store.insert(c, p, approval_id=approval_id, workflow_id=wid, kind="action",
                          policy=r.policy, status=status, timeout_s=timeout_s, now=now)
+            detail = f"policy={r.policy} route={r.route} args_hash={p.arguments_hash()}"
+            if requester is not None:
+                detail += " " + requester.audit_detail()
             store.add_audit(c, approval_id, "requested", actor=p.requested_by or None,
-                            channel="api", now=now,
-                            detail=f"policy={r.policy} route={r.route} "
-                                   f"args_hash={p.arguments_hash()}")
+                            ip=requester.ip if requester is not None else None,
+                            channel="api", now=now, detail=detail)
             got = store.get(c, approval_id)
             assert got is not None
             return got
@@ -197,10 +207,23 @@ class ApprovalEngine:
     # -- decisions ---------------------------------------------------------------------------
 
     async def decide(self, decision: str, who: Decider, *, approval_id: str | None = None,
-                     ref: str | None = None, note: str | None = None) -> Approval:
-        """Approve or deny. Exactly one decision wins; every attempt is audited."""
+                     ref: str | None = None, note: str | None = None, output: Any = None,
+                     error: str | None = None, cause: str | None = None) -> Approval:
+        """Approve or deny. Exactly one decision wins; every attempt is audited.
+
+        For a waiting ASL task (``.waitForTaskToken``) ``output`` becomes the task's result
+        on approve (SendTaskSuccess); ``error`` / ``cause`` its failure on deny
+        (SendTaskFailure; the cause defaults to the note)."""
         if decision not in ("approve", "deny"):
             raise InvalidRequest("decision must be 'approve' or 'deny'", param="decision")
+        if output is not None and decision != "approve":
+            raise InvalidRequest("output goes with approve; send error and cause with deny",
+                                 param="output")
+        if (error is not None or cause is not None) and decision != "deny":
+            raise InvalidRequest("error and cause go with deny; send output with approve",
+                                 param="error")
+        task_result = {k: v for k, v in (("output", output), ("error", error),
+                                         ("cause", cause)) if v is not None}
         status = APPROVED if decision == "approve" else DENIED
         now = time.time()
 
@@ -227,6 +250,9 @@ class ApprovalEngine:
             a = store.get(c, aid)
             if a is None:
                 return None, NotFound(f"no approval with id {aid!r}")
+            if task_result and a.kind != "asl":
+                return None, InvalidRequest("output, error and cause apply only to approvals "
+                                            "a workflow task waits for", param="output")
             if a.status == PENDING and a.expires_at <= now:
                 err = ReferenceExpired("this approval has expired (auto-denied on timeout)")
             elif not store.set_decision(c, aid, status, actor=who.actor, ip=who.ip,
@@ -246,6 +272,8 @@ class ApprovalEngine:
                 return None, err
             if ref is not None:
                 store.use_ref(c, ref, now)
+            if task_result:
+                store.set_task_result(c, aid, task_result)
             return store.get(c, aid), None
 
         a, err = await self.db.run(run)

@@ -23,6 +23,7 @@ class HandlerContext:
     task_token: str | None = None  # ASL .waitForTaskToken: the one-time reference
     decision_url: str | None = None  # where a human decides (confirmation page)
     state: str | None = None  # ASL state name
+    execution_id: str | None = None  # ASL execution the task belongs to
 
 
 Handler = Callable[[dict[str, Any], HandlerContext], Any]

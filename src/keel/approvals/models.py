@@ -15,6 +15,8 @@ DENIED = "denied"
 TIMED_OUT = "timed_out"
 AUTO_APPROVED = "auto_approved"
 AUTO_DENIED = "auto_denied"
+MAX_AMOUNT = 1e12  # USD: far above any real action, far below float trouble
+MAX_TIMEOUT_S = 366 * 24 * 3600.0  # a year
 STATUSES = (PENDING, APPROVED, DENIED, TIMED_OUT, AUTO_APPROVED, AUTO_DENIED)
 
 
@@ -25,12 +27,14 @@ class Proposal(BaseModel):
 
     action: str = Field(min_length=1, max_length=200)
     arguments: dict[str, Any] = Field(default_factory=dict)
-    amount: float | None = None
+    # Bounded so a hostile proposal cannot dodge amount rules (-1e308) or never expire.
+    amount: float | None = Field(default=None, ge=0, le=MAX_AMOUNT, allow_inf_nan=False)
     risk_level: str = "HIGH"
     reason: str = Field(default="", max_length=4000)
     requested_by: str = Field(default="", max_length=200)
     tenant: str = "default"
-    timeout_s: float | None = Field(default=None, gt=0)  # overrides [approvals] timeout_s
+    timeout_s: float | None = Field(default=None, gt=0, le=MAX_TIMEOUT_S,
+                                    allow_inf_nan=False)  # overrides [approvals] timeout_s
     idempotency_key: str | None = Field(default=None, max_length=200)
 
     @field_validator("risk_level")
@@ -45,6 +49,28 @@ class Proposal(BaseModel):
 def hash_arguments(action: str, arguments: dict[str, Any]) -> str:
     blob = orjson.dumps({"action": action, "arguments": arguments}, option=orjson.OPT_SORT_KEYS)
     return hashlib.sha256(blob).hexdigest()
+
+
+@dataclass(frozen=True)
+class Requester:
+    """Who really asked for an approval: taken from the API key and the connection, never
+    from the request body. ``claimed`` is what the caller said (kept, marked unverified)."""
+
+    key_id: str
+    agent: str | None
+    ip: str
+    claimed: str | None = None
+
+    @property
+    def label(self) -> str:
+        """The ``requested_by`` value keel stores: ``agent:<name> key:<id>``."""
+        return f"agent:{self.agent} key:{self.key_id}" if self.agent else f"key:{self.key_id}"
+
+    def audit_detail(self) -> str:
+        out = f"key={self.key_id} agent={self.agent or '-'} ip={self.ip}"
+        if self.claimed:
+            out += f" claimed_requested_by={self.claimed!r} (unverified)"
+        return out
 
 
 @dataclass(frozen=True)

@@ -18,10 +18,11 @@ from starlette.responses import HTMLResponse, Response
 
 from keel.approvals import slack, store
 from keel.approvals.engine import Decider
-from keel.approvals.models import STATUSES, Proposal
+from keel.approvals.models import STATUSES, Proposal, Requester
 from keel.approvals.oneshot import RESERVED_KEY_PREFIXES, reserved_key
-from keel.errors import ConfigError, InvalidRequest, KeelError, NotFound, PermissionDenied
+from keel.errors import InvalidRequest, KeelError, NotFound, PermissionDenied
 from keel.gateway.http import ORJSONResponse, client_ip, read_body, require_admin
+from keel.gateway.params import choice_param, int_param
 from keel.gateway.routes import authenticate
 from keel.gateway.validation import parse_json
 
@@ -70,7 +71,15 @@ class ApprovalRoutes:
         body = parse_json(await read_body(request, 65536))
         if not isinstance(body, dict):
             raise InvalidRequest("the body must be a JSON object (an action proposal)")
-        body.setdefault("requested_by", p.agent or p.key_id)
+        # requested_by is never taken from the caller: the key (and the connection) say who
+        # asked; a claimed value is only kept, marked unverified, in the audit detail.
+        claimed = body.pop("requested_by", None)
+        if claimed is not None and not isinstance(claimed, str):
+            raise InvalidRequest("requested_by must be a string (it is informational: keel "
+                                 "records the API key that made the request)",
+                                 param="requested_by")
+        requester = Requester(key_id=p.key_id, agent=p.agent, ip=self._ip(request),
+                              claimed=claimed[:200] if claimed else None)
         if "tenant" in body and not p.admin and body["tenant"] != p.tenant:
             raise PermissionDenied("only admin keys may request approvals for another tenant")
         body.setdefault("tenant", p.tenant)
@@ -86,19 +95,14 @@ class ApprovalRoutes:
                 f"{' or '.join(repr(k) for k in RESERVED_KEY_PREFIXES)} are reserved for the "
                 "approvals keel files itself (held tool calls and payments)",
                 param="idempotency_key")
-        handle = await self.engine.request(proposal)
+        handle = await self.engine.request(proposal, requester)
         return ORJSONResponse(handle.approval.public(), status_code=201)
 
     async def list(self, request: Request) -> Response:
         p = await authenticate(self.svc, request)
         q = request.query_params
-        status = q.get("status") or None
-        if status is not None and status not in STATUSES:
-            raise InvalidRequest(f"status must be one of {', '.join(STATUSES)}", param="status")
-        try:
-            limit = min(int(q.get("limit", 100)), 1000)
-        except ValueError:
-            raise InvalidRequest("limit must be an integer", param="limit") from None
+        status = choice_param(q, "status", STATUSES)
+        limit = int_param(q, "limit", 100, 1, 1000)
         f = store.ListFilter(status=status, action=q.get("action") or None, limit=limit,
                              tenant=(q.get("tenant") or None) if p.admin else p.tenant)
         rows = await self.engine.list(f)
@@ -131,9 +135,14 @@ class ApprovalRoutes:
             raise InvalidRequest("send {\"decision\": \"approve\"} or {\"decision\": \"deny\"}",
                                  param="decision")
         note = body.get("note")
+        for k in ("error", "cause"):
+            if body.get(k) is not None and not isinstance(body[k], str):
+                raise InvalidRequest(f"{k} must be a string", param=k)
         who = Decider(actor=f"key:{p.key_id}", via="api", ip=self._ip(request))
         a = await self.engine.decide(body["decision"], who, approval_id=approval_id,
-                                     note=note if isinstance(note, str) else None)
+                                     note=note if isinstance(note, str) else None,
+                                     output=body.get("output"), error=body.get("error"),
+                                     cause=body.get("cause"))
         return ORJSONResponse(a.public())
 
     async def audit(self, request: Request, approval_id: str) -> Response:
@@ -195,8 +204,9 @@ class ApprovalRoutes:
 
     async def slack(self, request: Request) -> Response:
         secret = self.engine.cfg.slack_signing_secret
-        if secret is None:
-            raise ConfigError("Slack interactivity needs [approvals] slack_signing_secret")
+        if secret is None:  # not configured: the endpoint does not exist (no 500)
+            raise NotFound("Slack interactivity is not configured on this gateway (set "
+                           "[approvals] slack_signing_secret)")
         body = await read_body(request, 65536)
         try:
             slack.verify(secret.get_secret_value(),

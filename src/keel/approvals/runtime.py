@@ -19,11 +19,11 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
 
+from keel.approvals.executors import ExecutorLease
 from keel.config import Settings
 from keel.storage.sqlite_file import connect_wal
 
@@ -86,8 +86,7 @@ def tune_dbos() -> None:
 def _sqlite_engine(url: str) -> sa.Engine:
     """DBOS's SQLite engine plus WAL and synchronous=NORMAL (DBOS sets neither)."""
     path = url.removeprefix("sqlite:///")
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    connect_wal(path).close()  # journal_mode=WAL is persistent in the file
+    connect_wal(path).close()  # created 0600 in a 0700 dir; WAL is persistent in the file
     engine = sa.create_engine(url, pool_size=10, max_overflow=20, pool_timeout=30)
 
     @sa.event.listens_for(engine, "connect")
@@ -120,10 +119,15 @@ def dbos_config(settings: Settings, *, executor_id: str | None = None) -> dict[s
 class DbosRuntime:
     """Launches DBOS for this process; one at a time (DBOS is a singleton)."""
 
-    def __init__(self, settings: Settings, *, executor_id: str | None = None) -> None:
+    def __init__(self, settings: Settings, *, executor_id: str | None = None,
+                 worker: bool = False) -> None:
         self.settings = settings
         self.executor_id = executor_id
         self.launched = False
+        # The gateway (no explicit id) leases its executor id: see keel.approvals.executors;
+        # a `keel workflows worker` takes an id of its own that the gateway recovers.
+        self.lease = None if executor_id is not None else ExecutorLease(
+            settings.data_dir / "executors", settings.approvals.executor_id, lead=not worker)
 
     def launch(self, register: Callable[[], None]) -> None:
         from dbos import DBOS
@@ -131,9 +135,31 @@ class DbosRuntime:
         tune_dbos()
         DBOS.destroy(destroy_registry=True)  # whatever an earlier app in this process left
         register()
-        DBOS(config=dbos_config(self.settings, executor_id=self.executor_id))  # type: ignore[arg-type]
+        executor = self.lease.acquire() if self.lease is not None else self.executor_id
+        DBOS(config=dbos_config(self.settings, executor_id=executor))  # type: ignore[arg-type]
         DBOS.launch()
         self.launched = True
+        from keel.workflows.interpreter import MAP_QUEUE
+
+        DBOS.register_queue(  # distributed Map items: every keel process serves it
+            MAP_QUEUE, polling_interval_sec=self.settings.approvals.polling_interval_s,
+            worker_concurrency=self.settings.workflows.map_worker_concurrency)
+        self.recover_dead()
+
+    def recover_dead(self) -> int:
+        """The leader resumes the workflows of executors whose process died (blocking)."""
+        from dbos import DBOS
+
+        if self.lease is None or not self.launched:
+            return 0
+        n = 0
+        for executor_id, fh in self.lease.dead():
+            handles = DBOS._recover_pending_workflows([executor_id])
+            log.info("approvals: recovered %d workflow(s) of dead executor %s",
+                     len(handles), executor_id)
+            n += len(handles)
+            self.lease.forget(executor_id, fh)
+        return n
 
     def wake(self) -> None:
         """Make the SQLite listener look for new messages now (after a local send)."""
@@ -152,3 +178,5 @@ class DbosRuntime:
 
         self.launched = False
         DBOS.destroy(destroy_registry=True)
+        if self.lease is not None:
+            self.lease.release()

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, Field, SecretStr
+from pydantic import Field, SecretStr
+
+from keel.settings_section import Section
 
 Route = Literal["require", "auto", "deny"]
 
 
-class RiskRule(BaseModel):
+class RiskRule(Section):
     """First matching rule wins. Empty match fields match anything."""
 
     name: str
@@ -27,7 +29,7 @@ def default_rules() -> list[RiskRule]:
     ]
 
 
-class ApprovalsSettings(BaseModel):
+class ApprovalsSettings(Section):
     enabled: bool = True
     # DBOS system database: default sqlite:///<data_dir>/dbos.sqlite; postgresql://... at scale
     system_database_url: str = ""

@@ -205,6 +205,30 @@ def finish(c: Connection, approval_id: str, outcome: str, result: Any, now: floa
         outcome=outcome, result=orjson.dumps(result).decode(), finished_at=now))
 
 
+def set_task_result(c: Connection, approval_id: str, value: dict[str, Any]) -> None:
+    """What the decider sent back to a waiting ASL task (output, or error and cause)."""
+    c.execute(update(approvals).where(approvals.c.id == approval_id)
+              .values(result=orjson.dumps(value).decode()))
+
+
+def decision_detail(c: Connection, approval_id: str) -> tuple[str | None, Any]:
+    """(the decider's note, the task result set at decision time) of an ASL approval."""
+    r = c.execute(select(approvals.c.note, approvals.c.result)
+                  .where(approvals.c.id == approval_id)).first()
+    if r is None:
+        return None, None
+    return r[0], orjson.loads(r[1]) if r[1] else None
+
+
+def pending_of_workflow(c: Connection, workflow_id: str) -> list[str]:
+    """Pending approvals a workflow (or its Map/Parallel children) waits for."""
+    q = select(approvals.c.id).where(
+        approvals.c.status == PENDING,
+        (approvals.c.workflow_id == workflow_id)
+        | approvals.c.workflow_id.startswith(workflow_id + "."))
+    return [r[0] for r in c.execute(q)]
+
+
 def bump_reminders(c: Connection, approval_id: str) -> None:
     c.execute(update(approvals).where(approvals.c.id == approval_id)
               .values(reminders_sent=approvals.c.reminders_sent + 1))

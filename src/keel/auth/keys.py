@@ -128,6 +128,23 @@ class KeyStore:
             raise NotFound(f"no active API key with id {key_id!r} (see `keel keys list`)")
         self._cache.clear()
 
+    def active(self, key_id: str) -> Principal | None:
+        """The principal of key ``key_id`` as stored now, or None once it is revoked or
+        gone. Uncached: sessions built on a key (the console) ask this on every page, so a
+        revocation ends them at once, in every process."""
+
+        def run(c: Connection) -> Principal | None:
+            row = c.execute(
+                select(api_keys.c.id, api_keys.c.tenant, api_keys.c.agent, api_keys.c.admin)
+                .where(api_keys.c.id == key_id, api_keys.c.revoked_at.is_(None))
+            ).first()
+            if row is None:
+                return None
+            return Principal(key_id=row.id, tenant=row.tenant, agent=row.agent,
+                             admin=bool(row.admin))
+
+        return self.db.transaction(run)
+
     # -- hot path -------------------------------------------------------------------------
 
     def _lookup(self, digest: str) -> Principal | None:

@@ -44,9 +44,11 @@ class CacheCapability(Capability):
 
         super().__init__(ctx)
         rag = ctx.components.find(RagStage)
-        self.stage = build_cache(ctx.settings, ctx.kv, ctx.db, ctx.models.embedder(),
+        s = ctx.settings
+        self.stage = build_cache(s, ctx.kv, ctx.db, ctx.models.embedder_for(s.cache.embedder),
                                  ctx.metrics.registry,
-                                 rag_tag=rag.cache_tag if rag is not None else None)
+                                 rag_tag=rag.cache_tag if rag is not None else None,
+                                 models=ctx.models)
         ctx.components.put(self.stage, owner=self.name)
 
     def stages(self) -> Sequence[StageSlot]:

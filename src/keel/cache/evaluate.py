@@ -7,7 +7,7 @@ a true hit for duplicates and a false hit otherwise.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,11 +16,12 @@ import numpy as np
 import numpy.typing as npt
 import orjson
 
-from keel.cache.verifier import HitVerifier
+from keel.cache.verifier import Verifier
 from keel.errors import InvalidRequest
 from keel.ports.embedder import Embedder
 
-SWEEP = (0.80, 0.85, 0.88, 0.90, 0.92, 0.94, 0.95, 0.96, 0.97, 0.98)
+SWEEP = (0.70, 0.75, 0.78, 0.80, 0.85, 0.88, 0.90, 0.92, 0.94, 0.95, 0.96, 0.97, 0.98)
+Vectors = Mapping[str, npt.NDArray[np.float32]]
 
 
 @dataclass(frozen=True)
@@ -73,15 +74,28 @@ async def similarities(embedder: Embedder, pairs: Sequence[Pair]) -> npt.NDArray
     return np.asarray((np.asarray(a) * np.asarray(b)).sum(axis=1), dtype=np.float32)
 
 
-def verified(pairs: Iterable[Pair], verifier: HitVerifier | None) -> npt.NDArray[np.bool_]:
-    return np.array([verifier is None or verifier.check(p.b, p.a) is None for p in pairs],
-                    dtype=bool)
+async def phrase_vectors(embedder: Embedder, pairs: Iterable[Pair],
+                         verifier: Verifier | None) -> dict[str, npt.NDArray[np.float32]]:
+    """The embeddings the verifier needs for these pairs (one batched call)."""
+    if verifier is None:
+        return {}
+    texts = sorted({t for p in pairs for t in verifier.needs(p.b, p.a)})
+    if not texts:
+        return {}
+    return dict(zip(texts, np.asarray(await embedder.embed(texts), np.float32), strict=True))
+
+
+def verified(pairs: Iterable[Pair], verifier: Verifier | None,
+             vectors: Vectors | None = None) -> npt.NDArray[np.bool_]:
+    """Whether the verifier accepts serving ``a``'s answer for the query ``b``."""
+    return np.array([verifier is None or verifier.check(p.b, p.a, vectors) is None
+                     for p in pairs], dtype=bool)
 
 
 def evaluate(pairs: Sequence[Pair], sims: npt.NDArray[np.float32], threshold: float,
-             verifier: HitVerifier | None) -> dict[str, Any]:
+             verifier: Verifier | None, vectors: Vectors | None = None) -> dict[str, Any]:
     same = np.array([p.same for p in pairs], dtype=bool)
-    ok = verified(pairs, verifier)
+    ok = verified(pairs, verifier, vectors)
     out = metrics((sims >= threshold) & ok, same)
     out["threshold"] = threshold
     out["verifier"] = verifier is not None

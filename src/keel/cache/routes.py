@@ -12,8 +12,8 @@ from starlette.responses import Response
 
 from keel.cache.stage import CacheStage
 from keel.cache.stats import by_hour, summary
-from keel.errors import InvalidRequest
 from keel.gateway.http import ORJSONResponse, read_body, require_admin
+from keel.gateway.params import MAX_HOURS, float_param
 from keel.gateway.routes import authenticate
 from keel.gateway.services import Services
 from keel.gateway.validation import check, parse_json, require
@@ -47,10 +47,8 @@ class CacheAdminRoutes:
     async def stats(self, request: Request) -> Response:
         await self._admin(request)
         q = request.query_params
-        try:
-            hours = float(q.get("hours", 24))
-        except ValueError:
-            raise InvalidRequest("'hours' must be a number") from None
+        hours = float_param(q, "hours", 0, MAX_HOURS)
+        hours = 24.0 if hours is None else hours
         await self.cache.drain()
         await self.cache.stats.flush()
         since = time.time() - hours * 3600

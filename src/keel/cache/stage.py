@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -17,12 +18,14 @@ from typing import Any
 import numpy as np
 import orjson
 
+from keel.cache.judge import Judge
 from keel.cache.keys import CacheKey, cache_key, tenant_tag
+from keel.cache.profiles import make_verifier
 from keel.cache.replay import StreamAssembler, fresh, replay
-from keel.cache.settings import CacheSettings, NamespaceSettings
+from keel.cache.settings import DEFAULT_THRESHOLD, CacheSettings, NamespaceSettings, Profile
 from keel.cache.stats import CacheStats
 from keel.cache.store import CacheStore, Entry
-from keel.cache.verifier import HitVerifier
+from keel.cache.verifier import HitVerifier, Verifier
 from keel.errors import InvalidRequest
 from keel.gateway.context import RequestContext
 from keel.gateway.pipeline import Next
@@ -50,19 +53,26 @@ class Hit:
     entry: Entry
     layer: str  # exact | semantic
     similarity: float
+    judge_usd: float = 0.0  # what confirming this hit with the judge cost
 
 
 class CacheStage:
     name = "cache"
 
     def __init__(self, settings: CacheSettings, store: CacheStore, embedder: Embedder | None,
-                 stats: CacheStats, *, rag_tag: RagTag | None = None) -> None:
+                 stats: CacheStats, *, rag_tag: RagTag | None = None,
+                 judge: Judge | None = None) -> None:
         self.settings = settings
         self.store = store
         self.embedder = embedder if settings.semantic else None
         self.stats = stats
-        self.verifier = HitVerifier() if settings.verifier else None
+        self.verifiers: dict[Profile, Verifier] = (
+            {p: make_verifier(p) for p in ("strict", "balanced")} if settings.verifier else {})
+        # embeddings of the short phrases the balanced verifier compares, most recent last
+        self._phrases: OrderedDict[str, Vectors] = OrderedDict()
         self.rag_tag = rag_tag
+        self.judge = judge
+        self._strict = HitVerifier()
         self._pending: set[asyncio.Task[None]] = set()
 
     # -- the stage ------------------------------------------------------------------------
@@ -154,21 +164,60 @@ class CacheStage:
             return None
         plan.vector = np.asarray((await self.embedder.embed([key.query]))[0], np.float32)
         threshold = self.settings.threshold_for(plan.ns)
+        verifier = self.verifiers.get(self.settings.profile_for(plan.ns))
         rejected = ""
+        judge_usd = 0.0
         for cand in await self.store.search(key, plan.vector, k=3):
             if cand.similarity < threshold:
                 break
-            reason = (None if self.verifier is None or cand.entry.query is None
-                      else self.verifier.check(key.query, cand.entry.query))
+            reason = None
+            if verifier is not None and cand.entry.query is not None:
+                phrases = await self._phrase_vectors(
+                    verifier.needs(key.query, cand.entry.query))
+                reason = verifier.check(key.query, cand.entry.query, phrases)
+            judge = self.settings.judge_for(plan.ns)
+            if (reason is None and judge and self.judge is not None
+                    and cand.entry.query is not None
+                    and not self._strict_accepts(key.query, cand.entry.query, cand.similarity)):
+                verdict = await self.judge.same(judge, key.query, cand.entry.query)
+                judge_usd += verdict.usd
+                ctx.response_headers["x-keel-cache-judge"] = (
+                    ("yes" if verdict.same else "no") + (" (remembered)" if verdict.cached else ""))
+                if not verdict.same:
+                    reason = f"judge {judge} says the questions differ"
             if reason is None:
-                return Hit(cand.entry, "semantic", cand.similarity)
+                return Hit(cand.entry, "semantic", cand.similarity, judge_usd)
             self.stats.reject(reason)
             rejected = rejected or f"{reason} (similarity {cand.similarity:.4f})"
+        if judge_usd:
+            self.stats.charge_judge(plan.tenant, key.namespace, judge_usd)
+            ctx.response_headers["x-keel-cache-judge-usd"] = f"{judge_usd:.8f}"
         if rejected:
             ctx.response_headers["x-keel-cache-rejected"] = rejected[:200]
             ctx.decide("cache", "rejected", rejected)
         self.stats.record(plan.tenant, key.namespace, "rejected" if rejected else "miss")
         return None
+
+    def _strict_accepts(self, query: str, cached: str, similarity: float) -> bool:
+        return (similarity >= DEFAULT_THRESHOLD["strict"]
+                and self._strict.check(query, cached) is None)
+
+    async def _phrase_vectors(self, texts: list[str]) -> dict[str, Vectors]:
+        """Embeddings of the verifier's phrases: one batched call for the ones not seen
+        recently (the 4,096 most recent are kept)."""
+        if not texts or self.embedder is None:
+            return {}
+        missing = [t for t in dict.fromkeys(texts) if t not in self._phrases]
+        if missing:
+            for text, vec in zip(missing, await self.embedder.embed(missing), strict=True):
+                self._phrases[text] = np.asarray(vec, np.float32)
+            while len(self._phrases) > 4096:
+                self._phrases.popitem(last=False)
+        out = {}
+        for t in texts:
+            self._phrases.move_to_end(t)
+            out[t] = self._phrases[t]
+        return out
 
     def _serve(self, ctx: RequestContext, plan: _Plan, hit: Hit) -> None:
         entry = hit.entry
@@ -176,11 +225,16 @@ class CacheStage:
         usd = ctx.model.cost_usd(entry.prompt_tokens, entry.completion_tokens)
         self.stats.record(plan.tenant, plan.key.namespace, f"hit_{hit.layer}",
                           tokens=entry.prompt_tokens + entry.completion_tokens, usd=usd)
+        if hit.judge_usd:  # the judge's call is what this hit cost
+            self.stats.charge_judge(plan.tenant, plan.key.namespace, hit.judge_usd)
+            usd -= hit.judge_usd
         h = ctx.response_headers
         h[CONTROL_HEADER] = "hit"
         h["x-keel-cache-layer"] = hit.layer
         h["x-keel-cache-similarity"] = f"{hit.similarity:.4f}"
-        h["x-keel-cost-usd"] = "0.00000000"
+        h["x-keel-cost-usd"] = f"{hit.judge_usd:.8f}"
+        if hit.judge_usd:
+            h["x-keel-cache-judge-usd"] = f"{hit.judge_usd:.8f}"
         h["x-keel-saved-usd"] = f"{usd:.8f}"
         ctx.decide("cache", f"hit_{hit.layer}", f"similarity {hit.similarity:.4f}")
         ctx.output_text = "".join(

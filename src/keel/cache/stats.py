@@ -74,6 +74,8 @@ class CacheStats:
         self.saved_tokens = Counter("keel_cache_saved_tokens",
                                     "Tokens not processed thanks to cache hits",
                                     registry=registry)
+        self.judge_usd = Counter("keel_cache_judge_usd", "USD spent on judging semantic hits",
+                                 registry=registry)
 
     def record(self, tenant: str, namespace: str, outcome: str, *, tokens: int = 0,
                usd: float = 0.0) -> None:
@@ -88,6 +90,17 @@ class CacheStats:
             b.usd_saved += usd
             self.saved_tokens.inc(tokens)
             self.saved_usd.inc(usd)
+
+    def charge_judge(self, tenant: str, namespace: str, usd: float) -> None:
+        """A judge call's cost, taken off the USD saved (hits pay for their judging)."""
+        if usd <= 0:
+            return
+        hour = float(int(time.time() // 3600) * 3600)
+        b = self._buckets.get((hour, tenant, namespace))
+        if b is None:
+            b = self._buckets[(hour, tenant, namespace)] = _Bucket()
+        b.usd_saved -= usd
+        self.judge_usd.inc(usd)
 
     def reject(self, reason: str) -> None:
         self.rejections.labels(reason.split(":")[0]).inc()

@@ -67,9 +67,14 @@ class CacheStore:
         self.dim = dim
         self._created = False
 
-    async def _ensure_index(self) -> VectorIndex | None:
+    async def _ensure_index(self, dim: int = 0) -> VectorIndex | None:
+        """The index, created on first use; an embedder that learns its dimension from its
+        first answer (``dim`` 0) creates it with the first vector's."""
         if self.index is not None and not self._created:
-            await self.index.create(self.dim)
+            dim = self.dim or dim
+            if not dim:
+                return None
+            await self.index.create(dim)
             self._created = True
         return self.index
 
@@ -83,7 +88,7 @@ class CacheStore:
         return None if raw is None else Entry.loads(key.exact, raw)
 
     async def search(self, key: CacheKey, vector: Vectors, k: int = 3) -> list[Candidate]:
-        index = await self._ensure_index()
+        index = await self._ensure_index(int(np.asarray(vector).shape[-1]))
         if index is None:
             return []
         hits = await index.search(vector, k, filters={"p": key.partition})
@@ -108,7 +113,7 @@ class CacheStore:
         await self.kv.set(entry_key(key), entry.dumps(), ttl_s=ttl_s)
         if vector is None or key.query is None:
             return
-        index = await self._ensure_index()
+        index = await self._ensure_index(int(np.asarray(vector).shape[-1]))
         if index is None:
             return
         meta: dict[str, str | int | float] = {

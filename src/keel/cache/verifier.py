@@ -24,8 +24,15 @@ from __future__ import annotations
 import itertools
 import re
 import unicodedata
+from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+from keel.cache.lexicon import DEICTIC, speaker_role_swapped
 
 _WORD = re.compile(r"[A-Za-z][A-Za-z'\u2019\-]*|\$?\d[\d,]*(?:\.\d+)?[A-Za-z%]*|\"[^\"]{1,80}\"")
 _NUMBER = re.compile(r"\$?(\d[\d,]*(?:\.\d+)?)([A-Za-z%]*)")
@@ -265,13 +272,31 @@ def _swapped_modifier(a: Features, b: Features) -> str | None:
     return None
 
 
+class Verifier(Protocol):
+    """Decides whether a cached question's answer may be served for a new question."""
+
+    def needs(self, query: str, cached: str) -> list[str]:
+        """Texts whose embeddings :meth:`check` needs (the caller embeds them)."""
+        ...
+
+    def check(self, query: str, cached: str,
+              vectors: Mapping[str, npt.NDArray[np.float32]] | None = None) -> str | None:
+        """``None`` when the hit may be served, else a short reason for rejecting it."""
+        ...
+
+
 class HitVerifier:
-    """Rejects a semantic hit when the two texts differ in meaning-changing details."""
+    """The ``strict`` profile: rejects a semantic hit when the two texts differ in any
+    meaning-changing detail, including any unmatched content word."""
 
     def __init__(self, *, max_unmatched: int = 0) -> None:
         self.max_unmatched = max_unmatched
 
-    def check(self, query: str, cached: str) -> str | None:
+    def needs(self, query: str, cached: str) -> list[str]:
+        return []
+
+    def check(self, query: str, cached: str,
+              vectors: Mapping[str, npt.NDArray[np.float32]] | None = None) -> str | None:
         """``None`` when the hit may be served, else a short reason for rejecting it."""
         a, b = features(query), features(cached)
         if a.numbers != b.numbers:
@@ -281,8 +306,10 @@ class HitVerifier:
         pa, pb = persons(a), persons(b)
         if pa and pb and pa != pb:
             return "grammatical person differs (I / you)"
-        if a.deictic or b.deictic:
+        if a.deictic or b.deictic or DEICTIC.search(query) or DEICTIC.search(cached):
             return "refers to context outside the text (this video, my code, attached file)"
+        if speaker_role_swapped(query, cached):
+            return "direction swapped (who does what to whom)"
         if a.intent != b.intent:
             return "question intent differs"
         missing = {e for e in a.entities if _stem(e) not in b.stems and e not in b.words}

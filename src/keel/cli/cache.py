@@ -9,9 +9,8 @@ from pathlib import Path
 from typing import Any
 
 import typer
-from rich.table import Table
 
-from keel.cli.common import console, fail, settings_from
+from keel.cli.common import console, fail, new_table, settings_from, styled
 from keel.errors import KeelError
 
 
@@ -73,7 +72,7 @@ def build() -> typer.Typer:
         if as_json:
             typer.echo(json.dumps(s))
             return
-        t = Table(title=f"cache, last {hours:g} h" + (f", tenant {tenant}" if tenant else ""))
+        t = new_table(title=f"cache, last {hours:g} h" + (f", tenant {tenant}" if tenant else ""))
         for col in ("hits (exact)", "hits (semantic)", "misses", "guard rejections", "bypass",
                     "errors", "hit rate", "tokens saved", "USD saved"):
             t.add_column(col, justify="right")
@@ -88,16 +87,27 @@ def build() -> typer.Typer:
         pairs_file: Path = typer.Argument(
             ..., help="JSONL: text_a, text_b, label (or a, b, same)."),
         threshold: float | None = typer.Option(None, help="Cosine threshold (default: config)."),
+        profile: str | None = typer.Option(
+            None, help="strict or balanced (default: the [cache] profile)."),
         verifier: bool = typer.Option(True, "--verifier/--no-verifier"),
         as_json: bool = typer.Option(False, "--json"),
     ) -> None:
         """Precision, recall and false-hit rate at the operating point, plus a sweep."""
         from keel.cache import evaluate as ev
-        from keel.cache.verifier import HitVerifier
+        from keel.cache.profiles import make_verifier
+        from keel.cache.settings import DEFAULT_THRESHOLD, NamespaceSettings
         from keel.providers.embeddings import MiniLMEmbedder
 
         settings = settings_from(ctx)
-        th = settings.cache.threshold if threshold is None else threshold
+        if profile is not None and profile not in DEFAULT_THRESHOLD:
+            from rich.markup import escape
+
+            fail(f"--profile must be one of: {', '.join(DEFAULT_THRESHOLD)} "
+                 f"(got {escape(repr(profile))})")
+        ns = NamespaceSettings.model_validate({"profile": profile})
+        prof = settings.cache.profile_for(ns)
+        th = settings.cache.threshold_for(ns) if threshold is None else threshold
+        check = make_verifier(prof) if verifier else None
         try:
             pairs = ev.load_pairs(pairs_file)
         except KeelError as exc:
@@ -105,8 +115,10 @@ def build() -> typer.Typer:
         embedder = MiniLMEmbedder(settings.model_dir)
         with console.status(f"embedding {len(pairs):,} pairs"):
             sims = asyncio.run(ev.similarities(embedder, pairs))
+            vectors = asyncio.run(ev.phrase_vectors(embedder, pairs, check))
         embedder.close()
-        out = ev.evaluate(pairs, sims, th, HitVerifier() if verifier else None)
+        out = ev.evaluate(pairs, sims, th, check, vectors)
+        out["profile"] = prof
         if as_json:
             typer.echo(json.dumps(out))
             return
@@ -117,12 +129,13 @@ def build() -> typer.Typer:
 
 def _print_eval(out: dict[str, Any]) -> None:
     console.print(
-        f"[bold]operating point[/]: cosine >= {out['threshold']:.2f}"
-        f"{' + verifier' if out['verifier'] else ''} on {out['pairs']:,} pairs: "
-        f"precision {out['precision']:.3f}, recall {out['recall']:.3f}, "
-        f"false-hit rate {out['false_hit_rate']:.2%} ({out['true_hits']} true hits, "
-        f"{out['false_hits']} false hits)")
-    t = Table(title="threshold sweep")
+        styled(("operating point", "bold"), f" ({out.get('profile', 'strict')}): "
+               f"cosine >= {out['threshold']:.2f}"
+               f"{' + verifier' if out['verifier'] else ''} on {out['pairs']:,} pairs: "
+               f"precision {out['precision']:.3f}, recall {out['recall']:.3f}, "
+               f"false-hit rate {out['false_hit_rate']:.2%} ({out['true_hits']} true hits, "
+               f"{out['false_hits']} false hits)"))
+    t = new_table(title="threshold sweep")
     for col in ("cosine >=", "precision", "recall", "false-hit rate", "cosine-only precision"):
         t.add_column(col, justify="right")
     for row in out["sweep"]:

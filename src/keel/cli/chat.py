@@ -14,7 +14,7 @@ from collections.abc import Iterator
 import httpx
 import typer
 
-from keel.cli.common import console, err_console, fail, read_local_key, settings_from
+from keel.cli.common import console, err_console, fail, read_local_key, settings_from, styled
 from keel.config import Settings
 from keel.errors import KeelError
 
@@ -67,7 +67,8 @@ def register(app: typer.Typer) -> None:
             if not _reachable(base):
                 if url:
                     fail(f"no keel gateway answers at {url}")
-                err_console.print("[dim]no gateway running; starting a private one…[/]")
+                err_console.print(styled(("no gateway running; starting a private one…",
+                                          "dim")))
                 base = stack.enter_context(_ephemeral_gateway(settings))
             key = api_key or read_local_key(settings)
             headers = {"Authorization": f"Bearer {key}"} if key else {}
@@ -115,4 +116,4 @@ def _check(r: httpx.Response) -> None:
 
 def _footer(headers: httpx.Headers, usage: object) -> None:
     rid = headers.get("x-keel-request-id", "?")
-    err_console.print(f"[dim]request {rid} · usage {usage}[/]")
+    err_console.print(styled((f"request {rid} · usage {usage}", "dim")))

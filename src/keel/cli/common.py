@@ -8,27 +8,50 @@ from typing import Any, NoReturn
 
 import typer
 from rich.console import Console
-from rich.markup import escape
+from rich.table import Table
+from rich.text import Text
 
 from keel.config import Settings, load_settings
 from keel.errors import KeelError
+from keel.storage.private_files import private_dir
 
-console = Console()
-err_console = Console(stderr=True)
+# Markup off: text from users, configs and upstreams ("add it to [[models]]", "[x]") is
+# printed as it is, tables included. Styling goes through :func:`styled`.
+# Piped output is not cut to 80 columns: the width is unlimited unless COLUMNS says so.
+_PIPE_WIDTH = None if os.isatty(1) or os.environ.get("COLUMNS") else 100_000
+console = Console(markup=False, highlight=False, width=_PIPE_WIDTH)
+err_console = Console(stderr=True, markup=False, highlight=False)
+
+
+def new_table(*columns: str, **kw: Any) -> Table:
+    """A table whose cells wrap (fold) instead of ending in "…": ids stay whole."""
+    t = Table(**kw)
+    for name in columns:
+        t.add_column(name, overflow="fold")
+    return t
+
+
+def styled(*parts: str | tuple[str, str]) -> Text:
+    """Literal text with styled pieces: ``styled(("created", "green"), " key ", name)``."""
+    return Text.assemble(*parts)
 
 ADMIN_KEY_FILE = "admin.key"
 
 
-def settings_from(ctx: typer.Context, **overrides: Any) -> Settings:
+def settings_from(ctx: typer.Context, *, strict_env: bool = False,
+                  **overrides: Any) -> Settings:
+    """Settings for a command. ``${VAR}`` references that are unset are left out unless
+    ``strict_env`` (commands that use them say so: serve, wallet): an unrelated command
+    never fails for a secret it does not need."""
     config: Path | None = (ctx.obj or {}).get("config") if ctx.obj is not None else None
     try:
-        return load_settings(config, **overrides)
+        return load_settings(config, strict_env=strict_env, **overrides)
     except KeelError as exc:
         fail(exc.message)
 
 
 def fail(message: str, code: int = 1) -> NoReturn:
-    err_console.print("[bold red]error:[/] " + escape(message))  # user text, not markup
+    err_console.print(styled(("error:", "bold red"), " ", message))
     raise typer.Exit(code)
 
 
@@ -46,7 +69,7 @@ def read_local_key(settings: Settings) -> str | None:
 
 
 def write_secret(path: Path, secret: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
+    private_dir(path.parent)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as fh:
         fh.write(secret + "\n")

@@ -7,20 +7,20 @@ import os
 import shutil
 
 import typer
-from rich.table import Table
 
 from keel import capabilities as capabilities_mod
 from keel.capability import CheckFailed
 from keel.capability import DoctorCheck as Check
-from keel.cli.common import console, settings_from
+from keel.cli.common import console, new_table, settings_from, styled
 from keel.config import Settings
 from keel.errors import KeelError
+from keel.storage.private_files import private_dir
 
 
 def _checks(settings: Settings) -> list[Check]:
     def data_dir() -> str:
         d = settings.data_dir
-        d.mkdir(parents=True, exist_ok=True)
+        private_dir(d)
         if not os.access(d, os.W_OK):
             raise CheckFailed(f"{d} is not writable: fix its permissions or set data_dir")
         return str(d.resolve())
@@ -121,19 +121,19 @@ def register(app: typer.Typer) -> None:
     def doctor(ctx: typer.Context) -> None:
         """Check the installation and say what to fix."""
         settings = settings_from(ctx)
-        table = Table("check", "status", "detail / fix")
+        table = new_table("check", "status", "detail / fix")
         failed = False
         for check in _checks(settings):
             try:
                 detail = check.run()
-                table.add_row(check.name, "[green]ok[/]", detail)
+                table.add_row(check.name, styled(("ok", "green")), detail)
             except (CheckFailed, KeelError, OSError, ImportError) as exc:
                 msg = exc.message if isinstance(exc, KeelError) else str(exc)
                 if check.required:
                     failed = True
-                    table.add_row(check.name, "[red]FAIL[/]", msg)
+                    table.add_row(check.name, styled(("FAIL", "red")), msg)
                 else:
-                    table.add_row(check.name, "[yellow]warn[/]", msg)
+                    table.add_row(check.name, styled(("warn", "yellow")), msg)
         console.print(table)
         if failed:
             raise typer.Exit(1)

@@ -2,22 +2,23 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 
 import typer
-from rich.table import Table
 
 from keel.auth.keys import KeyStore
-from keel.cli.common import console, fail, settings_from
+from keel.cli.common import console, fail, new_table, settings_from, styled
 from keel.errors import KeelError
+from keel.storage.private_files import private_dir
 
 
 def _store(ctx: typer.Context) -> KeyStore:
     from keel.app import open_database
 
     settings = settings_from(ctx)
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    private_dir(settings.data_dir)
     try:
         return KeyStore(open_database(settings))
     except KeelError as exc:
@@ -43,8 +44,8 @@ def build() -> typer.Typer:
         if as_json:
             typer.echo(json.dumps({**new.info.__dict__, "key": new.secret}))
             return
-        console.print(f"[green]created key[/] id={new.info.id} tenant={tenant}"
-                      + (f" agent={agent}" if agent else "") + (" admin" if admin else ""))
+        console.print(styled(("created key", "green"), f" id={new.info.id} tenant={tenant}"
+                             + (f" agent={agent}" if agent else "") + (" admin" if admin else "")))
         console.print("Store it now; keel keeps only its hash:")
         typer.echo(new.secret)
 
@@ -53,10 +54,14 @@ def build() -> typer.Typer:
         ctx: typer.Context,
         tenant: str | None = typer.Option(None, "--tenant", "-t"),
         all_: bool = typer.Option(False, "--all", help="Include revoked keys."),
+        as_json: bool = typer.Option(False, "--json", help="JSON, one list."),
     ) -> None:
         """List API keys (ids and hints only)."""
         keys = _store(ctx).list(tenant=tenant, include_revoked=all_)
-        table = Table("id", "hint", "tenant", "agent", "admin", "name", "created", "revoked")
+        if as_json:
+            typer.echo(json.dumps([dataclasses.asdict(k) for k in keys]))
+            return
+        table = new_table("id", "hint", "tenant", "agent", "admin", "name", "created", "revoked")
         for k in keys:
             table.add_row(
                 k.id, "…" + k.hint, k.tenant, k.agent or "", "yes" if k.admin else "",

@@ -11,11 +11,11 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import typer
-from rich.table import Table
 
-from keel.cli.common import console, fail, settings_from
+from keel.cli.common import console, fail, new_table, settings_from, styled
 from keel.config import Settings
 from keel.errors import KeelError
+from keel.storage.private_files import private_dir
 
 T = TypeVar("T")
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
@@ -35,10 +35,11 @@ def _run(settings: Settings, fn: Callable[[Any], Awaitable[T]]) -> T:
     from keel.storage.kv import open_kv
 
     if not settings.degrade.active:
-        fail("no degradation ladder is configured: add [[degrade.levels]] to keel.toml")
+        fail("the degradation ladder is turned off: set enabled = true under degrade in "
+             "keel.toml")
 
     async def go() -> T:
-        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        private_dir(settings.data_dir)
         db = open_database(settings)
         kv = open_kv(settings.kv)
         try:
@@ -79,14 +80,14 @@ def build() -> typer.Typer:
         if as_json:
             typer.echo(json.dumps(status))
             return
-        console.print(f"mode: [bold]{status['mode']}[/] (ladder: "
-                      f"{' -> '.join(status['levels'])})")
+        console.print(styled("mode: ", (str(status["mode"]), "bold"),
+                             f" (ladder: {' -> '.join(status['levels'])})"))
         if status["override"]:
             ov = status["override"]
             until = "until `keel mode auto`" if ov["until"] is None else \
                 time.strftime("until %H:%M:%S", time.localtime(ov["until"]))
             console.print(f"override: {ov['mode']} {until} by {ov['actor']}")
-        table = Table("alarm", "scope", "value", "threshold", "recover below")
+        table = new_table("alarm", "scope", "value", "threshold", "recover below")
         for a in status["alarms"]:
             for scope, value in sorted(a["values"].items()) or [("*", 0.0)]:
                 table.add_row(a["name"], scope, f"{value:.4g}", f"{a['threshold']:g}",
@@ -96,7 +97,7 @@ def build() -> typer.Typer:
     @app.command("set")
     def set_cmd(
         ctx: typer.Context,
-        mode: str = typer.Argument(..., help="A level name from [[degrade.levels]]."),
+        mode: str = typer.Argument(..., help="A level name (default ladder: deep, shallow)."),
         duration: str | None = typer.Option(None, "--for", help="e.g. 30m, 2h; default: "
                                             "until `keel mode auto`."),
     ) -> None:
@@ -109,7 +110,7 @@ def build() -> typer.Typer:
 
         ov = _run(settings, go)
         until = "until `keel mode auto`" if ov.until is None else f"for {duration}"
-        console.print(f"mode pinned to [bold]{mode.upper()}[/] {until}")
+        console.print(styled("mode pinned to ", (mode.upper(), "bold"), f" {until}"))
 
     @app.command("auto")
     def auto(ctx: typer.Context) -> None:
@@ -120,7 +121,7 @@ def build() -> typer.Typer:
             await dg.set_auto(_actor())
             return dg.flags.level.name
 
-        console.print(f"automatic mode; now [bold]{_run(settings, go)}[/]")
+        console.print(styled("automatic mode; now ", (str(_run(settings, go)), "bold")))
 
     @app.command("log")
     def log_cmd(ctx: typer.Context, limit: int = typer.Option(20, "--limit", "-n", min=1),
@@ -137,7 +138,7 @@ def build() -> typer.Typer:
         if as_json:
             typer.echo(json.dumps([f.__dict__ for f in flips]))
             return
-        table = Table("time", "scope", "from", "to", "reason", "actor")
+        table = new_table("time", "scope", "from", "to", "reason", "actor")
         for f in flips:
             table.add_row(time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(f.ts)), f.scope,
                           f.from_level, f.to_level, f.reason, f.actor)

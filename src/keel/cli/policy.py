@@ -16,11 +16,12 @@ from typing import Any, TypeVar
 import typer
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.syntax import Syntax
-from rich.table import Table
+from rich.text import Text
 
-from keel.cli.common import console, fail, settings_from
+from keel.cli.common import console, fail, new_table, settings_from, styled
 from keel.config import Settings
 from keel.errors import KeelError
+from keel.storage.private_files import private_dir
 
 T = TypeVar("T")
 
@@ -33,7 +34,7 @@ def with_gateway(settings: Settings, fn: Callable[[Any], Awaitable[T]],
     from keel.x402.policy import policy_actions
 
     async def run() -> T:
-        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        private_dir(settings.data_dir)
         db = open_database(settings)
         gw = ToolGateway(settings.tools, db)
         gw.extra_actions.extend(policy_actions(settings))  # e.g. x402:pay with wallets on
@@ -78,7 +79,8 @@ def build() -> typer.Typer:
             return len(gw.authorizer.validate(text).labels)
 
         n = with_gateway(settings_from(ctx), run)
-        console.print(f"[green]valid[/]: {n} polic{'y' if n == 1 else 'ies'} in {file}")
+        console.print(styled(("valid", "green"),
+                             f": {n} polic{'y' if n == 1 else 'ies'} in {file}"))
 
     @app.command("apply")
     def apply(
@@ -92,8 +94,9 @@ def build() -> typer.Typer:
             return gw.store.apply(text, validate=gw.authorizer.validate, note=note)
 
         v = with_gateway(settings_from(ctx), run)
-        console.print(f"[green]applied[/] policy version {v.version} (sha256 {v.sha256[:12]}); "
-                      "`keel policy rollback` restores the previous one")
+        console.print(styled(("applied", "green"),
+                             f" policy version {v.version} (sha256 {v.sha256[:12]}); "
+                             "`keel policy rollback` restores the previous one"))
 
     @app.command("rollback")
     def rollback(ctx: typer.Context) -> None:
@@ -105,7 +108,7 @@ def build() -> typer.Typer:
             v = PolicyStore(open_database(settings_from(ctx))).rollback()
         except KeelError as exc:
             fail(exc.message)
-        console.print(f"[yellow]rolled back[/] to policy version {v.version}")
+        console.print(styled(("rolled back", "yellow"), f" to policy version {v.version}"))
 
     @app.command("history")
     def history(ctx: typer.Context) -> None:
@@ -113,7 +116,7 @@ def build() -> typer.Typer:
         from keel.app import open_database
         from keel.policy.store import PolicyStore
 
-        table = Table("version", "active", "created", "sha256", "note")
+        table = new_table("version", "active", "created", "sha256", "note")
         for v in PolicyStore(open_database(settings_from(ctx))).history():
             table.add_row(str(v.version), "yes" if v.active else "",
                           time.strftime("%Y-%m-%d %H:%M", time.localtime(v.created_at)),
@@ -149,9 +152,9 @@ def build() -> typer.Typer:
                                     "policy_ids": list(r.decision.policy_ids),
                                     "reason": r.decision.reason} for r in results]))
         else:
-            table = Table("case", "expect", "got", "policies", "reason")
+            table = new_table("case", "expect", "got", "policies", "reason")
             for r in results:
-                got = f"[{'green' if r.passed else 'red'}]{r.decision.outcome}[/]"
+                got = styled((r.decision.outcome, "green" if r.passed else "red"))
                 table.add_row(r.name, r.expect, got, ", ".join(r.decision.policy_ids),
                               r.decision.reason)
             console.print(table)
@@ -188,12 +191,13 @@ def build() -> typer.Typer:
 
         result = with_gateway(settings, run)
         for i, a in enumerate(result.attempts, 1):
-            status = "[green]valid[/]" if a.problem is None else f"[red]rejected[/]: {a.problem}"
-            console.print(f"attempt {i}: {status}")
+            status = (styled(("valid", "green")) if a.problem is None
+                      else styled(("rejected", "red"), f": {a.problem}"))
+            console.print(Text(f"attempt {i}: ").append_text(status))
         if not result.ok:
             fail(result.error or "drafting failed")
         console.print(Syntax(result.policy, "rust", theme="ansi_dark"))
-        table = Table("policy", "tool", "field", "value", "decision", "deciding policies")
+        table = new_table("policy", "tool", "field", "value", "decision", "deciding policies")
         for e in result.examples:
             table.add_row(e.policy, e.tool, e.field, json.dumps(e.value), e.decision.outcome,
                           ", ".join(e.decision.policy_ids))
@@ -227,7 +231,7 @@ def build() -> typer.Typer:
             typer.echo(json.dumps({"replayed": report.replayed, "skipped": report.skipped,
                                    "changes": [c.__dict__ for c in report.changes]}))
             return
-        table = Table("decision", "time", "agent", "tool", "before", "after", "now by")
+        table = new_table("decision", "time", "agent", "tool", "before", "after", "now by")
         for c in report.changes:
             table.add_row(c.decision_id, time.strftime("%m-%d %H:%M", time.localtime(c.ts)),
                           c.agent, c.tool, c.before, c.after, ", ".join(c.after_policies))

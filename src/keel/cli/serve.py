@@ -6,9 +6,10 @@ import os
 
 import typer
 
-from keel.cli.common import admin_key_path, console, fail, settings_from, write_secret
+from keel.cli.common import admin_key_path, console, fail, settings_from, styled, write_secret
 from keel.config import Settings
 from keel.errors import KeelError
+from keel.storage.private_files import private_dir
 
 
 def factory() -> object:
@@ -43,7 +44,7 @@ def prepare(settings: Settings) -> None:
     from keel.app import open_database
     from keel.auth.keys import KeyStore
 
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    private_dir(settings.data_dir)
     db = open_database(settings)
     try:
         store = KeyStore(db)
@@ -51,10 +52,33 @@ def prepare(settings: Settings) -> None:
         if settings.auth_required and not path.exists() and not store.list():
             new = store.create("default", admin=True, name="bootstrap admin (keel serve)")
             write_secret(path, new.secret)
-            console.print(f"created an admin API key; it is in [bold]{path}[/] (mode 0600). "
-                          "`keel chat` uses it.")
+            console.print(styled("created an admin API key; it is in ", (str(path), "bold"),
+                                 " (mode 0600). `keel chat` uses it."))
     finally:
         db.dispose()
+
+
+def port_in_use(host: str, port: int) -> str | None:
+    """Why ``host:port`` cannot be served (in use, not an address here), or None."""
+    import errno
+    import socket
+
+    try:
+        infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM,
+                                   flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        return f"cannot bind to {host}:{port}: {exc.strerror}; check server.host / --host"
+    family, kind, proto, _, addr = infos[0]
+    with socket.socket(family, kind, proto) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does
+        try:
+            sock.bind(addr)
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                return (f"port {port} on {host} is already in use (another keel or another "
+                        "server); stop it or pick another port with --port")
+            return f"cannot bind to {host}:{port}: {exc.strerror}"
+    return None
 
 
 def register(app: typer.Typer) -> None:
@@ -70,7 +94,10 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Run the OpenAI-compatible gateway."""
         overrides = {"server.host": host, "server.port": port, "server.workers": workers}
-        settings = settings_from(ctx, **overrides)
+        settings = settings_from(ctx, strict_env=True, **overrides)
+        busy = port_in_use(settings.server.host, settings.server.port)
+        if busy is not None:  # before the heavy start-up (migrations, models, DBOS)
+            fail(busy)
         try:
             prepare(settings)
         except KeelError as exc:

@@ -7,9 +7,8 @@ import time
 from typing import Any
 
 import typer
-from rich.table import Table
 
-from keel.cli.common import console, settings_from
+from keel.cli.common import console, new_table, settings_from
 from keel.cli.policy import with_gateway
 
 
@@ -29,7 +28,7 @@ def build() -> typer.Typer:
         if as_json:
             typer.echo(json.dumps(tools))
             return
-        table = Table("tool", "server", "arguments", "description")
+        table = new_table("tool", "server", "arguments", "description")
         for t in tools:
             table.add_row(t["name"], t["server"], ", ".join(t["arguments"]), t["description"])
         console.print(table)
@@ -47,7 +46,8 @@ def build() -> typer.Typer:
 
         f = DecisionFilter(since=time.time() - hours * 3600, decision=decision, limit=limit)
         rows = open_database(settings_from(ctx)).transaction(lambda c: query_decisions(c, f))
-        table = Table("time", "agent", "tool", "decision", "policies", "µs", "outcome", "reason")
+        table = new_table("time", "agent", "tool", "decision", "policies", "µs", "outcome",
+                          "reason")
         for r in rows:
             table.add_row(time.strftime("%m-%d %H:%M:%S", time.localtime(r["ts"])), r["agent"],
                           r["action"], r["decision"], ", ".join(r["policy_ids"]),

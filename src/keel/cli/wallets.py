@@ -7,10 +7,10 @@ import time
 from typing import Any
 
 import typer
-from rich.table import Table
 
-from keel.cli.common import console, fail, settings_from
+from keel.cli.common import console, fail, new_table, settings_from, styled
 from keel.errors import KeelError
+from keel.storage.private_files import private_dir
 from keel.wallets.money import fmt_usd, usd_to_micros
 
 
@@ -18,8 +18,8 @@ def _service(ctx: typer.Context) -> Any:
     from keel.app import open_database
     from keel.wallets.service import WalletService
 
-    settings = settings_from(ctx)
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    settings = settings_from(ctx, strict_env=True)
+    private_dir(settings.data_dir)
     try:
         return WalletService(settings.wallets, open_database(settings))
     except KeelError as exc:
@@ -57,8 +57,9 @@ def build() -> typer.Typer:
             typer.echo(json.dumps({"id": w.id, "tenant": w.tenant, "agent": w.agent,
                                    "address": w.address, "external_signer": w.external}))
             return
-        console.print(f"[green]created wallet[/] {w.id} for {tenant}/{agent}: {w.address}"
-                      + (" (external signer)" if w.external else ""))
+        console.print(styled(("created wallet", "green"),
+                             f" {w.id} for {tenant}/{agent}: {w.address}"
+                             + (" (external signer)" if w.external else "")))
 
     @app.command("fund")
     def fund(
@@ -98,7 +99,7 @@ def build() -> typer.Typer:
         if as_json:
             typer.echo(json.dumps(rows))
             return
-        table = Table("agent", "address", "available", "held")
+        table = new_table("agent", "address", "available", "held")
         for r in rows:
             table.add_row(r["agent"], r["address"], fmt_usd(r.get("available", 0)),
                           fmt_usd(r.get("held", 0)))
@@ -128,15 +129,15 @@ def build() -> typer.Typer:
             typer.echo(json.dumps({"entries": rows,
                                    "balanced": report.balanced if report else None}))
         else:
-            table = Table("time", "kind", "available", "held", "payment", "memo")
+            table = new_table("time", "kind", "available", "held", "payment", "memo")
             for r in rows:
                 table.add_row(time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r["at"])),
                               r["kind"], fmt_usd(r["available"]), fmt_usd(r["held"]),
                               r["payment_id"] or "", (r["memo"] or "")[:40])
             console.print(table)
             if report is not None:
-                console.print("[green]books balance[/]" if report.balanced
-                              else f"[red]books do not balance:[/] {report}")
+                console.print(styled(("books balance", "green")) if report.balanced
+                              else styled(("books do not balance:", "red"), f" {report}"))
         if report is not None and not report.balanced:
             raise typer.Exit(2)
 
@@ -158,5 +159,57 @@ def build() -> typer.Typer:
             return
         console.print(f"refunded {out['amount']} of payment {payment_id} to {tenant}/"
                       f"{out['agent']}")
+
+    @app.command("session-open")
+    def session_open(
+        ctx: typer.Context,
+        tenant: str = typer.Option(..., "--tenant", "-t"),
+        agent: str = typer.Option(..., "--agent", "-a"),
+        budget: str | None = typer.Option(None, "--budget", help="USD, e.g. 5.00; default: "
+                                          "wallets.session_budget_usd."),
+        max_calls: int | None = typer.Option(None, "--max-calls", min=1),
+        ttl_s: float | None = typer.Option(None, "--ttl-s", help="Lifetime in seconds."),
+        session_id: str | None = typer.Option(None, "--id", help="A readable id (default: "
+                                              "generated)."),
+        as_json: bool = typer.Option(False, "--json"),
+    ) -> None:
+        """Open a budget session for an agent, as an operator (agents pay only within
+        sessions keel opened)."""
+        import getpass
+
+        try:
+            micros = usd_to_micros(budget) if budget is not None else None
+        except ValueError as exc:
+            fail(str(exc))
+        try:
+            user = getpass.getuser()
+        except (KeyError, OSError):
+            user = "unknown"
+        try:
+            s = _service(ctx).open_session(
+                tenant, agent, opened_by=f"cli:{user}", by_agent=False, budget_micros=micros,
+                max_calls=max_calls, ttl_s=ttl_s, session_id=session_id)
+        except KeelError as exc:
+            fail(exc.message)
+        if as_json:
+            typer.echo(json.dumps(s.as_dict()))
+            return
+        console.print(f"session {s.id} for {tenant}/{agent}: budget {fmt_usd(s.budget)}, "
+                      f"{s.max_calls} paid calls, until "
+                      f"{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(s.expires_at))}",
+                      markup=False)
+
+    @app.command("session-close")
+    def session_close(
+        ctx: typer.Context,
+        session_id: str = typer.Argument(...),
+        tenant: str = typer.Option(..., "--tenant", "-t"),
+    ) -> None:
+        """Close a session: its budget cannot be used any more."""
+        try:
+            s = _service(ctx).close_session(tenant, session_id, "cli")
+        except KeelError as exc:
+            fail(exc.message)
+        console.print(f"closed session {s.id} of {tenant}/{s.agent}", markup=False)
 
     return app

@@ -1,31 +1,75 @@
-"""``keel workflows run FILE.asl.json --input JSON``: run an Amazon States Language
-definition as a durable DBOS workflow in this process."""
+"""``keel workflows``: a client of the gateway's workflow API.
+
+``run FILE.asl.json --input JSON`` registers the definition (a new version when it
+changed), starts an execution and waits for it; the gateway runs it durably, so stopping
+this command (or a crash of it) does not stop the execution, and no CLI process ever
+takes over the gateway's workflows. ``--local`` runs it in this process instead, under an
+executor id of its own: nothing resumes it if this process dies.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import os
+import secrets
+import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
+import httpx
 import orjson
 import typer
 
-from keel.cli.common import console, err_console, fail, settings_from
+from keel.cli.common import console, err_console, read_local_key, settings_from
 from keel.errors import KeelError
 
-CLI_EXECUTOR = "keel-workflows-cli"
+
+def fail(message: str) -> NoReturn:
+    """Print literally: messages name settings in brackets ([workflows] ...)."""
+    err_console.print(f"error: {message}", markup=False, highlight=False)
+    raise typer.Exit(1)
 
 
-async def _run(settings: Any, defn: dict[str, Any], data: Any) -> dict[str, Any]:
+def _client(settings: Any, url: str | None) -> httpx.Client:
+    base = url or os.environ.get("KEEL_URL") or \
+        f"http://{settings.server.host}:{settings.server.port}"
+    key = read_local_key(settings)
+    headers = {"authorization": f"Bearer {key}"} if key else {}
+    return httpx.Client(base_url=base, headers=headers, timeout=httpx.Timeout(30, connect=5))
+
+
+def _call(c: httpx.Client, method: str, path: str, **kw: Any) -> Any:
+    try:
+        r = c.request(method, path, **kw)
+    except httpx.HTTPError:
+        fail(f"no keel gateway answers at {c.base_url}: start one with `keel serve` (or "
+             "set --url / KEEL_URL), or pass --local to run in this process")
+    if r.status_code >= 400:
+        try:
+            msg = r.json()["error"]["message"]
+        except Exception:
+            msg = r.text[:500]
+        fail(f"{r.status_code}: {msg}")
+    return r.json()
+
+
+def _print(data: Any) -> None:
+    console.print_json(orjson.dumps(data).decode())
+
+
+async def _run_local(settings: Any, defn: dict[str, Any], data: Any) -> dict[str, Any]:
     from keel.app import open_database
     from keel.approvals.service import ApprovalsService
 
     db = open_database(settings)
-    svc = ApprovalsService(settings, db, executor_id=CLI_EXECUTOR)
+    # An executor id of its own: DBOS recovers only its own executor's workflows, so this
+    # process never takes over the gateway's (nor another CLI's) executions.
+    svc = ApprovalsService(settings, db, executor_id=f"keel-cli-{os.getpid()}-"
+                                                    f"{secrets.token_hex(4)}")
     await svc.ensure_started()
     try:
         handle = await svc.engine.run_asl(defn, data)
-        with err_console.status("running (waits for approvals survive restarts)..."):
+        with err_console.status("running in this process (--local)..."):
             result: dict[str, Any] = await handle.get_result()
         return result
     finally:
@@ -35,31 +79,137 @@ async def _run(settings: Any, defn: dict[str, Any], data: Any) -> dict[str, Any]
 
 def build() -> typer.Typer:
     app = typer.Typer(no_args_is_help=True)
+    url_opt = typer.Option(None, "--url", help="Gateway base URL (default from settings).")
 
     @app.command("run")
     def run(
         ctx: typer.Context,
-        file: Path = typer.Argument(..., help="State machine (Amazon States Language JSON)."),
+        source: str = typer.Argument(..., help="An ASL JSON file, or a registered name."),
         input_: str = typer.Option("{}", "--input", "-i", help="Execution input (JSON)."),
+        name: str | None = typer.Option(None, "--name", help="Register the file as NAME "
+                                        "(default: the file name without .asl.json)."),
+        wait: bool = typer.Option(True, "--wait/--no-wait", help="Wait for the end."),
+        local: bool = typer.Option(False, "--local", help="Run in this process (not "
+                                   "durable beyond it) instead of in the gateway."),
+        url: str | None = url_opt,
     ) -> None:
-        """Run a state machine: Task, Choice, Pass, Wait, Succeed, Fail, Retry/Catch;
-        `.waitForTaskToken` tasks wait durably for `keel approvals approve ID`."""
+        """Run a state machine in the gateway: Task, Choice, Pass, Wait, Succeed, Fail,
+        Map, Parallel, Retry/Catch; `.waitForTaskToken` tasks wait durably for
+        `keel approvals approve ID`."""
         from keel.workflows.definition import load
 
         settings = settings_from(ctx)
         try:
-            defn = load(file)
             data = orjson.loads(input_)
         except orjson.JSONDecodeError as exc:
             fail(f"--input is not valid JSON: {exc}")
-        except KeelError as exc:
-            fail(exc.message)
-        try:
-            result = asyncio.run(_run(settings, defn, data))
-        except KeelError as exc:
-            fail(exc.message)
-        console.print_json(orjson.dumps(result).decode())
-        if result.get("status") != "SUCCEEDED":
+        path = Path(source)
+        if local:
+            try:
+                from keel.approvals.handlers import HandlerRegistry
+
+                reg = HandlerRegistry()
+                reg.load_modules(settings.approvals.handler_modules)
+                def problem(kind: str, target: str) -> str | None:
+                    missing = kind == "python" and not reg.has(target)
+                    return (f"no handler registered for {target!r}; add a module with "
+                            "register(registry) to [approvals] handler_modules"
+                            if missing else None)
+
+                defn = load(path, problem)
+                result = asyncio.run(_run_local(settings, defn, data))
+            except KeelError as exc:
+                fail(exc.message)
+            _print(result)
+            if result.get("status") != "SUCCEEDED":
+                raise typer.Exit(1)
+            return
+        with _client(settings, url) as c:
+            if path.suffix == ".json" or path.exists():
+                if not path.exists():
+                    fail(f"{path} does not exist")
+                wf = name or path.name.removesuffix(".json").removesuffix(".asl")
+                _call(c, "PUT", f"/v1/workflows/{wf}", content=path.read_bytes())
+            else:
+                wf = source
+            ex = _call(c, "POST", f"/v1/workflows/{wf}/executions",
+                       content=orjson.dumps({"input": data}))
+            if wait:
+                with err_console.status(f"execution {ex['id']} runs in the gateway "
+                                        "(Ctrl-C stops waiting, not the execution)..."):
+                    while ex["status"] == "RUNNING":
+                        time.sleep(0.2)
+                        ex = _call(c, "GET", f"/v1/executions/{ex['id']}")
+        _print(ex)
+        if wait and ex.get("status") != "SUCCEEDED":
             raise typer.Exit(1)
+
+    @app.command("worker")
+    def worker(ctx: typer.Context) -> None:
+        """Serve distributed Map items (ProcessorConfig.Mode DISTRIBUTED) next to the
+        gateway, on the same data dir / system database, until Ctrl-C. Runs under an
+        executor id of its own; if it dies, the gateway resumes its items."""
+        settings = settings_from(ctx)
+
+        async def serve() -> None:
+            from keel.app import open_database
+            from keel.approvals.service import ApprovalsService
+
+            db = open_database(settings)
+            svc = ApprovalsService(settings, db, worker=True)
+            await svc.ensure_started()
+            lease = svc.runtime.lease
+            err_console.print(f"serving distributed Map items as "
+                              f"{lease.id if lease else '?'} (Ctrl-C stops)",
+                              markup=False, highlight=False)
+            try:
+                await asyncio.Event().wait()
+            finally:
+                await svc.stop()
+                db.dispose()
+
+        try:
+            asyncio.run(serve())
+        except KeyboardInterrupt:
+            pass
+        except KeelError as exc:
+            fail(exc.message)
+
+    @app.command("put")
+    def put(ctx: typer.Context, file: Path, name: str | None = typer.Option(None, "--name"),
+            url: str | None = url_opt) -> None:
+        """Register (or update) a workflow from an ASL JSON file."""
+        wf = name or file.name.removesuffix(".json").removesuffix(".asl")
+        with _client(settings_from(ctx), url) as c:
+            _print(_call(c, "PUT", f"/v1/workflows/{wf}", content=file.read_bytes()))
+
+    @app.command("describe")
+    def describe(ctx: typer.Context, execution_id: str, url: str | None = url_opt) -> None:
+        """An execution's status, input and output."""
+        with _client(settings_from(ctx), url) as c:
+            _print(_call(c, "GET", f"/v1/executions/{execution_id}"))
+
+    @app.command("history")
+    def history(ctx: typer.Context, execution_id: str, url: str | None = url_opt) -> None:
+        """An execution's history events."""
+        with _client(settings_from(ctx), url) as c:
+            _print(_call(c, "GET", f"/v1/executions/{execution_id}/history")["data"])
+
+    @app.command("stop")
+    def stop(ctx: typer.Context, execution_id: str, cause: str | None = typer.Option(
+            None, "--cause"), url: str | None = url_opt) -> None:
+        """Stop a running execution (ABORTED)."""
+        with _client(settings_from(ctx), url) as c:
+            _print(_call(c, "POST", f"/v1/executions/{execution_id}/stop",
+                         content=orjson.dumps({"cause": cause} if cause else {})))
+
+    @app.command("list")
+    def list_(ctx: typer.Context, workflow: str | None = typer.Option(None, "--workflow"),
+              status: str | None = typer.Option(None, "--status"),
+              url: str | None = url_opt) -> None:
+        """Recent executions (JSON)."""
+        params = {k: v for k, v in (("workflow", workflow), ("status", status)) if v}
+        with _client(settings_from(ctx), url) as c:
+            _print(_call(c, "GET", "/v1/executions", params=params)["data"])
 
     return app

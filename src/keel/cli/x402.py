@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import typer
-from rich.table import Table
 
-from keel.cli.common import console, fail
+from keel.cli.common import console, fail, new_table
 
 
 def build() -> typer.Typer:
@@ -27,7 +26,7 @@ def build() -> typer.Typer:
         if faucet_usd < 0:
             fail("--faucet-usd must not be negative")
         sb = build_sandbox(pay_to=pay_to, faucet_usd=faucet_usd)
-        table = Table("method", "path", "price", "pays to", title="x402 sandbox (offline)")
+        table = new_table("method", "path", "price", "pays to", title="x402 sandbox (offline)")
         for e in sb.endpoints:
             table.add_row(e.method, e.path, e.price, e.pay_to)
         if sb.mcp is not None:
@@ -36,8 +35,8 @@ def build() -> typer.Typer:
                               (pay_to or sandbox_payee()) if t.price else "")
         console.print(table)
         console.print(f"network {sb.network}, payee {pay_to or sandbox_payee()}; allow it with "
-                      f'[bold]wallets.payees = ["{pay_to or sandbox_payee()}"][/], let agents '
-                      f'fetch it with [bold]wallets.x402.private_hosts = ["127.0.0.1:{port}"][/]'
+                      f'wallets.payees = ["{pay_to or sandbox_payee()}"], let agents '
+                      f'fetch it with wallets.x402.private_hosts = ["127.0.0.1:{port}"]'
                       " and permit paying with a Cedar policy on Action::\"x402:pay\"")
         console.print(f"chain state: http://127.0.0.1:{port}/_sandbox/ledger")
         uvicorn.run(sb.app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")

@@ -80,6 +80,7 @@ class Breaker:
         self.last: Evaluation | None = None
         self.on_evaluated = on_evaluated
         self._ticker: Periodic | None = None
+        self._started = False
         self._last_period = 0
 
     async def compute(self, now: float) -> Values:
@@ -108,7 +109,10 @@ class Breaker:
     async def _step(self, values: Values, now: float) -> list[Flip]:
         raw = await self.kv.get(STREAKS)
         streaks: dict[str, dict[str, int]] = orjson.loads(raw) if raw else {}
+        settings = self.settings
         await self.flags.load()  # act on the freshest shared state
+        if self.settings is not settings:  # the ladder changed meanwhile: values are stale
+            return []
         old = self.flags.state
         state = ModeState(old.level, dict(old.tenants))
         scopes = {GLOBAL} | set(state.tenants) | {
@@ -181,16 +185,27 @@ class Breaker:
         else:
             await self.meter.flush(now)
 
+    def reconfigure(self, settings: DegradeSettings, ladder: Ladder) -> None:
+        """A new ladder or new alarms (admin API): evaluate with them from the next tick."""
+        self.settings, self.ladder = settings, ladder
+        if settings.alarms and self._ticker is None and self._started:
+            self._start_ticker()
+
     async def start(self) -> None:
-        if self.settings.alarms:
-            s = self.settings
-            self._last_period = int(time.time() // s.period_s)
-            self._ticker = Periodic("keel-degrade-breaker", min(1.0, s.period_s / 4, s.bucket_s),
-                                    self._tick, error="degrade: evaluating the alarms failed",
-                                    logger=log)
-            self._ticker.start()
+        self._started = True
+        if self.settings.alarms and self._ticker is None:
+            self._start_ticker()
+
+    def _start_ticker(self) -> None:
+        s = self.settings
+        self._last_period = int(time.time() // s.period_s)
+        self._ticker = Periodic("keel-degrade-breaker", min(1.0, s.period_s / 4, s.bucket_s),
+                                self._tick, error="degrade: evaluating the alarms failed",
+                                logger=log)
+        self._ticker.start()
 
     async def aclose(self) -> None:
+        self._started = False
         if self._ticker is not None:
             await self._ticker.stop()
             self._ticker = None

@@ -9,7 +9,10 @@ from typing import TYPE_CHECKING
 from keel.capability import BuildContext, Capability, CliGroup, PageFactory, Slot, StageSlot
 
 if TYPE_CHECKING:
+    from fastapi import FastAPI
+
     from keel.config import Settings
+    from keel.gateway.services import Services
     from keel.storage.migrations import Migration
 
 
@@ -22,7 +25,7 @@ class DegradeCapability(Capability):
 
     @classmethod
     def how_to_enable(cls) -> str:
-        return "define [[degrade.levels]] in keel.toml (see docs/degrade.md)"
+        return "set `enabled = true` in the [degrade] table of keel.toml (see docs/degrade.md)"
 
     @classmethod
     def migrations(cls) -> Sequence[Migration]:
@@ -47,6 +50,11 @@ class DegradeCapability(Capability):
 
     def stages(self) -> Sequence[StageSlot]:
         return [StageSlot(self.degrader.stage, Slot.ROUTING)]
+
+    def install(self, app: FastAPI, svc: Services) -> None:
+        from keel.degrade.routes import DegradeAdminRoutes
+
+        app.include_router(DegradeAdminRoutes(svc, self.degrader).router())
 
     def console_pages(self) -> Sequence[PageFactory]:
         from keel.web.mode_page import ModePage

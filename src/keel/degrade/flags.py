@@ -1,10 +1,12 @@
 """The current level, kept in the KV port and mirrored in memory on every replica.
 
-Two keys hold the state: ``dg:state`` (levels the breaker chose, global and per tenant)
-and ``dg:override`` (a manual level with an expiry, written by ``keel mode set``). Every
-write bumps ``dg:version``. Each replica reads only the version every ``refresh_s``
-(0.25 s) and reloads both keys when it changed, so replicas agree within ~0.3 s of a flip
-and a request reads its level with one dict lookup and no I/O.
+Three keys hold the state: ``dg:state`` (levels the breaker chose, global and per tenant),
+``dg:override`` (a manual level with an expiry, written by ``keel mode set`` or the admin
+API) and ``dg:config`` (levels and alarms set at runtime through the admin API; absent:
+keel.toml's or the default ladder). Every write bumps ``dg:version``. Each replica reads
+only the version every ``refresh_s`` (0.25 s) and reloads the keys when it changed, so
+replicas agree within ~0.3 s of a flip or a ladder change and a request reads its level
+with one dict lookup and no I/O.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ log = logging.getLogger("keel.degrade")
 
 STATE = "dg:state"
 OVERRIDE = "dg:override"
+CONFIG = "dg:config"
 VERSION = "dg:version"
 
 
@@ -45,11 +48,14 @@ class ModeState:
 
 class ModeFlags:
     def __init__(self, kv: KV, ladder: Ladder, *, refresh_s: float = 0.25,
-                 on_change: Callable[[], None] | None = None) -> None:
+                 on_change: Callable[[], None] | None = None,
+                 on_config: Callable[[str | None], Ladder] | None = None) -> None:
         self.kv = kv
         self.ladder = ladder
         self.refresh_s = refresh_s
         self.on_change = on_change
+        self.on_config = on_config  # the ladder for a stored config (None: the base one)
+        self.config_raw: str | None = None
         self.state = ModeState()
         self.override: Override | None = None
         self._version: str | None = None
@@ -85,6 +91,11 @@ class ModeFlags:
 
     async def load(self) -> None:
         raw_state, raw_ov = await self.kv.get(STATE), await self.kv.get(OVERRIDE)
+        if self.on_config is not None:
+            raw_cfg = await self.kv.get(CONFIG)
+            if raw_cfg != self.config_raw:
+                self.ladder = self.on_config(raw_cfg)
+                self.config_raw = raw_cfg
         self.state = _state(raw_state)
         self.override = _override(raw_ov)
         self._apply()
@@ -126,6 +137,15 @@ class ModeFlags:
         self.override = ov
         await self._bump()
         return ov
+
+    async def write_config(self, raw: str | None) -> None:
+        """Store (or with None drop) the runtime ladder; every replica picks it up."""
+        if raw is None:
+            await self.kv.delete(CONFIG)
+        else:
+            await self.kv.set(CONFIG, raw)
+        await self._bump()
+        await self.load()
 
     async def clear_override(self) -> bool:
         existed = await self.kv.delete(OVERRIDE)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from keel.config import ModelSpec
-from keel.degrade.settings import DegradeSettings
+from keel.degrade.settings import DegradeSettings, LadderConfig
 from keel.errors import ConfigError, InvalidRequest
 from keel.gateway.context import Depth
 
@@ -14,7 +14,7 @@ from keel.gateway.context import Depth
 class Level:
     index: int
     name: str
-    depth: Depth
+    depth: Depth | None  # None: the RAG stage uses [rag]'s depth
     max_tokens: int | None
     models: dict[str, ModelSpec] = field(default_factory=dict)  # requested -> served
 
@@ -54,7 +54,7 @@ class Ladder:
         raise InvalidRequest(f"unknown mode {name!r}; the ladder has: {known}", param="mode")
 
     @classmethod
-    def build(cls, settings: DegradeSettings, table: list[ModelSpec]) -> Ladder:
+    def build(cls, settings: DegradeSettings | LadderConfig, table: list[ModelSpec]) -> Ladder:
         specs = {m.name: m for m in table}
         levels = []
         for i, lv in enumerate(settings.levels):
@@ -76,6 +76,8 @@ class Ladder:
                         f"{key}: model {target!r} has no prices; set input_usd_per_1m and "
                         "output_usd_per_1m in its [[models]] entry (the spend alarms need them)")
                 served[requested] = spec
-            depth = Depth(lv.name.upper(), lv.rag_top_k, lv.rag_context_tokens)
+            depth = None if lv.rag_top_k is None else \
+                Depth(lv.name.upper(), lv.rag_top_k,
+                      2000 if lv.rag_context_tokens is None else lv.rag_context_tokens)
             levels.append(Level(i, lv.name.upper(), depth, lv.max_tokens, served))
         return cls(levels)

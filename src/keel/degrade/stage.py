@@ -25,6 +25,7 @@ class DegradeStage:
     def __init__(self, flags: ModeFlags, meter: RollingMeter) -> None:
         self.flags = flags
         self.meter = meter
+        self.metering = True  # off while no alarm reads the meter (nothing would flush it)
 
     async def __call__(self, ctx: RequestContext, call_next: Next) -> None:
         level = self.flags.level_for(ctx.principal.tenant)
@@ -45,6 +46,9 @@ class DegradeStage:
             if not capped:
                 capped = {"max_tokens": cap}
             ctx.body = {**ctx.body, **capped}
+        if not self.metering:
+            await call_next(ctx)
+            return
         try:
             await call_next(ctx)
         except BaseException:

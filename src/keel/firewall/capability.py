@@ -17,7 +17,10 @@ from keel.capability import (
 )
 
 if TYPE_CHECKING:
+    from fastapi import FastAPI
+
     from keel.config import Settings
+    from keel.gateway.services import Services
 
 
 class FirewallCapability(Capability):
@@ -60,9 +63,15 @@ class FirewallCapability(Capability):
                                    FirewallMetrics(ctx.metrics.registry, self.state))
         ctx.components.put(self.state, owner=self.name)
         ctx.components.put(self.firewall, owner=self.name)
+        ctx.components.put(self.stage, owner=self.name)  # tool traffic meets it too
 
     def stages(self) -> Sequence[StageSlot]:
         return [StageSlot(self.stage, Slot.EDGE)]
+
+    def install(self, app: FastAPI, svc: Services) -> None:
+        from keel.firewall.routes import FirewallAdminRoutes
+
+        app.include_router(FirewallAdminRoutes(svc, self.state).router())
 
     def console_pages(self) -> Sequence[PageFactory]:
         from keel.web.firewall_page import FirewallPage

@@ -1,18 +1,34 @@
-"""The two detection layers behind one call: signatures first, then the semantic layer."""
+"""The two detection layers behind one call: signatures first, then the semantic layer.
+
+``check`` takes only the texts to judge (user turns, tool results; see
+:mod:`keel.firewall.extract`) and a predicate naming rules that are allow-listed for the
+caller: an allow-listed rule is skipped and the *next* matching rule still blocks, so an
+allow-list entry never waives other attacks in the same request.
+"""
 
 from __future__ import annotations
 
 import functools
 import hashlib
+import re
 from collections import OrderedDict
+from collections.abc import Callable
 
 from keel.config import FirewallSettings
+from keel.firewall.framing import benign_framing
 from keel.firewall.normalize import scan_variants
 from keel.firewall.rules import Rule, RuleSet
 from keel.firewall.semantic import AttackCorpus, SemanticLayer
 from keel.firewall.signatures import SignatureMatcher
 from keel.firewall.verdict import Verdict
 from keel.ports.embedder import Embedder
+
+RuleFilter = Callable[[str], bool]
+SEMANTIC_RULE = "semantic"  # allow-listing this id waives the semantic layer for a tenant
+
+
+def _never(_rule: str) -> bool:
+    return False
 
 
 @functools.lru_cache(maxsize=8)
@@ -27,6 +43,8 @@ class Firewall:
         self.settings = settings
         self.matcher = matcher
         self.semantic = semantic
+        # Python patterns for the framing check, compiled on a rule's first hit
+        self._patterns: dict[int, re.Pattern[str]] = {}
         # Semantic verdicts by text hash: retries and repeated prompts skip the embedding.
         self._seen: OrderedDict[bytes, Verdict | None] = OrderedDict()
         self._seen_max = 4096
@@ -41,23 +59,53 @@ class Firewall:
                                      chunk_chars=settings.semantic_chunk_chars)
         return cls(settings, compiled_matcher(tuple(rules)), semantic)
 
-    def check_signatures(self, texts: list[str]) -> Verdict | None:
-        variants = [v for t in texts for v in scan_variants(t)]
-        rule = self.matcher.match(variants)
-        if rule is None:
+    def _pattern(self, index: int) -> re.Pattern[str]:
+        pat = self._patterns.get(index)
+        if pat is None:
+            pat = re.compile(self.matcher.rules[index].pattern, re.IGNORECASE)
+            self._patterns[index] = pat
+        return pat
+
+    def check_signatures(self, texts: list[str], skip: RuleFilter = _never) -> Verdict | None:
+        """The first rule (in rule order) that matches one of ``texts`` as an attack: not
+        allow-listed (``skip``) and not benignly framed (quoted, negated, asked about)."""
+        best: tuple[int, Rule] | None = None
+        for text in texts:
+            for variant in scan_variants(text):
+                for index in self.matcher.hits(variant):
+                    if best is not None and index >= best[0]:
+                        break
+                    rule = self.matcher.rules[index]
+                    if skip(rule.id) or benign_framing(self._pattern(index), variant,
+                                                         rule.category):
+                        continue
+                    best = (index, rule)
+                    break
+        if best is None:
             return None
+        rule = best[1]
         return Verdict("signature", rule.id, rule.category, 1.0, rule.description)
 
-    async def check(self, texts: list[str], user_texts: list[str]) -> Verdict | None:
-        verdict = self.check_signatures(texts)
-        if verdict is None and self.semantic is not None and user_texts:
-            text = "\n".join(user_texts)
-            key = hashlib.blake2b(text.encode(), digest_size=16).digest()
-            if key in self._seen:
-                self._seen.move_to_end(key)
-                return self._seen[key]
+    async def check_semantic(self, texts: list[str], skip: RuleFilter = _never) -> Verdict | None:
+        if self.semantic is None or not texts or skip(SEMANTIC_RULE):
+            return None
+        # lone surrogates (possible in tool results) would trip the tokenizer: replace them
+        raw = "\n".join(texts).encode("utf-8", "replace")
+        text = raw.decode("utf-8")
+        key = hashlib.blake2b(raw, digest_size=16).digest()
+        if key in self._seen:
+            self._seen.move_to_end(key)
+            verdict = self._seen[key]
+        else:
             verdict = await self.semantic.check(text)
             self._seen[key] = verdict
             if len(self._seen) > self._seen_max:
                 self._seen.popitem(last=False)
+        return None if verdict is None or skip(verdict.rule) else verdict
+
+    async def check(self, texts: list[str], skip: RuleFilter = _never) -> Verdict | None:
+        """Judge ``texts`` (user turns, tool results): signatures, then the semantic layer."""
+        verdict = self.check_signatures(texts, skip)
+        if verdict is None:
+            verdict = await self.check_semantic(texts, skip)
         return verdict

@@ -116,6 +116,10 @@ class SignatureMatcher:
     def __repr__(self) -> str:
         return f"SignatureMatcher(engine={self.engine!r}, rules={len(self.rules)})"
 
+    def hits(self, text: str) -> list[int]:
+        """Indexes (in rule order) of every rule that matches ``text``."""
+        return sorted(set(self._scan(text)))
+
     def match(self, texts: Iterable[str]) -> Rule | None:
         """The first rule (in rule order) that matches any of ``texts``, or None."""
         best: int | None = None

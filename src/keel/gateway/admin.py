@@ -1,4 +1,5 @@
-"""Operational endpoints: health, Prometheus metrics, and the admin API (admin keys only)."""
+"""Operational endpoints: health and the admin API (admin keys only); ``/metrics`` is
+served by :mod:`keel.metering.exposition`."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from starlette.responses import Response
 
 from keel.errors import InvalidRequest, NotFound
 from keel.gateway.http import ORJSONResponse, read_body, require_admin
+from keel.gateway.params import choice_param, float_param, int_param
 from keel.gateway.routes import authenticate
 from keel.gateway.services import Services
 from keel.gateway.validation import check, parse_json, require
@@ -24,7 +26,6 @@ class AdminRoutes:
     def router(self) -> APIRouter:
         r = APIRouter()
         r.add_api_route("/healthz", self.healthz, methods=["GET"], summary="Liveness")
-        r.add_api_route("/metrics", self.metrics, methods=["GET"], summary="Prometheus")
         r.add_api_route("/v1/admin/keys", self.list_keys, methods=["GET"])
         r.add_api_route("/v1/admin/keys", self.create_key, methods=["POST"])
         r.add_api_route("/v1/admin/keys/{key_id}", self.revoke_key, methods=["DELETE"])
@@ -35,11 +36,6 @@ class AdminRoutes:
     async def healthz(self) -> Response:
         return ORJSONResponse({"status": "ok", "time": time.time(),
                                "local_model_loaded": self.svc.models.local_loaded})
-
-    async def metrics(self) -> Response:
-        self.svc.metrics.local_loaded.set(1 if self.svc.models.local_loaded else 0)
-        return Response(self.svc.metrics.render(),
-                        media_type="text/plain; version=0.0.4; charset=utf-8")
 
     async def _admin(self, request: Request) -> None:
         require_admin((await authenticate(self.svc, request)).admin
@@ -70,14 +66,11 @@ class AdminRoutes:
     async def list_requests(self, request: Request) -> Response:
         await self._admin(request)
         q = request.query_params
-        try:
-            f = LogFilter(tenant=q.get("tenant"), model=q.get("model"), status=q.get("status"),
-                          since=float(q["since"]) if "since" in q else None,
-                          limit=min(int(q.get("limit", 100)), 1000))
-        except ValueError:
-            raise InvalidRequest(
-                "'since' must be a unix timestamp and 'limit' an integer"
-            ) from None
+        f = LogFilter(tenant=q.get("tenant"), model=q.get("model"),
+                      status=choice_param(q, "status", ("ok", "error")),
+                      since=float_param(q, "since", 0, 1e11),
+                      limit=int_param(q, "limit", 100, 1, 1000),
+                      offset=int_param(q, "offset", 0, 0, 10**9))
         await self.svc.request_log.flush()
         rows: list[dict[str, Any]] = await self.svc.db.run(lambda c: query_requests(c, f))
         return ORJSONResponse({"object": "list", "data": rows})

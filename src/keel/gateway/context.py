@@ -65,6 +65,7 @@ class RequestContext:
     client_ip: str
     headers: dict[str, str]
     stream: bool = False
+    forwarded_ip: str | None = None  # the client address a trusted proxy reported
     started: float = field(default_factory=time.perf_counter)
     started_at: float = field(default_factory=time.time)
     # set by the terminal stage (the provider call) ...

@@ -22,8 +22,10 @@ class ORJSONResponse(Response):
 
 
 def error_response(exc: KeelError, *, request_id: str | None = None) -> Response:
-    headers = {"x-keel-request-id": request_id} if request_id else None
-    return ORJSONResponse(exc.to_dict(), status_code=exc.http_status, headers=headers)
+    headers = {"x-keel-request-id": request_id} if request_id else {}
+    if exc.http_status == 401:  # RFC 9110: a 401 names the scheme the client should use
+        headers["www-authenticate"] = 'Bearer realm="keel"'
+    return ORJSONResponse(exc.to_dict(), status_code=exc.http_status, headers=headers or None)
 
 
 async def read_body(request: Request, limit: int) -> bytes:
@@ -71,13 +73,21 @@ def bearer_token(request: Request) -> str:
     )
 
 
-def client_ip(request: Request, trusted_proxies: frozenset[str] = frozenset()) -> str:
+def forwarded_ip(request: Request, trusted_proxies: frozenset[str] = frozenset()) -> str | None:
+    """The client address a trusted proxy reported in X-Forwarded-For (None otherwise)."""
     peer = request.client.host if request.client else "unknown"
     if peer in trusted_proxies:
         fwd = request.headers.get("x-forwarded-for")
         if fwd:
-            return fwd.split(",")[0].strip() or peer
-    return peer
+            return fwd.split(",")[0].strip() or None
+    return None
+
+
+def client_ip(request: Request, trusted_proxies: frozenset[str] = frozenset()) -> str:
+    fwd = forwarded_ip(request, trusted_proxies)
+    if fwd is not None:
+        return fwd
+    return request.client.host if request.client else "unknown"
 
 
 def require_admin(admin: bool) -> None:

@@ -19,10 +19,12 @@ from keel.gateway.http import (
     bearer_token,
     client_ip,
     error_response,
+    forwarded_ip,
     log,
     read_body,
 )
 from keel.gateway.services import Services
+from keel.gateway.stream_usage import StreamUsage
 from keel.gateway.validation import (
     parse_json,
     validate_chat,
@@ -103,6 +105,7 @@ class OpenAIRoutes:
             id=request_id, route=route, body=body, model=spec, principal=principal,
             client_ip=client_ip(request, svc.trusted_proxies),
             headers=dict(request.headers), stream=bool(body.get("stream")),
+            forwarded_ip=forwarded_ip(request, svc.trusted_proxies),
         )
         try:
             await svc.pipeline(ctx)
@@ -144,11 +147,15 @@ class OpenAIRoutes:
     async def _sse(
         self, ctx: RequestContext, first: JSON | None, chunks: AsyncGenerator[JSON, None]
     ) -> AsyncIterator[bytes]:
+        usage = StreamUsage(ctx)
         try:
-            if first is not None:
-                yield b"data: " + orjson.dumps(first) + b"\n\n"
+            if first is not None and (out := usage.strip(first)) is not None:
+                yield b"data: " + orjson.dumps(out) + b"\n\n"
             async for chunk in chunks:
-                yield b"data: " + orjson.dumps(chunk) + b"\n\n"
+                if (out := usage.strip(chunk)) is not None:
+                    yield b"data: " + orjson.dumps(out) + b"\n\n"
+            if (final := usage.final()) is not None:
+                yield b"data: " + orjson.dumps(final) + b"\n\n"
             yield b"data: [DONE]\n\n"
         except KeelError as exc:
             ctx.error, ctx.status = exc, exc.http_status

@@ -43,6 +43,12 @@ class ProviderCall:
                 f"model {spec.name!r} takes text input, not token ids", param="input"
             )
         emb = self.models.embedder()
+        dims = ctx.body.get("dimensions")
+        if dims is not None and dims != emb.dim:  # MiniLM vectors cannot be shortened
+            raise InvalidRequest(
+                f"model {spec.name!r} returns {emb.dim}-dimensional embeddings and cannot "
+                f"produce {dims}; omit 'dimensions' or set it to {emb.dim}",
+                param="dimensions")
         vectors = await emb.embed(texts)
         tokens = sum(emb.count_tokens(t) for t in texts)
         if ctx.body.get("encoding_format") == "base64":

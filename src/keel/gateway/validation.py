@@ -10,7 +10,7 @@ from typing import Any
 
 import orjson
 
-from keel.errors import InvalidRequest, MalformedJSON, MissingField, WrongType
+from keel.errors import InvalidRequest, JsonTooDeep, MalformedJSON, MissingField, WrongType
 
 JSON = dict[str, Any]
 _ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
@@ -24,6 +24,11 @@ _TYPES: dict[type, str] = {
 }
 
 
+# Deeper JSON cannot be stored (orjson serialises at most 254 levels) and no real request
+# needs it: every JSON route parses through ``parse_json``, which refuses it up front.
+MAX_JSON_DEPTH = 64
+
+
 def parse_json(raw: bytes) -> JSON:
     if not raw:
         raise MalformedJSON("request body is empty: send a JSON object")
@@ -35,7 +40,23 @@ def parse_json(raw: bytes) -> JSON:
         raise MalformedJSON(
             f"request body must be a JSON object, got {type(body).__name__}"
         )
+    # Counting brackets (in C) bounds the depth: only bodies with many of them are walked.
+    if raw.count(b"{") + raw.count(b"[") > MAX_JSON_DEPTH:
+        check_depth(body)
     return body
+
+
+def check_depth(value: Any, limit: int = MAX_JSON_DEPTH, where: str = "request body") -> None:
+    """Refuse JSON nested deeper than ``limit`` arrays/objects (iterative: no recursion)."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        v, depth = stack.pop()
+        if depth > limit:
+            raise JsonTooDeep(f"{where} is nested more than {limit} levels deep; flatten it")
+        if isinstance(v, dict):
+            stack.extend((x, depth + 1) for x in v.values() if isinstance(x, dict | list))
+        elif isinstance(v, list):
+            stack.extend((x, depth + 1) for x in v if isinstance(x, dict | list))
 
 
 def _type_name(v: Any) -> str:
@@ -80,6 +101,9 @@ def _range(body: JSON, name: str, lo: float, hi: float) -> None:
 def _common(body: JSON) -> None:
     require(body, "model", str)
     check(body, "stream", bool)
+    opts = check(body, "stream_options", dict)
+    if opts is not None:
+        check(opts, "include_usage", bool, where="stream_options.")
     mt = check(body, "max_tokens", int)
     if mt is not None and mt < 1:
         raise InvalidRequest(f"field 'max_tokens' must be >= 1, got {mt}", param="max_tokens")
@@ -187,6 +211,9 @@ def validate_embeddings(body: JSON) -> list[str] | None:
     if len(texts) > 2048:
         raise InvalidRequest(f"field 'input' has {len(texts)} items; the limit is 2048",
                              param="input")
+    dims = check(body, "dimensions", int)
+    if dims is not None and dims < 1:
+        raise InvalidRequest(f"field 'dimensions' must be >= 1, got {dims}", param="dimensions")
     enc = check(body, "encoding_format", str)
     if enc not in (None, "float", "base64"):
         raise InvalidRequest("field 'encoding_format' must be 'float' or 'base64'",

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from keel.gateway.context import RequestContext
 
+MAX_COUNTED = 10**9  # the largest token count (or USD) one request may add to a counter
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 
 
@@ -33,7 +35,9 @@ class GatewayMetrics:
             "keel_cost_usd", "Metered cost in USD", ["model", "tenant"], registry=r
         )
         self.log_dropped = Counter(
-            "keel_request_log_dropped", "Request-log records dropped (queue full)", registry=r
+            "keel_request_log_dropped",
+            "Request-log records dropped (queue full, or a record that could not be written)",
+            registry=r
         )
         self._children: dict[tuple[str, str, int, str], tuple[Any, ...]] = {}
         self.local_loaded = Gauge(
@@ -60,11 +64,13 @@ class GatewayMetrics:
         latency.observe((ctx.latency_ms or ctx.elapsed_ms()) / 1000)
         if ctx.ttft_ms is not None:
             ttft.observe(ctx.ttft_ms / 1000)
-        if ctx.usage.prompt_tokens:
+        # Counters only go up by sane amounts: the metering stage rejects impossible usage,
+        # and this guard keeps a counter from ever raising or being poisoned regardless.
+        if 0 < ctx.usage.prompt_tokens <= MAX_COUNTED:
             prompt.inc(ctx.usage.prompt_tokens)
-        if ctx.usage.completion_tokens:
+        if 0 < ctx.usage.completion_tokens <= MAX_COUNTED:
             completion.inc(ctx.usage.completion_tokens)
-        if ctx.cost_usd:
+        if 0 < ctx.cost_usd < MAX_COUNTED and math.isfinite(ctx.cost_usd):
             cost.inc(ctx.cost_usd)
 
     def render(self) -> bytes:

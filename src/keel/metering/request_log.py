@@ -13,6 +13,7 @@ import contextlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import orjson
@@ -83,6 +84,30 @@ def _cap(s: str) -> str:
     return s if len(s) <= _MAX_STORED else s[:_MAX_STORED] + "…[truncated]"
 
 
+def _shorten(value: Any, limit: int) -> Any:
+    if isinstance(value, str):
+        return value if len(value) <= limit else value[:limit] + "…[truncated]"
+    if isinstance(value, dict):
+        return {k: _shorten(v, limit) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_shorten(v, limit) for v in value]
+    return value
+
+
+def stored_body(body: Any) -> str:
+    """The request body as stored: whole when it fits in 64 KiB, otherwise still valid JSON
+    with its strings shortened (never cut mid-JSON: readers parse it)."""
+    raw = orjson.dumps(body).decode()
+    limit = _MAX_STORED // 2
+    while len(raw) > _MAX_STORED and limit >= 64:
+        raw = orjson.dumps({"_keel_truncated": True, **_shorten(body, limit)}).decode() \
+            if isinstance(body, dict) else orjson.dumps(_shorten(body, limit)).decode()
+        limit //= 4
+    if len(raw) > _MAX_STORED:  # huge numbers of keys or items: keep only the marker
+        raw = orjson.dumps({"_keel_truncated": True}).decode()
+    return raw
+
+
 def record_from(ctx: RequestContext, *, store_bodies: bool = True) -> dict[str, Any]:
     return {
         "id": ctx.id,
@@ -103,7 +128,7 @@ def record_from(ctx: RequestContext, *, store_bodies: bool = True) -> dict[str, 
         "cost_usd": ctx.cost_usd,
         "latency_ms": ctx.latency_ms or ctx.elapsed_ms(),
         "ttft_ms": ctx.ttft_ms,
-        "request_body": _cap(orjson.dumps(ctx.body).decode()) if store_bodies else None,
+        "request_body": stored_body(ctx.body) if store_bodies else None,
         "response_text": _cap(ctx.output_text) if store_bodies else None,
         "decisions": orjson.dumps(
             [{"stage": d.stage, "action": d.action, "detail": d.detail} for d in ctx.decisions]
@@ -141,15 +166,24 @@ class RequestLogWriter:
         self._queue = asyncio.Queue(maxsize=self.settings.queue_limit)
         self._task = asyncio.create_task(self._run(), name="keel-request-log")
 
+    def _dropped(self, n: int) -> None:
+        self.stats.dropped += n
+        if self._on_drop:
+            self._on_drop(n)
+
     def submit(self, ctx: RequestContext) -> None:
         if not self.settings.enabled or self._queue is None:
             return
         try:
-            self._queue.put_nowait(record_from(ctx, store_bodies=self.settings.store_bodies))
+            record = record_from(ctx, store_bodies=self.settings.store_bodies)
+        except Exception:  # a record that cannot even be built is one drop, not a 500
+            log.exception("request log: cannot record request %s", ctx.id)
+            self._dropped(1)
+            return
+        try:
+            self._queue.put_nowait(record)
         except asyncio.QueueFull:
-            self.stats.dropped += 1
-            if self._on_drop:
-                self._on_drop(1)
+            self._dropped(1)
 
     async def _run(self) -> None:
         assert self._queue is not None
@@ -177,9 +211,20 @@ class RequestLogWriter:
         try:
             await self.db.run(lambda c: c.exec_driver_sql(sql, rows))
             self.stats.written += len(batch)
+            return
         except Exception:  # a failed batch must never take the gateway down
             self.stats.failed_batches += 1
-            log.exception("request log: failed to write %d records", len(batch))
+            log.warning("request log: a batch of %d records failed; writing them one by one",
+                        len(batch))
+        # One unwritable record must not cost the others: retry each row on its own and
+        # count only the rows that still fail as dropped.
+        for row in rows:
+            try:
+                await self.db.run(partial(_insert_one, sql=sql, row=row))
+                self.stats.written += 1
+            except Exception:
+                log.exception("request log: dropped the record of request %s", row[0])
+                self._dropped(1)
 
     async def flush(self) -> None:
         """Write everything submitted so far, including a batch being collected or written.
@@ -204,6 +249,10 @@ class RequestLogWriter:
                 await self._task
             self._task = None
         await self.flush()
+
+
+def _insert_one(c: Connection, *, sql: str, row: tuple[Any, ...]) -> None:
+    c.exec_driver_sql(sql, [row])
 
 
 # -- queries used by the console and CLI --------------------------------------------------

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncGenerator
 from typing import Any
 
+from keel.errors import UpstreamError
 from keel.gateway.context import RequestContext, Usage
 from keel.gateway.pipeline import Next
 from keel.gateway.validation import content_text
@@ -25,19 +26,51 @@ def _prompt_text(body: JSON) -> str:
 
 
 def _choice_text(choice: JSON) -> str:
-    if "message" in choice:
-        return content_text((choice.get("message") or {}).get("content"))
-    if "delta" in choice:
-        return content_text((choice.get("delta") or {}).get("content"))
+    for key in ("message", "delta"):
+        if key in choice:
+            part = choice.get(key)
+            return content_text(part.get("content")) if isinstance(part, dict) else ""
     text = choice.get("text")
     return text if isinstance(text, str) else ""
 
 
-def _usage(data: JSON | None) -> Usage | None:
+# The most tokens one request can plausibly report. A count outside 0..MAX_USAGE_TOKENS (or
+# not a whole number) is upstream nonsense: the request fails with 502 rather than storing
+# it, so one bad answer can never poison the request log, spend totals or token counters.
+MAX_USAGE_TOKENS = 10**9
+
+
+def _count(u: JSON, key: str, model: str) -> int:
+    v = u.get(key)
+    if v is None:
+        return 0
+    if isinstance(v, float) and v.is_integer():
+        v = int(v)
+    if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= MAX_USAGE_TOKENS:
+        raise UpstreamError(
+            f"model {model!r}: upstream reported an impossible usage.{key} of {v!r} "
+            f"(keel accepts whole numbers from 0 to {MAX_USAGE_TOKENS:,})")
+    return v
+
+
+def _usage(data: JSON | None, model: str = "?") -> Usage | None:
     u = (data or {}).get("usage")
-    if not isinstance(u, dict):
+    if u is None:
         return None
-    return Usage(int(u.get("prompt_tokens") or 0), int(u.get("completion_tokens") or 0))
+    if not isinstance(u, dict):
+        raise UpstreamError(f"model {model!r}: upstream sent a usage that is not an object")
+    return Usage(_count(u, "prompt_tokens", model), _count(u, "completion_tokens", model))
+
+
+def _choices(data: JSON, model: str) -> list[JSON]:
+    choices = data.get("choices")
+    if choices is None:
+        return []
+    if not isinstance(choices, list) or not all(isinstance(c, dict) for c in choices):
+        raise UpstreamError(
+            f"model {model!r}: upstream answered with malformed 'choices' (not a list of "
+            "objects)")
+    return choices
 
 
 class MeteringStage:
@@ -49,9 +82,10 @@ class MeteringStage:
             ctx.chunks = self._meter_stream(ctx, ctx.chunks)
             return
         resp = ctx.response or {}
+        name = ctx.model.name
         if ctx.route != "embeddings":
-            ctx.output_text = "".join(_choice_text(c) for c in resp.get("choices") or [])
-        usage = _usage(resp)
+            ctx.output_text = "".join(_choice_text(c) for c in _choices(resp, name))
+        usage = _usage(resp, name)
         if usage is None:
             usage = Usage(_estimate_tokens(_prompt_text(ctx.body)),
                           _estimate_tokens(ctx.output_text))
@@ -62,13 +96,15 @@ class MeteringStage:
     ) -> AsyncGenerator[JSON, None]:
         parts: list[str] = []
         usage: Usage | None = None
+        name = ctx.model.name
         try:
             async for chunk in chunks:
-                if ctx.ttft_ms is None and chunk.get("choices"):
+                choices = _choices(chunk, name)
+                if ctx.ttft_ms is None and choices:
                     ctx.ttft_ms = ctx.elapsed_ms()
-                for choice in chunk.get("choices") or []:
+                for choice in choices:
                     parts.append(_choice_text(choice))
-                usage = _usage(chunk) or usage
+                usage = _usage(chunk, name) or usage
                 yield chunk
         finally:
             ctx.output_text = "".join(parts)

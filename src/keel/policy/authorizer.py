@@ -19,7 +19,14 @@ from typing import Any, Literal
 import cedarpy
 
 from keel.errors import InvalidPolicy
-from keel.policy.schema import ToolSignature, argument_names, build_schema
+from keel.policy.decimals import (
+    DecimalMisfit,
+    compile_policy_text,
+    decimal_shape,
+    explain,
+    to_cedar,
+)
+from keel.policy.schema import ToolSignature, argument_names, build_schema, record_type
 
 Outcome = Literal["allow", "deny", "approval"]
 DEFAULT_DENY = "no permit policy matched (default deny)"
@@ -62,11 +69,22 @@ class AuthzDecision:
         return self.outcome == "allow"
 
 
+def principal_id(tenant: str, agent: str) -> str:
+    """The Cedar id of an agent: ``<tenant>/<agent>``, so tenant A's ``bot`` and tenant B's
+    ``bot`` are different principals (``%`` and ``/`` in the tenant are written ``%25`` and
+    ``%2F``, so the first ``/`` always ends the tenant). ``tools.policy.roles`` uses it too."""
+    return tenant.replace("%", "%25").replace("/", "%2F") + "/" + agent
+
+
 def parse_policies(text: str, version: int | None = None) -> PolicySnapshot:
-    """Parse Cedar text into a snapshot (raises InvalidPolicy with Cedar's own message)."""
+    """Parse Cedar text into a snapshot (raises InvalidPolicy with Cedar's own message).
+
+    The snapshot keeps ``text`` as written; Cedar gets it with decimal comparisons as method
+    calls (:func:`keel.policy.decimals.compile_policy_text`)."""
+    compiled = compile_policy_text(text)
     try:
-        policies = cedarpy.PolicySet.from_str(text)
-        tree = cedarpy.policies_to_pst(text)
+        policies = cedarpy.PolicySet.from_str(compiled)
+        tree = cedarpy.policies_to_pst(compiled)
     except ValueError as exc:
         raise InvalidPolicy(f"the policy does not parse: {exc}") from None
     labels: dict[str, str] = {}
@@ -92,7 +110,9 @@ class Authorizer:
         self.tools = {t.name: t for t in tools}
         self.schema, self.schema_text = build_schema(tools)
         self.roles = {k: list(v) for k, v in (roles or {}).items()}
-        # arguments Cedar cannot type (JSON numbers): dropped before the context is built
+        # arguments Cedar cannot type (e.g. untyped arrays): dropped before the context is
+        # built; and where each tool's decimals (JSON numbers) sit in its arguments
+        self._decimals = {t.name: decimal_shape(record_type(t.input_schema)) for t in tools}
         self._untyped = {
             t.name: frozenset(t.input_schema.get("properties") or {})
             - argument_names(t.input_schema)
@@ -113,11 +133,11 @@ class Authorizer:
             raise InvalidPolicy("the policy file is empty; an empty policy set denies every "
                                 "tool call, so keel refuses to apply it")
         snap = parse_policies(text)
-        result = cedarpy.validate_policies(text, self.schema)
+        result = cedarpy.validate_policies(compile_policy_text(text), self.schema)
         if not result.validation_passed:
             problems = "; ".join(
-                f"[{snap.labels.get(e.policy_id, e.policy_id)}] {e.error}" if e.policy_id
-                else e.error for e in result.errors
+                f"[{snap.labels.get(e.policy_id, e.policy_id)}] {explain(e.error)}"
+                if e.policy_id else explain(e.error) for e in result.errors
             )
             raise InvalidPolicy(f"the policy does not validate against the tool schema: "
                                 f"{problems}")
@@ -141,8 +161,10 @@ class Authorizer:
         if ents is None:
             if len(self._agents) >= self._agent_cache_size:
                 self._agents.clear()
-            delta = [{"uid": {"type": "Agent", "id": agent},
-                      "attrs": {"tenant": tenant, "roles": self.roles.get(agent, [])},
+            uid = principal_id(tenant, agent)
+            delta = [{"uid": {"type": "Agent", "id": uid},
+                      "attrs": {"tenant": tenant, "name": agent,
+                                "roles": self.roles.get(uid, [])},
                       "parents": []}]
             ents = self._base.with_added_json_str(json.dumps(delta), self.schema)
             self._agents[key] = ents
@@ -156,6 +178,12 @@ class Authorizer:
             return "tool arguments must be a JSON object"
         drop = self._untyped[req.tool]
         ctx = {k: v for k, v in req.arguments.items() if k not in drop}
+        shape = self._decimals[req.tool]
+        if shape is not None:
+            try:
+                ctx = to_cedar(shape, ctx, "arguments")
+            except DecimalMisfit as exc:  # never rounded: fail closed
+                return str(exc)
         ctx["now"] = dict(req.now)
         ctx["session"] = {"id": req.session_id, "spend_cents": req.spend_cents}
         return ctx
@@ -179,7 +207,7 @@ class Authorizer:
             return _deny(f"policy store unusable: {snap.problem}", (), t0, snap.version, ctx)
         try:
             result = cedarpy.is_authorized(
-                {"principal": {"type": "Agent", "id": agent},
+                {"principal": {"type": "Agent", "id": principal_id(tenant, agent)},
                  "action": {"type": "Action", "id": tool},
                  "resource": {"type": "Tool", "id": tool}, "context": ctx},
                 snap.policies, self._principal(agent, tenant), self.schema,

@@ -4,7 +4,7 @@ A case file is YAML or JSON: a list of cases (or ``{"cases": [...]}``), each
 
 ```yaml
 - name: refund under the limit
-  agent: support-bot          # Agent::"support-bot"; tenant defaults to "default"
+  agent: support-bot          # Agent::"default/support-bot" (tenant defaults to "default")
   tool: issue_refund
   arguments: {customer_id: c1, amount_cents: 4999}
   at: "2026-03-02T10:00"      # local time in tools.timezone (or now: {hour: 10, ...})
@@ -26,7 +26,13 @@ import yaml
 from sqlalchemy import Connection, select
 
 from keel.errors import InvalidRequest
-from keel.policy.authorizer import Authorizer, AuthzDecision, AuthzRequest, PolicySnapshot
+from keel.policy.authorizer import (
+    Authorizer,
+    AuthzDecision,
+    AuthzRequest,
+    PolicySnapshot,
+    principal_id,
+)
 from keel.tools.decision_log import tool_decisions
 
 OUTCOMES = ("allow", "deny", "approval")
@@ -100,7 +106,7 @@ def run_cases(authorizer: Authorizer, snap: PolicySnapshot, cases: list[dict[str
         roles = case.get("roles")
         req = to_request(case, tz, name)
         if roles is not None:  # per-case roles override the configured ones
-            authorizer.roles[req.agent] = [str(r) for r in roles]
+            authorizer.roles[principal_id(req.tenant, req.agent)] = [str(r) for r in roles]
             authorizer._agents.pop((req.agent, req.tenant), None)
         out.append(CaseResult(name, expect, authorizer.authorize(req, snap)))
     return out

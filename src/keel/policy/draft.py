@@ -33,10 +33,12 @@ ANSWER_SCHEMA: dict[str, Any] = {
 }
 
 GUIDE = """You write Cedar authorization policies for an AI agent tool gateway.
-Each tool is an action; the principal is Agent (attributes tenant, roles); the resource is Tool.
+Each tool is an action; the principal is Agent (id "<tenant>/<agent>"; attributes tenant,
+name, roles); the resource is Tool.
 The context holds the tool's arguments plus context.now (hour 0-23, minute, weekday 1=Monday..
-7=Sunday, day, month, year) and context.session (id, spend_cents). Money is integer cents
-($50 = 5000). Everything is denied unless a permit matches; a forbid always wins.
+7=Sunday, day, month, year) and context.session (id, spend_cents). Money is what the schema
+says: a Long in cents ($50 = 5000) or a decimal (context.amount > decimal("50.00")).
+Everything is denied unless a permit matches; a forbid always wins.
 Example:
 @id("refunds-small")
 permit(principal, action == Action::"issue_refund", resource)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
 from typing import Any
 
 import cedarpy
@@ -46,7 +47,20 @@ def _path(e: Any) -> tuple[str, ...] | None:
 def _literal(e: Any) -> Any:
     if isinstance(e, pst.LongLit | pst.StringLit | pst.BoolLit):
         return e.value
+    if isinstance(e, pst.UnaryOp) and e.op == "decimal" and isinstance(e.arg, pst.StringLit):
+        try:
+            return Decimal(e.arg.value)
+        except InvalidOperation:
+            return None
     return None
+
+
+def _cedar_value(v: Any) -> Any:
+    """A value as Cedar JSON (decimals as extension values)."""
+    if isinstance(v, Decimal):
+        text = f"{v:f}"
+        return {"__extn": {"fn": "decimal", "arg": text if "." in text else text + ".0"}}
+    return v
 
 
 def comparisons(e: Any) -> Iterator[tuple[tuple[str, ...], str, Any]]:
@@ -69,6 +83,10 @@ def comparisons(e: Any) -> Iterator[tuple[tuple[str, ...], str, Any]]:
 def _sides(op: str, v: Any) -> list[Any]:
     if isinstance(v, bool):
         return [v, not v]
+    if isinstance(v, Decimal):  # money: one cent either side
+        c = Decimal("0.01")
+        return {"less": [v - c, v], "less_eq": [v, v + c], "greater": [v + c, v],
+                "greater_eq": [v, v - c]}.get(op, [v, v + c])
     if isinstance(v, int):
         return {"less": [v - 1, v], "less_eq": [v, v + 1], "greater": [v + 1, v],
                 "greater_eq": [v, v - 1]}.get(op, [v, v + 1])
@@ -83,6 +101,8 @@ def _default(t: dict[str, Any]) -> Any:
         return False
     if kind == "Set":
         return []
+    if kind == "Extension":  # decimal (money)
+        return {"__extn": {"fn": "decimal", "arg": "0.0"}}
     if kind == "Record":
         return {k: _default(a) for k, a in t["attributes"].items() if a.get("required")}
     return "example"
@@ -123,7 +143,7 @@ def examples(authorizer: Authorizer, snap: PolicySnapshot, *, agent: str = "agen
                         node_ref = ctx
                         for part in path[:-1]:
                             node_ref = node_ref.setdefault(part, {})
-                        node_ref[path[-1]] = value
+                        node_ref[path[-1]] = _cedar_value(value)
                         d = authorizer.decide(agent, tenant, tool, ctx, snap)
                         out.append(Example(label, tool, ".".join(path), value, ctx, d))
                         if len(out) >= limit:

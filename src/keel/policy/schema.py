@@ -2,17 +2,21 @@
 
 Each tool is an action ``Action::"<tool>"`` that applies to principal ``Agent`` and resource
 ``Tool``. The action's context record holds the tool's arguments (mapped from JSON schema:
-integer -> Long, string -> String, boolean -> Boolean, array -> Set, object -> Record;
+integer -> Long, number -> decimal, string -> String, boolean -> Boolean, array -> Set,
+object -> Record;
 arguments listed in ``required`` are required, the rest optional so policies test them with
 ``has``), plus two reserved records:
 
 - ``context.now``: ``hour`` (0-23), ``minute``, ``weekday`` (1 = Monday .. 7 = Sunday),
   ``day`` (day of month), ``month``, ``year`` and ``epoch`` (unix seconds), in the configured
   time zone;
-- ``context.session``: ``id`` and ``spend_cents`` (money is always integer cents).
+- ``context.session``: ``id`` and ``spend_cents`` (integer cents).
 
-JSON ``number`` arguments have no exact Cedar type (Cedar has no floats): they are left out
-of the context, so no policy can depend on them; pass money as integer cents.
+Money: a JSON ``number`` argument (``{"amount": 49.99}``) is a Cedar ``decimal``
+(``context.amount > decimal("50.00")``, see :mod:`keel.policy.decimals`); a value with more
+than 4 digits after the point or out of range is denied. The alternative, chosen per tool
+schema, is integer minor units: declare ``"amount_cents": {"type": "integer"}`` and it is a
+Long (``context.amount_cents > 5000``).
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from typing import Any
 import cedarpy
 
 from keel.errors import ConfigError
+from keel.policy.decimals import DECIMAL_TYPE
 
 RESERVED = ("now", "session")
 
@@ -39,7 +44,7 @@ SESSION_TYPE: dict[str, Any] = {
 }
 AGENT_SHAPE: dict[str, Any] = {
     "type": "Record",
-    "attributes": {"tenant": {"type": "String"},
+    "attributes": {"tenant": {"type": "String"}, "name": {"type": "String"},
                    "roles": {"type": "Set", "element": {"type": "String"}}},
 }
 TOOL_SHAPE: dict[str, Any] = {
@@ -66,6 +71,8 @@ def cedar_type(js: Any) -> dict[str, Any] | None:
         t = non_null[0] if len(non_null) == 1 else None
     if t == "integer":
         return {"type": "Long"}
+    if t == "number":
+        return dict(DECIMAL_TYPE)
     if t == "string":
         return {"type": "String"}
     if t == "boolean":

@@ -126,7 +126,7 @@ def transcript_prompt(messages: Any) -> str:
     For base models (the default Gemma 3 270M has no chat tuning): they continue a
     transcript far better than unfamiliar turn tokens (measured: "What is the capital of
     France?" -> " Paris" here, garbage with Gemma turn tokens). Generation stops at the
-    next ``Question:`` line (:data:`TRANSCRIPT_STOP`).
+    next ``Question:`` or ``Answer:`` line (:data:`TRANSCRIPT_STOP`).
     """
     out: list[str] = []
     turns = _turns(messages)
@@ -137,15 +137,18 @@ def transcript_prompt(messages: Any) -> str:
     return "".join(out) + "Answer:"
 
 
-TRANSCRIPT_STOP = "\nQuestion:"
-CHAT_FORMATS = {
+# A new "Question:" line ends the answer, and so does a new "Answer:" line: the base model
+# likes to write whole transcripts ("2. Q: ...?\nAnswer: 3. ..."), which must not leak.
+TRANSCRIPT_STOP = ("\nQuestion:", "\nAnswer:")
+CHAT_FORMATS: dict[str, tuple[Any, str | tuple[str, ...]]] = {
     "transcript": (transcript_prompt, TRANSCRIPT_STOP),
     "gemma": (gemma_chat_prompt, _END_OF_TURN),
 }
 
 
-def chat_prompt(messages: Any, chat_format: str) -> tuple[str, str]:
-    """The prompt for ``messages`` in ``chat_format`` and the stop string that ends a turn."""
+def chat_prompt(messages: Any, chat_format: str) -> tuple[str, str | tuple[str, ...]]:
+    """The prompt for ``messages`` in ``chat_format`` and the stop string(s) that end a
+    turn."""
     render, stop = CHAT_FORMATS[chat_format]
     return render(messages), stop
 
@@ -211,10 +214,29 @@ def _json_schema(body: JSON) -> JSON | None:
     )
 
 
+def _refuse_unsupported(body: JSON) -> None:
+    """Fields the local provider cannot honour are a 400, never silently ignored: a client
+    that sends tools expects tool calls, one that asks for logprobs expects numbers."""
+    if body.get("tools") or body.get("functions"):
+        key = "tools" if body.get("tools") else "functions"
+        raise InvalidRequest(
+            f"the local provider does not support `{key}` (tool calling); use a model served "
+            "by an OpenAI-compatible upstream for tools, or drop the field", param=key)
+    for key in ("tool_choice", "function_call"):
+        if body.get(key) not in (None, "none", "auto"):
+            raise InvalidRequest(f"the local provider does not support `{key}`", param=key)
+    if body.get("logprobs") not in (None, False) or body.get("top_logprobs") is not None:
+        key = "logprobs" if body.get("logprobs") not in (None, False) else "top_logprobs"
+        raise InvalidRequest(
+            f"the local provider does not return log probabilities; drop `{key}`", param=key)
+
+
 def llama_request(
-    body: JSON, prompt: Any, *, stream: bool, default_max: int, turn_stop: str | None
+    body: JSON, prompt: Any, *, stream: bool, default_max: int,
+    turn_stop: str | tuple[str, ...] | None,
 ) -> JSON:
     """The llama.cpp ``/v1/completions`` body for an OpenAI-shaped request."""
+    _refuse_unsupported(body)
     n = body.get("n")
     if n not in (None, 1):
         raise InvalidRequest("the local provider returns one choice; set `n` to 1", param="n")
@@ -239,8 +261,10 @@ def llama_request(
             raise WrongType("`seed` must be an integer", param="seed")
         req["seed"] = seed % 0xFFFFFFFF  # 0xFFFFFFFF itself means "random" to llama.cpp
     stops = _stops(body)
-    if turn_stop:
+    if isinstance(turn_stop, str):
         stops.append(turn_stop)
+    elif turn_stop:
+        stops.extend(turn_stop)
     if stops:
         req["stop"] = stops
     schema = _json_schema(body)

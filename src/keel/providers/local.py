@@ -372,7 +372,8 @@ class LocalProvider:
 
     # -- ChatProvider --------------------------------------------------------------------
 
-    def _request(self, body: JSON, prompt: Any, *, turn_stop: str | None = None) -> JSON:
+    def _request(self, body: JSON, prompt: Any, *,
+                 turn_stop: str | tuple[str, ...] | None = None) -> JSON:
         return llama_request(
             body,
             prompt,

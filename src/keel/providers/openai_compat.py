@@ -23,6 +23,7 @@ from keel.errors import (
     UpstreamRejected,
     UpstreamTimeout,
 )
+from keel.redaction import Redactor, safe_url
 
 JSON = dict[str, Any]
 _RETRY_STATUS = {429, 500, 502, 503, 504}
@@ -50,6 +51,11 @@ class OpenAICompatProvider:
             )
         return self._session
 
+    def _redactor(self, spec: ModelSpec) -> Redactor:
+        """Scrubs what keel sent upstream (its API key) out of upstream error text."""
+        key = spec.api_key or self.settings.api_key
+        return Redactor([key.get_secret_value() if key is not None else None])
+
     def _target(self, spec: ModelSpec, path: str) -> tuple[str, dict[str, str]]:
         base = (spec.base_url or self.settings.base_url).rstrip("/")
         key = spec.api_key or self.settings.api_key
@@ -74,13 +80,14 @@ class OpenAICompatProvider:
                             f"{self.settings.timeout_s:g}s"
                         ) from None
                     raise UpstreamError(
-                        f"model {spec.name!r}: cannot reach upstream {url}: {exc}"
+                        f"model {spec.name!r}: cannot reach upstream {safe_url(url)}: "
+                        f"{self._redactor(spec)(str(exc))}"
                     ) from None
             else:
                 if resp.status < 400:
                     return resp
                 if resp.status not in _RETRY_STATUS or last:
-                    raise await _upstream_error(resp, spec)
+                    raise await _upstream_error(resp, spec, self._redactor(spec))
                 resp.release()
             await asyncio.sleep(min(2.0, 0.1 * 2**attempt) * (0.5 + random.random()))
         raise UpstreamError(f"model {spec.name!r}: upstream failed")  # pragma: no cover
@@ -132,7 +139,7 @@ class OpenAICompatProvider:
                         if "error" in chunk:
                             raise UpstreamError(
                                 f"model {spec.name!r}: upstream stream error: "
-                                f"{_message(chunk)}"
+                                f"{self._redactor(spec)(_message(chunk))}"
                             )
                         chunk["model"] = spec.name
                         yield chunk
@@ -173,10 +180,14 @@ def _message(data: Any) -> str:
     return str(data)[:500]
 
 
-async def _upstream_error(resp: aiohttp.ClientResponse, spec: ModelSpec) -> KeelError:
+async def _upstream_error(resp: aiohttp.ClientResponse, spec: ModelSpec,
+                          redact: Redactor) -> KeelError:
+    """The client-facing error for an upstream 4xx/5xx. The upstream's message is
+    untrusted text (it may echo the request, keel's API key included): it is redacted and
+    cut to a short summary before any client sees it."""
     try:
         raw = await resp.read()
-        detail = _message(orjson.loads(raw))
+        detail = redact(_message(orjson.loads(raw)))
     except (TimeoutError, aiohttp.ClientError, orjson.JSONDecodeError):
         detail = f"HTTP {resp.status}"
     finally:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from keel.config import ModelSpec, Settings
-from keel.errors import InvalidRequest, UnknownModel
+from keel.errors import ConfigError, InvalidRequest, UnknownModel
 from keel.ports.embedder import Embedder
 from keel.ports.provider import ChatProvider
 
@@ -92,6 +92,27 @@ class ModelRegistry:
 
             self._embedder = MiniLMEmbedder(self.settings.model_dir)
         return self._embedder
+
+    def embedder_for(self, name: str) -> Embedder:
+        """The embedder named in the model table ("" or the built-in MiniLM: the default).
+
+        Entries of kind ``embedding`` with the ``openai`` provider are called over HTTP
+        (OpenAI, Ollama, vLLM, or a llama.cpp server with a GGUF embedding model)."""
+        if not name or name == "all-minilm-l6-v2":
+            return self.embedder()
+        spec = self._specs.get(name)
+        if spec is None or spec.kind != "embedding":
+            known = ", ".join(sorted(n for n, s in self._specs.items() if s.kind == "embedding"))
+            raise ConfigError(f"embedder {name!r} is not an embedding model in the model table "
+                              f"(add it under [[models]] with kind = \"embedding\"); "
+                              f"embedding models: {known}")
+        if spec.provider != "openai":
+            raise ConfigError(f"embedder {name!r}: only the built-in MiniLM runs in-process; "
+                              "serve other local models through an OpenAI-compatible server "
+                              "(llama-server --embedding) and set provider = \"openai\"")
+        from keel.providers.upstream_embedder import UpstreamEmbedder
+
+        return UpstreamEmbedder(self.openai(), spec)
 
     @property
     def local_loaded(self) -> bool:

@@ -24,7 +24,6 @@ from keel.rag.catalog import IndexInfo
 from keel.rag.chunking import chunk_text
 from keel.rag.settings import RagSettings
 from keel.storage.sql import Database
-from keel.storage.vector_checks import check_name
 
 TEXT_SUFFIXES = {".txt", ".md", ".markdown", ".rst"}
 BATCH = 128
@@ -117,6 +116,7 @@ async def ingest(
     db: Database,
     vectors: VectorIndex,
     embedder: Embedder,
+    tenant: str,
     name: str,
     docs: list[Document],
     settings: RagSettings,
@@ -124,11 +124,15 @@ async def ingest(
     replace: bool = False,
     progress: Progress | None = None,
 ) -> IndexInfo:
-    check_name(catalog.vector_name(name))
+    """Ingest into ``tenant``'s index ``name``; ``vectors`` must be the index that
+    :func:`catalog.vector_for` names for it."""
+    if not tenant.strip():
+        raise InvalidRequest("a RAG index belongs to a tenant: pass --tenant NAME", param="tenant")
+    catalog.check_index_name(name)
     chunks = chunk_documents(docs, embedder, settings)
     if not chunks:
         raise InvalidRequest("the documents produced no text to index")
-    info = await db.run(lambda c: catalog.get_index(c, name))
+    info = await db.run(lambda c: catalog.get_index(c, tenant, name))
     live = info.generation if info else 0
     gen = live + 1 if (replace or info is None) else live
     g = str(gen)
@@ -157,7 +161,7 @@ async def ingest(
         raise
     n_chunks = await vectors.count({"gen": g})
     n_docs = await vectors.count({"gen": g, "head": "1"})
-    published = await db.run(lambda c: catalog.publish(c, name, gen, n_docs, n_chunks))
+    published = await db.run(lambda c: catalog.publish(c, tenant, name, gen, n_docs, n_chunks))
     if live and gen != live:
         await vectors.delete_where({"gen": str(live)})
     return published

@@ -38,44 +38,48 @@ class Retriever:
         self.settings = settings
         self.data_dir = Path(data_dir)
         self.embedder = embedder
-        self._infos: dict[str, tuple[float, IndexInfo | None]] = {}
+        self._infos: dict[tuple[str, str], tuple[float, IndexInfo | None]] = {}
         self._handles: dict[str, tuple[int, VectorIndex]] = {}
         self._retired: list[VectorIndex] = []
 
-    def open_vectors(self, name: str) -> VectorIndex:
-        return open_vector_index(self.settings.vector_url, catalog.vector_name(name),
-                                 self.data_dir)
+    def open_vectors(self, vector: str) -> VectorIndex:
+        """The vector index named ``vector`` (:func:`catalog.vector_for` says which)."""
+        return open_vector_index(self.settings.vector_url, vector, self.data_dir)
 
-    async def info(self, name: str) -> IndexInfo:
+    async def info(self, tenant: str, name: str) -> IndexInfo:
+        """Index ``name`` of ``tenant``; never another tenant's (RagIndexNotFound)."""
         now = time.monotonic()
-        cached = self._infos.get(name)
+        key = (tenant, name)
+        cached = self._infos.get(key)
         if cached is None or now - cached[0] > self.settings.catalog_refresh_s:
-            found = await self.db.run(lambda c: catalog.get_index(c, name))
+            found = await self.db.run(lambda c: catalog.get_index(c, tenant, name))
             cached = (now, found)
-            self._infos[name] = cached
+            self._infos[key] = cached
         if cached[1] is None:
-            self._infos.pop(name, None)  # ask SQL again next time: it may be ingested soon
-            await self.db.run(lambda c: catalog.require_index(c, name))  # raises RagIndexNotFound
-            return await self.info(name)
+            self._infos.pop(key, None)  # ask SQL again next time: it may be ingested soon
+            await self.db.run(lambda c: catalog.require_index(c, tenant, name))  # raises
+            return await self.info(tenant, name)
         info = cached[1]
         if info.chunks == 0:
             raise RagIndexEmpty(f"RAG index {name!r} is empty; add documents with "
-                             f"`keel rag ingest DIR --index {name}`", param="index")
+                                f"`keel rag ingest DIR --index {name} --tenant {tenant}`",
+                                param="index")
         return info
 
     async def _vectors(self, info: IndexInfo) -> VectorIndex:
-        held = self._handles.get(info.name)
+        held = self._handles.get(info.vector)
         if held is not None and held[0] == info.version:
             return held[1]
         for old in self._retired:  # closed one swap later, so in-flight searches finish
             await old.aclose()
         self._retired = [held[1]] if held is not None else []
-        handle = self.open_vectors(info.name)
-        self._handles[info.name] = (info.version, handle)
+        handle = self.open_vectors(info.vector)
+        self._handles[info.vector] = (info.version, handle)
         return handle
 
-    async def search(self, name: str, query: str, top_k: int) -> tuple[IndexInfo, list[Passage]]:
-        info = await self.info(name)
+    async def search(self, tenant: str, name: str, query: str, top_k: int
+                     ) -> tuple[IndexInfo, list[Passage]]:
+        info = await self.info(tenant, name)
         vector = (await self.embedder.embed([query]))[0]
         return info, await self.search_vector(info, vector, top_k)
 

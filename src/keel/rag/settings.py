@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import Field, field_validator
+
+from keel.settings_section import Section
 
 
-class RagSettings(BaseModel):
+class RagSettings(Section):
     enabled: bool = True
     # embedded:// (usearch files under <data_dir>/vectors) or redis://host:port/0
     vector_url: str = "embedded://"

@@ -1,8 +1,9 @@
 """The RAG stage: put the top-k chunks of an index into the prompt, within a token budget.
 
 A request opts in with the ``x-keel-rag: <index>`` header or by asking for a model named
-in ``[rag] models``. The depth (top-k and context tokens) comes from the degradation
-level on ``ctx.depth`` when the ladder is on, else from ``[rag]``.
+in ``[rag] models``; either way the index is looked up in the caller's own tenant. The
+depth (top-k and context tokens) comes from the degradation level on ``ctx.depth`` when the
+ladder is on, else from ``[rag]``.
 """
 
 from __future__ import annotations
@@ -85,7 +86,7 @@ class RagStage:
         if not name:
             return ""
         try:
-            info = await self.retriever.info(name)
+            info = await self.retriever.info(ctx.principal.tenant, name)
         except KeelError:
             return f"{name}@?"
         return f"{name}@{info.version}"
@@ -103,7 +104,7 @@ class RagStage:
             ctx.decide("rag", "skip", f"{index}: top_k={top_k} budget={budget}")
             await call_next(ctx)
             return
-        info, passages = await self.retriever.search(index, query, top_k)
+        info, passages = await self.retriever.search(ctx.principal.tenant, index, query, top_k)
         text, used, n = build_context(passages, self.retriever.embedder.count_tokens, budget)
         ctx.body = with_context(ctx.body, text)
         ctx.response_headers["x-keel-rag"] = f"{index}@v{info.version}; passages={n}"

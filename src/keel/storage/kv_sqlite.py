@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from keel.errors import StorageError
+from keel.storage.private_files import private_dir
 from keel.storage.sqlite_file import connect_wal
 
 T = TypeVar("T")
@@ -29,7 +30,7 @@ class SQLiteKV:
     def __init__(self, path: str | Path) -> None:
         self.path = str(path)
         if self.path != ":memory:":
-            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+            private_dir(Path(self.path).parent)
         self._local = threading.local()
         self._conns: list[sqlite3.Connection] = []
         self._lock = threading.Lock()

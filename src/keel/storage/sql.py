@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any, TypeVar
 
 from sqlalchemy import Connection, Engine, create_engine, event
@@ -17,6 +16,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, OperationalError
 
 from keel.errors import ConfigError, StorageError
+from keel.storage.private_files import private_sqlite
 from keel.storage.sqlite_file import prepare
 
 T = TypeVar("T")
@@ -62,7 +62,7 @@ class Database:
         if self.dialect == "sqlite":
             path = sa_url.removeprefix("sqlite:///")
             if path and path != ":memory:":
-                Path(path).parent.mkdir(parents=True, exist_ok=True)
+                private_sqlite(path)  # 0600 in a 0700 dir, before SQLite creates it
             self.engine: Engine = create_engine(sa_url, pool_size=pool_size, max_overflow=10)
             event.listen(self.engine, "connect", _sqlite_pragmas)
         else:

@@ -13,6 +13,8 @@ import sqlite3
 import time
 from pathlib import Path
 
+from keel.storage.private_files import private_sqlite
+
 
 def _is_lock_error(exc: sqlite3.OperationalError) -> bool:
     text = str(exc).lower()
@@ -46,7 +48,10 @@ def connect_wal(
     schema: str | None = None,
     check_same_thread: bool = True,
 ) -> sqlite3.Connection:
-    """An autocommit connection prepared by :func:`prepare`; closed again if that fails."""
+    """An autocommit connection prepared by :func:`prepare`; closed again if that fails.
+    A file path is created 0600 in a 0700 directory first (keel's data is private)."""
+    if str(path) != ":memory:" and not str(path).startswith("file:"):
+        private_sqlite(path)
     conn = sqlite3.connect(
         str(path), timeout=timeout_s, isolation_level=None, check_same_thread=check_same_thread
     )

@@ -41,6 +41,7 @@ from usearch.index import Index
 
 from keel.errors import InvalidRequest, StorageError
 from keel.ports.vector_index import Hit, Metadata, Vectors
+from keel.storage.private_files import FILE_MODE, private_dir
 from keel.storage.sqlite_file import connect_wal
 from keel.storage.vector_checks import (
     check_dim,
@@ -153,7 +154,7 @@ class UsearchVectorIndex:
         )
 
     def _open(self) -> None:
-        self._dir.mkdir(parents=True, exist_ok=True)
+        private_dir(self._dir)
         db = connect_wal(self.db_path, schema=_SCHEMA, check_same_thread=False)
         self._db = db
         meta = dict(db.execute("SELECT k, v FROM meta").fetchall())
@@ -196,6 +197,7 @@ class UsearchVectorIndex:
             return
         tmp = self.graph_path.with_suffix(".usearch.tmp")
         self._index.save(str(tmp))
+        os.chmod(tmp, FILE_MODE)
         with tmp.open("rb") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, self.graph_path)

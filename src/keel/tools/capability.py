@@ -18,6 +18,7 @@ if TYPE_CHECKING:
 
 class ToolsCapability(Capability):
     name = "tools"
+    uses = ("firewall",)  # tool arguments and results meet the same firewall
 
     @classmethod
     def enabled(cls, settings: Settings) -> bool:
@@ -39,11 +40,17 @@ class ToolsCapability(Capability):
                 CliGroup("tools", tools.build, "Agent tool gateway: tools, decisions.")]
 
     def __init__(self, ctx: BuildContext) -> None:
+        from keel.firewall.stage import FirewallStage
         from keel.tools.gateway import ToolGateway
 
         super().__init__(ctx)
         self.gateway = ToolGateway(ctx.settings.tools, ctx.db)
         ctx.components.put(self.gateway, owner=self.name)
+        firewall = ctx.components.find(FirewallStage)
+        if firewall is not None:
+            from keel.firewall.tools import ToolFirewall
+
+            self.gateway.scanner = ToolFirewall(firewall)
 
     def install(self, app: FastAPI, svc: Services) -> None:
         from keel.tools.routes import install

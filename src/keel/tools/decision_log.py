@@ -50,7 +50,8 @@ tool_decisions = Table(
     Column("reason", Text),
     Column("latency_us", Float, nullable=False),
     Column("policy_version", Integer),
-    Column("outcome", String(32)),  # ok | tool_error | denied | held | approved | rejected
+    # ok | tool_error | denied | held | approved | rejected | blocked (by the firewall)
+    Column("outcome", String(32)),
     Index("tool_decisions_ts", "ts"),
     Index("tool_decisions_tenant_ts", "tenant", "ts"),
 )

@@ -29,9 +29,11 @@ from keel.errors import (
     KeelError,
     PayloadTooLarge,
     PolicyDenied,
+    PromptBlocked,
     ToolNotFound,
 )
 from keel.gateway.context import Principal
+from keel.gateway.validation import check_depth
 from keel.policy.authorizer import Authorizer, AuthzDecision, AuthzRequest
 from keel.policy.schema import ToolSignature
 from keel.policy.store import PolicyStore
@@ -41,9 +43,11 @@ from keel.tools.ports import (
     PAYMENT_RECEIPT_META,
     ApprovalHook,
     MemorySessionSpend,
+    SessionCheck,
     SessionSpend,
     ToolCall,
     ToolPayments,
+    ToolScanner,
 )
 from keel.tools.settings import ToolSettings
 from keel.tools.upstreams import ToolSpec, Upstream, build_upstreams
@@ -84,6 +88,10 @@ class ToolGateway:
         self.clock: Clock = clock or (lambda: datetime.now(self.tz))
         self.approvals = approvals
         self.payments: ToolPayments | None = None  # set by the wallets capability (x402)
+        self.scanner: ToolScanner | None = None  # set by the firewall capability
+        # set by wallets with issued sessions: an agent's x-keel-session must be one keel
+        # opened, so rotating ids cannot reset the session spend policies see
+        self.sessions: SessionCheck | None = None
         # actions that are not tools but are decided by the same policies (x402:pay)
         self.extra_actions: list[ToolSignature] = []
         self.spend: SessionSpend = spend or MemorySessionSpend()
@@ -227,11 +235,16 @@ class ToolGateway:
     async def call(self, principal: Principal, tool: str, arguments: Any,
                    session_id: str = "") -> tuple[str, AuthzDecision, types.CallToolResult]:
         """Authorize and run one call; returns (decision id, decision, tool result)."""
+        check_depth(arguments, where="tool arguments")  # /mcp bodies skip parse_json
         size = len(orjson.dumps(arguments)) if arguments is not None else 0
         if size > self.settings.max_argument_bytes:
             raise PayloadTooLarge(f"tool arguments are {size} bytes; the limit is "
                                   f"{self.settings.max_argument_bytes} "
                                   "(tools.max_argument_bytes)")
+        if self.scanner is not None:  # injections in the arguments never reach the tool
+            await self.scanner.check_arguments(principal, tool, arguments)
+        if session_id and principal.agent and self.sessions is not None:
+            await self.sessions.check_session(principal.tenant, principal.agent, session_id)
         decision_id = self._next_id()
         decision = await self.authorize(principal, tool, arguments, session_id)
         row = self._row(decision_id, principal, tool, arguments, session_id, decision)
@@ -250,6 +263,11 @@ class ToolGateway:
             if result.is_error and self.payments is not None:  # a paid tool's 402?
                 result = await self.payments.handle(
                     call, result, lambda meta: upstream.call(tool, args, meta))
+            if self.scanner is not None:  # indirect injection: the result goes to a model
+                await self.scanner.check_result(principal, tool, result)
+        except PromptBlocked:
+            self._submit(row, "blocked")
+            raise
         except KeelError:
             self._submit(row, "tool_error")
             raise

@@ -64,6 +64,18 @@ class McpEndpoint:
         if scope["type"] != "http":
             await self._asgi(scope, receive, send)
             return
+        if scope["method"] != "POST":
+            # Stateless and JSON-only: keel never pushes server-initiated messages, so it
+            # offers no GET stream (the streamable-HTTP spec lets a server answer 405) rather
+            # than an SSE stream that would stay open and silent forever.
+            body = orjson.dumps({"jsonrpc": "2.0", "id": None, "error": {
+                "code": -32000, "message": "keel's MCP endpoint takes POST only (stateless, "
+                                           "JSON responses; no server-initiated stream)"}})
+            await send({"type": "http.response.start", "status": 405,
+                        "headers": [(b"content-type", b"application/json"),
+                                    (b"allow", b"POST")]})
+            await send({"type": "http.response.body", "body": body})
+            return
         try:
             principal = await self._authenticate(Request(scope))
         except KeelError as exc:

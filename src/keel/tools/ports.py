@@ -66,6 +66,25 @@ class ToolPayments(Protocol):
         ...
 
 
+class ToolScanner(Protocol):
+    """The prompt-injection firewall for tool traffic (set by the firewall capability)."""
+
+    async def check_arguments(self, principal: Principal, tool: str, arguments: Any) -> None:
+        """Raise when the arguments carry an injection (the mode says block)."""
+        ...
+
+    async def check_result(self, principal: Principal, tool: str,
+                           result: types.CallToolResult) -> None:
+        """Raise when the tool's result carries an injection (indirect prompt injection)."""
+        ...
+
+
+class SessionCheck(Protocol):
+    async def check_session(self, tenant: str, agent: str, session_id: str) -> object:
+        """Raise (a 4xx KeelError) unless ``session_id`` is a session opened for ``agent``."""
+        ...
+
+
 class SessionSpend(Protocol):
     async def spent_cents(self, tenant: str, session: str) -> int: ...
 

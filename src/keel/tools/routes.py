@@ -14,6 +14,7 @@ from starlette.routing import Route
 
 from keel.errors import InvalidRequest, KeelError
 from keel.gateway.http import ORJSONResponse, error_response, read_body, require_admin
+from keel.gateway.params import MAX_HOURS, choice_param, float_param, int_param
 from keel.gateway.routes import authenticate
 from keel.gateway.services import Services
 from keel.gateway.validation import check, parse_json
@@ -75,13 +76,12 @@ class ToolRoutes:
         p = await authenticate(self.svc, request)
         require_admin(p.admin or not self.svc.settings.auth_required)
         q = request.query_params
-        try:
-            f = DecisionFilter(
-                tenant=q.get("tenant"), decision=q.get("decision"),
-                since=time.time() - float(q["hours"]) * 3600 if "hours" in q else None,
-                limit=min(int(q.get("limit", 100)), 1000))
-        except ValueError:
-            raise InvalidRequest("'hours' must be a number and 'limit' an integer") from None
+        hours = float_param(q, "hours", 0, MAX_HOURS)
+        f = DecisionFilter(
+            tenant=q.get("tenant"),
+            decision=choice_param(q, "decision", ("allow", "deny", "approval")),
+            since=time.time() - hours * 3600 if hours is not None else None,
+            limit=int_param(q, "limit", 100, 1, 1000))
         await self.gateway.log.flush()
         rows = await self.svc.db.run(lambda c: query_decisions(c, f))
         return ORJSONResponse({"object": "list", "data": rows})

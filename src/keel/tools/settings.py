@@ -14,8 +14,8 @@ name = "weather"
 url = "http://127.0.0.1:9000/weather"
 input_schema = { type = "object", properties = { city = { type = "string" } } }
 
-[tools.policy.roles]                # Cedar principal attributes, keyed by agent id
-support-bot = ["support"]
+[tools.policy.roles]                # Cedar principal attributes, keyed by "<tenant>/<agent>"
+"acme/support-bot" = ["support"]
 ```
 """
 
@@ -23,12 +23,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
+
+from keel.settings_section import Section
 
 DEFAULT_INPUT_SCHEMA: dict[str, Any] = {"type": "object", "properties": {}}
 
 
-class McpServerSettings(BaseModel):
+class McpServerSettings(Section):
     name: str
     command: list[str] = Field(default_factory=list)  # stdio: argv of the server process
     url: str | None = None  # streamable HTTP endpoint, e.g. http://127.0.0.1:9000/mcp
@@ -45,7 +47,7 @@ class McpServerSettings(BaseModel):
         return self
 
 
-class HttpToolSettings(BaseModel):
+class HttpToolSettings(Section):
     name: str
     url: str
     description: str = ""
@@ -56,8 +58,9 @@ class HttpToolSettings(BaseModel):
     spend_arg: str | None = None
 
 
-class PolicySettings(BaseModel):
-    # Cedar principal attributes: Agent::"<id>" has `tenant` (from the API key) and `roles`
+class PolicySettings(Section):
+    # Cedar principal attributes: Agent::"<tenant>/<agent>" has `tenant` (from the API key),
+    # `name` (the agent) and `roles`, keyed here by the same "<tenant>/<agent>" id
     roles: dict[str, list[str]] = Field(default_factory=dict)
     reload_s: float = 2.0  # how often a gateway checks the store for a newly applied version
     draft_model: str = ""  # model for `keel policy draft`; default: settings.default_model
@@ -65,7 +68,19 @@ class PolicySettings(BaseModel):
     log_arguments: bool = True  # keep call arguments in the decision log (shadow replays them)
 
 
-class ToolSettings(BaseModel):
+    @field_validator("roles")
+    @classmethod
+    def _tenant_scoped(cls, roles: dict[str, list[str]]) -> dict[str, list[str]]:
+        bare = sorted(k for k in roles if "/" not in k or k.startswith("/") or k.endswith("/"))
+        if bare:
+            raise ValueError(
+                f"roles are keyed by '<tenant>/<agent>' (an agent name alone would grant the "
+                f"roles to that agent name in every tenant): write e.g. 'default/{bare[0]}' "
+                f"instead of {bare[0]!r}")
+        return roles
+
+
+class ToolSettings(Section):
     enabled: bool = True
     timezone: str = "UTC"
     max_argument_bytes: int = 65_536

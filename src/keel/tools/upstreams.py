@@ -26,6 +26,7 @@ from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
 
 from keel.errors import ConfigError, ToolFailed
+from keel.redaction import Redactor
 from keel.tools.settings import HttpToolSettings, McpServerSettings
 
 # the x402 MCP transport's _meta keys; HTTP tools speak x402 headers and are mapped onto them
@@ -58,6 +59,7 @@ class McpUpstream:
         self.name = cfg.name
         self.cfg = cfg
         self._client: Client | None = None
+        self._redact = Redactor(v.get_secret_value() for v in cfg.headers.values())
 
     def __repr__(self) -> str:  # never show headers (they may carry tokens)
         return f"McpUpstream({self.name!r})"
@@ -100,7 +102,8 @@ class McpUpstream:
         try:
             return await self._client.call_tool(tool, arguments, meta=meta)  # type: ignore[arg-type]
         except MCPError as exc:
-            raise ToolFailed(f"tool server {self.name!r} refused {tool!r}: {exc.message}",
+            raise ToolFailed(f"tool server {self.name!r} refused {tool!r}: "
+                             f"{self._redact(exc.message)}",
                              upstream_code=exc.code) from None
         except (OSError, TimeoutError, httpx2.HTTPError) as exc:
             raise ToolFailed(f"tool server {self.name!r} failed: {type(exc).__name__}") from None
@@ -113,6 +116,8 @@ class HttpToolUpstream:
         self.name = cfg.name
         self.cfg = cfg
         self._session: aiohttp.ClientSession | None = None
+        # the tool's own credentials never reach the agent, even when the tool echoes them
+        self._redact = Redactor(v.get_secret_value() for v in cfg.headers.values())
 
     def __repr__(self) -> str:
         return f"HttpToolUpstream({self.name!r})"
@@ -135,7 +140,7 @@ class HttpToolUpstream:
             async with self._session.request(self.cfg.method, self.cfg.url,
                                              data=orjson.dumps(arguments),
                                              headers=headers) as resp:
-                raw = await resp.read()
+                raw = self._redact.exact(await resp.read())
                 status = resp.status
                 required = resp.headers.get("payment-required")
                 settled = resp.headers.get("payment-response")

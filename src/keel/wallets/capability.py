@@ -55,6 +55,8 @@ class WalletsCapability(Capability):
             from keel.x402.mcp_tools import PaidToolCalls
 
             tools.payments = PaidToolCalls(self.fetcher.payer)
+            if s.wallets.sessions == "issued":  # x-keel-session: only sessions keel opened
+                tools.sessions = self.wallets
             if s.wallets.cedar:  # every payment is Action::"x402:pay" for Cedar
                 from keel.x402.policy import CedarPayments, policy_actions
 

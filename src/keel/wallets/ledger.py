@@ -26,7 +26,7 @@ from typing import Any
 from sqlalchemy import Connection, bindparam, func, select, update
 
 from keel.errors import BudgetExceeded, InsufficientFunds, NotFound, PaymentLoopGuard
-from keel.wallets.money import fmt_usd
+from keel.wallets.money import MAX_AMOUNT_MICROS, MAX_BALANCE_MICROS, fmt_usd
 from keel.wallets.tables import accounts, counters, entries, events, insert_ignore, lines, payments
 
 
@@ -87,6 +87,11 @@ def open_accounts(conn: Connection, tenant: str, wallet_id: str) -> None:
 _ADD = (update(accounts).where(accounts.c.id == bindparam("acct"))
         .values(balance=accounts.c.balance + bindparam("amt")))
 _ADD_FLOOR = _ADD.where(accounts.c.balance + bindparam("amt") >= 0)
+# Every balance stays within +-MAX_BALANCE_MICROS, so no sum can overflow 64-bit integers
+# (SQLite would silently turn the column into REAL and the books would stop balancing).
+_ADD_BOUNDED = _ADD.where(
+    accounts.c.balance + bindparam("amt") <= MAX_BALANCE_MICROS,
+    accounts.c.balance + bindparam("amt") >= -MAX_BALANCE_MICROS)
 
 
 def _counter_update(limit: bool, calls: bool) -> Any:
@@ -140,9 +145,15 @@ def event(conn: Connection, kind: str, *, tenant: str, agent: str | None = None,
 def fund(conn: Connection, tenant: str, wallet_id: str, amount: int, memo: str = "") -> str:
     if amount <= 0:
         raise ValueError("a funding amount must be positive")
+    if amount > MAX_AMOUNT_MICROS:
+        raise ValueError(f"a funding amount is at most {fmt_usd(MAX_AMOUNT_MICROS)}")
     open_accounts(conn, tenant, wallet_id)
-    _add(conn, available_account(wallet_id), amount)
-    _add(conn, funding_account(tenant), -amount)
+    for account, amt in ((available_account(wallet_id), amount),
+                         (funding_account(tenant), -amount)):
+        if conn.execute(_ADD_BOUNDED, {"acct": account, "amt": amt}).rowcount != 1:
+            raise ValueError(  # the caller's transaction rolls back: nothing is booked
+                f"funding {fmt_usd(amount)} would take an account of tenant {tenant!r} past "
+                f"the ledger's limit of {fmt_usd(MAX_BALANCE_MICROS)}")
     return _entry(conn, tenant, "fund",
                   [(funding_account(tenant), -amount), (available_account(wallet_id), amount)],
                   memo=memo or None)

@@ -5,14 +5,22 @@ from __future__ import annotations
 from decimal import ROUND_CEILING, Decimal, InvalidOperation
 
 MICROS_PER_USD = 1_000_000
+# Bounds that keep every sum in the books far inside a signed 64-bit integer (9.2e18): one
+# amount is at most $1 billion, one account balance at most $100 billion either way.
+MAX_AMOUNT_MICROS = 10**15
+MAX_BALANCE_MICROS = 10**17
 
 
 def usd_to_micros(value: Decimal | str | int | float) -> int:
-    """Exact conversion; a fraction of a micro-dollar is an error, never silently rounded."""
+    """Exact conversion; a fraction of a micro-dollar is an error, never silently rounded,
+    and so is an amount over $1 billion (``MAX_AMOUNT_MICROS``) or one that is not finite."""
     try:
         d = Decimal(str(value).strip().removeprefix("$"))
     except InvalidOperation:
         raise ValueError(f"{value!r} is not an amount of USD (e.g. 2.00)") from None
+    if not d.is_finite() or abs(d) * MICROS_PER_USD > MAX_AMOUNT_MICROS:
+        raise ValueError(f"{value!r} is not an amount keel's ledger accepts: at most "
+                         f"{fmt_usd(MAX_AMOUNT_MICROS)} per amount")
     micros = d * MICROS_PER_USD
     if micros != micros.to_integral_value():
         raise ValueError(f"{value!r} has more precision than a micro-dollar (6 decimals)")

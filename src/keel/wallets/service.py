@@ -17,14 +17,17 @@ from keel.errors import (
     ConfigError,
     Conflict,
     InsufficientFunds,
+    InvalidRequest,
     KeelError,
     NotFound,
     PayeeNotAllowed,
     PaymentApprovalPending,
+    PermissionDenied,
     PolicyDenied,
+    SessionNotFound,
 )
 from keel.storage.sql import Database
-from keel.wallets import ledger
+from keel.wallets import ledger, sessions
 from keel.wallets.crypto import KeyCipher
 from keel.wallets.hooks import (
     ApprovalTicket,
@@ -35,6 +38,7 @@ from keel.wallets.hooks import (
 from keel.wallets.ledger import CounterSpec, Hold
 from keel.wallets.metrics import WalletMetrics
 from keel.wallets.money import fmt_usd
+from keel.wallets.sessions import Session
 from keel.wallets.settings import WalletSettings
 from keel.wallets.store import PaymentSigner, Wallet, WalletStore
 from keel.wallets.tables import accounts, payments
@@ -109,6 +113,86 @@ class WalletService:
             self._signers[wallet.id] = s
         return s
 
+    # -- sessions -----------------------------------------------------------------------------
+
+    def open_session(self, tenant: str, agent: str, *, opened_by: str, by_agent: bool,
+                     budget_micros: int | None = None, max_calls: int | None = None,
+                     ttl_s: float | None = None, session_id: str | None = None) -> Session:
+        """Open a budget session for ``agent``. An agent opening its own (``by_agent``) gets
+        at most the configured session budget, call limit and lifetime, a generated id, and
+        counts against ``agent_sessions_per_day``; operators may set all of them."""
+        s = self.settings
+        if budget_micros is not None and not 0 <= budget_micros <= 10**15:
+            raise InvalidRequest("'budget_usd' must be between 0 and 1,000,000,000",
+                                 param="budget_usd")
+        if max_calls is not None and not 1 <= max_calls <= 10**9:
+            raise InvalidRequest("'max_calls' must be between 1 and 1,000,000,000",
+                                 param="max_calls")
+        if ttl_s is not None and not 0 < ttl_s <= s.session_ttl_s:
+            raise InvalidRequest(f"'ttl_s' must be in (0, {s.session_ttl_s:g}] "
+                                 "(wallets.session_ttl_s)", param="ttl_s")
+        if by_agent:
+            if s.agent_sessions_per_day == 0:
+                raise PermissionDenied(
+                    "agent keys may not open budget sessions here "
+                    "(wallets.agent_sessions_per_day = 0): the orchestrator or an operator "
+                    "opens them")
+            if session_id is not None:
+                raise InvalidRequest("an agent cannot name its session: omit 'id'",
+                                     param="id")
+            if budget_micros is not None and budget_micros > s.session_budget:
+                raise BudgetExceeded(
+                    f"an agent may open sessions of at most {fmt_usd(s.session_budget)} "
+                    "(wallets.session_budget_usd); ask an operator for more",
+                    budget=s.session_budget)
+            if max_calls is not None and max_calls > s.max_calls_per_session:
+                raise InvalidRequest(f"an agent may open sessions of at most "
+                                     f"{s.max_calls_per_session} paid calls",
+                                     param="max_calls")
+        quota = s.agent_sessions_per_day if by_agent else None
+
+        def run(c: Connection) -> Session:
+            self.store.get(c, tenant, agent)  # a typo in the agent name is a 404, not a session
+            out = sessions.open_session(
+                c, tenant=tenant, agent=agent,
+                budget=s.session_budget if budget_micros is None else budget_micros,
+                max_calls=s.max_calls_per_session if max_calls is None else max_calls,
+                ttl_s=s.session_ttl_s if ttl_s is None else ttl_s, opened_by=opened_by,
+                session_id=session_id, agent_quota=quota)
+            ledger.event(c, "session_opened", tenant=tenant, agent=agent, session_id=out.id,
+                         budget=out.budget, max_calls=out.max_calls, opened_by=opened_by,
+                         expires_at=out.expires_at)
+            return out
+
+        return self.db.transaction(run)
+
+    def close_session(self, tenant: str, session_id: str, actor: str,
+                      agent: str | None = None) -> Session:
+        def run(c: Connection) -> Session:
+            out = sessions.close(c, tenant, session_id, agent)
+            ledger.event(c, "session_closed", tenant=tenant, agent=out.agent,
+                         session_id=session_id, actor=actor)
+            return out
+
+        return self.db.transaction(run)
+
+    def session_info(self, tenant: str, session_id: str,
+                     agent: str | None = None) -> dict[str, Any]:
+        def run(c: Connection) -> dict[str, Any]:
+            s = sessions.find(c, tenant, session_id)
+            if agent is not None and s.agent != agent:
+                raise SessionNotFound(f"tenant {tenant!r} has no session {session_id!r}",
+                                      param="session_id")
+            return {**s.as_dict(), **sessions.usage(c, s)}
+
+        return self.db.transaction(run)
+
+    async def check_session(self, tenant: str, agent: str, session_id: str) -> Session | None:
+        """Refuse a session keel did not open for this agent (``sessions = "issued"``)."""
+        if self.settings.sessions != "issued":
+            return None
+        return await self.db.run(lambda c: sessions.check(c, tenant, agent, session_id))
+
     # -- checks before any money moves ---------------------------------------------------------
 
     def precheck(self, intent: PaymentIntent) -> None:
@@ -132,17 +216,22 @@ class WalletService:
                 "it; refused before signing", cap=cap, price=intent.amount_micros)
 
     def counter_specs(self, intent: PaymentIntent, now: float, *,
-                      over_budget: bool = False) -> list[CounterSpec]:
+                      over_budget: bool = False,
+                      session: Session | None = None) -> list[CounterSpec]:
         """The budgets a payment must fit in; ``over_budget`` (a human approved going over)
-        keeps the counting and the loop guard but lifts the money limits."""
+        keeps the counting and the loop guard but lifts the money limits. An issued
+        ``session`` brings its own budget and call limit, and its counter outlives it."""
         s, t, a = self.settings, intent.tenant, intent.agent
         day = datetime.fromtimestamp(now, UTC).strftime("%Y-%m-%d")
         minute = int(now // 60)
-        session_limit = None if over_budget else s.session_budget
+        budget = s.session_budget if session is None else session.budget
+        max_calls = s.max_calls_per_session if session is None else session.max_calls
+        keep = now + 7 * DAY_S if session is None else max(now, session.expires_at) + DAY_S
+        session_limit = None if over_budget else budget
         day_limit = None if over_budget else s.daily_budget
         return [
             CounterSpec(f"session:{t}:{a}:{intent.session_id}", "session budget",
-                        session_limit, s.max_calls_per_session, now + 7 * DAY_S),
+                        session_limit, max_calls, keep),
             CounterSpec(f"day:{t}:{a}:{day}", "daily budget", day_limit, None,
                         now + 2 * DAY_S),
             CounterSpec(f"minute:{t}:{a}:{minute}", "per-minute loop guard", None,
@@ -159,6 +248,7 @@ class WalletService:
         budget. One approval covers both reasons. If the reservation still fails (the wallet
         cannot cover it, the loop guard), the approval stays usable for the next repeat."""
         self._check_payee(intent)
+        await self.admit_session(intent)
         policy_reason = await self._check_policy(intent)
         approved: ApprovalTicket | None = None
         if policy_reason is not None:
@@ -179,6 +269,16 @@ class WalletService:
         except BaseException:
             if approved is not None and self.approvals is not None:
                 await self.approvals.restore(approved)
+            raise
+
+    async def admit_session(self, intent: PaymentIntent) -> None:
+        """Before anything else (a fetch, Cedar, a human): the session must be one keel
+        opened for this agent; a refusal is counted and audited."""
+        try:
+            await self.check_session(intent.tenant, intent.agent, intent.session_id)
+        except KeelError as exc:
+            self._refused(intent, exc.code)
+            await self._audit("refused", intent, reason=exc.message)
             raise
 
     async def _check_policy(self, intent: PaymentIntent) -> str | None:
@@ -220,14 +320,21 @@ class WalletService:
     async def _reserve(self, wallet: Wallet, intent: PaymentIntent,
                        authorization_expires_at: float, *,
                        over_budget: bool = False) -> Reservation:
-        now = time.time()
-        hold = Hold(tenant=intent.tenant, agent=intent.agent, wallet_id=wallet.id,
-                    session_id=intent.session_id, url=intent.url, payee=intent.payee,
-                    network=intent.network, asset=intent.asset, amount=intent.amount_micros,
-                    counters=self.counter_specs(intent, now, over_budget=over_budget),
-                    expires_at=authorization_expires_at + self.settings.reservation_grace_s)
+        expires_at = authorization_expires_at + self.settings.reservation_grace_s
+        issued = self.settings.sessions == "issued"
 
         def run(c: Connection) -> str:
+            now = time.time()
+            # in the same transaction as the reservation: a session closed meanwhile is refused
+            session = sessions.check(c, intent.tenant, intent.agent, intent.session_id, now) \
+                if issued else None
+            hold = Hold(tenant=intent.tenant, agent=intent.agent, wallet_id=wallet.id,
+                        session_id=intent.session_id, url=intent.url, payee=intent.payee,
+                        network=intent.network, asset=intent.asset,
+                        amount=intent.amount_micros,
+                        counters=self.counter_specs(intent, now, over_budget=over_budget,
+                                                    session=session),
+                        expires_at=expires_at)
             rid = ledger.reserve(c, hold)
             ledger.event(c, "reserved", tenant=intent.tenant, agent=intent.agent,
                          session_id=intent.session_id, payment_id=rid, url=intent.url,
@@ -244,7 +351,7 @@ class WalletService:
             raise
         finally:
             self.metrics.reserve_latency.observe(time.perf_counter() - t0)
-        return Reservation(rid, wallet, intent, hold.expires_at)
+        return Reservation(rid, wallet, intent, expires_at)
 
     async def settle(self, r: Reservation, tx_hash: str, receipt: dict[str, Any]) -> None:
         def run(c: Connection) -> bool:

@@ -5,12 +5,13 @@ from __future__ import annotations
 from decimal import Decimal
 from typing import Literal
 
-from pydantic import BaseModel, Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator
 
+from keel.settings_section import Section
 from keel.wallets.money import usd_to_micros
 
 
-class X402ClientSettings(BaseModel):
+class X402ClientSettings(Section):
     # CAIP-2 networks keel will pay on. The default is the sandbox's (Base Sepolia USDC);
     # production lists the real network, e.g. "eip155:8453" (Base mainnet USDC).
     networks: list[str] = Field(default_factory=lambda: ["eip155:84532"])
@@ -29,7 +30,7 @@ class X402ClientSettings(BaseModel):
     private_hosts: list[str] = Field(default_factory=list)
 
 
-class WalletSettings(BaseModel):
+class WalletSettings(Section):
     enabled: bool = False
     # AES-256-GCM key material for wallet private keys at rest: reference an environment
     # variable (``encryption_key = "${KEEL_WALLET_KEY}"``); >= 32 characters.
@@ -39,6 +40,14 @@ class WalletSettings(BaseModel):
     daily_budget_usd: Decimal = Decimal("20.00")  # per agent per UTC day
     max_calls_per_minute: int = 60  # loop guard, per agent
     max_calls_per_session: int = 200  # loop guard, per session
+    # "issued": keel pays only for sessions it opened (POST /v1/wallet/sessions by an
+    # operator/orchestrator key, or by the agent's key within agent_sessions_per_day), so an
+    # agent cannot reset its session budget by inventing a session id. "agent": the agent
+    # names any session id (each new id is a fresh session budget; only the daily budget
+    # bounds it) -- for trusted single-agent setups only.
+    sessions: Literal["issued", "agent"] = "issued"
+    agent_sessions_per_day: int = Field(default=10, ge=0)  # 0: only operators open sessions
+    session_ttl_s: float = Field(default=86_400.0, gt=0, le=30 * 86_400)  # default and max
     # payTo addresses agents may pay; "*" allows any (not recommended in production)
     payees: list[str] = Field(default_factory=list)
     # a reservation whose outcome is unknown (connection lost after signing) is held until

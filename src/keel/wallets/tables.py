@@ -116,10 +116,26 @@ events = Table(
     Index("payment_events_at", "at"),
 )
 
+sessions = Table(
+    "wallet_sessions", meta,
+    Column("id", String(100), primary_key=True),
+    Column("tenant", String(128), nullable=False),
+    Column("agent", String(128), nullable=False),
+    Column("budget", BigInteger, nullable=False),  # micro-USD
+    Column("max_calls", Integer, nullable=False),
+    Column("opened_by", String(200), nullable=False),  # "key:<id>" or "cli:<user>"
+    Column("by_agent", Integer, nullable=False, default=0),  # 1: the agent's own key
+    Column("created_at", Float, nullable=False),
+    Column("expires_at", Float, nullable=False),
+    Column("closed_at", Float),
+    Index("wallet_sessions_agent", "tenant", "agent", "created_at"),
+)
+
 ALL = [wallets, accounts, entries, lines, counters, payments, events]
 
 MIGRATIONS = [
     Migration("wallets/0001_ledger", lambda c: meta.create_all(c, tables=ALL)),
+    Migration("wallets/0002_sessions", lambda c: meta.create_all(c, tables=[sessions])),
 ]
 
 

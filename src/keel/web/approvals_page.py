@@ -5,7 +5,7 @@ from __future__ import annotations
 import hmac
 import time
 from typing import TYPE_CHECKING
-from urllib.parse import parse_qs, urlencode
+from urllib.parse import urlencode
 
 from fastapi import APIRouter
 from starlette.requests import Request
@@ -60,7 +60,7 @@ class ApprovalsPage:
         p = await self.shell.principal(request)
         if p is None:
             return RedirectResponse("/console/login", status_code=303)
-        form = parse_qs((await request.body()).decode(errors="replace"))
+        form = await self.shell.form(request)
         token = (form.get("csrf") or [""])[0]
         if not p.admin or not hmac.compare_digest(token, csrf_token(request)):
             return Response("forbidden: admin session and a valid form token required",

@@ -9,15 +9,16 @@ import secrets
 import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
-from urllib.parse import parse_qs, urlencode
+from urllib.parse import urlencode
 
 import orjson
 from fastapi import APIRouter
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
-from keel.errors import AuthenticationError
+from keel.errors import AuthenticationError, PayloadTooLarge
 from keel.gateway.context import Principal
+from keel.gateway.params import MAX_HOURS, MAX_PAGE, choice_param, float_param, int_param
 from keel.gateway.services import Services
 from keel.metering.request_log import (
     LogFilter,
@@ -50,6 +51,7 @@ class ConsoleRoutes:
         self.shell.nav.extend(p.nav for p in self.pages if p.nav is not None)
         self.principal = self.shell.principal
         self.render = self.shell.render
+        self.form = self.shell.form
 
     def router(self) -> APIRouter:
         r = APIRouter(include_in_schema=False)
@@ -69,7 +71,11 @@ class ConsoleRoutes:
         return self.render("login.html", error=None, active="")
 
     async def login(self, request: Request) -> Response:
-        form = parse_qs((await request.body()).decode(errors="replace"))
+        try:
+            form = await self.form(request)
+        except PayloadTooLarge as exc:
+            return self.render("login.html", status=exc.http_status, error=exc.message,
+                               active="")
         key = (form.get("api_key") or [""])[0].strip()
         try:
             if not key:
@@ -102,13 +108,13 @@ class ConsoleRoutes:
 
     def _filter(self, request: Request, p: Principal, limit: int = 50) -> LogFilter:
         q = request.query_params
-        hours = q.get("hours", "")
-        page = max(1, int(q["page"])) if q.get("page", "").isdigit() else 1
+        hours = float_param(q, "hours", 0, MAX_HOURS)
+        page = int_param(q, "page", 1, 1, MAX_PAGE)
         return LogFilter(
             tenant=q.get("tenant") or None if p.admin else p.tenant,
             model=q.get("model") or None,
-            status=q.get("status") if q.get("status") in ("ok", "error") else None,
-            since=time.time() - float(hours) * 3600 if hours.isdigit() else None,
+            status=choice_param(q, "status", ("ok", "error")),
+            since=time.time() - hours * 3600 if hours is not None else None,
             search=q.get("q") or None,
             limit=limit, offset=(page - 1) * limit,
         )

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import hmac
 from typing import TYPE_CHECKING, Any
-from urllib.parse import parse_qs
 
 from fastapi import APIRouter
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
-from keel.firewall.export import recent_blocks, rule_hits
+from keel.firewall.export import flag_hits, recent_blocks, rule_hits
 from keel.web.shell import ConsoleShell, NavItem, csrf_token
 
 if TYPE_CHECKING:
@@ -38,9 +37,11 @@ class FirewallPage:
         if not p.admin:
             blocks = [b for b in blocks if b["tenant"] == p.tenant]
         bans = await self.state.list_bans() if p.admin else []
+        watched = await self.state.list_watches() if p.admin else []
         return self.shell.render(
             "firewall.html", active="/console/firewall", principal=p, blocks=blocks[:50],
-            hits=rule_hits(blocks), bans=bans, enabled=True,
+            hits=rule_hits(blocks), flags=flag_hits(blocks), bans=bans, watched=watched,
+            enabled=True,
             csrf=csrf_token(request), message=request.query_params.get("msg"),
         )
 
@@ -48,7 +49,7 @@ class FirewallPage:
         p = await self.shell.principal(request)
         if p is None:
             return RedirectResponse("/console/login", status_code=303)
-        form = parse_qs((await request.body()).decode(errors="replace"))
+        form = await self.shell.form(request)
         token = (form.get("csrf") or [""])[0]
         client = (form.get("client") or [""])[0]
         if not p.admin or not hmac.compare_digest(token, csrf_token(request)):

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import hmac
 import time
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlencode
 
+import orjson
 from fastapi import APIRouter
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
 from keel.degrade import audit
+from keel.errors import InvalidRequest, KeelError
 from keel.metering.request_log import LogFilter, spend_by_hour
-from keel.web.shell import ConsoleShell, NavItem, bar_chart
+from keel.web.shell import ConsoleShell, NavItem, bar_chart, csrf_token
 
 if TYPE_CHECKING:
     from keel.degrade.service import Degrader
@@ -56,6 +60,51 @@ class ModePage:
 
     def register(self, r: APIRouter) -> None:
         r.add_api_route("/console/mode", self.page, methods=["GET"])
+        r.add_api_route("/console/mode/change", self.change, methods=["POST"])
+
+    async def change(self, request: Request) -> Response:
+        """Admin form posts: pin a mode, back to auto, set or reset the ladder (audited like
+        the admin API, with the console session's key as actor)."""
+        p = await self.shell.principal(request)
+        if p is None:
+            return RedirectResponse("/console/login", status_code=303)
+        form = await self.shell.form(request)
+        token = (form.get("csrf") or [""])[0]
+        if not p.admin or not hmac.compare_digest(token, csrf_token(request)):
+            return Response("forbidden: admin session and a valid form token required",
+                            status_code=403)
+        dg = self.degrader
+        actor = f"console:{p.key_id}"
+        op = (form.get("op") or [""])[0]
+        try:
+            if op == "mode":
+                minutes = (form.get("minutes") or [""])[0].strip()
+                duration = float(minutes) * 60 if minutes else None
+                if duration is not None and not 0 < duration <= 30 * 86_400:
+                    raise InvalidRequest("minutes must be between 0 and 43200")
+                await dg.set_mode((form.get("mode") or [""])[0], duration, actor)
+                msg = f"mode pinned to {dg.flags.level.name}"
+            elif op == "auto":
+                await dg.set_auto(actor)
+                msg = f"automatic mode; now {dg.flags.level.name}"
+            elif op == "ladder":
+                try:
+                    body = orjson.loads((form.get("ladder") or ["{}"])[0])
+                except orjson.JSONDecodeError as exc:
+                    raise InvalidRequest(f"the ladder is not valid JSON: {exc}") from None
+                await dg.set_config(body, actor)
+                msg = "ladder saved; every replica uses it within a second"
+            elif op == "reset":
+                await dg.reset_config(actor)
+                msg = f"ladder reset to {dg.source}"
+            else:
+                raise InvalidRequest(f"unknown operation {op!r}")
+            q = {"msg": msg}
+        except ValueError:
+            q = {"err": "minutes must be a number"}
+        except KeelError as exc:
+            q = {"err": exc.message}
+        return RedirectResponse("/console/mode?" + urlencode(q), status_code=303)
 
     async def page(self, request: Request) -> Response:
         p = await self.shell.principal(request)
@@ -68,7 +117,10 @@ class ModePage:
         hourly = await self.svc.db.run(lambda c: spend_by_hour(
             c, LogFilter(tenant=None if p.admin else p.tenant, since=since)))
         status = dg.status()
+        q = request.query_params
         return self.shell.render(
             "mode.html", active="/console/mode", principal=p, enabled=True, st=status,
             flips=flips[:50], chart=bar_chart(hourly),
-            timeline=timeline(flips, status["levels"]))
+            timeline=timeline(flips, status["levels"]),
+            ladder_json=orjson.dumps(status["ladder"], option=orjson.OPT_INDENT_2).decode(),
+            csrf=csrf_token(request), message=q.get("msg"), error=q.get("err"))

@@ -7,10 +7,12 @@ URL. Pages import this module; it imports no page, so capabilities can add pages
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
+from urllib.parse import parse_qs
 
 import orjson
 from fastapi import APIRouter
@@ -19,6 +21,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse
 
 from keel.gateway.context import Principal
+from keel.gateway.http import read_body
 
 if TYPE_CHECKING:
     from keel.gateway.services import Services
@@ -66,9 +69,18 @@ class ConsoleShell:
         raw = await self.svc.kv.get(session_key(token))
         if raw is None:
             return None
-        d = orjson.loads(raw)
-        return Principal(key_id=d["key_id"], tenant=d["tenant"], agent=d.get("agent"),
-                         admin=d["admin"])
+        key_id = str(orjson.loads(raw)["key_id"])
+        # The session only names its key: the key's current row decides (a revoked key ends
+        # every session made with it at once, admin keys included).
+        current = await asyncio.to_thread(self.svc.keys.active, key_id)
+        if current is None:
+            await self.svc.kv.delete(session_key(token))
+        return current
+
+    async def form(self, request: Request) -> dict[str, list[str]]:
+        """A posted form, refused with 413 (server.max_body_bytes) before it is buffered."""
+        raw = await read_body(request, self.svc.settings.server.max_body_bytes)
+        return parse_qs(raw.decode(errors="replace"))
 
     def render(self, name: str, status: int = 200, **ctx: Any) -> HTMLResponse:
         html = self.env.get_template(name).render(nav=self.nav, **ctx)

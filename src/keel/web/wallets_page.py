@@ -10,7 +10,7 @@ from sqlalchemy import Connection
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
-from keel.wallets import reports
+from keel.wallets import reports, sessions
 from keel.wallets.money import fmt_usd
 from keel.web.shell import ConsoleShell, NavItem
 
@@ -44,6 +44,7 @@ class WalletsPage:
                 "daily": reports.spend_per_day(c, tenant=tenant),
                 "outcomes": reports.outcomes(c, tenant=tenant, since=since),
                 "recent": reports.recent_payments(c, tenant=tenant, limit=20),
+                "sessions": sessions.recent(c, tenant, limit=20),
             }
 
         data = await self.svc.db.run(load)

@@ -22,6 +22,7 @@ from x402.schemas import SettleResponse
 from yarl import URL
 
 from keel.errors import InvalidRequest, PaymentFailed, UpstreamError, UpstreamTimeout
+from keel.wallets.hooks import PaymentIntent
 from keel.wallets.service import WalletService
 from keel.x402.egress import EgressPolicy, GuardedResolver, refusal
 from keel.x402.payer import Payer, Receipt, Signed, digest, happened
@@ -115,6 +116,8 @@ class PaidFetcher:
     async def fetch(self, tenant: str, agent: str, req: FetchRequest) -> FetchResult:
         _check_request(req)
         self.egress.check_url(req.url)
+        await self.wallets.admit_session(PaymentIntent(
+            tenant, agent, req.session_id, req.url, req.method, "", "", "", 0))
         first = await self._send(req, {}, paid=False)
         if first.status != 402:
             return FetchResult(first.status, first.headers, first.body)

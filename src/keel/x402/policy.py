@@ -1,9 +1,9 @@
 """Cedar for payments: every payment is the action ``Action::"x402:pay"``.
 
 When the tool gateway (and so the policy store) exists, keel asks Cedar before reserving any
-payment, with the same principal (``Agent::"<agent>"``, its tenant and roles) and the same
-fail-closed rules as tool calls: default deny, ``forbid`` wins, errors deny. The context
-holds the payment (``payee``, ``amount_micros``, ``host``, ``port``, ``network``,
+payment, with the same principal (``Agent::"<tenant>/<agent>"``, its tenant, name and roles)
+and the same fail-closed rules as tool calls: default deny, ``forbid`` wins, errors deny.
+The context holds the payment (``payee``, ``amount_micros``, ``host``, ``port``, ``network``,
 ``resource``) plus
 ``context.now`` and ``context.session``. A permitting policy annotated
 ``@approval("required")`` sends the payment to a human first (when approvals are on).

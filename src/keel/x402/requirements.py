@@ -19,7 +19,7 @@ from x402.mechanisms.evm.default_assets import find_default_asset
 from x402.schemas import PaymentRequired, PaymentRequirements
 
 from keel.errors import PaymentRequirementsInvalid
-from keel.wallets.money import atomic_to_micros
+from keel.wallets.money import MAX_AMOUNT_MICROS, atomic_to_micros, fmt_usd
 from keel.wallets.settings import X402ClientSettings
 from keel.wallets.store import checked_address
 
@@ -125,7 +125,12 @@ def choose(required: PaymentRequired, cfg: X402ClientSettings, host: str) -> Off
                 f"signs authorizations valid for at most {cfg.max_validity_s} s "
                 "(wallets.x402.max_validity_s)")
             continue
-        payable.append(Offer(required, req, atomic_to_micros(amount, asset["decimals"]), payee))
+        micros = atomic_to_micros(amount, asset["decimals"])
+        if micros > MAX_AMOUNT_MICROS:  # would not fit the books (64-bit integers)
+            problems.append(f"{what}: amount {amount} is over keel's limit of "
+                            f"{fmt_usd(MAX_AMOUNT_MICROS)} per payment")
+            continue
+        payable.append(Offer(required, req, micros, payee))
     if not payable:
         raise PaymentRequirementsInvalid(
             f"no payment option from {host} can be paid: " + "; ".join(problems))

@@ -1,0 +1,60 @@
+"""OpenAI's streaming usage contract, applied once for every provider and cache replay.
+
+Usage is sent only when the client asked with ``stream_options.include_usage``, and then
+in one extra chunk after the last choice chunk, with ``choices: []``. Providers and
+upstreams put usage wherever they like (llama.cpp on the finish chunk, OpenAI in its own
+chunk, keel always asks upstreams for it to meter): it is stripped from every chunk here.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from keel.gateway.context import RequestContext
+
+JSON = dict[str, Any]
+
+
+def wants_usage(body: JSON) -> bool:
+    opts = body.get("stream_options")
+    return isinstance(opts, dict) and opts.get("include_usage") is True
+
+
+class StreamUsage:
+    """Strips usage from chunks on the way out and builds the final usage chunk."""
+
+    def __init__(self, ctx: RequestContext) -> None:
+        self.ctx = ctx
+        self.include = wants_usage(ctx.body)
+        self.last: JSON | None = None
+        self.seen: JSON | None = None
+
+    def strip(self, chunk: JSON) -> JSON | None:
+        """The chunk as the client sees it; ``None`` for a usage-only chunk."""
+        usage = chunk.get("usage")
+        if "usage" in chunk:
+            if isinstance(usage, dict):
+                self.seen = usage
+            chunk = {k: v for k, v in chunk.items() if k != "usage"}
+            if not chunk.get("choices"):
+                return None
+        self.last = chunk
+        return chunk
+
+    def final(self) -> JSON | None:
+        """The usage chunk to send after the last choice chunk, if the client asked."""
+        if not self.include or self.last is None:
+            return None
+        u = self.ctx.usage
+        usage: JSON = {"prompt_tokens": u.prompt_tokens,
+                       "completion_tokens": u.completion_tokens}
+        if not (u.prompt_tokens or u.completion_tokens) and self.seen is not None:
+            usage = dict(self.seen)  # a cache replay: the stage that metered is skipped
+        usage["total_tokens"] = (int(usage.get("prompt_tokens") or 0)
+                                 + int(usage.get("completion_tokens") or 0))
+        if self.seen is not None and "prompt_tokens_details" in self.seen:
+            usage.setdefault("prompt_tokens_details", self.seen["prompt_tokens_details"])
+        last = self.last
+        return {"id": last.get("id"), "object": last.get("object"),
+                "created": last.get("created"), "model": last.get("model"),
+                "choices": [], "usage": usage}
