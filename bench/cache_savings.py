@@ -42,6 +42,7 @@ from rich.progress import track
 from rich.table import Table
 
 from keel.app import build_services, create_app
+from keel.cache.stage import CacheStage
 from keel.config import load_settings
 from keel.gateway.background import serving
 
@@ -141,8 +142,7 @@ async def main() -> None:
                         "layer": r.headers.get("x-keel-cache-layer", ""),
                         "cost": float(r.headers.get("x-keel-cost-usd", 0)),
                         "saved": float(r.headers.get("x-keel-saved-usd", 0))})
-                assert svc.cache is not None
-                await svc.cache.drain()
+                await svc.get(CacheStage).drain()
     hits = [r for r in results if r["state"] == "hit"]
     misses = [r for r in results if r["state"] != "hit"]
     spent = sum(r["cost"] for r in results)

@@ -31,6 +31,8 @@ from rich.console import Console
 from rich.progress import track
 from rich.table import Table
 
+from keel.cache.stage import CacheStage
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 OUT = ROOT / "bench" / "results" / "cache_speed.json"
@@ -134,18 +136,17 @@ async def gateway_section(entries: int) -> dict[str, Any]:
     settings = make_settings(tmp, up, firewall={"enabled": False},
                              request_log={"store_bodies": False})
     svc = build_services(settings)
-    assert svc.cache is not None
     key = svc.keys.create("bench").secret
     # pre-fill the partition the bench requests land in with `entries` random vectors
     probe = cache_key(route="chat", body={"model": "fake-gpt", "messages": [
         {"role": "user", "content": "x"}]}, model="fake-gpt", tenant="bench",
         namespace="default", generation="0.0")
-    index = svc.cache.store.index
+    index = svc.get(CacheStage).store.index
     assert index is not None
     rng = np.random.default_rng(3)
     before = rss_mb()
     await fill(index, unit_rows(rng, entries), probe.partition, "gateway cache")
-    svc.cache.store._created = True
+    svc.get(CacheStage).store._created = True
     filled_rss = rss_mb() - before
     assert tenant_tag("bench") == probe.tenant
     app = create_app(settings, services=svc)
@@ -172,7 +173,7 @@ async def gateway_section(entries: int) -> dict[str, Any]:
                 ms, state = await call(q)
                 assert state == "miss", state
                 miss.append(ms)
-            await svc.cache.drain()
+            await svc.get(CacheStage).drain()
             exact, sem = [], []
             for _ in range(5):
                 for q in questions:

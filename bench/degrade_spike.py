@@ -33,6 +33,7 @@ from rich.table import Table
 
 from keel.app import build_services, create_app
 from keel.config import Settings, load_settings
+from keel.degrade.service import Degrader
 from keel.gateway.background import serving
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -69,7 +70,7 @@ def start_fake_upstream() -> tuple[str, Any]:
         loop.run_until_complete(runner.setup())
         site = web.TCPSite(runner, "127.0.0.1", 0)
         loop.run_until_complete(site.start())
-        port.append(site._server.sockets[0].getsockname()[1])  # type: ignore[union-attr]
+        port.append(site._server.sockets[0].getsockname()[1])
         ready.set()
         loop.run_forever()
 
@@ -158,8 +159,7 @@ def main() -> None:
             t0 = time.time()
             records = asyncio.run(drive(base, args.scale))
             wall = time.time() - t0
-            assert svc.degrade is not None
-            read = svc.degrade.flags.level_for
+            read = svc.get(Degrader).flags.level_for
             n = 1_000_000
             t1 = time.perf_counter()
             for _ in range(n):

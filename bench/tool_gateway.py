@@ -42,6 +42,7 @@ from keel.config import load_settings
 from keel.gateway.background import serving
 from keel.policy.authorizer import Authorizer, AuthzRequest
 from keel.policy.schema import ToolSignature
+from keel.tools.gateway import ToolGateway
 
 REPO = Path(__file__).resolve().parents[1]
 SERVER = REPO / "tests" / "tool_servers" / "crm_mcp.py"
@@ -139,10 +140,10 @@ def bench_mcp(n: int) -> dict[str, Any]:
                                          "servers": [{"name": "crm", "url": upstream}],
                                          "policy": {"roles": {"acme/bot": ["support"]}}})
             svc = build_services(settings)
-            assert svc.tools is not None
             key = svc.keys.create("acme", agent="bot").secret
             with serving(create_app(settings, services=svc)) as base:
-                svc.tools.store.apply(POLICY, validate=svc.tools.authorizer.validate)
+                gw = svc.get(ToolGateway)
+                gw.store.apply(POLICY, validate=gw.authorizer.validate)
                 time.sleep(settings.tools.policy.reload_s + 0.5)  # the gateway picks it up
 
                 async def both() -> tuple[list[float], list[float]]:

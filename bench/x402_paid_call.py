@@ -36,9 +36,11 @@ from rich.table import Table
 from keel.app import build_services
 from keel.config import load_settings
 from keel.policy.authorizer import parse_policies
+from keel.tools.gateway import ToolGateway
 from keel.wallets import ledger, sessions
 from keel.wallets.hooks import PaymentIntent
 from keel.wallets.ledger import Hold
+from keel.wallets.service import WalletService
 from keel.x402.sandbox import sandbox_payee
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -91,16 +93,15 @@ def main() -> None:
     os.environ["KEEL_WALLET_KEY"] = key
     settings = load_settings(tmp / "keel.toml")
     svc = build_services(settings)
-    assert svc.wallets is not None
-    wallet = svc.wallets.create_wallet("bench", "agent")
-    svc.wallets.fund("bench", "agent", 500_000_000)
+    wallet = svc.get(WalletService).create_wallet("bench", "agent")
+    svc.get(WalletService).fund("bench", "agent", 500_000_000)
     api_key = svc.keys.create("bench", agent="agent").secret
     # budgets belong to sessions keel opened (wallets.sessions = "issued")
     for sid in ("bench", "bench-check"):
-        svc.wallets.open_session("bench", "agent", session_id=sid, opened_by="bench",
-                                 by_agent=False)
-    assert svc.tools is not None
-    svc.tools.store.apply('permit(principal, action, resource);', validate=parse_policies)
+        svc.get(WalletService).open_session("bench", "agent", session_id=sid,
+                                            opened_by="bench", by_agent=False)
+    svc.get(ToolGateway).store.apply('permit(principal, action, resource);',
+                                     validate=parse_policies)
 
     procs = [
         subprocess.Popen([KEEL, "x402", "sandbox", "--port", str(sb_port)], env=env,
@@ -152,14 +153,14 @@ def main() -> None:
         reserve: list[float] = []
         for _ in range(500):
             t = time.perf_counter_ns()
-            svc.wallets.precheck(intent)
+            svc.get(WalletService).precheck(intent)
             pre.append((time.perf_counter_ns() - t) / 1e6)
         reserve_ledger_only: list[float] = []  # the same without the session check (baseline)
         for i in range(2 * args.rounds):
             now = time.time()
             hold = Hold("bench", "agent", wallet.id, "bench-check", intent.url, intent.payee,
                         intent.network, intent.asset, 1000,
-                        svc.wallets.counter_specs(intent, now), now + 60)
+                        svc.get(WalletService).counter_specs(intent, now), now + 60)
             with_session = i % 2 == 0
 
             def txn(conn: Any, h: Hold = hold, check: bool = with_session) -> str:

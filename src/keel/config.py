@@ -161,6 +161,8 @@ class Settings(BaseSettings):
     wallets: WalletSettings = Field(default_factory=WalletSettings)
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
     models: list[ModelSpec] = Field(default_factory=list)
+    # settings of capabilities from other packages: [plugins.NAME], validated by each one
+    plugins: dict[str, dict[str, Any]] = Field(default_factory=dict)
 
     @field_validator("models")
     @classmethod

@@ -11,6 +11,7 @@ import httpx
 import pytest
 
 from keel.app import create_app
+from keel.cache.stage import CacheStage
 from keel.config import Settings
 from keel.gateway.services import Services
 
@@ -141,7 +142,7 @@ def test_console_cache_page_shows_hits_and_savings(
             r = httpx.post(base + "/v1/chat/completions", json=body, headers=h, timeout=10)
             states.append(r.headers["x-keel-cache"])
             for _ in range(50):  # the miss is stored in the background
-                if services.cache is not None and not services.cache._pending:
+                if not services.get(CacheStage)._pending:
                     break
                 import time
 

@@ -23,6 +23,7 @@ from pydantic import SecretStr
 from approval_helpers import ActionLog, Receiver
 from keel.approvals import slack
 from keel.approvals.notify import sign
+from keel.approvals.service import ApprovalsService
 from keel.config import Settings
 from keel.gateway.services import Services
 
@@ -48,8 +49,7 @@ def receiver() -> AsyncIterator[Receiver]:
 def actions(tmp_path: Path, services: Services, settings: Settings, receiver: Receiver
             ) -> ActionLog:
     log = ActionLog(tmp_path / "actions.db")
-    assert services.approvals is not None
-    log.register(services.approvals.registry)
+    log.register(services.get(ApprovalsService).registry)
     a = settings.approvals
     a.slack_webhook_url = SecretStr(receiver.url)
     a.slack_signing_secret = SecretStr(SLACK_SECRET)

@@ -12,6 +12,7 @@ import pytest
 from conftest import make_settings
 from keel.app import build_services, create_app
 from keel.cache.build import INDEX_NAME, index_name
+from keel.cache.stage import CacheStage
 from keel.config import Settings
 from keel.errors import ConfigError
 from keel.providers.registry import ModelRegistry
@@ -76,8 +77,7 @@ async def test_gateway_cache_uses_the_configured_embedder(
         h = {"Authorization": f"Bearer {key}"}
         r = await client.post("/v1/chat/completions", json=body, headers=h)
         assert r.headers["x-keel-cache"] == "miss"
-        assert services.cache is not None
-        await services.cache.drain()
+        await services.get(CacheStage).drain()
         body["messages"][0]["content"] = "reset my password?"  # same words, other case
         r = await client.post("/v1/chat/completions", json=body, headers=h)
         assert r.headers["x-keel-cache"] == "hit" and r.headers["x-keel-cache-layer"] == "semantic"

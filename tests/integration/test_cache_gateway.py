@@ -12,6 +12,7 @@ import httpx
 import pytest
 
 from keel.cache.settings import NamespaceSettings
+from keel.cache.stage import CacheStage
 from keel.config import Settings
 from keel.gateway.services import Services
 
@@ -27,8 +28,7 @@ def auth(key: str, **extra: str) -> dict[str, str]:
 
 
 async def drained(services: Services) -> None:
-    assert services.cache is not None
-    await services.cache.drain()
+    await services.get(CacheStage).drain()
 
 
 async def ask(client: httpx.AsyncClient, key: str, text: str, **headers: str) -> httpx.Response:
@@ -249,8 +249,7 @@ async def test_scripted_fake_judge_confirms_hits_strict_would_refuse_verdict_rem
     """keel's judge logic against a scripted fake upstream as the judge model."""
     from keel.cache.judge import Judge
 
-    assert services.cache is not None
-    services.cache.judge = Judge(services.models, services.kv)
+    services.get(CacheStage).judge = Judge(services.models, services.kv)
     settings.cache.namespaces["judged"] = NamespaceSettings(judge="fake-gpt")
     h = {"x-keel-cache-namespace": "judged"}
     await ask(client, user_key, "How can I disable email notifications?", **h)

@@ -22,6 +22,7 @@ from keel.app import build_services, create_app
 from keel.cli.main import build as build_cli
 from keel.config import Settings
 from keel.degrade import audit
+from keel.degrade.service import Degrader
 from keel.gateway.services import Services
 
 from fakes import FakeUpstream
@@ -83,8 +84,7 @@ async def burst(c: httpx.AsyncClient, n: int) -> list[httpx.Response]:
 
 
 async def evaluate(svc: Services) -> list[str]:
-    assert svc.degrade is not None
-    ev = await svc.degrade.breaker.evaluate(force_leader=True)
+    ev = await svc.get(Degrader).breaker.evaluate(force_leader=True)
     return [f"{f.from_level}->{f.to_level}" for f in ev.flips]
 
 
@@ -108,7 +108,7 @@ async def test_breaker_steps_down_after_evaluation_periods_and_heals_without_fla
     assert await evaluate(svc) == []
     assert await evaluate(svc) == ["SHALLOW->SUPER_SHALLOW"]
     assert await evaluate(svc) == [] and await evaluate(svc) == []
-    assert svc.degrade.flags.level.name == "SUPER_SHALLOW"
+    assert svc.get(Degrader).flags.level.name == "SUPER_SHALLOW"
 
     # the spike passes: the window empties (counters expire) and it heals one rung at a time
     for key in await svc.kv.keys("dg:m:"):
@@ -136,10 +136,10 @@ async def test_breaker_steps_down_after_evaluation_periods_and_heals_without_fla
 async def test_spend_alarm_uses_metered_usd_and_gauges_are_exported(gw: Any) -> None:
     c, svc = gw
     await burst(c, 4)  # 11 prompt + 7 completion tokens on "big": $0.0000975 each
-    await svc.degrade.meter.flush()
-    values = await svc.degrade.breaker.compute(time.time())
+    await svc.get(Degrader).meter.flush()
+    values = await svc.get(Degrader).breaker.compute(time.time())
     assert values["invocations_per_minute:global"]["*"] == pytest.approx(4)
-    totals = await svc.degrade.meter.totals(60)
+    totals = await svc.get(Degrader).meter.totals(60)
     assert totals["usd"]["*"] == pytest.approx(4 * (11 * 2.5 + 7 * 10) / 1e6)
     assert totals["inv"]["default"] == 4  # per tenant too
     await evaluate(svc)
@@ -151,7 +151,7 @@ async def test_spend_alarm_uses_metered_usd_and_gauges_are_exported(gw: Any) -> 
 
 async def test_override_pins_the_level_and_auto_releases_it(gw: Any) -> None:
     c, svc = gw
-    dg = svc.degrade
+    dg = svc.get(Degrader)
     await dg.set_mode("shallow", 3600, "test")
     assert (await c.post("/v1/chat/completions", json=body())).headers["x-keel-mode"] == \
         "SHALLOW"
@@ -250,8 +250,8 @@ async def test_flip_reaches_a_second_replica_sharing_valkey_within_a_second(
             assert (await cb.post("/v1/chat/completions", json=body())).headers[
                 "x-keel-mode"] == "DEEP"
             t0 = time.perf_counter()
-            await a.degrade.set_mode("shallow", 60, "replica-a")
-            while b.degrade.flags.level.name != "SHALLOW":
+            await a.get(Degrader).set_mode("shallow", 60, "replica-a")
+            while b.get(Degrader).flags.level.name != "SHALLOW":
                 assert time.perf_counter() - t0 < 1.0, "replica b did not see the flip in 1 s"
                 await asyncio.sleep(0.01)
             seen_s = time.perf_counter() - t0
@@ -260,16 +260,16 @@ async def test_flip_reaches_a_second_replica_sharing_valkey_within_a_second(
             assert fake_upstream.calls[-1]["body"]["model"] == "gpt-small"
             # traffic on both replicas adds up in the shared window
             await burst(cb, 3)
-            await a.degrade.meter.flush()
-            await b.degrade.meter.flush()
-            totals = await a.degrade.meter.totals(60)
+            await a.get(Degrader).meter.flush()
+            await b.get(Degrader).meter.flush()
+            totals = await a.get(Degrader).meter.totals(60)
             assert totals["inv"]["*"] == 5
     assert seen_s < 1.0
 
 
 async def test_console_mode_page_shows_mode_alarms_and_flips(gw: Any) -> None:
     c, svc = gw
-    await svc.degrade.set_mode("shallow", 60, "console-test")
+    await svc.get(Degrader).set_mode("shallow", 60, "console-test")
     r = await c.get("/console/mode")
     assert r.status_code == 200
     assert "Current mode: <strong>SHALLOW</strong>" in r.text

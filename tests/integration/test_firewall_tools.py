@@ -18,6 +18,7 @@ from conftest import make_settings
 from keel.app import build_services, create_app
 from keel.gateway.services import Services
 from keel.tools.decision_log import DecisionFilter, query_decisions
+from keel.tools.gateway import ToolGateway
 
 from live import serve_app
 
@@ -61,12 +62,11 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         }, firewall={"semantic": False, "max_scan_chars": 200_000,
                      "modes": {"flagco/tools": "flag"}})
         svc = build_services(settings)
-        assert svc.tools is not None
         key = svc.keys.create("acme", agent="agent-1").secret
         flag_key = svc.keys.create("flagco", agent="agent-2").secret
         with serve_app(create_app(settings, services=svc)) as url:
-            svc.tools.store.apply("permit(principal, action, resource);",
-                                  validate=svc.tools.authorizer.validate)
+            svc.get(ToolGateway).store.apply("permit(principal, action, resource);",
+                                  validate=svc.get(ToolGateway).authorizer.validate)
             yield Stack(url, key, flag_key, svc)
 
 
@@ -79,8 +79,7 @@ def nested(depth: int) -> Any:
 
 async def call(stack: Stack, args: Any, key: str | None = None) -> httpx.Response:
     async with httpx.AsyncClient(base_url=stack.url, timeout=30) as c:
-        assert stack.svc.tools is not None
-        await stack.svc.tools.reload()
+        await stack.svc.get(ToolGateway).reload()
         return await c.post("/v1/tools/fetch_page", json={"arguments": args},
                             headers={"authorization": f"Bearer {key or stack.key}"})
 
@@ -99,7 +98,7 @@ async def test_injected_tool_result_is_withheld_and_logged(stack: Stack) -> None
     err = r.json()["error"]
     assert err["code"] == "prompt_blocked" and err["role"] == "tool_result"
     assert "withheld" in err["message"] and ATTACK not in r.text
-    await stack.svc.tools.log.flush()  # type: ignore[union-attr]
+    await stack.svc.get(ToolGateway).log.flush()
     rows = await stack.svc.db.run(lambda c: query_decisions(c, DecisionFilter(tenant="acme")))
     assert any(row["outcome"] == "blocked" for row in rows)
 

@@ -11,10 +11,12 @@ from pathlib import Path
 import httpx
 import pytest
 
+from keel.cache.stage import CacheStage
 from keel.errors import InvalidRequest, RagIndexNotFound
 from keel.gateway.services import Services
 from keel.rag import catalog
 from keel.rag.ingest import Document, ingest, read_documents
+from keel.rag.retrieve import Retriever
 
 from fakes import FakeUpstream
 
@@ -33,11 +35,11 @@ def chat(text: str, model: str = "fake-gpt") -> dict:
 
 async def add(services: Services, name: str, docs: list[Document], *, replace: bool = False,
               tenant: str = "acme") -> catalog.IndexInfo:
-    assert services.rag is not None
     vector = await services.db.run(lambda c: catalog.vector_for(c, tenant, name))
-    vectors = services.rag.open_vectors(vector)
+    retriever = services.get(Retriever)
+    vectors = retriever.open_vectors(vector)
     try:
-        return await ingest(services.db, vectors, services.rag.embedder, tenant, name, docs,
+        return await ingest(services.db, vectors, retriever.embedder, tenant, name, docs,
                             services.settings.rag, replace=replace)
     finally:
         await vectors.aclose()
@@ -91,16 +93,15 @@ async def test_empty_index_is_a_400(
 async def test_every_ingest_bumps_the_version_and_replace_swaps_generations(
     services: Services,
 ) -> None:
-    assert services.rag is not None
     v1 = await add(services, "kb", DOCS[:2])
     v2 = await add(services, "kb", [DOCS[2]])  # append
     assert (v2.version, v2.generation, v2.documents) == (2, v1.generation, 3)
     v3 = await add(services, "kb", [DOCS[0]], replace=True)
     assert (v3.version, v3.generation, v3.documents, v3.chunks) == (3, v1.generation + 1, 1, 1)
-    info, hits = await services.rag.search("acme", "kb", "green tea temperature", 5)
+    info, hits = await services.get(Retriever).search("acme", "kb", "green tea temperature", 5)
     assert info.version == 3 and [h.doc for h in hits] == ["pw"]  # old generation is gone
     with pytest.raises(RagIndexNotFound):
-        await services.rag.search("acme", "missing", "x", 3)
+        await services.get(Retriever).search("acme", "missing", "x", 3)
 
 
 def test_bad_sources_are_invalid_requests(tmp_path: Path) -> None:
@@ -125,8 +126,7 @@ async def test_cached_answers_die_with_the_index_version_they_used(
     for _ in range(2):
         r = await client.post("/v1/chat/completions", json=body, headers=h)
         states.append(r.headers["x-keel-cache"])
-        assert services.cache is not None
-        await services.cache.drain()
+        await services.get(CacheStage).drain()
     assert states == ["miss", "hit"]
     await add(services, "help", DOCS[:2], replace=True)  # the documents changed: version 2
     r = await client.post("/v1/chat/completions", json=body, headers=h)

@@ -18,6 +18,7 @@ from keel.cli.main import build
 from keel.gateway.services import Services
 from keel.rag import catalog
 from keel.rag.ingest import Document, ingest
+from keel.rag.retrieve import Retriever
 from keel.storage.migrations import migrate
 from keel.storage.sql import Database
 
@@ -31,11 +32,11 @@ GLOBEX = [Document("globex-pw", "Globex passwords", "Globex staff reset password
 
 async def add(services: Services, tenant: str, name: str, docs: list[Document]
               ) -> catalog.IndexInfo:
-    assert services.rag is not None
     vector = await services.db.run(lambda c: catalog.vector_for(c, tenant, name))
-    vectors = services.rag.open_vectors(vector)
+    retriever = services.get(Retriever)
+    vectors = retriever.open_vectors(vector)
     try:
-        return await ingest(services.db, vectors, services.rag.embedder, tenant, name, docs,
+        return await ingest(services.db, vectors, retriever.embedder, tenant, name, docs,
                             services.settings.rag)
     finally:
         await vectors.aclose()

@@ -14,6 +14,7 @@ import httpx
 import pytest
 
 from approval_helpers import ActionLog
+from keel.approvals.service import ApprovalsService
 from keel.config import Settings
 from keel.gateway.services import Services
 
@@ -30,8 +31,7 @@ def settings(settings: Settings) -> Settings:
 @pytest.fixture
 def actions(tmp_path: Path, services: Services) -> ActionLog:
     log = ActionLog(tmp_path / "actions.db")
-    assert services.approvals is not None
-    log.register(services.approvals.registry)
+    log.register(services.get(ApprovalsService).registry)
     return log
 
 

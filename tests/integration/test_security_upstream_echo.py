@@ -55,7 +55,7 @@ class EchoUpstream:
             await self.runner.setup()
             site = web.TCPSite(self.runner, "127.0.0.1", 0)
             await site.start()
-            self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+            self.port = site._server.sockets[0].getsockname()[1]
             ready.set()
 
         def run() -> None:
@@ -138,7 +138,7 @@ class EchoTool:
             await self.runner.setup()
             site = web.TCPSite(self.runner, "127.0.0.1", 0)
             await site.start()
-            self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+            self.port = site._server.sockets[0].getsockname()[1]
             ready.set()
 
         def run() -> None:

@@ -23,8 +23,10 @@ from mcp.shared.exceptions import MCPError
 
 from conftest import make_settings
 from keel.app import build_services, create_app
+from keel.approvals.service import ApprovalsService
 from keel.gateway.services import Services
 from keel.policy.cases import logged_rows, shadow
+from keel.tools.gateway import ToolGateway
 from keel.tools.ports import ApprovalOutcome, ToolCall
 
 from live import serve_app
@@ -65,22 +67,20 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         "policy": {"roles": {"acme/support-bot": ["support"]}, "reload_s": 0},
     }, firewall={"enabled": False})
     svc = build_services(settings)
-    assert svc.tools is not None
     clock = [datetime(2026, 3, 3, 11, 0, tzinfo=TZ)]
-    svc.tools.clock = lambda: clock[0]
-    svc.tools.log.flush_interval_s = 0.01
+    svc.get(ToolGateway).clock = lambda: clock[0]
+    svc.get(ToolGateway).log.flush_interval_s = 0.01
     key = svc.keys.create("acme", agent="support-bot").secret
     with serve_app(create_app(settings, services=svc)) as url:
         # applied through the store while serving: picked up by reload(), no restart
-        svc.tools.store.apply(POLICY, validate=svc.tools.authorizer.validate)
+        svc.get(ToolGateway).store.apply(POLICY, validate=svc.get(ToolGateway).authorizer.validate)
         yield Stack(url, key, svc, clock)
 
 
 @contextlib.asynccontextmanager
 async def connect(stack: Stack) -> AsyncIterator[Client]:
     """An MCP client on keel's /mcp (entered and left in the test's own task)."""
-    assert stack.svc.tools is not None
-    await stack.svc.tools.reload()
+    await stack.svc.get(ToolGateway).reload()
     stack.clock[0] = datetime(2026, 3, 3, 11, 0, tzinfo=TZ)
     # Fresh connections and timeouts: a stalled call fails the test instead of hanging it.
     http = httpx2.AsyncClient(headers={"authorization": f"Bearer {stack.key}",
@@ -98,12 +98,11 @@ async def test_refund_example_through_real_mcp_server(stack: Stack) -> None:
 
 
 async def _refund_example(mcp: Client, stack: Stack) -> None:
-    assert stack.svc.tools is not None
     names = {t.name for t in (await mcp.list_tools()).tools}
     assert {"read_customer", "issue_refund"} <= names
 
     ok = await mcp.call_tool("issue_refund", {"customer_id": "c1", "amount_cents": 4999})
-    assert not ok.is_error and "refunded 4999 cents" in ok.content[0].text  # type: ignore[union-attr]
+    assert not ok.is_error and "refunded 4999 cents" in ok.content[0].text
 
     with pytest.raises(MCPError) as denied:
         await mcp.call_tool("issue_refund", {"customer_id": "c1", "amount_cents": 5001})
@@ -112,7 +111,7 @@ async def _refund_example(mcp: Client, stack: Stack) -> None:
     assert "refunded" not in denied.value.message
 
     read = await mcp.call_tool("read_customer", {"customer_id": "c1"})
-    assert "Ada" in read.content[0].text  # type: ignore[union-attr]
+    assert "Ada" in read.content[0].text
     stack.clock[0] = datetime(2026, 3, 3, 20, 0, tzinfo=TZ)
     with pytest.raises(MCPError, match="default deny"):
         await mcp.call_tool("read_customer", {"customer_id": "c1"})
@@ -120,7 +119,7 @@ async def _refund_example(mcp: Client, stack: Stack) -> None:
     with pytest.raises(MCPError, match="not valid"):  # a string for a Long
         await mcp.call_tool("issue_refund", {"customer_id": "c1", "amount_cents": "4999"})
 
-    await stack.svc.tools.log.flush()
+    await stack.svc.get(ToolGateway).log.flush()
     rows = await stack.svc.db.run(lambda c: logged_rows(c, 0, 1000))
     mine = [r for r in rows if r["session"] == "sess-1"]
     assert [(r["action"], r["decision"]) for r in mine[-5:]] == [
@@ -129,11 +128,11 @@ async def _refund_example(mcp: Client, stack: Stack) -> None:
     assert mine[-4]["policy_ids"] == '["no-refunds-over-50"]' and mine[-4]["latency_us"] > 0
     assert mine[-5]["outcome"] == "ok" and len(mine[-5]["args_hash"]) == 64
     # the allowed refund counted towards the session's spend
-    assert await stack.svc.tools.spend.spent_cents("acme", "sess-1") >= 4999
+    assert await stack.svc.get(ToolGateway).spend.spent_cents("acme", "sess-1") >= 4999
 
     # shadow: a stricter candidate would flip the allowed $49.99 refund
-    candidate = stack.svc.tools.authorizer.validate(POLICY.replace("> 5000", "> 1000"))
-    report = shadow(stack.svc.tools.authorizer, candidate, mine)
+    candidate = stack.svc.get(ToolGateway).authorizer.validate(POLICY.replace("> 5000", "> 1000"))
+    report = shadow(stack.svc.get(ToolGateway).authorizer, candidate, mine)
     assert [(c.tool, c.before, c.after) for c in report.changes] == [
         ("issue_refund", "allow", "deny")]
 
@@ -215,7 +214,7 @@ async def test_approval_required_policies(stack: Stack) -> None:
 
 
 async def _approvals(mcp: Client, stack: Stack) -> None:
-    gw = stack.svc.tools
+    gw = stack.svc.get(ToolGateway)
     assert gw is not None
     gw.store.apply('@id("refunds-with-approval") @approval("required")\n'
                    'permit(principal, action == Action::"issue_refund", resource);',
@@ -248,7 +247,7 @@ async def _real_approvals(mcp: Client, stack: Stack, hook: object) -> None:
     """The approvals capability (DBOS) as the hook: held, approved by a human, run once."""
     from keel.approvals.engine import Decider
 
-    gw, approvals = stack.svc.tools, stack.svc.approvals
+    gw, approvals = stack.svc.get(ToolGateway), stack.svc.get(ApprovalsService)
     assert gw is not None and approvals is not None and hook is not None
     gw.approvals = hook  # type: ignore[assignment]
     args = {"customer_id": "c1", "amount_cents": 12}
@@ -264,7 +263,7 @@ async def _real_approvals(mcp: Client, stack: Stack, hook: object) -> None:
     await approvals.engine.decide("approve", Decider("lead@example.com", "api"),
                                   approval_id=approval_id)
     ok = await mcp.call_tool("issue_refund", args)
-    assert not ok.is_error and "refunded 12 cents" in ok.content[0].text  # type: ignore[union-attr]
+    assert not ok.is_error and "refunded 12 cents" in ok.content[0].text
     with pytest.raises(MCPError, match="waiting for a human") as third:
         await mcp.call_tool("issue_refund", args)  # consumed: a new approval is needed
     assert third.value.data["approval_id"] != approval_id

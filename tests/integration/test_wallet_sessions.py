@@ -15,7 +15,9 @@ import pytest
 from keel.app import build_services, create_app
 from keel.config import load_settings
 from keel.gateway.services import Services
+from keel.tools.gateway import ToolGateway
 from keel.wallets import ledger
+from keel.wallets.service import WalletService
 from keel.x402.sandbox import Sandbox, SandboxServer, build_sandbox, sandbox_payee
 
 KEY = "test-wallet-key-material-0123456789abcdef"
@@ -61,10 +63,9 @@ async def stack(tmp_path: Path, sandbox: tuple[Sandbox, SandboxServer]
                                       "agent_sessions_per_day": 2,
                                       "x402": {"private_hosts": ["127.0.0.1:*"]}})
     svc = build_services(settings)
-    assert svc.wallets is not None and svc.tools is not None
     for agent in ("bot", "other"):
-        svc.wallets.create_wallet("acme", agent)
-        svc.wallets.fund("acme", agent, 5_000_000)
+        svc.get(WalletService).create_wallet("acme", agent)
+        svc.get(WalletService).fund("acme", agent, 5_000_000)
     keys = {"bot": svc.keys.create("acme", agent="bot").secret,
             "other": svc.keys.create("acme", agent="other").secret,
             "admin": svc.keys.create("acme", admin=True).secret,
@@ -72,15 +73,16 @@ async def stack(tmp_path: Path, sandbox: tuple[Sandbox, SandboxServer]
             "globex": svc.keys.create("globex", name="orchestrator").secret}
     app = create_app(settings, services=svc)
     async with app.router.lifespan_context(app):
-        svc.tools.store.apply(PAY_POLICY, validate=svc.tools.authorizer.validate)
-        await svc.tools.reload()
+        gw = svc.get(ToolGateway)
+        gw.store.apply(PAY_POLICY, validate=gw.authorizer.validate)
+        await svc.get(ToolGateway).reload()
         transport = httpx.ASGITransport(app=app, client=("127.0.0.1", 5555))
         async with httpx.AsyncClient(transport=transport, base_url="http://keel") as c:
             yield Stack(c, svc, sb, srv.url, keys)
 
 
 def bot_payments(s: Stack) -> int:
-    w = s.svc.wallets.wallet("acme", "bot")  # type: ignore[union-attr]
+    w = s.svc.wallets.wallet("acme", "bot")
     return len([t for t in s.sandbox.chain.transfers if t.payer == w.address])
 
 

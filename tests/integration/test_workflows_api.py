@@ -11,6 +11,7 @@ import httpx
 import orjson
 import pytest
 
+from keel.approvals.service import ApprovalsService
 from keel.config import Settings
 from keel.gateway.services import Services
 
@@ -188,9 +189,9 @@ async def test_definitions_from_files_named_in_keel_toml(settings: Settings,
 async def test_send_task_success_and_failure_by_token(
     client: httpx.AsyncClient, admin_key: str, user_key: str, services: Services,
 ) -> None:
-    assert services.approvals is not None
     tokens: list[str] = []
-    services.approvals.registry.register("callback", lambda p, ctx: tokens.append(p["token"]))
+    services.get(ApprovalsService).registry.register(
+        "callback", lambda p, ctx: tokens.append(p["token"]))
     defn = {"StartAt": "Wait", "States": {"Wait": {
         "Type": "Task", "Resource": "arn:aws:states:::lambda:invoke.waitForTaskToken",
         "Parameters": {"FunctionName": "callback", "Payload": {"token.$": "$$.Task.Token"}},

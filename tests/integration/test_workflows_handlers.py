@@ -19,6 +19,7 @@ from conftest import make_settings
 from keel.app import build_services, create_app
 from keel.config import Settings
 from keel.gateway.services import Services
+from keel.tools.gateway import ToolGateway
 
 SERVER = str(Path(__file__).resolve().parents[1] / "tool_servers" / "crm_mcp.py")
 POLICY = """
@@ -88,13 +89,12 @@ async def start(c: httpx.AsyncClient, key: str, name: str, data: Any) -> dict[st
 
 async def test_http_and_tool_handlers(settings: Settings, endpoint: str) -> None:
     svc: Services = build_services(settings)
-    assert svc.tools is not None
     admin = svc.keys.create("acme", admin=True).secret
     bot = svc.keys.create("acme", agent="support-bot").secret
     app = create_app(settings, services=svc)
     async with app.router.lifespan_context(app):
-        svc.tools.store.apply(POLICY, validate=svc.tools.authorizer.validate)
-        await svc.tools.reload()
+        svc.get(ToolGateway).store.apply(POLICY, validate=svc.get(ToolGateway).authorizer.validate)
+        await svc.get(ToolGateway).reload()
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
                                      base_url="http://t") as c:
             http_wf = {"StartAt": "Post", "States": {"Post": {

@@ -21,9 +21,13 @@ from typer.testing import CliRunner
 
 from keel.app import build_services, create_app
 from keel.approvals.engine import Decider
+from keel.approvals.service import ApprovalsService
 from keel.config import load_settings
 from keel.gateway.services import Services
+from keel.tools.gateway import ToolGateway
 from keel.wallets import ledger
+from keel.wallets.service import WalletService
+from keel.x402.client import PaidFetcher
 from keel.x402.sandbox import Sandbox, SandboxServer, build_sandbox, sandbox_payee
 
 from live import serve_app
@@ -77,18 +81,18 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
                     "x402": {"private_hosts": ["127.0.0.1:*"]}},
         "approvals": {"enabled": True}})
     svc = build_services(settings)
-    assert svc.wallets is not None and svc.tools is not None
-    svc.tools.log.flush_interval_s = 0.01
-    svc.wallets.create_wallet("acme", "bot")
-    svc.wallets.fund("acme", "bot", 10_000_000)
+    svc.get(ToolGateway).log.flush_interval_s = 0.01
+    svc.get(WalletService).create_wallet("acme", "bot")
+    svc.get(WalletService).fund("acme", "bot", 10_000_000)
     for sid in ("s-1", "quote-1", "http-tool", "big", "unk", "settled-err", "egress", "rf", "ov"):
-        svc.wallets.open_session("acme", "bot", session_id=sid, opened_by="test",
+        svc.get(WalletService).open_session("acme", "bot", session_id=sid, opened_by="test",
                                  by_agent=False)
     agent_key = svc.keys.create("acme", agent="bot").secret
     admin_key = svc.keys.create("acme", admin=True).secret
     try:
         with serve_app(create_app(settings, services=svc)) as url:
-            svc.tools.store.apply(POLICY, validate=svc.tools.authorizer.validate)
+            gw = svc.get(ToolGateway)
+            gw.store.apply(POLICY, validate=gw.authorizer.validate)
             yield Stack(url, agent_key, admin_key, svc, sb, srv.url)
     finally:
         srv.stop()
@@ -96,8 +100,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 
 async def call(stack: Stack, tool: str, args: dict[str, Any], session: str | None = "s-1"
                ) -> httpx.Response:
-    assert stack.svc.tools is not None
-    await stack.svc.tools.reload()
+    await stack.svc.get(ToolGateway).reload()
     async with httpx.AsyncClient(base_url=stack.url, timeout=20) as c:
         return await c.post(f"/v1/tools/{tool}", headers=stack.auth(session),
                             json={"arguments": args})
@@ -108,8 +111,7 @@ def books_balanced(stack: Stack) -> bool:
 
 
 def transfers(stack: Stack) -> int:
-    assert stack.svc.wallets is not None
-    address = stack.svc.wallets.wallet("acme", "bot").address
+    address = stack.svc.get(WalletService).wallet("acme", "bot").address
     return len([t for t in stack.sb.chain.transfers if t.payer == address])
 
 
@@ -170,8 +172,8 @@ async def test_paid_tool_refusals_charge_nothing(stack: Stack) -> None:
     assert big.status_code == 403
     assert "no-payments-over-a-dollar" in big.json()["error"]["message"]
     assert transfers(stack) == before and stack.sb.facilitator.verified == verified
-    assert stack.svc.wallets is not None
-    assert stack.svc.wallets.balance(stack.svc.wallets.wallet("acme", "bot"))["held"] == 0
+    wallets = stack.svc.get(WalletService)
+    assert wallets.balance(wallets.wallet("acme", "bot"))["held"] == 0
     # every payment decision is in the tool decision log, like tool calls
     async with httpx.AsyncClient(base_url=stack.url) as c:
         rows = (await c.get("/v1/admin/tool-decisions", params={"decision": "deny"},
@@ -181,8 +183,7 @@ async def test_paid_tool_refusals_charge_nothing(stack: Stack) -> None:
 
 
 async def test_over_budget_payment_waits_for_a_human_then_pays_once(stack: Stack) -> None:
-    assert stack.svc.approvals is not None
-    engine = stack.svc.approvals.engine
+    engine = stack.svc.get(ApprovalsService).engine
     for _ in range(2):  # $0.04 of the $0.05 session budget
         assert (await call(stack, "market_quote", {"symbol": "m"}, "ov")).status_code == 200
     before = transfers(stack)
@@ -242,8 +243,8 @@ async def test_unknown_outcome_keeps_the_hold_and_a_refusal_releases_it(stack: S
     from keel.errors import PaymentFailed, ToolFailed
     from keel.wallets.tables import payments
 
-    assert stack.svc.tools is not None and stack.svc.tools.payments is not None
-    hook = stack.svc.tools.payments
+    assert stack.svc.get(ToolGateway).payments is not None
+    hook = stack.svc.get(ToolGateway).payments
     args = {"symbol": "slow"}
     first = await _first_unpaid(stack, "market_quote", args)
 
@@ -273,7 +274,7 @@ async def test_a_successful_settlement_counts_even_on_an_error_result(stack: Sta
 
     from keel.wallets.tables import payments
 
-    assert stack.svc.tools is not None and stack.svc.tools.payments is not None
+    assert stack.svc.get(ToolGateway).payments is not None
     args = {"symbol": "err"}
     first = await _first_unpaid(stack, "market_quote", args)
 
@@ -284,7 +285,7 @@ async def test_a_successful_settlement_counts_even_on_an_error_result(stack: Sta
                 "success": True, "transaction": "0x" + "ab" * 32, "network": "eip155:84532",
                 "payer": "0x" + "2" * 40}}})
 
-    out = await stack.svc.tools.payments.handle(
+    out = await stack.svc.get(ToolGateway).payments.handle(
         _tool_call(stack, "market_quote", args, "settled-err"), first, settled_but_failed)
     assert out.is_error and out.meta is not None and out.meta["keel/payment"]["amount"] == "$0.02"
     statuses = stack.svc.db.transaction(lambda c: [r.status for r in c.execute(
@@ -293,7 +294,7 @@ async def test_a_successful_settlement_counts_even_on_an_error_result(stack: Sta
 
 
 async def test_fetch_refuses_private_and_unlisted_hosts(stack: Stack) -> None:
-    fetcher = stack.svc.x402
+    fetcher = stack.svc.get(PaidFetcher)
     assert fetcher is not None
     async with httpx.AsyncClient(base_url=stack.url) as c:
         async def fetch(url: str) -> httpx.Response:
@@ -323,11 +324,10 @@ async def test_fetch_refuses_private_and_unlisted_hosts(stack: Stack) -> None:
 
 
 async def test_refund_by_http_and_cli(stack: Stack, tmp_path: Path) -> None:
-    assert stack.svc.wallets is not None
-    w = stack.svc.wallets.wallet("acme", "bot")
+    w = stack.svc.get(WalletService).wallet("acme", "bot")
     paid = await call(stack, "define_word", {"word": "refund"}, session="rf")
     pid = paid.json()["payment"]["id"]
-    available = stack.svc.wallets.balance(w)["available"]
+    available = stack.svc.get(WalletService).balance(w)["available"]
     admin = {"authorization": f"Bearer {stack.admin_key}"}
     async with httpx.AsyncClient(base_url=stack.url) as c:
         agent = await c.post(f"/v1/admin/payments/{pid}/refund", headers=stack.auth(None))
@@ -339,7 +339,7 @@ async def test_refund_by_http_and_cli(stack: Stack, tmp_path: Path) -> None:
         assert twice.status_code == 409 and "refunded" in twice.json()["error"]["message"]
         missing = await c.post("/v1/admin/payments/nope/refund", headers=admin)
         assert missing.status_code == 404
-    assert stack.svc.wallets.balance(w)["available"] == available + 1_000
+    assert stack.svc.get(WalletService).balance(w)["available"] == available + 1_000
     # the CLI on the same database
     from keel.cli.main import build
 

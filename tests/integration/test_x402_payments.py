@@ -31,9 +31,11 @@ from keel.errors import (
     PaymentRequirementsInvalid,
 )
 from keel.gateway.services import Services
+from keel.tools.gateway import ToolGateway
 from keel.wallets import ledger
 from keel.wallets.hooks import ApprovalTicket, PaymentIntent
-from keel.x402.client import FetchRequest
+from keel.wallets.service import WalletService
+from keel.x402.client import FetchRequest, PaidFetcher
 from keel.x402.sandbox import Sandbox, SandboxServer, build_sandbox, sandbox_payee
 
 KEY = "test-wallet-key-material-0123456789abcdef"
@@ -65,31 +67,30 @@ PAY_POLICY = '@id("agents-may-pay")\npermit(principal, action == Action::"x402:p
 
 async def allow_payments(s: Services, *, started: bool = False, text: str = PAY_POLICY) -> None:
     """Cedar decides payments (default deny): connect the policy side and permit paying."""
-    assert s.tools is not None
     if not started:
-        await s.tools.connect()
-    s.tools.store.apply(text, validate=s.tools.authorizer.validate)
-    await s.tools.reload()
+        await s.get(ToolGateway).connect()
+    s.get(ToolGateway).store.apply(text, validate=s.get(ToolGateway).authorizer.validate)
+    await s.get(ToolGateway).reload()
 
 
 @pytest.fixture
 async def svc(tmp_path: Path) -> AsyncIterator[Services]:
     s = wallet_services(tmp_path)
-    s.wallets.create_wallet("acme", "bot")  # type: ignore[union-attr]
-    s.wallets.fund("acme", "bot", 5_000_000)  # type: ignore[union-attr]
+    s.get(WalletService).create_wallet("acme", "bot")
+    s.get(WalletService).fund("acme", "bot", 5_000_000)
     open_sessions(s, "s", "s-50")
     await allow_payments(s)
     yield s
-    await s.x402.aclose()  # type: ignore[union-attr]
-    await s.tools.aclose()  # type: ignore[union-attr]
+    await s.get(PaidFetcher).aclose()
+    await s.get(ToolGateway).aclose()
     s.db.dispose()
 
 
 def open_sessions(s: Services, *ids: str) -> None:
     """Budgets belong to sessions an operator opened (wallets.sessions = "issued")."""
-    assert s.wallets is not None
     for sid in ids:
-        s.wallets.open_session("acme", "bot", session_id=sid, opened_by="test", by_agent=False)
+        s.get(WalletService).open_session("acme", "bot", session_id=sid, opened_by="test",
+                                          by_agent=False)
 
 
 def books(s: Services) -> ledger.BooksReport:
@@ -97,15 +98,14 @@ def books(s: Services) -> ledger.BooksReport:
 
 
 def held(s: Services) -> int:
-    assert s.wallets is not None
-    return s.wallets.balance(s.wallets.wallet("acme", "bot"))["held"]
+    return s.get(WalletService).balance(s.get(WalletService).wallet("acme", "bot"))["held"]
 
 
 async def _fifty_concurrent(s: Services, srv: SandboxServer, sb: Sandbox) -> None:
-    assert s.wallets is not None and s.x402 is not None
-    w = s.wallets.wallet("acme", "bot")
+    w = s.get(WalletService).wallet("acme", "bot")
     results = await asyncio.gather(*[
-        s.x402.fetch("acme", "bot", FetchRequest(url=srv.url + "/report", session_id="s-50"))
+        s.get(PaidFetcher).fetch("acme", "bot",
+                                 FetchRequest(url=srv.url + "/report", session_id="s-50"))
         for _ in range(50)], return_exceptions=True)
     ok = [r for r in results if not isinstance(r, BaseException)]
     refused = [r for r in results if isinstance(r, BudgetExceeded)]
@@ -115,7 +115,7 @@ async def _fifty_concurrent(s: Services, srv: SandboxServer, sb: Sandbox) -> Non
     # refused before signing: the facilitator saw exactly 25 payments, the chain 25 transfers
     assert sb.facilitator.verified == 25 and sb.facilitator.settled == 25
     assert len([t for t in sb.chain.transfers if t.payer == w.address]) == 25
-    assert s.wallets.balance(w) == {"available": 5_000_000 - 25 * 20_000, "held": 0}
+    assert s.get(WalletService).balance(w) == {"available": 5_000_000 - 25 * 20_000, "held": 0}
     report = books(s)
     assert report.balanced, report
 
@@ -128,22 +128,20 @@ async def test_fifty_concurrent_paid_calls_sqlite(
 async def test_fifty_concurrent_paid_calls_postgres(
         tmp_path: Path, postgres_clean_url: str, sandbox: tuple[Sandbox, SandboxServer]) -> None:
     s = wallet_services(tmp_path, postgres_clean_url)
-    assert s.wallets is not None and s.x402 is not None
-    s.wallets.create_wallet("acme", "bot")
-    s.wallets.fund("acme", "bot", 5_000_000)
+    s.get(WalletService).create_wallet("acme", "bot")
+    s.get(WalletService).fund("acme", "bot", 5_000_000)
     open_sessions(s, "s-50")
     await allow_payments(s)
     try:
         await _fifty_concurrent(s, sandbox[1], sandbox[0])
     finally:
-        await s.x402.aclose()
-        await s.tools.aclose()  # type: ignore[union-attr]
+        await s.get(PaidFetcher).aclose()
+        await s.get(ToolGateway).aclose()
         s.db.dispose()
 
 
 async def _signed_header(s: Services, url: str, mutate: Any = None) -> str:
     """What an eavesdropper would capture: a valid PAYMENT-SIGNATURE for ``url``."""
-    assert s.wallets is not None
     async with httpx.AsyncClient() as c:
         r = await c.get(url)
     from x402.http.utils import decode_payment_required_header
@@ -152,7 +150,7 @@ async def _signed_header(s: Services, url: str, mutate: Any = None) -> str:
     assert isinstance(required, PaymentRequired)
     client = x402Client()
     client.register(NET, ExactEvmClientScheme(
-        await s.wallets.signer(s.wallets.wallet("acme", "bot"))))  # type: ignore[arg-type]
+        await s.get(WalletService).signer(s.get(WalletService).wallet("acme", "bot"))))  # type: ignore[arg-type]
     payload = await client.create_payment_payload(required)
     if mutate is not None:
         mutate(payload)
@@ -200,9 +198,9 @@ async def test_refused_before_signing_nothing_charged(
         svc: Services, sandbox: tuple[Sandbox, SandboxServer], path: str,
         error: type[Exception], message: str) -> None:
     sb, srv = sandbox
-    assert svc.x402 is not None
     with pytest.raises(error, match=message):
-        await svc.x402.fetch("acme", "bot", FetchRequest(url=srv.url + path, session_id="s"))
+        await svc.get(PaidFetcher).fetch("acme", "bot",
+                                         FetchRequest(url=srv.url + path, session_id="s"))
     assert sb.facilitator.verified == 0 and sb.chain.transfers == []
     assert held(svc) == 0 and books(svc).balanced
 
@@ -210,14 +208,13 @@ async def test_refused_before_signing_nothing_charged(
 async def test_facilitator_outage_releases_the_hold(
         svc: Services, sandbox: tuple[Sandbox, SandboxServer]) -> None:
     sb, srv = sandbox
-    assert svc.x402 is not None
     sb.facilitator.outage = True
     with pytest.raises(PaymentFailed, match=r"facilitator unreachable.*nothing was charged"):
-        await svc.x402.fetch("acme", "bot", FetchRequest(url=srv.url + "/report",
+        await svc.get(PaidFetcher).fetch("acme", "bot", FetchRequest(url=srv.url + "/report",
                                                          session_id="s"))
     assert held(svc) == 0 and sb.chain.transfers == [] and books(svc).balanced
     sb.facilitator.outage = False
-    ok = await svc.x402.fetch("acme", "bot", FetchRequest(url=srv.url + "/report",
+    ok = await svc.get(PaidFetcher).fetch("acme", "bot", FetchRequest(url=srv.url + "/report",
                                                           session_id="s"))
     assert ok.status == 200 and ok.payment is not None
 
@@ -269,10 +266,9 @@ def bad_server() -> Iterator[SandboxServer]:
 
 async def test_malformed_402_answers_give_clear_errors_and_hold_nothing(
         svc: Services, bad_server: SandboxServer) -> None:
-    assert svc.x402 is not None
     for kind, (_headers, message) in BAD_402.items():
         with pytest.raises(PaymentRequirementsInvalid, match=message):
-            await svc.x402.fetch("acme", "bot", FetchRequest(
+            await svc.get(PaidFetcher).fetch("acme", "bot", FetchRequest(
                 url=f"{bad_server.url}/bad/{kind}", session_id="s"))
     assert held(svc) == 0 and books(svc).balanced
 
@@ -280,7 +276,6 @@ async def test_malformed_402_answers_give_clear_errors_and_hold_nothing(
 async def test_approval_hook_turns_over_budget_into_a_request(
         svc: Services, sandbox: tuple[Sandbox, SandboxServer]) -> None:
     _sb, srv = sandbox
-    assert svc.wallets is not None and svc.x402 is not None
     asked: list[tuple[PaymentIntent, str]] = []
 
     class RecordingApprovals:  # stands in for the approvals capability (issue 7)
@@ -289,13 +284,14 @@ async def test_approval_hook_turns_over_budget_into_a_request(
             asked.append((intent, reason))
             return ApprovalTicket(id=f"ap-{len(asked)}")
 
-    svc.wallets.approvals = RecordingApprovals()
-    svc.wallets.settings.over_budget = "approval"
-    svc.wallets.settings.session_budget_usd = __import__("decimal").Decimal("0.03")
+    svc.get(WalletService).approvals = RecordingApprovals()
+    svc.get(WalletService).settings.over_budget = "approval"
+    svc.get(WalletService).settings.session_budget_usd = __import__("decimal").Decimal("0.03")
     open_sessions(svc, "a")  # opened with the session budget in force now
-    await svc.x402.fetch("acme", "bot", FetchRequest(url=srv.url + "/report", session_id="a"))
+    await svc.get(PaidFetcher).fetch("acme", "bot",
+                                     FetchRequest(url=srv.url + "/report", session_id="a"))
     with pytest.raises(PaymentApprovalPending, match="approval requested") as exc:
-        await svc.x402.fetch("acme", "bot", FetchRequest(url=srv.url + "/report",
+        await svc.get(PaidFetcher).fetch("acme", "bot", FetchRequest(url=srv.url + "/report",
                                                          session_id="a"))
     assert exc.value.extra["approval_id"] == "ap-1"
     assert "session budget $0.03: spent $0.02, price $0.02" in asked[0][1]
@@ -307,9 +303,8 @@ async def test_fetch_endpoint_for_an_agent(
 
     _sb, srv = sandbox
     s = wallet_services(tmp_path)
-    assert s.wallets is not None
-    s.wallets.create_wallet("acme", "bot")
-    s.wallets.fund("acme", "bot", 1_000_000)
+    s.get(WalletService).create_wallet("acme", "bot")
+    s.get(WalletService).fund("acme", "bot", 1_000_000)
     agent_key = s.keys.create("acme", agent="bot").secret
     admin_key = s.keys.create("acme", admin=True).secret
     app = create_app(s.settings, services=s)
@@ -368,8 +363,7 @@ async def test_fetch_refuses_header_injection_with_400(
 
     _sb, srv = sandbox
     s = wallet_services(tmp_path)
-    assert s.wallets is not None
-    s.wallets.create_wallet("acme", "bot")
+    s.get(WalletService).create_wallet("acme", "bot")
     agent_key = s.keys.create("acme", agent="bot").secret
     app = create_app(s.settings, services=s)
     async with app.router.lifespan_context(app):

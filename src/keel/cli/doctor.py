@@ -5,26 +5,16 @@ from __future__ import annotations
 import importlib.util
 import os
 import shutil
-from collections.abc import Callable
-from dataclasses import dataclass
 
 import typer
 
+from keel import capabilities as capabilities_mod
+from keel.capability import CheckFailed
+from keel.capability import DoctorCheck as Check
 from keel.cli.common import console, new_table, settings_from, styled
 from keel.config import Settings
 from keel.errors import KeelError
 from keel.storage.private_files import private_dir
-
-
-@dataclass
-class Check:
-    name: str
-    required: bool
-    run: Callable[[], str]  # returns a detail string or raises with the fix
-
-
-class CheckFailed(Exception):
-    pass
 
 
 def _checks(settings: Settings) -> list[Check]:
@@ -82,16 +72,11 @@ def _checks(settings: Settings) -> list[Check]:
 
         return str(MODEL_DIR)
 
-    def firewall() -> str:
-        if not settings.firewall.enabled:
-            return "disabled ([firewall] enabled = false)"
-        from keel.firewall.engine import Firewall
-        from keel.firewall.semantic import AttackCorpus
-
-        fw = Firewall.build(settings.firewall.model_copy(update={"semantic": False}), None)
-        corpus = AttackCorpus.default() if settings.firewall.semantic else None
-        return (f"{len(fw.matcher.rules)} rules on {fw.matcher.engine}"
-                + (f", semantic corpus of {len(corpus)} attack vectors" if corpus else ""))
+    def capabilities() -> str:
+        caps = capabilities_mod.available()
+        on = [c.name for c in caps if c.enabled(settings)]
+        off = [c.name for c in caps if not c.enabled(settings)]
+        return f"on: {', '.join(on) or '-'}; off: {', '.join(off) or '-'}"
 
     def upstreams() -> str:
         import httpx
@@ -123,7 +108,9 @@ def _checks(settings: Settings) -> list[Check]:
         Check("llama.cpp runtime", True, llama),
         Check("default local model", True, local_model),
         Check("embedding weights", True, embeddings),
-        Check("firewall", True, firewall),
+        Check("capabilities", True, capabilities),
+        *(check for cap in capabilities_mod.available() if cap.enabled(settings)
+          for check in cap.doctor_checks(settings)),
         Check("upstream models", False, upstreams),
         Check("chromium (tests)", False, chromium),
     ]

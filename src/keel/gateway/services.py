@@ -1,11 +1,17 @@
-"""The services one gateway app is built from (no globals: tests build fresh ones)."""
+"""The services one gateway app is built from (no globals: tests build fresh ones).
+
+The core (database, KV store, keys, models, request log, metrics, pipeline) is fixed;
+everything a capability built is looked up by type with :meth:`Services.find` /
+:meth:`Services.get`, so adding a capability never adds a field here.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from keel.auth.keys import KeyStore
+from keel.components import Components
 from keel.config import Settings
 from keel.gateway.context import RequestContext
 from keel.gateway.pipeline import Pipeline
@@ -16,15 +22,9 @@ from keel.providers.registry import ModelRegistry
 from keel.storage.sql import Database
 
 if TYPE_CHECKING:
-    from keel.approvals.service import ApprovalsService  # issue 7
-    from keel.cache.stage import CacheStage  # issue 4
-    from keel.degrade.service import Degrader
-    from keel.firewall.engine import Firewall
-    from keel.firewall.state import FirewallState
-    from keel.rag.retrieve import Retriever
-    from keel.tools.gateway import ToolGateway
-    from keel.wallets.service import WalletService
-    from keel.x402.client import PaidFetcher
+    from keel.capability import Capability
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -37,16 +37,20 @@ class Services:
     request_log: RequestLogWriter
     metrics: GatewayMetrics
     pipeline: Pipeline
+    components: Components = field(default_factory=Components)
+    capabilities: tuple[Capability, ...] = ()  # the enabled ones, in start order
     trusted_proxies: frozenset[str] = field(default_factory=frozenset)
-    firewall: Firewall | None = None
-    firewall_state: FirewallState | None = None
-    cache: CacheStage | None = None  # issue 4: exact + semantic cache
-    tools: ToolGateway | None = None  # issue 6: agent tool gateway (Cedar)
-    rag: Retriever | None = None  # RAG retrieval (issue 5)
-    degrade: Degrader | None = None  # degradation ladder + spend breaker (issue 5)
-    wallets: WalletService | None = None  # issue 8: wallets, budgets, ledger
-    x402: PaidFetcher | None = None  # issue 8: paid fetch following HTTP 402
-    approvals: ApprovalsService | None = None  # issue 7: durable approvals (DBOS)
+
+    def find(self, kind: type[T]) -> T | None:
+        """The component of this type, or ``None`` when its capability is off."""
+        return self.components.find(kind)
+
+    def get(self, kind: type[T]) -> T:
+        """The component of this type; :class:`CapabilityUnavailable` when it is off."""
+        return self.components.get(kind)
+
+    def capability(self, name: str) -> Capability | None:
+        return next((c for c in self.capabilities if c.name == name), None)
 
     def finish(self, ctx: RequestContext) -> None:
         """Record a completed (or failed) request: metrics now, the log in the background."""

@@ -87,11 +87,8 @@ class ToolRoutes:
         return ORJSONResponse({"object": "list", "data": rows})
 
 
-def install(app: FastAPI, svc: Services) -> None:
-    """Mount ``/mcp`` and the tool routes (called by ``create_app``)."""
-    gateway = svc.tools
-    if gateway is None:
-        return
+def install(app: FastAPI, svc: Services, gateway: ToolGateway) -> None:
+    """Mount ``/mcp`` and the tool routes."""
     app.include_router(ToolRoutes(svc, gateway).router())
     # A plain Route (not a Mount): "/mcp" itself must match without a slash redirect.
     app.router.routes.append(Route("/mcp", endpoint=McpEndpoint(svc, gateway)))

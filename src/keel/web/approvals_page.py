@@ -12,16 +12,19 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
 from keel.errors import KeelError
-from keel.web.firewall_page import csrf_token
+from keel.web.shell import ConsoleShell, NavItem, csrf_token
 
 if TYPE_CHECKING:
-    from keel.web.console import ConsoleRoutes
+    from keel.approvals.service import ApprovalsService
 
 
 class ApprovalsPage:
-    def __init__(self, console: ConsoleRoutes) -> None:
-        self.console = console
-        self.svc = console.svc
+    nav = NavItem("/console/approvals", "Approvals")
+
+    def __init__(self, shell: ConsoleShell, approvals: ApprovalsService) -> None:
+        self.shell = shell
+        self.svc = shell.svc
+        self.approvals = approvals
 
     def register(self, r: APIRouter) -> None:
         r.add_api_route("/console/approvals", self.page, methods=["GET"])
@@ -30,15 +33,11 @@ class ApprovalsPage:
     async def page(self, request: Request) -> Response:
         from keel.approvals.models import STATUSES
         from keel.approvals.store import ListFilter, audit_rows
-        from keel.web.console import COOKIE
 
-        p = await self.console.principal(request)
+        p = await self.shell.principal(request)
         if p is None:
             return RedirectResponse("/console/login", status_code=303)
-        if self.svc.approvals is None:
-            return self.console.render("approvals.html", active="/console/approvals",
-                                       principal=p, enabled=False)
-        eng = self.svc.approvals.engine
+        eng = self.approvals.engine
         q = request.query_params
         tenant = None if p.admin else p.tenant
         pending = await eng.list(ListFilter(status="pending", tenant=tenant, limit=200))
@@ -48,33 +47,30 @@ class ApprovalsPage:
         history = [a for a in history if a.status != "pending" or status == "pending"]
         audit = await eng.db.run(lambda c: audit_rows(c, q.get("audit"), 100)) \
             if p.admin else []
-        return self.console.render(
+        return self.shell.render(
             "approvals.html", active="/console/approvals", principal=p, enabled=True,
             pending=pending, history=history, audit=audit, statuses=STATUSES, q=dict(q),
-            now=time.time(), csrf=csrf_token(request, COOKIE),
+            now=time.time(), csrf=csrf_token(request),
             message=q.get("msg"), error=q.get("err"))
 
     async def decide(self, request: Request) -> Response:
         from keel.approvals.engine import Decider
         from keel.gateway.http import client_ip
-        from keel.web.console import COOKIE
 
-        p = await self.console.principal(request)
+        p = await self.shell.principal(request)
         if p is None:
             return RedirectResponse("/console/login", status_code=303)
-        form = await self.console.form(request)
+        form = await self.shell.form(request)
         token = (form.get("csrf") or [""])[0]
-        if not p.admin or not hmac.compare_digest(token, csrf_token(request, COOKIE)):
+        if not p.admin or not hmac.compare_digest(token, csrf_token(request)):
             return Response("forbidden: admin session and a valid form token required",
                             status_code=403)
-        if self.svc.approvals is None:
-            return Response("approvals are disabled", status_code=404)
         approval_id = (form.get("id") or [""])[0]
         decision = (form.get("decision") or [""])[0]
         who = Decider(actor=f"console:{p.key_id}", via="console",
                       ip=client_ip(request, self.svc.trusted_proxies))
         try:
-            a = await self.svc.approvals.engine.decide(decision, who, approval_id=approval_id)
+            a = await self.approvals.engine.decide(decision, who, approval_id=approval_id)
             q = {"msg": f"{a.id}: {a.status}"}
         except KeelError as exc:
             q = {"err": exc.message}

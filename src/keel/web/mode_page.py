@@ -5,7 +5,7 @@ from __future__ import annotations
 import hmac
 import time
 from typing import TYPE_CHECKING, Any
-from urllib.parse import parse_qs, urlencode
+from urllib.parse import urlencode
 
 import orjson
 from fastapi import APIRouter
@@ -15,10 +15,10 @@ from starlette.responses import RedirectResponse, Response
 from keel.degrade import audit
 from keel.errors import InvalidRequest, KeelError
 from keel.metering.request_log import LogFilter, spend_by_hour
-from keel.web.firewall_page import csrf_token
+from keel.web.shell import ConsoleShell, NavItem, bar_chart, csrf_token
 
 if TYPE_CHECKING:
-    from keel.web.console import ConsoleRoutes
+    from keel.degrade.service import Degrader
 
 
 def timeline(flips: list[audit.Flip], levels: list[str], hours: float = 24.0,
@@ -51,9 +51,12 @@ def timeline(flips: list[audit.Flip], levels: list[str], hours: float = 24.0,
 
 
 class ModePage:
-    def __init__(self, console: ConsoleRoutes) -> None:
-        self.console = console
-        self.svc = console.svc
+    nav = NavItem("/console/mode", "Mode")
+
+    def __init__(self, shell: ConsoleShell, degrader: Degrader) -> None:
+        self.shell = shell
+        self.svc = shell.svc
+        self.degrader = degrader
 
     def register(self, r: APIRouter) -> None:
         r.add_api_route("/console/mode", self.page, methods=["GET"])
@@ -62,19 +65,15 @@ class ModePage:
     async def change(self, request: Request) -> Response:
         """Admin form posts: pin a mode, back to auto, set or reset the ladder (audited like
         the admin API, with the console session's key as actor)."""
-        from keel.web.console import COOKIE
-
-        p = await self.console.principal(request)
+        p = await self.shell.principal(request)
         if p is None:
             return RedirectResponse("/console/login", status_code=303)
-        form = parse_qs((await request.body()).decode(errors="replace"))
+        form = await self.shell.form(request)
         token = (form.get("csrf") or [""])[0]
-        if not p.admin or not hmac.compare_digest(token, csrf_token(request, COOKIE)):
+        if not p.admin or not hmac.compare_digest(token, csrf_token(request)):
             return Response("forbidden: admin session and a valid form token required",
                             status_code=403)
-        dg = self.svc.degrade
-        if dg is None:
-            return Response("the degradation ladder is off", status_code=404)
+        dg = self.degrader
         actor = f"console:{p.key_id}"
         op = (form.get("op") or [""])[0]
         try:
@@ -108,25 +107,20 @@ class ModePage:
         return RedirectResponse("/console/mode?" + urlencode(q), status_code=303)
 
     async def page(self, request: Request) -> Response:
-        p = await self.console.principal(request)
+        p = await self.shell.principal(request)
         if p is None:
             return RedirectResponse("/console/login", status_code=303)
-        dg = self.svc.degrade
-        if dg is None:
-            return self.console.render("mode.html", active="/console/mode", principal=p,
-                                       enabled=False)
+        dg = self.degrader
         await self.svc.request_log.flush()
         since = time.time() - 24 * 3600
         flips = await self.svc.db.run(lambda c: audit.recent(c, 500, since=since))
         hourly = await self.svc.db.run(lambda c: spend_by_hour(
             c, LogFilter(tenant=None if p.admin else p.tenant, since=since)))
-        from keel.web.console import COOKIE, _bar_chart
-
         status = dg.status()
         q = request.query_params
-        return self.console.render(
+        return self.shell.render(
             "mode.html", active="/console/mode", principal=p, enabled=True, st=status,
-            flips=flips[:50], chart=_bar_chart(hourly),
+            flips=flips[:50], chart=bar_chart(hourly),
             timeline=timeline(flips, status["levels"]),
             ladder_json=orjson.dumps(status["ladder"], option=orjson.OPT_INDENT_2).decode(),
-            csrf=csrf_token(request, COOKIE), message=q.get("msg"), error=q.get("err"))
+            csrf=csrf_token(request), message=q.get("msg"), error=q.get("err"))

@@ -3,46 +3,48 @@
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from fastapi import APIRouter
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
 from keel.tools.decision_log import DecisionFilter, query_decisions
+from keel.web.shell import ConsoleShell, NavItem
 
 if TYPE_CHECKING:
-    from keel.web.console import ConsoleRoutes
+    from keel.tools.gateway import ToolGateway
 
 
 class ToolsPage:
-    def __init__(self, console: ConsoleRoutes) -> None:
-        self.console = console
-        self.svc = console.svc
+    nav = NavItem("/console/tools", "Tools")
+
+    def __init__(self, shell: ConsoleShell, gateway: ToolGateway) -> None:
+        self.shell = shell
+        self.svc = shell.svc
+        self.gateway = gateway
 
     def register(self, r: APIRouter) -> None:
         r.add_api_route("/console/tools", self.page, methods=["GET"])
 
     async def page(self, request: Request) -> Response:
-        p = await self.console.principal(request)
+        p = await self.shell.principal(request)
         if p is None:
             return RedirectResponse("/console/login", status_code=303)
-        gw = self.svc.tools
-        rows: list[dict[str, Any]] = []
+        gw = self.gateway
         q = request.query_params
         decision = q.get("decision") if q.get("decision") in ("allow", "deny", "approval") \
             else None
-        if gw is not None:
-            await gw.log.flush()
-            f = DecisionFilter(tenant=None if p.admin else p.tenant, decision=decision,
-                               since=time.time() - 7 * 24 * 3600, limit=200)
-            rows = await self.svc.db.run(lambda c: query_decisions(c, f))
-        snap = gw.authorizer.snapshot if gw is not None else None
+        await gw.log.flush()
+        f = DecisionFilter(tenant=None if p.admin else p.tenant, decision=decision,
+                           since=time.time() - 7 * 24 * 3600, limit=200)
+        rows = await self.svc.db.run(lambda c: query_decisions(c, f))
+        snap = gw.authorizer.snapshot
         counts = {k: sum(1 for r in rows if r["decision"] == k)
                   for k in ("allow", "deny", "approval")}
-        return self.console.render(
-            "tools.html", active="/console/tools", principal=p, enabled=gw is not None,
-            tools=[s for s, _ in gw.tools.values()] if gw is not None else [],
+        return self.shell.render(
+            "tools.html", active="/console/tools", principal=p, enabled=True,
+            tools=[s for s, _ in gw.tools.values()],
             snapshot=snap, rows=rows, counts=counts, decision=decision,
             policy_text=snap.text if snap is not None and p.admin else "",
         )

@@ -12,21 +12,25 @@ from starlette.responses import RedirectResponse, Response
 
 from keel.wallets import reports, sessions
 from keel.wallets.money import fmt_usd
+from keel.web.shell import ConsoleShell, NavItem
 
 if TYPE_CHECKING:
-    from keel.web.console import ConsoleRoutes
+    from keel.wallets.service import WalletService
 
 
 class WalletsPage:
-    def __init__(self, console: ConsoleRoutes) -> None:
-        self.console = console
-        self.svc = console.svc
+    nav = NavItem("/console/wallets", "Wallets")
+
+    def __init__(self, shell: ConsoleShell, wallets: WalletService) -> None:
+        self.shell = shell
+        self.svc = shell.svc
+        self.wallets = wallets
 
     def register(self, r: APIRouter) -> None:
         r.add_api_route("/console/wallets", self.page, methods=["GET"])
 
     async def page(self, request: Request) -> Response:
-        p = await self.console.principal(request)
+        p = await self.shell.principal(request)
         if p is None:
             return RedirectResponse("/console/login", status_code=303)
         tenant = None if p.admin else p.tenant
@@ -45,9 +49,9 @@ class WalletsPage:
 
         data = await self.svc.db.run(load)
         total = sum(r["spent"] for r in data["by_agent"])
-        return self.console.render(
+        return self.shell.render(
             "wallets.html", active="/console/wallets", principal=p, total=fmt_usd(total),
-            enabled=self.svc.wallets is not None, chart=_chart(data["daily"]), fmt=fmt_usd,
+            enabled=True, chart=_chart(data["daily"]), fmt=fmt_usd,
             **data)
 
 

@@ -9,17 +9,21 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
 from keel.errors import NotFound
+from keel.web.shell import ConsoleShell, NavItem
 
 if TYPE_CHECKING:
     from fastapi import APIRouter
 
-    from keel.web.console import ConsoleRoutes
+    from keel.workflows.service import WorkflowService
 
 
 class WorkflowsPage:
-    def __init__(self, console: ConsoleRoutes) -> None:
-        self.console = console
-        self.svc = console.svc
+    nav = NavItem("/console/workflows", "Workflows")
+
+    def __init__(self, shell: ConsoleShell, workflows: WorkflowService) -> None:
+        self.shell = shell
+        self.svc = shell.svc
+        self.workflows = workflows
 
     def register(self, r: APIRouter) -> None:
         r.add_api_route("/console/workflows", self.page, methods=["GET"])
@@ -27,13 +31,10 @@ class WorkflowsPage:
     async def page(self, request: Request) -> Response:
         from keel.workflows.store import STATUSES
 
-        p = await self.console.principal(request)
+        p = await self.shell.principal(request)
         if p is None:
             return RedirectResponse("/console/login", status_code=303)
-        wf = self.svc.approvals.workflows if self.svc.approvals is not None else None
-        if wf is None:
-            return self.console.render("workflows.html", active="/console/workflows",
-                                       principal=p, enabled=False)
+        wf = self.workflows
         q = request.query_params
         status = q.get("status") if q.get("status") in STATUSES else None
         rows = await wf.executions(p, workflow=q.get("workflow") or None, status=status,
@@ -45,7 +46,7 @@ class WorkflowsPage:
                 events = await wf.history(selected.id, p)
             except NotFound:
                 selected = None
-        return self.console.render(
+        return self.shell.render(
             "workflows.html", active="/console/workflows", principal=p, enabled=True,
             definitions=await wf.definitions(), executions=rows, statuses=STATUSES,
             q=dict(q), selected=selected, events=events)
