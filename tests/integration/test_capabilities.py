@@ -34,18 +34,19 @@ LEVELS = [{"name": "deep", "models": {}}, {"name": "shallow", "max_tokens": 64}]
 # what each built-in capability adds: routes (probed with GET), stage names, nav entries,
 # CLI groups (present while installed)
 EXPECTED: dict[str, dict[str, list[str]]] = {
-    "firewall": {"routes": [], "stages": ["firewall"], "nav": ["/console/firewall"],
-                 "cli": ["firewall"]},
+    "firewall": {"routes": ["/v1/admin/firewall/bans"], "stages": ["firewall"],
+                 "nav": ["/console/firewall"], "cli": ["firewall"]},
     "rag": {"routes": [], "stages": ["rag"], "nav": [], "cli": ["rag"]},
     "cache": {"routes": ["/v1/admin/cache/stats"], "stages": ["cache"], "nav": ["/console/cache"],
               "cli": ["cache"]},
-    "degrade": {"routes": [], "stages": ["degrade"], "nav": ["/console/mode"],
+    "degrade": {"routes": ["/v1/admin/degrade"], "stages": ["degrade"], "nav": ["/console/mode"],
                 "cli": ["mode"]},
-    "tools": {"routes": ["/v1/tools"], "stages": [], "nav": ["/console/tools"],
+    "tools": {"routes": ["/mcp", "/v1/tools"], "stages": [], "nav": ["/console/tools"],
               "cli": ["policy", "tools"]},
     "wallets": {"routes": ["/v1/wallet"], "stages": [],
                 "nav": ["/console/wallets"], "cli": ["wallet", "x402"]},
-    "approvals": {"routes": ["/v1/approvals"], "stages": [], "nav": ["/console/approvals"],
+    "approvals": {"routes": ["/v1/approvals", "/v1/workflows"], "stages": [],
+                  "nav": ["/console/approvals", "/console/workflows"],
                   "cli": ["approvals", "workflows"]},
 }
 
