@@ -20,6 +20,7 @@ from keel.app import build_services, create_app
 from keel.cli.main import build as build_cli
 from keel.config import Settings
 from keel.degrade import audit
+from keel.degrade.service import Degrader
 from keel.gateway.services import Services
 
 from fakes import FakeUpstream
@@ -118,19 +119,19 @@ async def test_ladder_changes_at_runtime_reach_another_replica_within_a_second(
     r = await a.c.put("/v1/admin/degrade/mode", json={"mode": "minimal", "duration_s": 60},
                       headers=admin)
     assert r.status_code == 200 and r.json()["mode"] == "MINIMAL"
-    while b.svc.degrade.flags.level.name != "MINIMAL":
+    while b.svc.get(Degrader).flags.level.name != "MINIMAL":
         assert time.perf_counter() - t0 < 1.0, "replica b did not see the new ladder in 1 s"
         await asyncio.sleep(0.01)
     resp = await b.c.post("/v1/chat/completions", json=chat(), headers=admin)
     assert resp.headers["x-keel-mode"] == "MINIMAL"
     assert fake_upstream.calls[-1]["body"]["max_tokens"] == 20
-    assert b.svc.degrade.settings.alarms[0].threshold == 500
+    assert b.svc.get(Degrader).settings.alarms[0].threshold == 500
     # back to the default ladder everywhere; the override clamps to the bottom level
     assert (await a.c.delete("/v1/admin/degrade/ladder", headers=admin)).status_code == 200
-    while b.svc.degrade.source != "default":
+    while b.svc.get(Degrader).source != "default":
         assert time.perf_counter() - t0 < 3.0
         await asyncio.sleep(0.01)
-    assert b.svc.degrade.flags.level.name == "SHALLOW"
+    assert b.svc.get(Degrader).flags.level.name == "SHALLOW"
     flips = a.svc.db.transaction(lambda c: audit.recent(c, 10))
     config = [f for f in flips if f.scope == "config"]
     assert [f.reason.split(":")[0] for f in config] == ["ladder reset to default",
@@ -207,7 +208,7 @@ async def test_console_changes_the_ladder_and_the_mode(replicas: list[Replica]) 
                                                    "mode": "minimal", "minutes": "5"})
     assert r.status_code == 303 and "MINIMAL" in r.headers["location"]
     t0 = time.perf_counter()
-    while b.svc.degrade.flags.level.name != "MINIMAL":
+    while b.svc.get(Degrader).flags.level.name != "MINIMAL":
         assert time.perf_counter() - t0 < 1.0
         await asyncio.sleep(0.01)
     bad = await c.post("/console/mode/change", data={"csrf": csrf, "op": "ladder",
@@ -227,13 +228,13 @@ async def test_console_changes_the_ladder_and_the_mode(replicas: list[Replica]) 
     assert "&#34;minimal&#34;" in page.text  # shown read-only (escaped JSON)
     r = await c.post("/console/mode/change", data={"csrf": csrf, "op": "reset"})
     assert r.status_code == 403
-    assert a.svc.degrade.source == "runtime"
+    assert a.svc.get(Degrader).source == "runtime"
 
 
 async def test_alarms_added_at_runtime_drive_the_breaker(replicas: list[Replica]) -> None:
     a, _ = replicas
     admin, _ = keys(a)
-    dg = a.svc.degrade
+    dg = a.svc.get(Degrader)
     assert dg is not None and not dg.stage.metering  # the default ladder has no alarms
     ladder = {"levels": LADDER["levels"][:2], "alarms": [
         {"metric": "invocations_per_minute", "threshold": 2, "recover_below": 1,

@@ -82,7 +82,7 @@ async def stack(tmp_path: Path, sandbox: tuple[Sandbox, SandboxServer]
 
 
 def bot_payments(s: Stack) -> int:
-    w = s.svc.wallets.wallet("acme", "bot")
+    w = s.svc.get(WalletService).wallet("acme", "bot")
     return len([t for t in s.sandbox.chain.transfers if t.payer == w.address])
 
 

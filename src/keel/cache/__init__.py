@@ -1,1 +1,1 @@
-"""Semantic cache: exact + embedding-similarity layers with a hit verifier (issue 4)."""
+"""Semantic cache: exact + embedding-similarity layers with a hit verifier."""

@@ -35,6 +35,11 @@ class SQLiteKV:
         self._conns: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
         self._ready = False
+        # calls running in worker threads: a cancelled await leaves its thread running, so
+        # closing must wait for them (closing a connection mid-query crashes SQLite)
+        self._idle = threading.Condition()
+        self._in_flight = 0
+        self._closed = False
 
     # -- connection handling ------------------------------------------------------------
 
@@ -55,10 +60,18 @@ class SQLiteKV:
 
     async def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         def call() -> T:
+            with self._idle:
+                if self._closed:
+                    raise StorageError(f"kv store {self.path} is closed")
+                self._in_flight += 1
             try:
                 return fn(self._conn())
             except sqlite3.Error as exc:
                 raise StorageError(f"kv store {self.path} failed: {exc}") from None
+            finally:
+                with self._idle:
+                    self._in_flight -= 1
+                    self._idle.notify_all()
 
         return await asyncio.to_thread(call)
 
@@ -164,6 +177,12 @@ class SQLiteKV:
         return await self._run(q)
 
     async def aclose(self) -> None:
+        def drain() -> None:
+            with self._idle:
+                self._closed = True
+                self._idle.wait_for(lambda: self._in_flight == 0, timeout=30.0)
+
+        await asyncio.to_thread(drain)
         with self._lock:
             for conn in self._conns:
                 conn.close()
