@@ -16,6 +16,7 @@ from typing import Any
 from sqlalchemy import (
     Boolean,
     Column,
+    ColumnElement,
     Connection,
     Float,
     Index,
@@ -133,25 +134,20 @@ class KeyStore:
         gone. Uncached: sessions built on a key (the console) ask this on every page, so a
         revocation ends them at once, in every process."""
 
-        def run(c: Connection) -> Principal | None:
-            row = c.execute(
-                select(api_keys.c.id, api_keys.c.tenant, api_keys.c.agent, api_keys.c.admin)
-                .where(api_keys.c.id == key_id, api_keys.c.revoked_at.is_(None))
-            ).first()
-            if row is None:
-                return None
-            return Principal(key_id=row.id, tenant=row.tenant, agent=row.agent,
-                             admin=bool(row.admin))
-
-        return self.db.transaction(run)
+        return self._active_where(api_keys.c.id == key_id)
 
     # -- hot path -------------------------------------------------------------------------
 
     def _lookup(self, digest: str) -> Principal | None:
+        return self._active_where(api_keys.c.key_hash == digest)
+
+    def _active_where(self, match: ColumnElement[bool]) -> Principal | None:
+        """The principal of the one unrevoked key that ``match`` selects."""
+
         def run(c: Connection) -> Principal | None:
             row = c.execute(
                 select(api_keys.c.id, api_keys.c.tenant, api_keys.c.agent, api_keys.c.admin)
-                .where(api_keys.c.key_hash == digest, api_keys.c.revoked_at.is_(None))
+                .where(match, api_keys.c.revoked_at.is_(None))
             ).first()
             if row is None:
                 return None

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hmac
 import time
 from typing import TYPE_CHECKING
 from urllib.parse import urlencode
@@ -57,16 +56,11 @@ class ApprovalsPage:
         from keel.approvals.engine import Decider
         from keel.gateway.http import client_ip
 
-        p = await self.shell.principal(request)
-        if p is None:
-            return RedirectResponse("/console/login", status_code=303)
-        form = await self.shell.form(request)
-        token = (form.get("csrf") or [""])[0]
-        if not p.admin or not hmac.compare_digest(token, csrf_token(request)):
-            return Response("forbidden: admin session and a valid form token required",
-                            status_code=403)
-        approval_id = (form.get("id") or [""])[0]
-        decision = (form.get("decision") or [""])[0]
+        post = await self.shell.admin_post(request)
+        if isinstance(post, Response):
+            return post
+        p = post.principal
+        approval_id, decision = post.field("id"), post.field("decision")
         who = Decider(actor=f"console:{p.key_id}", via="console",
                       ip=client_ip(request, self.svc.trusted_proxies))
         try:

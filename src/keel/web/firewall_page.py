@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hmac
 from typing import TYPE_CHECKING, Any
 
 from fastapi import APIRouter
@@ -46,15 +45,10 @@ class FirewallPage:
         )
 
     async def unban(self, request: Request) -> Response:
-        p = await self.shell.principal(request)
-        if p is None:
-            return RedirectResponse("/console/login", status_code=303)
-        form = await self.shell.form(request)
-        token = (form.get("csrf") or [""])[0]
-        client = (form.get("client") or [""])[0]
-        if not p.admin or not hmac.compare_digest(token, csrf_token(request)):
-            return Response("forbidden: admin session and a valid form token required",
-                            status_code=403)
+        post = await self.shell.admin_post(request)
+        if isinstance(post, Response):
+            return post
+        client = post.field("client")
         done = await self.state.unban(client)
         msg = f"unbanned {client}" if done else f"{client} was not banned"
         return RedirectResponse(f"/console/firewall?msg={msg}", status_code=303)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hmac
 import time
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode
@@ -65,14 +64,10 @@ class ModePage:
     async def change(self, request: Request) -> Response:
         """Admin form posts: pin a mode, back to auto, set or reset the ladder (audited like
         the admin API, with the console session's key as actor)."""
-        p = await self.shell.principal(request)
-        if p is None:
-            return RedirectResponse("/console/login", status_code=303)
-        form = await self.shell.form(request)
-        token = (form.get("csrf") or [""])[0]
-        if not p.admin or not hmac.compare_digest(token, csrf_token(request)):
-            return Response("forbidden: admin session and a valid form token required",
-                            status_code=403)
+        post = await self.shell.admin_post(request)
+        if isinstance(post, Response):
+            return post
+        p, form = post.principal, post.form
         dg = self.degrader
         actor = f"console:{p.key_id}"
         op = (form.get("op") or [""])[0]

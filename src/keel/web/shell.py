@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import hmac
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
@@ -18,7 +19,7 @@ import orjson
 from fastapi import APIRouter
 from jinja2 import Environment, PackageLoader, select_autoescape
 from starlette.requests import Request
-from starlette.responses import HTMLResponse
+from starlette.responses import HTMLResponse, RedirectResponse, Response
 
 from keel.gateway.context import Principal
 from keel.gateway.http import read_body
@@ -54,6 +55,15 @@ def csrf_token(request: Request, cookie: str = COOKIE) -> str:
     return hashlib.sha256(b"keel-csrf:" + session.encode()).hexdigest()[:32]
 
 
+@dataclass(frozen=True)
+class AdminPost:
+    principal: Principal
+    form: dict[str, list[str]]
+
+    def field(self, name: str) -> str:
+        return (self.form.get(name) or [""])[0]
+
+
 class ConsoleShell:
     def __init__(self, svc: Services) -> None:
         self.svc = svc
@@ -76,6 +86,19 @@ class ConsoleShell:
         if current is None:
             await self.svc.kv.delete(session_key(token))
         return current
+
+    async def admin_post(self, request: Request) -> AdminPost | Response:
+        """A form posted by a signed-in admin with a valid CSRF token, or the response to
+        send instead (to the sign-in page, or 403)."""
+        p = await self.principal(request)
+        if p is None:
+            return RedirectResponse("/console/login", status_code=303)
+        form = await self.form(request)
+        token = (form.get("csrf") or [""])[0]
+        if not p.admin or not hmac.compare_digest(token, csrf_token(request)):
+            return Response("forbidden: admin session and a valid form token required",
+                            status_code=403)
+        return AdminPost(p, form)
 
     async def form(self, request: Request) -> dict[str, list[str]]:
         """A posted form, refused with 413 (server.max_body_bytes) before it is buffered."""
