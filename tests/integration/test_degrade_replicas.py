@@ -15,7 +15,7 @@ import pytest
 from fakes import FakeUpstream, free_port
 
 KEEL = str(Path(sys.executable).with_name("keel"))
-TOML = """
+FRESH_TOML = """
 data_dir = "{data}"
 models_dir = "{models}"
 kv_url = "{kv}"
@@ -36,7 +36,8 @@ input_usd_per_1m = 0.15
 output_usd_per_1m = 0.6
 [degrade]
 refresh_s = 0.1
-[[degrade.levels]]
+"""
+TOML = FRESH_TOML + """[[degrade.levels]]
 name = "deep"
 models = {{ big = "big" }}
 [[degrade.levels]]
@@ -116,28 +117,6 @@ def test_cli_flip_reaches_two_gateway_processes_within_a_second(
             proc.wait(timeout=15)
 
 
-FRESH_TOML = """
-data_dir = "{data}"
-models_dir = "{models}"
-kv_url = "{kv}"
-auth_required = false
-[firewall]
-enabled = false
-[[models]]
-name = "big"
-upstream = "gpt-big"
-base_url = "{url}"
-input_usd_per_1m = 2.5
-output_usd_per_1m = 10.0
-[[models]]
-name = "small"
-upstream = "gpt-small"
-base_url = "{url}"
-input_usd_per_1m = 0.15
-output_usd_per_1m = 0.6
-[degrade]
-refresh_s = 0.1
-"""
 
 
 @pytest.mark.services

@@ -10,7 +10,7 @@ import asyncio
 import base64
 import json
 import threading
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,31 +26,18 @@ from keel.redaction import Redactor
 SECRET = "sk-live-upstream-9f8e7d6c5b4a"
 
 
-class EchoUpstream:
-    def __init__(self, status: int) -> None:
-        self.status = status
+class LoopbackServer:
+    """A real aiohttp server on 127.0.0.1 in its own thread, answering one POST route."""
+
+    def __init__(self, path: str,
+                 answer: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> None:
         self.loop = asyncio.new_event_loop()
         self.port = 0
         ready = threading.Event()
 
-        async def answer(request: web.Request) -> web.StreamResponse:
-            headers = dict(request.headers)
-            raw_key = headers.get("Authorization", "").removeprefix("Bearer ")
-            message = (f"invalid request: you sent {json.dumps(headers)}; key {raw_key} "
-                       f"(b64 {base64.b64encode(raw_key.encode()).decode()})")
-            body = await request.json()
-            if body.get("stream"):
-                resp = web.StreamResponse(headers={"content-type": "text/event-stream"})
-                await resp.prepare(request)
-                event = {"error": {"message": message}}
-                await resp.write(b"data: " + json.dumps(event).encode() + b"\n\n")
-                return resp
-            return web.json_response({"error": {"message": message, "type": "invalid"}},
-                                     status=self.status)
-
         async def start() -> None:
             app = web.Application()
-            app.router.add_post("/v1/chat/completions", answer)
+            app.router.add_post(path, answer)
             self.runner = web.AppRunner(app)
             await self.runner.setup()
             site = web.TCPSite(self.runner, "127.0.0.1", 0)
@@ -71,6 +58,28 @@ class EchoUpstream:
         asyncio.run_coroutine_threadsafe(self.runner.cleanup(), self.loop).result(10)
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(10)
+
+
+class EchoUpstream(LoopbackServer):
+    def __init__(self, status: int) -> None:
+        self.status = status
+
+        async def answer(request: web.Request) -> web.StreamResponse:
+            headers = dict(request.headers)
+            raw_key = headers.get("Authorization", "").removeprefix("Bearer ")
+            message = (f"invalid request: you sent {json.dumps(headers)}; key {raw_key} "
+                       f"(b64 {base64.b64encode(raw_key.encode()).decode()})")
+            body = await request.json()
+            if body.get("stream"):
+                resp = web.StreamResponse(headers={"content-type": "text/event-stream"})
+                await resp.prepare(request)
+                event = {"error": {"message": message}}
+                await resp.write(b"data: " + json.dumps(event).encode() + b"\n\n")
+                return resp
+            return web.json_response({"error": {"message": message, "type": "invalid"}},
+                                     status=self.status)
+
+        super().__init__("/v1/chat/completions", answer)
 
 
 @pytest.fixture(params=[400, 422, 500])
@@ -120,40 +129,15 @@ def test_redactor_keeps_ordinary_messages() -> None:
     assert len(r("x" * 5000)) < 320
 
 
-class EchoTool:
+class EchoTool(LoopbackServer):
     """A plain HTTP tool that answers with the headers it was sent (a real server)."""
 
     def __init__(self) -> None:
-        self.port = 0
-        self.loop = asyncio.new_event_loop()
-        ready = threading.Event()
 
         async def answer(request: web.Request) -> web.Response:
             return web.json_response({"you_sent": dict(request.headers)}, status=400)
 
-        async def start() -> None:
-            app = web.Application()
-            app.router.add_post("/tool", answer)
-            self.runner = web.AppRunner(app)
-            await self.runner.setup()
-            site = web.TCPSite(self.runner, "127.0.0.1", 0)
-            await site.start()
-            self.port = site._server.sockets[0].getsockname()[1]
-            ready.set()
-
-        def run() -> None:
-            asyncio.set_event_loop(self.loop)
-            self.loop.run_until_complete(start())
-            self.loop.run_forever()
-
-        self.thread = threading.Thread(target=run, daemon=True)
-        self.thread.start()
-        ready.wait(10)
-
-    def stop(self) -> None:
-        asyncio.run_coroutine_threadsafe(self.runner.cleanup(), self.loop).result(10)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(10)
+        super().__init__("/tool", answer)
 
 
 async def test_http_tool_echoing_its_credentials_is_masked() -> None:
