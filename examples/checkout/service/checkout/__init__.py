@@ -1,0 +1,1 @@
+"""A small checkout service: products, discount codes, orders, a (sandboxable) payment call."""
