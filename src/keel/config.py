@@ -23,6 +23,7 @@ from keel.degrade.settings import DegradeSettings
 from keel.errors import ConfigError
 from keel.metering.settings import MetricsSettings
 from keel.rag.settings import RagSettings
+from keel.remediation.settings import RemediationSettings
 from keel.settings_section import Section
 from keel.tools.settings import ToolSettings
 from keel.wallets.settings import WalletSettings
@@ -157,6 +158,7 @@ class Settings(BaseSettings):
     degrade: DegradeSettings = Field(default_factory=DegradeSettings)
     approvals: ApprovalsSettings = Field(default_factory=ApprovalsSettings)
     workflows: WorkflowsSettings = Field(default_factory=WorkflowsSettings)
+    remediation: RemediationSettings = Field(default_factory=RemediationSettings)
     tools: ToolSettings = Field(default_factory=ToolSettings)
     wallets: WalletSettings = Field(default_factory=WalletSettings)
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)

@@ -1,0 +1,266 @@
+"""Incidents and the remediation run: a deterministic state machine, not a free agent.
+
+    detect (EWMA band / Alertmanager / API) -> incident (evidence captured)
+      -> clone -> propose -> apply -> test (sandbox) -> deploy -> canary (auto-rollback)
+      -> approval (a human) -> promote + commit | rollback + page
+
+Any "no" (an unusable patch, failing tests, a bad canary, a denial or a timeout) ends the
+run with production on the stable version and the on-call paged with the evidence. One
+run at a time per service: later alerts attach to the active incident.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy.exc import IntegrityError
+
+from keel.errors import KeelError
+from keel.remediation import capture, store
+from keel.remediation.deploy import Deployer
+from keel.remediation.detect import Detector
+from keel.remediation.router import TrafficRouter
+from keel.remediation.steps import Steps, StepFailed
+
+if TYPE_CHECKING:
+    from keel.approvals.service import ApprovalsService
+    from keel.config import Settings
+    from keel.storage.sql import Database
+
+log = logging.getLogger("keel.remediation")
+ACTION = "keel.remediation.promote"
+
+# (incident id, step name, kwargs) -> step output: direct, or through a durable step
+StepCall = Callable[[str, str, dict[str, Any]], Awaitable[dict[str, Any]]]
+
+
+class Remediator:
+    def __init__(self, settings: Settings, db: Database) -> None:
+        self.cfg = settings.remediation
+        self.db = db
+        self.router = TrafficRouter(self.cfg.services)
+        self.deployer = Deployer()
+        self.work_dir = Path(self.cfg.work_dir or Path(settings.data_dir) / "remediation")
+        self.steps = Steps(self.cfg, db, self.router, self.deployer, self.work_dir)
+        self.detectors = {s.name: Detector(self.cfg.detection) for s in self.cfg.services}
+        self.approvals: ApprovalsService | None = None
+        # starts a run: a DBOS workflow when the job runtime is there, else a task
+        self.launcher: Callable[[str, str], Awaitable[None]] = self._launch_task
+        self._tasks: dict[str, asyncio.Task[Any]] = {}
+        self._watch: asyncio.Task[None] | None = None
+        self.busy: set[str] = set()  # services with a run in this process (detector skips)
+
+    # -- incidents ---------------------------------------------------------------------------
+
+    async def open_incident(self, service: str, trigger: str, detail: dict[str, Any],
+                            first_error_at: float | None = None) -> tuple[store.Incident, bool]:
+        """Open an incident (and start its run) or attach to the service's active one."""
+        r = self.router.route(service)  # NotFound for an unknown service
+        detected_at = time.time()
+        evidence = await capture.collect(r.spec, [f.public() for f in r.failures])
+        evidence.update(trigger=detail, detected_at=detected_at)
+        for attempt in range(2):
+            try:
+                inc, created = await self.db.run(lambda c: store.open_or_attach(
+                    c, service, trigger, evidence, first_error_at))
+                break
+            except (IntegrityError, KeelError):
+                if attempt:
+                    raise
+        if created:
+            self.busy.add(service)
+            log.warning("remediation: incident %s opened for %s (%s)", inc.id, service, trigger)
+            await self.launcher(inc.id, service)
+        return inc, created
+
+    async def get(self, incident_id: str) -> tuple[store.Incident, list[dict[str, Any]]]:
+        from keel.errors import NotFound
+
+        inc = await self.db.run(lambda c: store.get(c, incident_id))
+        if inc is None:
+            raise NotFound(f"no incident {incident_id!r}")
+        return inc, await self.db.run(lambda c: store.list_steps(c, incident_id))
+
+    async def wait(self, incident_id: str, timeout_s: float) -> store.Incident:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            inc, _ = await self.get(incident_id)
+            if not inc.active or time.monotonic() > deadline:
+                return inc
+            await asyncio.sleep(0.1)
+
+    async def _launch_task(self, incident_id: str, service: str) -> None:
+        async def direct(iid: str, name: str, kwargs: dict[str, Any]) -> dict[str, Any]:
+            return await self.steps.run(iid, name, kwargs)
+
+        t = asyncio.create_task(self.orchestrate(incident_id, service, direct),
+                                name=f"keel-remediation-{incident_id}")
+        self._tasks[incident_id] = t
+        t.add_done_callback(lambda _: self._tasks.pop(incident_id, None))
+
+    # -- the run -----------------------------------------------------------------------------
+
+    async def _status(self, iid: str, status: str, outcome: dict[str, Any] | None = None
+                      ) -> None:
+        await self.db.run(lambda c: store.set_status(c, iid, status, outcome))
+
+    async def orchestrate(self, iid: str, service: str, step: StepCall) -> dict[str, Any]:
+        await self._status(iid, "running")
+        clone: dict[str, Any] | None = None
+        version: str | None = None
+        shipped = False
+        t: dict[str, float] = {}
+        try:
+            c = await step(iid, "clone", {"service": service})
+            clone, t["clone"] = c["clone"], c["finished_at"]
+            p = await step(iid, "propose", {"service": service})
+            fix, t["patch"] = p["fix"], p["finished_at"]
+            a = await step(iid, "apply", {"service": service, "fix": fix})
+            tst = await step(iid, "test", {"service": service, "clone_url": clone["url"],
+                                           "test": a["test"], "fix": fix})
+            t["tests"] = tst["finished_at"]
+            d = await step(iid, "deploy", {"service": service})
+            version = d["version"]
+            can = await step(iid, "canary", {"service": service, "version": version})
+            t["canary_start"] = can["started_at"]
+            t["canary_end"] = can["finished_at"]
+            decision = await self._approval(iid, service, fix, a, tst, can, t)
+            t["decided"] = time.time()
+            if decision in ("approved", "auto_approved"):
+                await step(iid, "promote", {"service": service, "version": version,
+                                            "summary": fix["summary"],
+                                            "root_cause": fix["root_cause"]})
+                shipped = True
+                outcome = {"result": "shipped", "decision": decision, "branch": a["branch"]}
+                status = store.RESOLVED
+            else:
+                await step(iid, "rollback", {"service": service, "version": version})
+                version = None
+                await step(iid, "page", {"service": service,
+                                         "reason": f"the fix was not approved ({decision})"})
+                outcome = {"result": "rolled_back", "decision": decision}
+                status = store.ROLLED_BACK
+        except StepFailed as exc:
+            outcome, status = await self._fail(iid, service, version, exc)
+            if exc.extra.get("step") == "canary":
+                version = None  # the canary step already rolled back and stopped it
+        except Exception as exc:  # a bug or a crash: still end safely
+            log.exception("remediation %s: unexpected failure", iid)
+            outcome, status = await self._fail(iid, service, version, exc)
+        finally:
+            await self.steps.cleanup(iid, service, clone, keep_branch=shipped)
+        outcome.update(await self._accounting(iid, t))
+        await self._status(iid, status, outcome)
+        self.busy.discard(service)
+        log.warning("remediation: incident %s %s", iid, status)
+        return outcome
+
+    async def _fail(self, iid: str, service: str, version: str | None, exc: Exception
+                    ) -> tuple[dict[str, Any], str]:
+        reason = str(exc)
+        r = self.router.route(service)
+        if version is not None and version in r.versions:
+            try:
+                await self.steps.run(iid, "rollback", {"service": service, "version": version})
+            except StepFailed:
+                pass
+        try:
+            await self.steps.run(iid, "page", {"service": service, "reason": reason})
+        except StepFailed:
+            pass
+        return {"result": "failed", "reason": reason}, store.FAILED
+
+    async def _approval(self, iid: str, service: str, fix: dict[str, Any],
+                        applied: dict[str, Any], tested: dict[str, Any],
+                        canary: dict[str, Any], t: dict[str, float]) -> str:
+        """Ask a human through the approvals capability; fail closed without it."""
+        from keel.approvals.models import Proposal
+
+        started = time.time()
+        if self.approvals is None:
+            raise StepFailed("the approvals capability is off: a fix never ships without a "
+                             "human ([approvals] enabled = true)", step="approval")
+        c, s = canary["canary"], canary["stable"]
+        reason = (
+            f"Root cause: {fix['root_cause']}\n"
+            f"Actions: patched {', '.join(applied['files'])} on branch {applied['branch']} "
+            f"({fix['summary']}); the service's tests and the new regression test "
+            f"{applied['test']} pass against a clone of production, and the new test fails "
+            f"on the current code.\n"
+            f"Canary: {canary['weight']:.0%} of traffic for {canary['seconds']:.0f}s: "
+            f"{c['errors']}/{c['requests']} errors, p95 {c['p95_ms']:.0f} ms (stable: "
+            f"{s['errors']}/{s['requests']} errors, p95 {s['p95_ms']:.0f} ms).\n"
+            f"Approve = shift 100% of traffic to the fix and commit it. "
+            f"Deny = roll back and page on-call.")
+        p = Proposal(action=ACTION, risk_level="HIGH", reason=reason[:4000],
+                     requested_by="keel remediation", tenant=self.cfg.tenant,
+                     timeout_s=self.cfg.approval_timeout_s,
+                     arguments={"incident": iid, "service": service,
+                                "version": canary.get("version"), "branch": applied["branch"],
+                                "canary": {"canary": c, "stable": s}},
+                     idempotency_key=f"remediation:{iid}")
+        handle = await self.approvals.engine.request(p)
+        t["approval_requested"] = time.time()
+        await self.db.run(lambda cn: store.add_step(
+            cn, iid, "approval_request", "ok", started, time.time() - started,
+            {"action": ACTION}, {"approval_id": handle.id, "reason": reason}))
+        await self._status(iid, "awaiting_approval")
+        a = await handle.wait(self.cfg.approval_timeout_s + 30)
+        while not a.done and a.status == "pending":  # the approval's own timeout decides
+            a = await handle.wait(5)
+        await self.db.run(lambda cn: store.add_step(
+            cn, iid, "approval", "ok", started, time.time() - started,
+            {"approval_id": handle.id},
+            {"status": a.status, "decided_by": a.decided_by, "via": a.decided_via}))
+        return a.status
+
+    async def _accounting(self, iid: str, t: dict[str, float]) -> dict[str, Any]:
+        inc, steps = await self.get(iid)
+        cost = sum(s["cost_usd"] for s in steps)
+        cpu = sum(s["cpu_s"] for s in steps)
+        cpu_usd = cpu * self.cfg.cpu_usd_per_hour / 3600
+        first = inc.first_error_at
+        detected = float(inc.evidence.get("detected_at") or inc.opened_at)
+        timeline = {"first_5xx": first, "detected": detected, **t}
+        rel = {k: round(v - (first or detected), 3) for k, v in timeline.items()
+               if v is not None}
+        return {"model_usd": round(cost, 6), "sandbox_cpu_s": round(cpu, 3),
+                "sandbox_usd": round(cpu_usd, 6), "total_usd": round(cost + cpu_usd, 6),
+                "timeline": rel}
+
+    # -- detection ---------------------------------------------------------------------------
+
+    def start_watching(self) -> None:
+        if self._watch is None and self.router.routes:
+            self._watch = asyncio.create_task(self._detect_loop(), name="keel-remediation-watch")
+
+    async def _detect_loop(self) -> None:
+        cfg = self.cfg.detection
+        while True:
+            await asyncio.sleep(cfg.tick_s)
+            for name, r in self.router.routes.items():
+                if name in self.busy:
+                    continue
+                s = r.stable().stats.summary(cfg.window_s)
+                anomaly = self.detectors[name].observe(s)
+                if anomaly is None:
+                    continue
+                try:
+                    await self.open_incident(name, "detector", anomaly.public(),
+                                             first_error_at=s.first_error_at)
+                except Exception:  # keep watching the other services
+                    log.exception("remediation: opening an incident for %s failed", name)
+
+    async def stop(self) -> None:
+        if self._watch is not None:
+            self._watch.cancel()
+            self._watch = None
+        for task in list(self._tasks.values()):
+            task.cancel()
+        await self.deployer.stop_all()
+        await self.router.aclose()
