@@ -73,7 +73,7 @@ BAD_CANARY_FIX = {
     "patch": demo.SCRIPTED_FIX["patch"].replace(
         "+        subtotal -= min(d[\"amount_off_cents\"] or 0, subtotal)\n",
         "+        subtotal -= min(d[\"amount_off_cents\"] or 0, subtotal)\n"
-        "+        assert code != \"SAVE20\", \"not supported\"\n").replace("+32,5", "+32,6"),
+        "+        assert all(qty < 3 for _, qty in items), \"bulk discounts are not supported\"\n").replace("+32,5", "+32,6"),
 }
 
 
@@ -156,7 +156,8 @@ async def test_bad_canary_rolls_back_and_pages(
                 r = await c.post("/v1/remediation/incidents", json={"service": "checkout"})
                 assert r.status_code == 201
                 inc = await wait_for(c, lambda i: i["status"] == "failed")
-                canary = next(x for x in inc["steps"] if x["step"] == "canary")
+                canary = next((x for x in inc["steps"] if x["step"] == "canary"), None)
+                assert canary is not None, inc["outcome"]
                 assert canary["status"] == "failed"
                 assert "rolled back" in canary["output"]["error"]
                 assert canary["output"]["rollback_s"] < 1.0

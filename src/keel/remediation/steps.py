@@ -59,7 +59,8 @@ class Steps:
             status = "ok"
         except Exception as exc:  # every failure ends the run safely, with the evidence
             err = exc if isinstance(exc, KeelError) else None
-            out = {"error": f"{type(exc).__name__}: {exc}",
+            out = {"error": str(exc) if isinstance(exc, KeelError)
+                   else f"{type(exc).__name__}: {exc}",
                    "code": err.code if err is not None else "unexpected_error",
                    **(err.extra if err is not None else {})}
             status = "failed"
