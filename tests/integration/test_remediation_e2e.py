@@ -16,13 +16,12 @@ from typing import Any
 import httpx
 import pytest
 
+from approval_helpers import Receiver
+from conftest import make_settings
 from keel.app import build_services, create_app
 from keel.gateway.background import serving
 from keel.remediation.fixer import ScriptedFixer
 from keel.remediation.remediator import Remediator
-
-from approval_helpers import Receiver
-from conftest import make_settings
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "checkout"
 sys.path.insert(0, str(EXAMPLE))
@@ -73,7 +72,8 @@ BAD_CANARY_FIX = {
     "patch": demo.SCRIPTED_FIX["patch"].replace(
         "+        subtotal -= min(d[\"amount_off_cents\"] or 0, subtotal)\n",
         "+        subtotal -= min(d[\"amount_off_cents\"] or 0, subtotal)\n"
-        "+        assert all(qty < 3 for _, qty in items), \"bulk discounts are not supported\"\n").replace("+32,5", "+32,6"),
+        "+        assert all(qty < 3 for _, qty in items), \"no bulk discounts\"\n",
+    ).replace("+32,5", "+32,6"),
 }
 
 
@@ -103,7 +103,7 @@ async def test_scripted_fixer_detected_canaried_approved_and_committed(
                     ev["failing_requests"][0]["request_body"]
                 assert steps(inc)[:7] == [
                     ("clone", "ok"), ("propose", "ok"), ("apply", "ok"), ("test", "ok"),
-                    ("deploy", "ok"), ("canary", "ok"), ("approval_request", "ok")]
+                    ("deploy", "ok"), ("canary", "ok"), ("request_approval", "ok")]
                 test = next(x for x in inc["steps"] if x["step"] == "test")["output"]
                 assert test["patched"]["passed"] and not test["unpatched_new_test"]["passed"]
                 assert "netns:unshare-rn" in test["patched"]["isolation"] or \
@@ -214,3 +214,47 @@ async def test_unsafe_fixes_end_safely_with_a_page(
         assert [(v["name"], v["weight"]) for v in versions] == [("production", 1.0)]
     assert len(pager.json()) == 1
     assert not list((tmp_path / "data" / "remediation" / "clones").glob("*.db"))
+
+
+async def test_local_model_runs_end_to_end_and_fails_safely(
+        tmp_path: Path, world: demo.World, pager: Receiver,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The real local model (Gemma 3 270M) is asked for the fix through keel's pipeline.
+    It cannot write a working patch; the run must end with production untouched, the
+    model call metered, and a page carrying the evidence."""
+    monkeypatch.chdir(tmp_path)
+    s = settings_for(tmp_path, world, pager, max_tokens=200)
+    svc = build_services(s)
+    admin = svc.keys.create("ops", admin=True).secret
+    app = create_app(s, services=svc)
+    rm = svc.get(Remediator)
+    transport = httpx.ASGITransport(app=app, client=("127.0.0.1", 5555))
+    async with app.router.lifespan_context(app), httpx.AsyncClient(
+            transport=transport, base_url="http://keel", timeout=300,
+            headers={"authorization": f"Bearer {admin}"}) as c:
+        for _ in range(3):  # some real failures for the evidence
+            await c.post("/svc/checkout/checkout", json={
+                "items": [{"sku": "sku-1", "qty": 1}], "discount_code": "SAVE10"})
+        r = await c.post("/v1/remediation/incidents", json={"service": "checkout",
+                                                           "reason": "5xx on checkout"})
+        assert r.status_code == 201, r.text
+        done = await rm.wait(r.json()["id"], 600)
+        assert done.status == "failed", done
+        inc = (await c.get(f"/v1/remediation/incidents/{done.id}")).json()
+        names = [st["step"] for st in inc["steps"]]
+        assert names[:2] == ["clone", "propose"]
+        propose = inc["steps"][1]
+        assert propose["input"] == {"service": "checkout"}
+        if propose["status"] == "ok":  # valid JSON: then the patch itself must be refused
+            assert propose["output"]["model"] == "gemma-3-270m"
+            assert propose["cost_usd"] > 0
+            assert ("deploy", "ok") not in steps(inc)
+        else:
+            assert propose["output"]["code"] in ("fix_unusable", "context_length_exceeded")
+        assert steps(inc)[-1] == ("page", "ok")
+        versions = (await c.get("/v1/remediation/services")).json()["data"][0]["versions"]
+        assert [(v["name"], v["weight"]) for v in versions] == [("production", 1.0)]
+        logged = (await c.get("/v1/requests?limit=5")).status_code
+        assert logged in (200, 404)
+    pages = pager.json()
+    assert len(pages) == 1 and pages[0]["incident"]["evidence"]["stack_trace"]

@@ -37,11 +37,13 @@ class RemediationCapability(Capability):
 
     def __init__(self, ctx: BuildContext) -> None:
         from keel.approvals.service import ApprovalsService
+        from keel.jobs.runtime import JobRuntime
         from keel.remediation.remediator import Remediator
 
         super().__init__(ctx)
         self.remediator = Remediator(ctx.settings, ctx.db)
         self.remediator.approvals = ctx.components.find(ApprovalsService)
+        self.remediator.use_runtime(ctx.components.get(JobRuntime))
         ctx.components.put(self.remediator, owner=self.name)
 
     def install(self, app: FastAPI, svc: Services) -> None:
@@ -61,9 +63,9 @@ class RemediationCapability(Capability):
             from keel.gateway.context import Principal
             from keel.gateway.internal import InternalClient
 
-            resp = await InternalClient(svc).chat(
+            done = await InternalClient(svc).chat(
                 Principal(key_id="remediation", tenant=cfg.tenant, agent="remediation"), body)
-            return dict(resp), float(resp.cost_usd or 0.0), resp.request_id
+            return done.body, done.cost_usd, done.request_id
 
         return ModelFixer(chat, model, max_tokens=cfg.max_tokens)
 

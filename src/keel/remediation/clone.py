@@ -233,7 +233,8 @@ class NeonCloner:
     def __init__(self, url: str) -> None:
         parts = urlsplit(url)
         self.project = parts.netloc
-        self.parent = (parse_qs(parts.query).get("parent") or [None])[0]
+        parents = parse_qs(parts.query).get("parent") or []
+        self.parent: str | None = parents[0] if parents else None
 
     def _key(self) -> str:
         key = os.environ.get("NEON_API_KEY")

@@ -9,6 +9,7 @@ a restart the run's candidate is gone and the canary step fails safely).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import socket
@@ -97,10 +98,8 @@ class Deployer:
                 os.killpg(cand.proc.pid, signal.SIGTERM)
                 cand.proc.wait(timeout=5)
             except (ProcessLookupError, subprocess.TimeoutExpired):
-                try:
+                with contextlib.suppress(ProcessLookupError):
                     os.killpg(cand.proc.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
                 cand.proc.wait(timeout=5)
 
     async def stop(self, name: str) -> None:

@@ -12,6 +12,7 @@ run at a time per service: later alerts attach to the active incident.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -25,15 +26,15 @@ from keel.remediation import capture, store
 from keel.remediation.deploy import Deployer
 from keel.remediation.detect import Detector
 from keel.remediation.router import TrafficRouter
-from keel.remediation.steps import Steps, StepFailed
+from keel.remediation.steps import StepFailed, Steps
 
 if TYPE_CHECKING:
     from keel.approvals.service import ApprovalsService
     from keel.config import Settings
+    from keel.jobs.runtime import JobRuntime
     from keel.storage.sql import Database
 
 log = logging.getLogger("keel.remediation")
-ACTION = "keel.remediation.promote"
 
 # (incident id, step name, kwargs) -> step output: direct, or through a durable step
 StepCall = Callable[[str, str, dict[str, Any]], Awaitable[dict[str, Any]]]
@@ -48,12 +49,53 @@ class Remediator:
         self.work_dir = Path(self.cfg.work_dir or Path(settings.data_dir) / "remediation")
         self.steps = Steps(self.cfg, db, self.router, self.deployer, self.work_dir)
         self.detectors = {s.name: Detector(self.cfg.detection) for s in self.cfg.services}
-        self.approvals: ApprovalsService | None = None
         # starts a run: a DBOS workflow when the job runtime is there, else a task
         self.launcher: Callable[[str, str], Awaitable[None]] = self._launch_task
         self._tasks: dict[str, asyncio.Task[Any]] = {}
         self._watch: asyncio.Task[None] | None = None
+        self.runtime: JobRuntime | None = None
+        self._workflow: Any = None
         self.busy: set[str] = set()  # services with a run in this process (detector skips)
+        self.quiet_until: dict[str, float] = {}  # detector cool-down after a run ended
+
+    @property
+    def approvals(self) -> ApprovalsService | None:
+        return self.steps.approvals
+
+    @approvals.setter
+    def approvals(self, value: ApprovalsService | None) -> None:
+        self.steps.approvals = value
+
+    # -- durable runs (DBOS through keel.jobs.JobRuntime) ------------------------------------
+
+    def use_runtime(self, runtime: JobRuntime) -> None:
+        """Runs become DBOS workflows: each step's output is recorded, so a run resumes
+        after a crash at the step it was in (a candidate process does not survive a
+        restart: the canary step then fails safely and pages)."""
+        self.runtime = runtime
+        runtime.on_launch(self._register)
+        self.launcher = self._launch_workflow
+
+    def _register(self) -> None:
+        from dbos import DBOS
+
+        @DBOS.step(name="keel.remediation.step")
+        async def step(iid: str, name: str, kwargs: dict[str, Any]) -> dict[str, Any]:
+            return await self.steps.run(iid, name, kwargs)
+
+        @DBOS.workflow(name="keel.remediation.run")
+        async def run(iid: str, service: str) -> dict[str, Any]:
+            return await self.orchestrate(iid, service, step)
+
+        self._workflow = run
+
+    async def _launch_workflow(self, incident_id: str, service: str) -> None:
+        from dbos import DBOS, SetWorkflowID
+
+        assert self.runtime is not None
+        await self.runtime.ensure_started()
+        with SetWorkflowID(f"remediation-{incident_id}"):
+            await DBOS.start_workflow_async(self._workflow, incident_id, service)
 
     # -- incidents ---------------------------------------------------------------------------
 
@@ -129,8 +171,17 @@ class Remediator:
             can = await step(iid, "canary", {"service": service, "version": version})
             t["canary_start"] = can["started_at"]
             t["canary_end"] = can["finished_at"]
-            decision = await self._approval(iid, service, fix, a, tst, can, t)
-            t["decided"] = time.time()
+            if self.approvals is None:
+                raise StepFailed("the approvals capability is off: a fix never ships without "
+                                 "a human ([approvals] enabled = true)", step="approval")
+            ask = await step(iid, "request_approval", {
+                "service": service, "version": version, "fix": fix, "applied": a,
+                "canary": {k: can[k] for k in ("weight", "seconds", "canary", "stable")}})
+            t["approval_requested"] = ask["finished_at"]
+            await self._status(iid, "awaiting_approval")
+            got = await step(iid, "await_decision", {"approval_id": ask["approval_id"]})
+            decision = got["status"]
+            t["decided"] = got["finished_at"]
             if decision in ("approved", "auto_approved"):
                 await step(iid, "promote", {"service": service, "version": version,
                                             "summary": fix["summary"],
@@ -157,6 +208,7 @@ class Remediator:
         outcome.update(await self._accounting(iid, t))
         await self._status(iid, status, outcome)
         self.busy.discard(service)
+        self.quiet_until[service] = time.monotonic() + self.cfg.detection.cooldown_s
         log.warning("remediation: incident %s %s", iid, status)
         return outcome
 
@@ -165,59 +217,11 @@ class Remediator:
         reason = str(exc)
         r = self.router.route(service)
         if version is not None and version in r.versions:
-            try:
+            with contextlib.suppress(StepFailed):
                 await self.steps.run(iid, "rollback", {"service": service, "version": version})
-            except StepFailed:
-                pass
-        try:
+        with contextlib.suppress(StepFailed):
             await self.steps.run(iid, "page", {"service": service, "reason": reason})
-        except StepFailed:
-            pass
         return {"result": "failed", "reason": reason}, store.FAILED
-
-    async def _approval(self, iid: str, service: str, fix: dict[str, Any],
-                        applied: dict[str, Any], tested: dict[str, Any],
-                        canary: dict[str, Any], t: dict[str, float]) -> str:
-        """Ask a human through the approvals capability; fail closed without it."""
-        from keel.approvals.models import Proposal
-
-        started = time.time()
-        if self.approvals is None:
-            raise StepFailed("the approvals capability is off: a fix never ships without a "
-                             "human ([approvals] enabled = true)", step="approval")
-        c, s = canary["canary"], canary["stable"]
-        reason = (
-            f"Root cause: {fix['root_cause']}\n"
-            f"Actions: patched {', '.join(applied['files'])} on branch {applied['branch']} "
-            f"({fix['summary']}); the service's tests and the new regression test "
-            f"{applied['test']} pass against a clone of production, and the new test fails "
-            f"on the current code.\n"
-            f"Canary: {canary['weight']:.0%} of traffic for {canary['seconds']:.0f}s: "
-            f"{c['errors']}/{c['requests']} errors, p95 {c['p95_ms']:.0f} ms (stable: "
-            f"{s['errors']}/{s['requests']} errors, p95 {s['p95_ms']:.0f} ms).\n"
-            f"Approve = shift 100% of traffic to the fix and commit it. "
-            f"Deny = roll back and page on-call.")
-        p = Proposal(action=ACTION, risk_level="HIGH", reason=reason[:4000],
-                     requested_by="keel remediation", tenant=self.cfg.tenant,
-                     timeout_s=self.cfg.approval_timeout_s,
-                     arguments={"incident": iid, "service": service,
-                                "version": canary.get("version"), "branch": applied["branch"],
-                                "canary": {"canary": c, "stable": s}},
-                     idempotency_key=f"remediation:{iid}")
-        handle = await self.approvals.engine.request(p)
-        t["approval_requested"] = time.time()
-        await self.db.run(lambda cn: store.add_step(
-            cn, iid, "approval_request", "ok", started, time.time() - started,
-            {"action": ACTION}, {"approval_id": handle.id, "reason": reason}))
-        await self._status(iid, "awaiting_approval")
-        a = await handle.wait(self.cfg.approval_timeout_s + 30)
-        while not a.done and a.status == "pending":  # the approval's own timeout decides
-            a = await handle.wait(5)
-        await self.db.run(lambda cn: store.add_step(
-            cn, iid, "approval", "ok", started, time.time() - started,
-            {"approval_id": handle.id},
-            {"status": a.status, "decided_by": a.decided_by, "via": a.decided_via}))
-        return a.status
 
     async def _accounting(self, iid: str, t: dict[str, float]) -> dict[str, Any]:
         inc, steps = await self.get(iid)
@@ -244,7 +248,7 @@ class Remediator:
         while True:
             await asyncio.sleep(cfg.tick_s)
             for name, r in self.router.routes.items():
-                if name in self.busy:
+                if name in self.busy or time.monotonic() < self.quiet_until.get(name, 0.0):
                     continue
                 s = r.stable().stats.summary(cfg.window_s)
                 anomaly = self.detectors[name].observe(s)

@@ -46,6 +46,9 @@ class DetectionSettings(Section):
     min_error_rate: float = 0.05  # ...and above this absolute floor...
     min_requests: int = 20  # ...over at least this many requests in the window
     latency_p95_floor_ms: float = 2000.0  # or p95 latency above this floor
+    # after a run ends the detector leaves the service alone this long (no page storm while
+    # a human looks); alerts and the API still open incidents
+    cooldown_s: float = 600.0
 
 
 class RemediationSettings(Section):

@@ -5,6 +5,8 @@ duration, model cost and sandbox CPU time."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import contextvars
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -20,7 +22,11 @@ from keel.remediation.router import TrafficRouter
 from keel.remediation.settings import RemediationSettings, ServiceSpec
 
 if TYPE_CHECKING:
+    from keel.approvals.service import ApprovalsService
     from keel.storage.sql import Database
+
+
+ACTION = "keel.remediation.promote"
 
 
 class StepFailed(KeelError):
@@ -42,6 +48,7 @@ class Steps:
         self.deployer = deployer
         self.work_dir = work_dir
         self.fixer: Fixer | None = None
+        self.approvals: ApprovalsService | None = None
 
     def spec(self, service: str) -> ServiceSpec:
         return self.router.route(service).spec
@@ -195,7 +202,7 @@ class Steps:
             numbers["detected_after_s"] = round(elapsed, 3)
             await self.deployer.stop(version)
             r.remove(version)
-            raise StepFailed(f"canary rolled back: {verdict}", **numbers)
+            raise StepFailed(f"canary rolled back: {verdict}", **numbers)  # type: ignore[arg-type]
         return {"verdict": verdict, **numbers}
 
     async def step_promote(self, incident_id: str, service: str, version: str,
@@ -219,6 +226,48 @@ class Steps:
             r.remove(version)
         return {"rollback_s": took, "stable": r.stable().name}
 
+    async def step_request_approval(self, incident_id: str, service: str, version: str,
+                                    fix: dict[str, Any], applied: dict[str, Any],
+                                    canary: dict[str, Any]) -> dict[str, Any]:
+        """A human decides through the approvals capability (Slack, webhook, web page)."""
+        from keel.approvals.models import Proposal
+
+        if self.approvals is None:
+            raise StepFailed("the approvals capability is off")
+        c, s = canary["canary"], canary["stable"]
+        reason = (
+            f"Root cause: {fix['root_cause']}\n"
+            f"Actions: patched {', '.join(applied['files'])} on branch {applied['branch']} "
+            f"({fix['summary']}); the service's tests and the new regression test "
+            f"{applied['test']} pass against a clone of production, and the new test fails "
+            f"on the current code.\n"
+            f"Canary: {canary['weight']:.0%} of traffic for {canary['seconds']:.0f}s: "
+            f"{c['errors']}/{c['requests']} errors, p95 {c['p95_ms']:.0f} ms (stable: "
+            f"{s['errors']}/{s['requests']} errors, p95 {s['p95_ms']:.0f} ms).\n"
+            "Approve = shift 100% of traffic to the fix and commit it. "
+            "Deny = roll back and page on-call.")
+        p = Proposal(action=ACTION, risk_level="HIGH", reason=reason[:4000],
+                     requested_by="keel remediation", tenant=self.cfg.tenant,
+                     timeout_s=self.cfg.approval_timeout_s,
+                     arguments={"incident": incident_id, "service": service,
+                                "version": version, "branch": applied["branch"],
+                                "canary": {"canary": c, "stable": s}})
+        # The approval is a workflow of its own; DBOS does not start workflows from inside a
+        # step, so it is requested from a clean context (a top-level workflow).
+        handle = await asyncio.get_running_loop().create_task(
+            self.approvals.engine.request(p), context=contextvars.Context())
+        return {"approval_id": handle.id, "status": handle.approval.status,
+                "decision_page": "/approvals (console) or the link in the notification",
+                "reason": reason}
+
+    async def step_await_decision(self, incident_id: str, approval_id: str
+                                  ) -> dict[str, Any]:
+        """Until the approval is decided or times out (its own expiry auto-denies)."""
+        assert self.approvals is not None
+        engine = self.approvals.engine
+        a = await engine.wait(approval_id, None)
+        return {"status": a.status, "decided_by": a.decided_by, "via": a.decided_via}
+
     async def step_page(self, incident_id: str, service: str, reason: str) -> dict[str, Any]:
         inc = await self.db.run(lambda c: store.get(c, incident_id))
         steps = await self.db.run(lambda c: store.list_steps(c, incident_id))
@@ -233,10 +282,9 @@ class Steps:
         spec = self.spec(service)
         if clone is not None:
             c = Clone(clone["url"], clone["name"], clone["method"], clone["seconds"])
-            try:
+            # best effort: a leftover clone must not hide the outcome
+            with contextlib.suppress(Exception):
                 await cloner_for(spec.database_url, self.work_dir / "clones").drop(c)
-            except Exception:  # best effort: a leftover clone must not hide the outcome
-                pass
         wt = self.worktree(incident_id)
         if wt.exists():
             await patching.remove_worktree(Path(spec.repo), wt, keep_branch=keep_branch)
