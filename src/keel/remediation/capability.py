@@ -67,7 +67,8 @@ class RemediationCapability(Capability):
                 Principal(key_id="remediation", tenant=cfg.tenant, agent="remediation"), body)
             return done.body, done.cost_usd, done.request_id
 
-        return ModelFixer(chat, model, max_tokens=cfg.max_tokens)
+        return ModelFixer(chat, model, max_tokens=cfg.max_tokens,
+                          max_prompt_chars=cfg.max_prompt_chars)
 
     async def start(self) -> None:
         self.remediator.start_watching()

@@ -57,6 +57,7 @@ class RemediationSettings(Section):
     model: str = ""  # the fixer's model; default: [default_model]
     tenant: str = "remediation"  # metering and budgets see the fixer's calls under this
     max_tokens: int = 1500
+    max_prompt_chars: int = 10_000  # evidence sent to the model is cut to this
     detection: DetectionSettings = Field(default_factory=DetectionSettings)
     canary_weight: float = Field(default=0.02, gt=0, lt=1)
     canary_s: float = Field(default=60.0, gt=0)

@@ -1,0 +1,183 @@
+"""Remediation building blocks: the anomaly rule, weighted routing, patch path checks,
+traceback capture, SQLite clones and the sandbox (real subprocesses, real files)."""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from keel.remediation import sandbox
+from keel.remediation.capture import last_traceback
+from keel.remediation.clone import CloneTargetExists, SqliteCloner, cloner_for
+from keel.remediation.detect import Detector
+from keel.remediation.patching import PatchRejected, check_patch, write_test
+from keel.remediation.router import ServiceRoute
+from keel.remediation.settings import DetectionSettings, ServiceSpec
+from keel.remediation.stats import Summary
+
+
+def test_detector_fires_on_a_jump_not_on_a_steady_noisy_baseline() -> None:
+    d = Detector(DetectionSettings(min_error_rate=0.05, z=4, min_requests=20))
+    for rate in [0.01, 0.02, 0.0, 0.01, 0.03, 0.02] * 5:  # noisy but healthy
+        assert d.observe(Summary(200, int(rate * 200), 20.0)) is None
+    hit = d.observe(Summary(200, 30, 20.0))  # 15%
+    assert hit is not None and hit.kind == "error_rate" and hit.threshold >= 0.05
+
+
+def test_detector_floor_and_minimum_traffic() -> None:
+    d = Detector(DetectionSettings(min_error_rate=0.05, min_requests=20))
+    assert d.observe(Summary(10, 10, 5.0)) is None  # too few requests to judge
+    assert d.observe(Summary(200, 8, 5.0)) is None  # 4% is under the absolute floor
+    assert d.observe(Summary(200, 12, 5.0)) is None  # 6%: inside the band over a 4% baseline
+    assert Detector(DetectionSettings()).observe(Summary(200, 12, 5.0)) is not None  # fresh
+    slow = Detector(DetectionSettings(latency_p95_floor_ms=500))
+    assert slow.observe(Summary(100, 0, 900.0)).kind == "latency"  # type: ignore[union-attr]
+
+
+def test_anomalies_do_not_become_the_baseline() -> None:
+    d = Detector(DetectionSettings())
+    for _ in range(50):
+        d.observe(Summary(100, 0, 10.0))
+    for _ in range(50):
+        assert d.observe(Summary(100, 20, 10.0)) is not None  # still anomalous
+
+
+def spec(**kw: object) -> ServiceSpec:
+    return ServiceSpec.model_validate({"name": "shop", "production_url": "http://127.0.0.1:1",
+                                       "repo": "/nonexistent", **kw})
+
+
+def test_weighted_routing_is_exact_and_rollback_is_instant() -> None:
+    r = ServiceRoute(spec())
+    r.add("candidate", "http://127.0.0.1:2")
+    r.canary("candidate", 0.02)
+    picks = Counter(r.pick().name for _ in range(1000))
+    assert picks == {"production": 980, "candidate": 20}
+    r.rollback()
+    assert Counter(r.pick().name for _ in range(500)) == {"production": 500}
+    r.set_weights({"candidate": 1.0})
+    r.promote("candidate")
+    assert [(v.name, v.role, v.weight) for v in r.versions.values()] == \
+        [("candidate", "stable", 1.0)]
+
+
+def test_weights_are_validated() -> None:
+    from keel.errors import InvalidRequest, NotFound
+
+    r = ServiceRoute(spec())
+    with pytest.raises(NotFound):
+        r.set_weights({"nope": 0.5})
+    with pytest.raises(InvalidRequest):
+        r.set_weights({"production": 0.0})
+    with pytest.raises(InvalidRequest):
+        r.set_weights({"production": 1.5})
+
+
+DIFF = "--- a/{p}\n+++ b/{p}\n@@ -1 +1 @@\n-a\n+b\n"
+
+
+@pytest.mark.parametrize("path,ok", [
+    ("app/pricing.py", True), ("tests/test_x.py", True), ("../etc/passwd", False),
+    ("/etc/passwd", False), ("deploy/prod.env", False), (".git/config", False),
+    ("app/../../x.py", False),
+])
+def test_patch_paths_stay_inside_the_service(path: str, ok: bool) -> None:
+    if ok:
+        assert check_patch(DIFF.format(p=path), ["app/", "tests/"]) == [path]
+    else:
+        with pytest.raises(PatchRejected):
+            check_patch(DIFF.format(p=path), ["app/", "tests/"])
+
+
+def test_not_a_diff_and_test_paths(tmp_path: Path) -> None:
+    with pytest.raises(PatchRejected, match="not a unified diff"):
+        check_patch("just change line 3", [""])
+    with pytest.raises(PatchRejected):
+        write_test(tmp_path, "app/test_x.py", "x", "tests")
+    with pytest.raises(PatchRejected):
+        write_test(tmp_path, "tests/../../evil.py", "x", "tests")
+    (tmp_path / "tests").mkdir()
+    (tmp_path / "tests" / "test_old.py").write_text("keep")
+    with pytest.raises(PatchRejected, match="overwrite"):
+        write_test(tmp_path, "tests/test_old.py", "x", "tests")
+    assert write_test(tmp_path, "tests/test_new.py", "x = 1\n", "tests") == "tests/test_new.py"
+
+
+def test_last_traceback_from_a_log(tmp_path: Path) -> None:
+    log = tmp_path / "svc.log"
+    log.write_text(
+        "INFO started\nERROR first\nTraceback (most recent call last):\n"
+        '  File "a.py", line 1, in f\n    x()\nValueError: old\n'
+        "ERROR POST /checkout failed\nTraceback (most recent call last):\n"
+        '  File "app/pricing.py", line 35, in cart_total\n'
+        "    min(None, 1)\nTypeError: '<' not supported\nINFO later\n")
+    tb = last_traceback(str(log))
+    assert tb.startswith("ERROR POST /checkout failed")
+    assert tb.endswith("TypeError: '<' not supported")
+    assert "ValueError" not in tb
+    assert last_traceback(str(tmp_path / "missing.log")) == ""
+
+
+async def test_sqlite_clone_is_a_consistent_copy_and_never_overwrites(tmp_path: Path) -> None:
+    import sqlite3
+
+    src = tmp_path / "prod.db"
+    con = sqlite3.connect(src)
+    con.execute("PRAGMA journal_mode=WAL")
+    con.execute("CREATE TABLE t (x)")
+    con.executemany("INSERT INTO t VALUES (?)", [(i,) for i in range(1000)])
+    con.commit()  # left open: a live database with a WAL
+    cloner = cloner_for(f"sqlite:///{src}", tmp_path / "clones")
+    assert isinstance(cloner, SqliteCloner)
+    c = await cloner.clone("shop_1")
+    copy = sqlite3.connect(c.url.removeprefix("sqlite:///"))
+    assert copy.execute("SELECT count(*) FROM t").fetchone()[0] == 1000
+    copy.close()
+    with pytest.raises(CloneTargetExists):
+        await cloner.clone("shop_1")
+    with pytest.raises(Exception, match="lowercase"):
+        await cloner.clone("../x")
+    await cloner.drop(c)
+    assert not Path(c.url.removeprefix("sqlite:///")).exists()
+    con.close()
+
+
+def test_unknown_clone_scheme_is_a_config_error(tmp_path: Path) -> None:
+    from keel.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="mysql"):
+        cloner_for("mysql://x/y", tmp_path)
+
+
+def test_sandbox_refuses_network_and_processes_and_scrubs_secrets(tmp_path: Path,
+                                                                  monkeypatch) -> None:
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-keel-secret")
+    (tmp_path / "test_probe.py").write_text(
+        "import os, socket, subprocess, pytest\n"
+        "def test_connect():\n"
+        "    with pytest.raises(PermissionError):\n"
+        "        socket.create_connection(('203.0.113.9', 443), timeout=1)\n"
+        "def test_dns():\n"
+        "    with pytest.raises(PermissionError):\n"
+        "        socket.getaddrinfo('example.com', 443)\n"
+        "def test_spawn():\n"
+        "    with pytest.raises(PermissionError):\n"
+        "        subprocess.run(['true'])\n"
+        "def test_env():\n"
+        "    assert 'OPENAI_API_KEY' not in os.environ\n"
+        "    assert os.environ['PAYMENT_KEY'] == 'sk_test_sandbox'\n")
+    r = sandbox.run_sync(["{python}", "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                          "test_probe.py"], tmp_path, {"PAYMENT_KEY": "sk_test_sandbox"},
+                         sandbox.Limits(timeout_s=120))
+    assert r.passed, r.output
+    assert r.cpu_s > 0
+
+
+def test_sandbox_kills_on_timeout(tmp_path: Path) -> None:
+    r = sandbox.run_sync(["{python}", "-c", "import time; time.sleep(60)"], tmp_path, {},
+                         sandbox.Limits(timeout_s=1))
+    assert r.timed_out and not r.passed and r.seconds < 30
+    assert os.environ.get("KEEL_SANDBOX") is None
