@@ -223,7 +223,7 @@ async def test_local_model_runs_end_to_end_and_fails_safely(
     It cannot write a working patch; the run must end with production untouched, the
     model call metered, and a page carrying the evidence."""
     monkeypatch.chdir(tmp_path)
-    s = settings_for(tmp_path, world, pager, max_tokens=200)
+    s = settings_for(tmp_path, world, pager, max_tokens=96, max_prompt_chars=2500)
     svc = build_services(s)
     admin = svc.keys.create("ops", admin=True).secret
     app = create_app(s, services=svc)
@@ -245,6 +245,7 @@ async def test_local_model_runs_end_to_end_and_fails_safely(
         assert names[:2] == ["clone", "propose"]
         propose = inc["steps"][1]
         assert propose["input"] == {"service": "checkout"}
+        print("local model proposal:", propose["status"], propose["output"])
         if propose["status"] == "ok":  # valid JSON: then the patch itself must be refused
             assert propose["output"]["model"] == "gemma-3-270m"
             assert propose["cost_usd"] > 0

@@ -71,7 +71,7 @@ class RemediationCapability(Capability):
                           max_prompt_chars=cfg.max_prompt_chars)
 
     async def start(self) -> None:
-        self.remediator.start_watching()
+        self.remediator.start_watching()  # launches DBOS in the background when watching
 
     async def stop(self) -> None:
         await self.remediator.stop()

@@ -1,7 +1,7 @@
 """Database clones for a remediation run, behind one port chosen by the source URL.
 
-- ``sqlite:///path``: SQLite's online backup API into ``<work_dir>/clones/NAME.db`` (a
-  consistent copy of a live WAL database, page by page).
+- ``sqlite:///path``: a hot copy under a read snapshot into ``<work_dir>/clones/NAME.db``
+  (copy-on-write with reflinks; see :class:`SqliteCloner`), or SQLite's backup API.
 - ``postgresql://``: ``CREATE DATABASE "NAME" TEMPLATE "SRC" STRATEGY FILE_COPY`` (PG 15+;
   the file-level copy, much faster than WAL_LOG for large databases). PostgreSQL refuses a
   template that has other sessions: stop or pause the writers, or clone from a replica.
@@ -19,6 +19,7 @@ import asyncio
 import os
 import re
 import sqlite3
+import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -70,9 +71,40 @@ def check_name(name: str) -> str:
 
 
 class SqliteCloner:
-    def __init__(self, source_url: str, clones_dir: Path) -> None:
+    """``method="copy"`` (default): a hot copy. A read transaction pins a snapshot (in WAL
+    mode the checkpointer cannot move frames past it into the main file, and the WAL
+    cannot restart; in rollback mode writers cannot commit), the main file is copied
+    (``cp --reflink=auto``: copy-on-write where the filesystem has it), then the WAL; the
+    clone opens at the snapshot or a later committed state (a torn last frame fails its
+    checksum and is ignored). Writers are never blocked. ``method="backup"``: SQLite's
+    online backup API (page by page through the pager; about 4x slower here)."""
+
+    def __init__(self, source_url: str, clones_dir: Path, method: str = "copy") -> None:
         self.source = Path(source_url.removeprefix("sqlite:///"))
         self.dir = clones_dir
+        self.method = method
+
+    def _hot_copy(self, target: Path) -> None:
+        src = sqlite3.connect(f"file:{self.source}?mode=ro", uri=True,
+                              isolation_level=None)
+        try:
+            src.execute("BEGIN")
+            src.execute("SELECT count(*) FROM sqlite_master").fetchone()  # pins the snapshot
+            for suffix in ("", "-wal"):
+                f = self.source.with_name(self.source.name + suffix)
+                if f.exists():
+                    subprocess.run(["cp", "--reflink=auto", str(f),
+                                    str(target.with_name(target.name + suffix))],
+                                   check=True, capture_output=True)
+            src.execute("COMMIT")
+        finally:
+            src.close()
+        dst = sqlite3.connect(target)
+        try:  # fold the WAL into the clone and prove it opens
+            dst.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            dst.execute("SELECT count(*) FROM sqlite_master").fetchone()
+        finally:
+            dst.close()
 
     async def clone(self, name: str) -> Clone:
         target = self.dir / f"{check_name(name)}.db"
@@ -87,14 +119,22 @@ class SqliteCloner:
             except FileExistsError:
                 raise CloneTargetExists(f"clone target {target} already exists; pick another "
                                         "name or drop it first") from None
-            src = sqlite3.connect(f"file:{self.source}?mode=ro", uri=True)
-            dst = sqlite3.connect(target)
             try:
-                src.backup(dst, pages=-1)  # one pass: a consistent snapshot
-            finally:
-                dst.close()
-                src.close()
-            return Clone(f"sqlite:///{target}", name, "sqlite-backup-api",
+                if self.method == "backup":
+                    src = sqlite3.connect(f"file:{self.source}?mode=ro", uri=True)
+                    dst = sqlite3.connect(target)
+                    try:
+                        src.backup(dst, pages=-1)  # one pass: a consistent snapshot
+                    finally:
+                        dst.close()
+                        src.close()
+                else:
+                    self._hot_copy(target)
+            except (sqlite3.Error, subprocess.CalledProcessError, OSError) as exc:
+                for p in (target, target.with_name(target.name + "-wal")):
+                    p.unlink(missing_ok=True)
+                raise CloneFailed(f"cloning {self.source.name} failed: {exc}") from None
+            return Clone(f"sqlite:///{target}", name, f"sqlite-{self.method}",
                          time.perf_counter() - t0, target.stat().st_size)
 
         return await asyncio.to_thread(run)

@@ -53,6 +53,7 @@ class Remediator:
         self.launcher: Callable[[str, str], Awaitable[None]] = self._launch_task
         self._tasks: dict[str, asyncio.Task[Any]] = {}
         self._watch: asyncio.Task[None] | None = None
+        self._prelaunch: asyncio.Task[None] | None = None
         self.runtime: JobRuntime | None = None
         self._workflow: Any = None
         self.busy: set[str] = set()  # services with a run in this process (detector skips)
@@ -240,8 +241,20 @@ class Remediator:
     # -- detection ---------------------------------------------------------------------------
 
     def start_watching(self) -> None:
+        """Watch the routed services; DBOS launches now, in the background, so the first
+        incident does not wait for it (an app with no services pays nothing)."""
         if self._watch is None and self.router.routes:
             self._watch = asyncio.create_task(self._detect_loop(), name="keel-remediation-watch")
+            if self.runtime is not None:
+                self._prelaunch = asyncio.create_task(self._launch_runtime(),
+                                                      name="keel-remediation-launch")
+
+    async def _launch_runtime(self) -> None:
+        assert self.runtime is not None
+        try:
+            await self.runtime.ensure_started()
+        except Exception:  # the first incident retries the launch and reports the error
+            log.exception("remediation: launching the job runtime failed")
 
     async def _detect_loop(self) -> None:
         cfg = self.cfg.detection
@@ -261,9 +274,10 @@ class Remediator:
                     log.exception("remediation: opening an incident for %s failed", name)
 
     async def stop(self) -> None:
-        if self._watch is not None:
-            self._watch.cancel()
-            self._watch = None
+        for t in (self._watch, self._prelaunch):
+            if t is not None:
+                t.cancel()
+        self._watch = self._prelaunch = None
         for task in list(self._tasks.values()):
             task.cancel()
         await self.deployer.stop_all()

@@ -27,6 +27,8 @@ if TYPE_CHECKING:
 
 
 ACTION = "keel.remediation.promote"
+LATENCY_MIN_SAMPLES = 20  # a p95 over fewer canary requests is noise (cold start, load)
+LATENCY_SLACK_MS = 100.0  # and a few ms over a fast stable version is not a regression
 
 
 class StepFailed(KeelError):
@@ -182,9 +184,9 @@ class Steps:
             s = stable.stats.summary(elapsed + 0.1)
             if c.errors and c.error_rate > cfg.canary_max_error_rate:
                 verdict = f"error rate {c.error_rate:.1%} > {cfg.canary_max_error_rate:.1%}"
-            elif (c.requests >= cfg.canary_min_requests and s.p95_ms > 0
-                  and c.p95_ms > cfg.canary_latency_factor * s.p95_ms
-                  and c.p95_ms > 50):
+            elif (c.requests >= max(cfg.canary_min_requests, LATENCY_MIN_SAMPLES)
+                  and s.p95_ms > 0 and c.p95_ms > max(cfg.canary_latency_factor * s.p95_ms,
+                                                      s.p95_ms + LATENCY_SLACK_MS)):
                 verdict = f"p95 {c.p95_ms:.0f} ms > {cfg.canary_latency_factor}x stable"
             elif elapsed >= cfg.canary_s:
                 if c.requests < cfg.canary_min_requests:
