@@ -12,15 +12,14 @@ from typing import Any
 import httpx
 import pytest
 
+from conftest import make_settings
 from keel.app import build_services, create_app
 from keel.remediation.fixer import Proposed, ScriptedFixer
 from keel.remediation.remediator import Remediator
 
-from conftest import make_settings
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "examples" / "checkout"))
 
-import demo  # noqa: E402
+import demo
 
 
 class HeldScriptedFixer(ScriptedFixer):
@@ -143,3 +142,15 @@ async def test_manual_weights_and_bad_values(api: Any) -> None:
     r = await c.get("/v1/remediation/services")
     v = r.json()["data"][0]["versions"][0]
     assert v["name"] == "production" and v["weight"] == 1.0
+
+
+async def test_console_page_lists_services_and_incidents(api: Any) -> None:
+    c, rm, fixer, _ = api
+    r = await c.post("/v1/remediation/incidents", json={"service": "checkout"})
+    fixer.release.set()
+    await rm.wait(r.json()["id"], 60)
+    login = await c.post("/console/login", data={"api_key": c.headers["authorization"][7:]})
+    assert login.status_code in (200, 303)
+    page = await c.get("/console/remediation")
+    assert page.status_code == 200
+    assert "checkout" in page.text and r.json()["id"] in page.text and "clone" in page.text

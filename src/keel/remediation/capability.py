@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from keel.capability import BuildContext, Capability
+from keel.capability import BuildContext, Capability, PageFactory
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
@@ -69,6 +69,13 @@ class RemediationCapability(Capability):
 
         return ModelFixer(chat, model, max_tokens=cfg.max_tokens,
                           max_prompt_chars=cfg.max_prompt_chars)
+
+    def console_pages(self) -> Sequence[PageFactory]:
+        from functools import partial
+
+        from keel.web.remediation_page import RemediationPage
+
+        return [partial(RemediationPage, remediator=self.remediator)]
 
     async def start(self) -> None:
         self.remediator.start_watching()  # launches DBOS in the background when watching
