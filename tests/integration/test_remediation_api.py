@@ -69,7 +69,7 @@ def alert(service: str, status: str = "firing") -> dict[str, Any]:
 
 
 async def test_unknown_service_is_a_clear_404_everywhere(api: Any) -> None:
-    c, rm, _, _ = api
+    c, _rm, _, _ = api
     for r in (await c.post("/v1/remediation/alerts", json=alert("billing")),
               await c.post("/v1/remediation/incidents", json={"service": "billing"}),
               await c.get("/svc/billing/checkout"),
