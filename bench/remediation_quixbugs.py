@@ -103,6 +103,27 @@ async def one(row: dict[str, Any], fixer: Fixer, root: Path) -> dict[str, Any]:
     return out
 
 
+def write(results: dict[str, list[dict[str, Any]]], n: int, model_name: str,
+          max_tokens: int, done: bool) -> dict[str, Any]:
+    summary: dict[str, Any] = {
+        k: {"programs": len(v), "fixed": sum(r["fixed"] for r in v),
+            "fix_rate": round(sum(r["fixed"] for r in v) / max(len(v), 1), 3),
+            "json_ok": sum(r["json_ok"] for r in v),
+            "patch_applies": sum(r["applies"] for r in v),
+            "cost_usd": round(sum(r["cost_usd"] for r in v), 6),
+            "mean_seconds": round(sum(r["seconds"] for r in v) / max(len(v), 1), 2)}
+        for k, v in results.items()}
+    summary["none"] = {"programs": n, "fixed": 0, "fix_rate": 0.0,
+                       "note": "every program fails at least one of its tests (SOURCE.md)"}
+    out = {"config": f"model fixer = {model_name} (max_tokens {max_tokens}); first {n} of "
+                     "40 programs; sandbox 20 s per test run; 2-core VM shared with other "
+                     "jobs (load average ~40 during the run)", "complete": done,
+           "summary": summary, "runs": results}
+    path = ROOT / "bench" / "results" / "remediation_quixbugs.json"
+    path.write_text(json.dumps(out, indent=2) + "\n")
+    return summary
+
+
 async def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--limit", type=int, default=40)
@@ -135,25 +156,12 @@ async def main() -> None:
                 for row in rows:
                     fixer: Fixer = model_fixer if kind == "model" else oracle(row)
                     results[kind].append(await one(row, fixer, Path(d)))
+                    write(results, len(rows), model_name, a.max_tokens, False)
                     prog.advance(task)
         for c in svc.capabilities:
             await c.stop()
-    summary = {k: {"programs": len(v), "fixed": sum(r["fixed"] for r in v),
-                   "fix_rate": round(sum(r["fixed"] for r in v) / max(len(v), 1), 3),
-                   "json_ok": sum(r["json_ok"] for r in v),
-                   "patch_applies": sum(r["applies"] for r in v),
-                   "cost_usd": round(sum(r["cost_usd"] for r in v), 6),
-                   "mean_seconds": round(sum(r["seconds"] for r in v) / max(len(v), 1), 2)}
-               for k, v in results.items()}
-    summary["none"] = {"programs": len(rows), "fixed": 0, "fix_rate": 0.0,
-                       "note": "every program fails at least one of its tests (SOURCE.md)"}
-    out = {"config": f"model fixer = {model_name} (max_tokens {a.max_tokens}); first "
-                     f"{len(rows)} of 40 programs; sandbox 20 s per test run; 2-core VM "
-                     "shared with other jobs", "summary": summary, "runs": results}
+    summary = write(results, len(rows), model_name, a.max_tokens, True)
     console.print(summary, markup=False)
-    path = ROOT / "bench" / "results" / "remediation_quixbugs.json"
-    path.write_text(json.dumps(out, indent=2) + "\n")
-    console.print(f"wrote {path}")
 
 
 if __name__ == "__main__":
