@@ -106,6 +106,9 @@ class SqliteCloner:
         finally:
             dst.close()
 
+    def url_for(self, name: str) -> str:
+        return f"sqlite:///{self.dir / f'{check_name(name)}.db'}"
+
     async def clone(self, name: str) -> Clone:
         target = self.dir / f"{check_name(name)}.db"
         if not self.source.exists():
@@ -151,6 +154,9 @@ class PostgresCloner:
         parts = urlsplit(source_url)
         self.source_db = parts.path.lstrip("/")
         self.admin_url = urlunsplit(parts._replace(path="/postgres"))
+
+    def url_for(self, name: str) -> str:
+        return self._url(check_name(name))
 
     def _url(self, name: str) -> str:
         return urlunsplit(urlsplit(self.source_url)._replace(path="/" + name))

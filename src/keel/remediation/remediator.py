@@ -164,7 +164,7 @@ class Remediator:
             p = await step(iid, "propose", {"service": service})
             fix, t["patch"] = p["fix"], p["finished_at"]
             a = await step(iid, "apply", {"service": service, "fix": fix})
-            tst = await step(iid, "test", {"service": service, "clone_url": clone["url"],
+            tst = await step(iid, "test", {"service": service, "clone": clone["name"],
                                            "test": a["test"], "fix": fix})
             t["tests"] = tst["finished_at"]
             d = await step(iid, "deploy", {"service": service})

@@ -51,6 +51,7 @@ class Steps:
         self.work_dir = work_dir
         self.fixer: Fixer | None = None
         self.approvals: ApprovalsService | None = None
+        self.clone_urls: dict[str, str] = {}  # incident -> clone URL (never audited)
 
     def spec(self, service: str) -> ServiceSpec:
         return self.router.route(service).spec
@@ -89,8 +90,19 @@ class Steps:
         spec = self.spec(service)
         cloner = cloner_for(spec.database_url, self.work_dir / "clones")
         c = await cloner.clone(clone_name(service, incident_id))
-        return {"clone": {"url": c.url, "name": c.name, "method": c.method,
-                          "seconds": c.seconds, "bytes": c.bytes}, **c.public()}
+        self.clone_urls[incident_id] = c.url  # may hold a password: kept out of the audit
+        return {"clone": {"name": c.name, "method": c.method, "seconds": c.seconds,
+                          "bytes": c.bytes}, **c.public()}
+
+    def clone_url(self, incident_id: str, spec: ServiceSpec, name: str) -> str:
+        url = self.clone_urls.get(incident_id)
+        if url is None:  # after a restart: derivable for SQLite and PostgreSQL clones
+            cloner = cloner_for(spec.database_url, self.work_dir / "clones")
+            url_for = getattr(cloner, "url_for", None)
+            if url_for is None:
+                raise StepFailed("the clone's address was lost in a restart")
+            url = str(url_for(name))
+        return url
 
     async def step_propose(self, incident_id: str, service: str) -> dict[str, Any]:
         if self.fixer is None:
@@ -129,13 +141,13 @@ class Steps:
             allow.append(f"{u.hostname}:{u.port or 5432}")
         return env, allow
 
-    async def step_test(self, incident_id: str, service: str, clone_url: str, test: str,
+    async def step_test(self, incident_id: str, service: str, clone: str, test: str,
                         fix: dict[str, Any]) -> dict[str, Any]:
         """The service's tests plus the new one must pass on the patched code, and the new
         test must fail on the current code (else it proves nothing)."""
         spec = self.spec(service)
         wt = self.worktree(incident_id)
-        env, allow = self._sandbox_env(spec, clone_url)
+        env, allow = self._sandbox_env(spec, self.clone_url(incident_id, spec, clone))
         limits = sandbox.Limits(timeout_s=self.cfg.sandbox_timeout_s, cpu_s=self.cfg.sandbox_cpu_s,
                                 memory_mb=self.cfg.sandbox_memory_mb)
         patched = await sandbox.run(spec.test, wt, env, limits, allow=allow)
@@ -283,10 +295,12 @@ class Steps:
         """Drop the clone and the worktree (the branch stays when the fix was shipped)."""
         spec = self.spec(service)
         if clone is not None:
-            c = Clone(clone["url"], clone["name"], clone["method"], clone["seconds"])
             # best effort: a leftover clone must not hide the outcome
             with contextlib.suppress(Exception):
+                url = self.clone_url(incident_id, spec, clone["name"])
+                c = Clone(url, clone["name"], clone["method"], clone["seconds"])
                 await cloner_for(spec.database_url, self.work_dir / "clones").drop(c)
+        self.clone_urls.pop(incident_id, None)
         wt = self.worktree(incident_id)
         if wt.exists():
             await patching.remove_worktree(Path(spec.repo), wt, keep_branch=keep_branch)
