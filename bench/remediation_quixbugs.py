@@ -135,8 +135,12 @@ async def main() -> None:
     rows = rows[:a.limit]
     results: dict[str, list[dict[str, Any]]] = {}
     with tempfile.TemporaryDirectory(prefix="keel-quixbugs-") as d:
+        # The evidence (test output, source) is untrusted text the firewall scans like any
+        # prompt; it blocked 4 of 5 QuixBugs prompts (end-of-input rule), so this bench
+        # runs the fixer's tenant in flag mode (see docs/remediation.md).
         s = load_settings(a.config, data_dir=str(Path(d) / "keel"),
-                          remediation={"enabled": True, "max_tokens": a.max_tokens})
+                          remediation={"enabled": True, "max_tokens": a.max_tokens},
+                          firewall={"modes": {"remediation": "flag"}})
         if a.config is None:
             s.models_dir = ROOT / ".keel" / "models"
         svc = build_services(s)
