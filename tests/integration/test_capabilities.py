@@ -49,7 +49,7 @@ EXPECTED: dict[str, dict[str, list[str]]] = {
                   "nav": ["/console/approvals", "/console/workflows"],
                   "cli": ["approvals", "workflows"]},
     "remediation": {"routes": ["/v1/remediation/incidents"], "stages": [],
-                    "nav": ["/console/remediation"], "cli": []},
+                    "nav": ["/console/remediation"], "cli": ["remediation"]},
 }
 
 

@@ -154,3 +154,24 @@ async def test_console_page_lists_services_and_incidents(api: Any) -> None:
     page = await c.get("/console/remediation")
     assert page.status_code == 200
     assert "checkout" in page.text and r.json()["id"] in page.text and "clone" in page.text
+
+
+async def test_cli_lists_and_shows_incidents(api: Any, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from keel.cli.main import build
+
+    c, rm, fixer, _ = api
+    r = await c.post("/v1/remediation/incidents", json={"service": "checkout"})
+    iid = r.json()["id"]
+    fixer.release.set()
+    await rm.wait(iid, 60)
+    cfg = tmp_path / "keel.toml"
+    cfg.write_text(f'data_dir = "{tmp_path / "data"}"\n')
+    run = CliRunner(env={"COLUMNS": "250"})
+    out = run.invoke(build(), ["--config", str(cfg), "remediation", "list"])
+    assert out.exit_code == 0 and iid in out.output and "failed" in out.output
+    out = run.invoke(build(), ["--config", str(cfg), "remediation", "show", iid])
+    assert out.exit_code == 0 and "clone" in out.output and "propose" in out.output
+    out = run.invoke(build(), ["--config", str(cfg), "remediation", "show", "inc_nope"])
+    assert out.exit_code == 1 and "no incident" in out.output

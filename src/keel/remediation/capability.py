@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from keel.capability import BuildContext, Capability, PageFactory
+from keel.capability import BuildContext, Capability, CliGroup, PageFactory
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
@@ -34,6 +34,13 @@ class RemediationCapability(Capability):
         from keel.remediation import store
 
         return store.MIGRATIONS
+
+    @classmethod
+    def cli_groups(cls) -> Sequence[CliGroup]:
+        from keel.cli import remediation
+
+        return [CliGroup("remediation", remediation.build,
+                         "Remediation incidents: list and show (steps, cost, timeline).")]
 
     def __init__(self, ctx: BuildContext) -> None:
         from keel.approvals.service import ApprovalsService
