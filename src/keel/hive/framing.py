@@ -20,6 +20,7 @@ from keel.hive.model import NewRecord, Record
 
 MAGIC = b"\xf0HV1"
 _HEAD = struct.Struct("<IQdI")  # payload length, seq, ts, crc32
+_SIGNED = 20  # length, seq, ts: the header bytes the checksum covers
 HEADER = len(MAGIC) + _HEAD.size
 MAX_PAYLOAD = 64 << 20  # a length above this is a torn or foreign header, not a record
 
@@ -68,7 +69,8 @@ def scan(buf: bytes | memoryview, base: int, next_seq: int, *, want: bool = True
             torn = final
             break
         if ok:
-            body = bytes(mv[pos + 4:pos + 4 + 16]) + bytes(mv[pos + HEADER:pos + HEADER + length])
+            body = (bytes(mv[pos + 4:pos + 4 + _SIGNED])
+                    + bytes(mv[pos + HEADER:pos + HEADER + length]))
             ok = zlib.crc32(body) == crc
         if not ok:
             nxt = _resync(mv, pos + 1)
@@ -95,7 +97,7 @@ def _resync(mv: memoryview, start: int) -> int | None:
         if len(data) - pos >= HEADER:
             length, _seq, _ts, crc = _HEAD.unpack_from(data, pos + 4)
             if length <= MAX_PAYLOAD and len(data) - pos - HEADER >= length:
-                body = data[pos + 4:pos + 20] + data[pos + HEADER:pos + HEADER + length]
+                body = data[pos + 4:pos + 4 + _SIGNED] + data[pos + HEADER:pos + HEADER + length]
                 if zlib.crc32(body) == crc:
                     return pos
         pos = data.find(MAGIC, pos + 1)

@@ -8,6 +8,7 @@ number (0, 1, 2... per stream), a timestamp, its writer and a kind. Backends
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
@@ -101,7 +102,7 @@ class TaskInfo:
         return {"tenant": self.tenant, "name": self.name, "created": self.created,
                 "ttl_s": self.ttl_s, "last_write": self.last_write,
                 "expires": self.expires(), "bytes": self.bytes,
-                "streams": [s.__dict__ for s in self.streams]}
+                "streams": [dataclasses.asdict(s) for s in self.streams]}
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,7 +7,8 @@
   each piece is appended as a ``tokens`` record as it arrives (``?end=true`` closes the
   stream afterwards). An agent key writes only the stream named after its agent.
 - ``GET .../streams/{stream}`` the text; ``.../records?offset=&limit=`` records as JSON;
-  ``.../tail?offset=`` Server-Sent Events (``id`` = seq; ``Last-Event-ID`` resumes)
+  ``.../tail?offset=&wait=`` Server-Sent Events (``id`` = seq; ``Last-Event-ID``
+  resumes; ``wait=true`` waits for a stream whose writer has not started yet)
 - ``POST /v1/hive/expand`` ``{"text"}``: ``hive://task/stream@offset`` references expanded
 - ``GET /v1/hive/report`` size and age; ``POST /v1/hive/gc`` ``{"dry_run"}`` (admin)
 """
@@ -173,7 +174,8 @@ class HiveRoutes:
         last = request.headers.get("last-event-id")
         if last is not None:
             start = int_param({"Last-Event-ID": last}, "Last-Event-ID", 0, -1, MAX_OFFSET) + 1
-        records = await self.hive.tail(p.tenant, task, stream, start)
+        wait = request.query_params.get("wait") in ("1", "true")
+        records = await self.hive.tail(p.tenant, task, stream, start, wait=wait)
 
         async def events() -> AsyncIterator[bytes]:
             try:

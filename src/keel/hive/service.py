@@ -12,6 +12,7 @@ Every rule lives here so the HTTP routes, the gateway tee and the CLI apply the 
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
 from collections.abc import AsyncIterator, Sequence
@@ -37,6 +38,7 @@ from keel.hive.model import (
 from keel.hive.settings import HiveSettings
 
 USAGE_REFRESH_S = 5.0
+WAIT_POLL_S = 0.01  # how often a tail waiting for a stream to appear looks
 MAX_EXPAND_CHARS = 4_000_000  # text a reference expansion may produce in one call
 
 
@@ -193,14 +195,25 @@ class HiveService:
                                      f"({count} records)", param="offset")
         return recs
 
-    async def tail(self, tenant: str, task: str, stream: str,
-                   start: int = 0) -> AsyncIterator[Record]:
+    async def tail(self, tenant: str, task: str, stream: str, start: int = 0, *,
+                   wait: bool = False) -> AsyncIterator[Record]:
+        """Records from ``start`` on, live. ``wait``: a stream not written yet is waited
+        for (a reader may subscribe before its writer starts) while the task exists."""
         check_name(task, "task")
         check_name(stream, "stream")
         info = await self.task(tenant, task)
         count = next((s.records for s in info.streams if s.name == stream), None)
+        while count is None and wait:
+            await asyncio.sleep(WAIT_POLL_S)
+            try:
+                await self.store.read(tenant, task, stream, 0, 1)
+                count = next((s.records for s in (await self.task(tenant, task)).streams
+                              if s.name == stream), 0)
+            except HiveStreamNotFound:
+                continue
         if count is None:
-            raise HiveStreamNotFound(f"no stream {stream!r} in hive task {task!r}")
+            raise HiveStreamNotFound(f"no stream {stream!r} in hive task {task!r} (tail with "
+                                     "wait=true to wait for its writer)")
         if start > count:
             raise InvalidRequest(f"offset {start} is past the end of stream {stream!r} "
                                  f"({count} records)", param="offset")

@@ -163,10 +163,10 @@ class DirHiveStore:
                      records: Sequence[NewRecord], now: float) -> list[int]:
         d = self._task_dir(tenant, task)
         if self.fsync == "always":
-            return await asyncio.to_thread(self._append_sync, d, stream, records, now)
-        return self._append_sync(d, stream, records, now)
+            return await asyncio.to_thread(self.append_sync, d, stream, records, now)
+        return self.append_sync(d, stream, records, now)
 
-    def _append_sync(self, d: Path, stream: str, records: Sequence[NewRecord],
+    def append_sync(self, d: Path, stream: str, records: Sequence[NewRecord],
                      now: float) -> list[int]:
         path = str(d / f"{stream}.log")
         lock = self._locks.setdefault(path, threading.Lock())
