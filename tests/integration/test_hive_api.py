@@ -11,11 +11,11 @@ from pathlib import Path
 import httpx
 import pytest
 
+from conftest import make_settings
 from keel.app import build_services, create_app
 from keel.gateway.services import Services
 from keel.hive.service import HiveService
 
-from conftest import make_settings
 from fakes import FakeUpstream
 from live import serve_app
 

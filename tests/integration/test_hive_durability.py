@@ -33,12 +33,13 @@ import sys, threading
 from pathlib import Path
 from keel.hive.model import NewRecord
 from keel.hive.store_dir import DirHiveStore
-root, task_dir, threads, count, stream = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
-pid = sys.argv[6]
+root, task_dir, stream, pid = sys.argv[1], sys.argv[2], sys.argv[5], sys.argv[6]
+threads, count = int(sys.argv[3]), int(sys.argv[4])
 def run(t):
     store = DirHiveStore(Path(root))  # one store per thread: separate fds and flocks
     for i in range(count):
-        store.append_sync(Path(task_dir), stream, [NewRecord("tokens", f"{pid}.{t}:{i}|" + "x" * (i % 50), f"w{pid}.{t}")], 0.0)
+        rec = NewRecord("tokens", f"{pid}.{t}:{i}|" + "x" * (i % 50), f"w{pid}.{t}")
+        store.append_sync(Path(task_dir), stream, [rec], 0.0)
 ts = [threading.Thread(target=run, args=(t,)) for t in range(threads)]
 [t.start() for t in ts]; [t.join() for t in ts]
 """

@@ -151,4 +151,7 @@ class HiveStore(Protocol):
     def tail(self, tenant: str, task: str, stream: str, start: int) -> AsyncIterator[Record]:
         """Records from ``start`` on, live, until an ``end`` record (included)."""
 
+    async def usage(self, tenant: str) -> tuple[int, set[str]]:
+        """Bytes stored for ``tenant`` and its streams as ``task/stream`` (for quotas)."""
+
     async def aclose(self) -> None: ...

@@ -174,9 +174,8 @@ class HiveService:
         u = self._usage.get(tenant)
         now = time.monotonic()
         if u is None or now - u.at > USAGE_REFRESH_S:
-            tasks = await self.store.tasks(tenant)
-            u = _Usage(sum(t.bytes for t in tasks),
-                       {f"{t.name}/{s.name}" for t in tasks for s in t.streams}, now)
+            used, names = await self.store.usage(tenant)
+            u = _Usage(used, names, now)
             self._usage[tenant] = u
         return u
 

@@ -264,6 +264,17 @@ class DirHiveStore:
                 watch.close()
             os.close(fd)
 
+    async def usage(self, tenant: str) -> tuple[int, set[str]]:
+        return await asyncio.to_thread(self._usage_sync, tenant)
+
+    def _usage_sync(self, tenant: str) -> tuple[int, set[str]]:
+        total, names = 0, set()
+        for log in (self.root / tenant_dir(tenant)).glob("*/*.log"):
+            with contextlib.suppress(FileNotFoundError):
+                total += log.stat().st_size
+                names.add(f"{log.parent.name}/{log.stem}")
+        return total, names
+
     async def aclose(self) -> None:
         self._tails.clear()
 

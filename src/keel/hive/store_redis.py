@@ -186,6 +186,13 @@ class RedisHiveStore:
                     if rec.kind == "end":
                         return
 
+    async def usage(self, tenant: str) -> tuple[int, set[str]]:
+        total, names = 0, set()
+        for info in await self.tasks(tenant):
+            total += info.bytes
+            names |= {f"{info.name}/{s.name}" for s in info.streams}
+        return total, names
+
     async def aclose(self) -> None:
         await self._r.aclose()
 

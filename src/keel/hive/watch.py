@@ -18,6 +18,8 @@ import sys
 IN_MODIFY = 0x2
 IN_ATTRIB = 0x4
 IN_CLOSE_WRITE = 0x8
+IN_MOVED_TO = 0x80
+IN_CREATE = 0x100
 IN_DELETE_SELF = 0x400
 IN_MOVE_SELF = 0x800
 IN_NONBLOCK = 0o4000
@@ -37,9 +39,10 @@ def _libc() -> ctypes.CDLL | None:
 
 
 class FileWatch:
-    """``await watch.wait(timeout)``: returns when the file changed or after ``timeout``."""
+    """``await watch.wait(timeout)``: returns when the file changed or after ``timeout``.
+    ``directory=True`` watches a folder for files created or renamed into it."""
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str | os.PathLike[str], *, directory: bool = False) -> None:
         self._fd = -1
         self._event = asyncio.Event()
         self._loop = asyncio.get_running_loop()
@@ -50,6 +53,8 @@ class FileWatch:
         if fd < 0:
             return
         mask = IN_MODIFY | IN_ATTRIB | IN_CLOSE_WRITE | IN_DELETE_SELF | IN_MOVE_SELF
+        if directory:
+            mask |= IN_CREATE | IN_MOVED_TO
         if lib.inotify_add_watch(fd, os.fsencode(path), mask) < 0:
             os.close(fd)
             return
