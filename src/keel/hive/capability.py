@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import partial
 from typing import TYPE_CHECKING
 
-from keel.capability import BuildContext, Capability, CliGroup, Slot, StageSlot
+from keel.capability import BuildContext, Capability, CliGroup, PageFactory, Slot, StageSlot
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
@@ -53,6 +54,11 @@ class HiveCapability(Capability):
         from keel.hive.routes import HiveRoutes
 
         app.include_router(HiveRoutes(svc, self.hive).router())
+
+    def console_pages(self) -> Sequence[PageFactory]:
+        from keel.web.hive_page import HivePage
+
+        return [partial(HivePage, hive=self.hive)]
 
     async def stop(self) -> None:
         await self.hive.aclose()
