@@ -40,7 +40,8 @@ def note(timeline: str, t0: float, agent: str, event: str) -> None:
 def tail(http: httpx.Client, task: str, stream: str, key: str):  # type: ignore[no-untyped-def]
     """Yield (kind, text) records of a hive stream as they are written (SSE)."""
     with http.stream("GET", f"/v1/hive/tasks/{task}/streams/{stream}/tail?wait=true",
-                     headers={"authorization": f"Bearer {key}"}) as resp:
+                     headers={"authorization": f"Bearer {key}"},
+                     timeout=httpx.Timeout(30, read=None)) as resp:  # a tail may idle long
         resp.raise_for_status()
         for line in resp.iter_lines():
             if line.startswith("data: "):

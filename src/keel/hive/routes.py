@@ -175,17 +175,27 @@ class HiveRoutes:
         if last is not None:
             start = int_param({"Last-Event-ID": last}, "Last-Event-ID", 0, -1, MAX_OFFSET) + 1
         wait = request.query_params.get("wait") in ("1", "true")
-        records = await self.hive.tail(p.tenant, task, stream, start, wait=wait)
+        if wait:  # answer at once; the records follow when the writer starts
+            await self.hive.task(p.tenant, task)
+            check_name(stream, "stream")
+            records = None
+        else:
+            records = await self.hive.tail(p.tenant, task, stream, start)
 
         async def events() -> AsyncIterator[bytes]:
+            recs = records
             try:
-                async for rec in records:
+                if recs is None:
+                    yield b": waiting for the stream's writer\n\n"
+                    recs = await self.hive.tail(p.tenant, task, stream, start, wait=True)
+                async for rec in recs:
                     yield (f"id: {rec.seq}\nevent: {rec.kind}\ndata: ".encode()
                            + orjson.dumps(rec.to_dict()) + b"\n\n")
             except KeelError as exc:
                 yield b"event: error\ndata: " + orjson.dumps(exc.to_dict()) + b"\n\n"
             finally:
-                await records.aclose()  # type: ignore[attr-defined]
+                if recs is not None:
+                    await recs.aclose()  # type: ignore[attr-defined]
 
         return StreamingResponse(events(), media_type="text/event-stream",
                                  headers={"cache-control": "no-cache"})
