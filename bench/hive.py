@@ -296,13 +296,16 @@ async def ttfb(dir_url: str, redis_url: str, tokens: int, rate: float,
     return {"tokens": tokens, "rate_tok_s": rate, "readers": res}
 
 
-async def throughput(dir_url: str, redis_url: str, writers: int, per: int,
-                     tmp: Path) -> dict[str, Any]:
+async def throughput(dir_url: str, redis_url: str, writers: int, per_dir: int,
+                     per_redis: int, tmp: Path) -> dict[str, Any]:
     out: dict[str, Any] = {}
     procs_n = 8
     per_proc = writers // procs_n
     for name, url in (("directory", dir_url), ("redis", redis_url)):
         if not url:
+            continue
+        per = per_dir if name == "directory" else per_redis
+        if per <= 0:
             continue
         await new_task(url, "tp")
         t0 = time.perf_counter()
@@ -402,15 +405,17 @@ async def main(args: argparse.Namespace) -> None:
                  results["ttfb"]["readers"], ("ttfb_s",))
         if "throughput" in only:
             with console.status(f"{args.writers} writers x {args.per_writer} records"):
-                results["throughput"] = await throughput(dir_url, server.url, args.writers,
-                                                         args.per_writer, tmp)
+                results["throughput"] = await throughput(
+                    dir_url, server.url, args.writers, args.per_writer,
+                    args.per_writer if args.redis_per_writer < 0 else args.redis_per_writer,
+                    tmp)
             show("throughput and integrity", results["throughput"],
                  ("records", "wall_s", "records_per_s", "payload_mb_per_s", "streams_bad"))
     if "crash" in only:
         with console.status(f"kill -9 a writer {args.kills} times"):
             results["crash"] = await crash(args.kills, tmp)
         console.print(results["crash"])
-    dest = ROOT / "bench" / "results" / "hive.json"
+    dest = ROOT / "bench" / "results" / ("hive.json" if args.out == "" else args.out)
     dest.write_text(json.dumps(results, indent=2))
     console.print(f"wrote {dest}")
 
@@ -437,6 +442,9 @@ if __name__ == "__main__":
     ap.add_argument("--rate", type=float, default=33.0)
     ap.add_argument("--writers", type=int, default=64)
     ap.add_argument("--per-writer", type=int, default=10_000)
+    ap.add_argument("--redis-per-writer", type=int, default=-1,
+                    help="records per writer on Redis (default: --per-writer; 0: skip)")
     ap.add_argument("--kills", type=int, default=20)
     ap.add_argument("--only", default="latency,ttfb,throughput,crash")
+    ap.add_argument("--out", default="", help="results file name in bench/results")
     asyncio.run(main(ap.parse_args()))
