@@ -21,6 +21,7 @@ from keel.approvals.settings import ApprovalsSettings
 from keel.cache.settings import CacheSettings
 from keel.degrade.settings import DegradeSettings
 from keel.errors import ConfigError
+from keel.hive.settings import HiveSettings
 from keel.metering.settings import MetricsSettings
 from keel.rag.settings import RagSettings
 from keel.settings_section import Section
@@ -159,6 +160,7 @@ class Settings(BaseSettings):
     workflows: WorkflowsSettings = Field(default_factory=WorkflowsSettings)
     tools: ToolSettings = Field(default_factory=ToolSettings)
     wallets: WalletSettings = Field(default_factory=WalletSettings)
+    hive: HiveSettings = Field(default_factory=HiveSettings)
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
     models: list[ModelSpec] = Field(default_factory=list)
     # settings of capabilities from other packages: [plugins.NAME], validated by each one
