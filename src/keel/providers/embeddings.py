@@ -293,6 +293,14 @@ def graph_path(cache_dir: Path, directory: Path, precision: Precision = "fp32") 
     return target
 
 
+def usable_cores() -> int:
+    """Cores this process may run on (its affinity mask), at least 1."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
 def open_session(model: Path | bytes, threads: int = 0) -> onnxruntime.InferenceSession:
     """An onnxruntime CPU session for the graph (a file or its bytes)."""
     import onnxruntime as ort
@@ -300,7 +308,9 @@ def open_session(model: Path | bytes, threads: int = 0) -> onnxruntime.Inference
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    opts.intra_op_num_threads = threads
+    # 0 = the cores this process may run on (onnxruntime itself would count every core of
+    # the machine, and under taskset or a CPU quota its extra threads only take turns)
+    opts.intra_op_num_threads = threads or usable_cores()
     opts.inter_op_num_threads = 1
     opts.log_severity_level = 3
     # Spinning workers would keep burning the cores the event loop needs between batches.
