@@ -9,7 +9,6 @@ scripted fake (the test is about keel's pipeline, not the model's answers).
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -23,7 +22,6 @@ from keel.config import Settings
 from keel.gateway.services import Services
 from keel.providers.embeddings import MiniLMEmbedder
 
-from conftest import MODELS_DIR
 from fakes import FakeUpstream
 
 
@@ -48,8 +46,8 @@ class RecordingEmbedder:
 
 
 @pytest.fixture
-def recorder() -> RecordingEmbedder:
-    return RecordingEmbedder(MiniLMEmbedder(Path(MODELS_DIR)))
+def recorder(settings: Settings) -> RecordingEmbedder:
+    return RecordingEmbedder(MiniLMEmbedder(settings.model_dir))
 
 
 @pytest.fixture
