@@ -69,6 +69,14 @@ OUT = ROOT / "bench" / "results" / "embedder_quality.json"
 console = Console()
 
 
+def spread(items: list[Any], limit: int | None) -> list[Any]:
+    """At most ``limit`` items taken evenly across the list (files are grouped by kind)."""
+    if limit is None or len(items) <= limit:
+        return items
+    step = len(items) / limit
+    return [items[int(i * step)] for i in range(limit)]
+
+
 def speed(texts: list[str], reps: int) -> dict[str, Any]:
     """Batch-1 latency of both graphs on one thread, interleaved per text."""
     directory = model_dir()
@@ -97,7 +105,7 @@ def speed(texts: list[str], reps: int) -> dict[str, Any]:
 
 async def cache_decisions(name: str, path: Path, fp32: MiniLMEmbedder, int8: MiniLMEmbedder,
                           limit: int | None) -> dict[str, Any]:
-    pairs = ev.load_pairs(path)[:limit]
+    pairs = spread(ev.load_pairs(path), limit)
     vecs = {}
     for label, emb in (("fp32", fp32), ("int8", int8)):
         a = await emb.embed([p.a for p in pairs])
@@ -132,7 +140,7 @@ async def cache_decisions(name: str, path: Path, fp32: MiniLMEmbedder, int8: Min
 
 async def firewall_decisions(fp32: MiniLMEmbedder, int8: MiniLMEmbedder,
                              limit: int | None) -> dict[str, Any]:
-    rows = grouped(load_rows(split="test"))[:limit]
+    rows = spread(grouped(load_rows(split="test")), limit)
     settings = FirewallSettings()
     signatures = Firewall.build(FirewallSettings(semantic=False), None)
     sig = np.array([signatures.check_signatures([r["text"]]) is not None for r in rows])
@@ -147,9 +155,9 @@ async def firewall_decisions(fp32: MiniLMEmbedder, int8: MiniLMEmbedder,
     attack = np.array([is_attack(r) for r in rows])
     benign = np.array([r["label"] == "benign" for r in rows])
 
-    def rates(d: np.ndarray) -> dict[str, float]:
-        return {"detection": round(float(d[attack].mean()), 4),
-                "benign_fpr": round(float(d[benign].mean()), 4)}
+    def rates(d: np.ndarray) -> dict[str, float | None]:
+        return {"detection": round(float(d[attack].mean()), 4) if attack.any() else None,
+                "benign_fpr": round(float(d[benign].mean()), 4) if benign.any() else None}
 
     shift = np.abs(margins["int8"] - margins["fp32"])
     return {"rows": len(rows), "attacks": int(attack.sum()), "benign": int(benign.sum()),
@@ -199,8 +207,8 @@ async def main() -> None:
                       str(d["decisions_differ"]))
     f = result["firewall"]
     t.add_row(f"firewall detection / benign FPR ({f['rows']} rows)",
-              f"{f['fp32']['detection']:.4f} / {f['fp32']['benign_fpr']:.4f}",
-              f"{f['int8']['detection']:.4f} / {f['int8']['benign_fpr']:.4f}",
+              f"{f['fp32']['detection']} / {f['fp32']['benign_fpr']}",
+              f"{f['int8']['detection']} / {f['int8']['benign_fpr']}",
               str(f["decisions_differ"]))
     console.print(t)
     OUT.parent.mkdir(parents=True, exist_ok=True)
