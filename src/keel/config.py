@@ -77,6 +77,9 @@ class LocalModelSettings(Section):
     slots: int = 4  # sequences decoded together (continuous batching), each with `context`
     idle_unload_s: float = 300.0
     max_tokens_default: int = 256
+    # the built-in MiniLM embedder; "int8" is ~2x faster but moves cosines by up to ~0.03
+    # (bench/embedder_quality.py), which shifts cache decisions near the thresholds
+    embedder_precision: Literal["int8", "fp32"] = "fp32"
     # Nominal compute cost of the local model, so spend dashboards are never blank.
     input_usd_per_1m: float = 0.01
     output_usd_per_1m: float = 0.02

@@ -36,7 +36,9 @@ def build() -> typer.Typer:
             db = open_database(settings)
             from keel.providers.embeddings import MiniLMEmbedder
 
-            stage = build_cache(settings, kv, db, MiniLMEmbedder(settings.model_dir),
+            embedder = MiniLMEmbedder(settings.model_dir,
+                                      precision=settings.local.embedder_precision)
+            stage = build_cache(settings, kv, db, embedder,
                                 GatewayMetrics().registry)
             try:
                 return await stage.flush(namespace, tenant)
@@ -112,7 +114,7 @@ def build() -> typer.Typer:
             pairs = ev.load_pairs(pairs_file)
         except KeelError as exc:
             fail(exc.message)
-        embedder = MiniLMEmbedder(settings.model_dir)
+        embedder = MiniLMEmbedder(settings.model_dir, precision=settings.local.embedder_precision)
         with console.status(f"embedding {len(pairs):,} pairs"):
             a, b = asyncio.run(ev.pair_vectors(embedder, pairs))
             sims = (a * b).sum(axis=1)
