@@ -10,32 +10,43 @@ from typing import TYPE_CHECKING
 from keel.batch.runner import JSON, CallResult
 from keel.errors import KeelError
 from keel.gateway.context import Principal, RequestContext
+from keel.gateway.internal import INTERNAL_IP
 
 if TYPE_CHECKING:
     from keel.gateway.services import Services
 
-_ROUTES = {"/v1/chat/completions": "chat", "/v1/completions": "completions"}
+HEADERS = {"x-keel-source": "batch"}
 
 
 class PipelineCall:
-    """A :data:`~keel.batch.runner.LineCall` over one app's services."""
+    """A :data:`~keel.batch.runner.LineCall` over one app's services: chat lines through
+    :class:`~keel.gateway.internal.InternalClient`, completion lines the same way."""
 
     def __init__(self, svc: Services) -> None:
+        from keel.gateway.internal import InternalClient
+
         self.svc = svc
+        self.client = InternalClient(svc)
 
     async def __call__(self, principal: Principal, endpoint: str, body: JSON) -> CallResult:
+        if endpoint == "/v1/chat/completions":
+            done = await self.client.chat(principal, body, headers=HEADERS)
+            return CallResult(done.body, done.request_id, done.usage.prompt_tokens,
+                              done.usage.completion_tokens, done.cost_usd)
+        return await self._completion(principal, body)
+
+    async def _completion(self, principal: Principal, body: JSON) -> CallResult:
         svc = self.svc
         ctx = RequestContext(
-            id=f"req_batch_{secrets.token_hex(8)}", route=_ROUTES[endpoint],  # type: ignore[arg-type]
+            id="req_" + secrets.token_hex(10), route="completions",
             body=body, model=svc.models.get(body["model"]), principal=principal,
-            client_ip="batch", headers={"x-keel-source": "batch"})
+            client_ip=INTERNAL_IP, headers=dict(HEADERS))
         try:
             await svc.pipeline(ctx)
         except KeelError as exc:
             ctx.error, ctx.status = exc, exc.http_status
             ctx.latency_ms = ctx.elapsed_ms()
             svc.finish(ctx)
-            exc.extra.setdefault("request_id", ctx.id)
             raise
         svc.finish(ctx)
         assert ctx.response is not None

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
+from functools import partial
 from typing import Any
 
 import orjson
@@ -90,8 +91,8 @@ class BatchService:
         status = store.DONE if row.kind == "output" else store.FAILED
         after = 0
         while True:
-            part = await self.db.run(lambda c, a=after: store.result_lines(
-                c, row.batch_id or "", status, after=a, limit=500))
+            part = await self.db.run(partial(store.result_lines, batch_id=row.batch_id or "",
+                                             status=status, after=after, limit=500))
             if not part:
                 return
             after = part[-1].pop("_line")
@@ -149,11 +150,11 @@ class BatchService:
         if self.enqueue is None:
             return
         for batch_id in await self.db.run(store.active_batches):
-            todo = await self.db.run(lambda c, b=batch_id: store.queued_line_numbers(c, b))
+            todo = await self.db.run(partial(store.queued_line_numbers, batch_id=batch_id))
             if todo:
                 await self.enqueue(batch_id, todo)
             else:
-                await self.db.run(lambda c, b=batch_id: store.finalize_if_done(c, b))
+                await self.db.run(partial(store.finalize_if_done, batch_id=batch_id))
         self.on_work()
 
     async def batch(self, p: Principal, batch_id: str) -> store.BatchRow:
