@@ -25,7 +25,7 @@ from conftest import MODELS_DIR
 from live import serve_app
 
 SCHEMA = {"type": "object", "properties": {"sentiment": {"enum": ["positive", "negative"]}},
-          "required": ["sentiment"]}
+          "required": ["sentiment"], "additionalProperties": False}
 DEADLINE_S = 420  # the test machine is shared and slow; a line takes seconds
 
 
