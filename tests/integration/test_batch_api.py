@@ -211,3 +211,35 @@ def test_cancel_stops_queued_lines_without_workers(batch_settings: Settings) -> 
         assert c.output_file_id is None and c.error_file_id is None
         with pytest.raises(openai.BadRequestError, match="cancelled"):
             client.batches.cancel(b.id)
+
+
+def test_cli_submit_list_cancel_results(batch_settings: Settings, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from keel.cli.main import build
+
+    batch_settings.batch.autoscale = False  # keel logic only: no worker, no model
+    svc = build_services(batch_settings)
+    key = svc.keys.create("acme").secret
+    good, bad = tmp_path / "in.jsonl", tmp_path / "bad.jsonl"
+    good.write_bytes(jsonl(chat_line("a", "x"), chat_line("b", "[y]")).getvalue())
+    bad.write_bytes(b'{"custom_id": "a"}\n')
+    with serve_app(create_app(batch_settings, services=svc)) as base:
+        cli = CliRunner(env={"KEEL_URL": base, "KEEL_API_KEY": key, "COLUMNS": "250"})
+
+        def run(*args: str) -> Any:
+            return cli.invoke(build(), ["batch", *args])
+
+        r = run("submit", str(bad))
+        assert r.exit_code == 1 and "line 1: method must be" in r.output
+        r = run("submit", str(good))
+        assert r.exit_code == 0, r.output
+        batch_id = r.output.split()[1]
+        assert batch_id.startswith("batch_") and "2 lines" in r.output
+        assert batch_id in run("list").output
+        r = run("cancel", batch_id)
+        assert r.exit_code == 0 and "cancelled" in r.output
+        r = run("status", batch_id, "--wait")  # a final batch: the bar ends at once
+        assert r.exit_code == 0 and "cancelled" in r.output
+        r = run("results", batch_id)
+        assert r.exit_code == 1 and "no output file" in r.output
