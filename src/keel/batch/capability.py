@@ -96,5 +96,6 @@ class BatchCapability(Capability):
             await self.service.resume()
 
     async def stop(self) -> None:
+        await self.service.aclose()
         if self.scaler is not None:
             await self.scaler.aclose()

@@ -8,6 +8,7 @@ crash left unqueued are enqueued again when the runtime starts (``resume``).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from functools import partial
@@ -41,6 +42,7 @@ class BatchService:
         self.enqueue: Enqueue | None = None  # set by the capability (the job queue)
         self.drop: Enqueue | None = None
         self.on_work: Callable[[], None] = lambda: None  # pokes the scaler
+        self._tasks: set[asyncio.Task[None]] = set()
         self.cpu_usd_per_hour = (settings.cpu_usd_per_hour if cpu_usd_per_hour is None
                                  else cpu_usd_per_hour)
 
@@ -140,9 +142,26 @@ class BatchService:
                 expires_in_s=WINDOWS[window])
 
         batch = await self.db.run(insert)
-        await self.enqueue(batch.id, [n for n, _, _ in parsed.lines])
+        # Queueing runs on after the answer (a few ms a line): the lines are stored, and
+        # a crash before they are all queued is repaired at the next start (``resume``).
+        line_nos = [n for n, _, _ in parsed.lines]
+        queued = asyncio.create_task(self._enqueue(batch.id, line_nos))
+        self._tasks.add(queued)
+        queued.add_done_callback(self._tasks.discard)
         self.on_work()
         return await self.public(batch)
+
+    async def _enqueue(self, batch_id: str, line_nos: list[int]) -> None:
+        assert self.enqueue is not None
+        try:
+            await self.enqueue(batch_id, line_nos)
+        except Exception:  # stays in the table; resume() queues it at the next start
+            log.exception("batch %s: queueing its lines failed", batch_id)
+
+    async def aclose(self) -> None:
+        """Let lines being queued finish queueing (resume() would redo it otherwise)."""
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
 
     async def resume(self) -> None:
         """Enqueue the open lines of every active batch again (idempotent: a line's job has
