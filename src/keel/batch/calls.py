@@ -15,7 +15,10 @@ from keel.gateway.internal import INTERNAL_IP
 if TYPE_CHECKING:
     from keel.gateway.services import Services
 
-HEADERS = {"x-keel-source": "batch"}
+# Batch lines skip the answer cache: each line is its own document (two invoices that
+# read alike must not share an answer), and embedding every document to look it up would
+# cost more CPU than the cache could save on a batch of distinct documents.
+HEADERS = {"x-keel-source": "batch", "x-keel-cache": "bypass"}
 
 
 class PipelineCall:
