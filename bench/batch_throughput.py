@@ -49,10 +49,9 @@ CORPUS = REPO.parent / "shared" / "datasets" / "rag_mtrag" / "corpus.jsonl"
 if not CORPUS.exists():
     CORPUS = Path("/work/shared/datasets/rag_mtrag/corpus.jsonl")
 SCHEMA = {"type": "object", "properties": {
-    "topic": {"type": "string", "maxLength": 60},
-    "summary": {"type": "string", "maxLength": 300},
+    "topic": {"type": "string", "maxLength": 40},
     "sentiment": {"enum": ["positive", "neutral", "negative"]}},
-    "required": ["topic", "summary", "sentiment"]}
+    "required": ["topic", "sentiment"], "additionalProperties": False}
 
 
 def rss_mb(pid: int | None = None) -> float:
