@@ -15,13 +15,13 @@ import openai
 import orjson
 import pytest
 
+from conftest import MODELS_DIR
 from keel.app import build_services, create_app
 from keel.batch.capability import BatchCapability
 from keel.batch.schemas import output_valid
 from keel.config import Settings, load_settings
 from keel.gateway.services import Services
 
-from conftest import MODELS_DIR
 from live import serve_app
 
 SCHEMA = {"type": "object", "properties": {"sentiment": {"enum": ["positive", "negative"]}},
