@@ -145,12 +145,21 @@ async def provider_once(p: LocalProvider, spec: ModelSpec, body: dict[str, Any])
 async def gateway_stream(
     client: httpx.AsyncClient, url: str, model: str, body: dict[str, Any]
 ) -> dict[str, float]:
+    """One streamed request through the gateway. It sends ``x-keel-cache: bypass``: the
+    prompt repeats at temperature 0, so without it every repetition after the first would
+    time a cache replay instead of the model; both are checked on the answer."""
     times: list[float] = []
     tokens = 0
-    payload = {**body, "model": model, "stream": True}
+    payload = {**body, "model": model, "stream": True,
+               "stream_options": {"include_usage": True}}
     t0 = time.perf_counter()
-    async with client.stream("POST", f"{url}/v1/chat/completions", json=payload) as resp:
+    async with client.stream("POST", f"{url}/v1/chat/completions", json=payload,
+                             headers={"x-keel-cache": "bypass"}) as resp:
         resp.raise_for_status()
+        cache = resp.headers.get("x-keel-cache")
+        if cache not in (None, "bypass"):  # None: a gateway with the cache off
+            raise SystemExit(f"gateway answered with x-keel-cache: {cache}; this bench times "
+                             "the model, not the cache")
         async for line in resp.aiter_lines():
             if not line.startswith("data: ") or line == "data: [DONE]":
                 continue
@@ -160,6 +169,9 @@ async def gateway_stream(
                 times.append(time.perf_counter())
             if chunk.get("usage"):
                 tokens = chunk["usage"]["completion_tokens"]
+    if tokens <= 0 or len(times) < 2:
+        raise SystemExit(f"gateway stream counted {tokens} tokens in {len(times)} content "
+                         "chunks: nothing was decoded, so there is no rate to report")
     return sample(t0, times, tokens)
 
 

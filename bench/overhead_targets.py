@@ -31,7 +31,18 @@ BENCH_VENV = REPO / ".bench-venv"
 BENCH_PY = BENCH_VENV / "bin" / "python"
 MAIN_VENV_BIN = REPO / ".venv" / "bin"
 
-ALL_TARGETS = ("direct", "keel", "litellm")
+# keel runs in four configurations, each its own server with an empty data dir:
+#   keel              the shipped defaults (firewall signatures + semantic layer, exact +
+#                     semantic cache, metering, request log), a unique prompt per request:
+#                     every request is a cache miss that reaches the upstream (the headline)
+#   keel-exact-hit    the defaults, one prompt repeated: exact cache hits
+#   keel-semantic-hit the defaults, one rewording of a cached prompt repeated: semantic hits
+#   keel-off          firewall and cache off (metering and request log on), unique prompts
+KEEL_SCENARIOS = ("keel", "keel-exact-hit", "keel-semantic-hit", "keel-off")
+ALL_TARGETS = ("direct", *KEEL_SCENARIOS, "litellm")
+# the prompt cached first, and the rewording keel-semantic-hit then sends
+SEMANTIC_PRIME = "How do I reset my password?"
+SEMANTIC_ASK = "how do I reset my password"
 UPSTREAM_MODEL = "gpt-4o-mini"
 GATEWAY_MODEL = "bench-model"
 UPSTREAM_KEY = "sk-bench"
@@ -137,6 +148,30 @@ done = function(summary, latency, requests)
     p(50), p(90), p(99), p(99.9)))
 end
 """
+
+
+# The same, but each request sends the next body of a file of pre-encoded chat bodies (one
+# per line), from `offset`; wrk threads take every `step`-th line. The bench moves the offset
+# on by the requests each run sent, so no prompt is sent twice to one server.
+WRK_LUA_POOL = """\
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+{auth}
+local tcount = 0
+setup = function(thread)
+  thread:set("tid", tcount)
+  tcount = tcount + 1
+end
+local bodies, n, i = {{}}, 0, 0
+init = function(args)
+  for line in io.lines("{path}") do n = n + 1; bodies[n] = line end
+  i = {offset} + (tid or 0)
+end
+request = function()
+  i = i + {step}
+  return wrk.format(nil, nil, nil, bodies[((i - 1) % n) + 1])
+end
+""" + WRK_LUA.split("{auth}\n", 1)[1]
 
 
 # -- process bookkeeping -----------------------------------------------------------------
@@ -317,25 +352,46 @@ def loopback_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     return env
 
 
-def chat_body(model: str) -> bytes:
-    return json.dumps({"model": model, "messages": [{"role": "user", "content": "hello"}]}).encode()
+def chat_body(model: str, text: str = "hello") -> bytes:
+    return json.dumps({"model": model, "messages": [{"role": "user", "content": text}]}).encode()
 
 
-def post_chat(url: str, model: str, key: str | None, timeout: float = 10.0) -> tuple[int, Any]:
-    req = urllib.request.Request(url, data=chat_body(model), method="POST")
+def post_chat(url: str, model: str, key: str | None, timeout: float = 10.0,
+              text: str = "hello") -> tuple[int, Any]:
+    status, body, _ = post_chat_headers(url, model, key, timeout, text)
+    return status, body
+
+
+def post_chat_headers(url: str, model: str, key: str | None, timeout: float = 10.0,
+                      text: str = "hello") -> tuple[int, Any, dict[str, str]]:
+    req = urllib.request.Request(url, data=chat_body(model, text), method="POST")
     req.add_header("Content-Type", "application/json")
     if key:
         req.add_header("Authorization", f"Bearer {key}")
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
     try:
         with opener.open(req, timeout=timeout) as resp:
-            status, raw = resp.status, resp.read()
+            status, raw, headers = resp.status, resp.read(), dict(resp.headers)
     except urllib.error.HTTPError as exc:
-        status, raw = exc.code, exc.read()
+        status, raw, headers = exc.code, exc.read(), dict(exc.headers)
+    headers = {k.lower(): v for k, v in headers.items()}
     try:
-        return status, json.loads(raw)
+        return status, json.loads(raw), headers
     except ValueError:
-        return status, raw[:500].decode(errors="replace")
+        return status, raw[:500].decode(errors="replace"), headers
+
+
+def scrape(url: str) -> dict[str, float]:
+    """``keel_cache_requests_total`` by outcome from a keel /metrics listener."""
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    with opener.open(url, timeout=10) as resp:
+        text = resp.read().decode()
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        m = re.match(r'keel_cache_requests_total\{outcome="([a-z_]+)"\} ([0-9.e+]+)', line)
+        if m:
+            out[m.group(1)] = float(m.group(2))
+    return out
 
 
 def verify_target(
@@ -502,20 +558,24 @@ def _parse_key(text: str) -> str | None:
     return None
 
 
-def start_keel(tmp: Path, upstream_base: str, core: int | None, args: argparse.Namespace) -> Server:
+def start_keel(tmp: Path, upstream_base: str, core: int | None, args: argparse.Namespace,
+               name: str = "keel") -> Server:
     keel = args.keel_bin or shutil.which("keel", path=str(MAIN_VENV_BIN)) or shutil.which("keel")
     if not keel or not Path(keel).exists():
         raise SystemExit(f"keel executable not found ({MAIN_VENV_BIN}/keel); pip install -e .")
-    kdir = tmp / "keel"
+    kdir = tmp / name
     kdir.mkdir()
     toml = kdir / "keel.toml"
+    metrics_port = free_port()
+    # every scenario keeps the shipped defaults except keel-off (firewall and cache off)
+    off = ("\n[firewall]\nenabled = false\n\n[cache]\nenabled = false\n"
+           if name == "keel-off" else "")
     toml.write_text(
         f'data_dir = "{kdir / "data"}"\n'
         f"auth_required = {'false' if args.keel_no_auth else 'true'}\n"
         f'default_model = "{GATEWAY_MODEL}"\n'
-        # The firewall's signature layer is on; its semantic layer embeds every prompt
-        # (~4-30 ms CPU) and is measured by bench/firewall_eval.py instead.
-        f"\n[firewall]\nsemantic = {'true' if args.semantic else 'false'}\n"
+        f"{off}"
+        f'\n[metrics]\nhost = "127.0.0.1"\nport = {metrics_port}\n'
         "\n[[models]]\n"
         f'name = "{GATEWAY_MODEL}"\n'
         'provider = "openai"\n'
@@ -555,7 +615,7 @@ def start_keel(tmp: Path, upstream_base: str, core: int | None, args: argparse.N
     )
     url = f"http://127.0.0.1:{port}/v1/chat/completions"
     verify_target(
-        url, GATEWAY_MODEL, key, proc=proc, log=log, timeout_s=args.startup_timeout, name="keel"
+        url, GATEWAY_MODEL, key, proc=proc, log=log, timeout_s=args.startup_timeout, name=name
     )
     version = "unknown"
     with contextlib.suppress(Exception):
@@ -563,13 +623,15 @@ def start_keel(tmp: Path, upstream_base: str, core: int | None, args: argparse.N
 
         version = importlib.metadata.version("keel")
     return Server(
-        "keel",
+        name,
         url,
         GATEWAY_MODEL,
         key,
         proc,
         log,
-        {"version": version, "port": port, "auth": not args.keel_no_auth},
+        {"version": version, "port": port, "auth": not args.keel_no_auth,
+         "metrics_url": f"http://127.0.0.1:{metrics_port}/metrics",
+         "config": toml.read_text().replace(UPSTREAM_KEY, "***")},
     )
 
 

@@ -22,6 +22,7 @@ from keel.batch.settings import BatchSettings
 from keel.cache.settings import CacheSettings
 from keel.degrade.settings import DegradeSettings
 from keel.errors import ConfigError
+from keel.hive.settings import HiveSettings
 from keel.metering.settings import MetricsSettings
 from keel.rag.settings import RagSettings
 from keel.settings_section import Section
@@ -77,6 +78,9 @@ class LocalModelSettings(Section):
     slots: int = 4  # sequences decoded together (continuous batching), each with `context`
     idle_unload_s: float = 300.0
     max_tokens_default: int = 256
+    # the built-in MiniLM embedder; "int8" is ~2x faster but moves cosines by up to ~0.03
+    # (bench/embedder_quality.py), which shifts cache decisions near the thresholds
+    embedder_precision: Literal["int8", "fp32"] = "fp32"
     # Nominal compute cost of the local model, so spend dashboards are never blank.
     input_usd_per_1m: float = 0.01
     output_usd_per_1m: float = 0.02
@@ -160,6 +164,7 @@ class Settings(BaseSettings):
     workflows: WorkflowsSettings = Field(default_factory=WorkflowsSettings)
     tools: ToolSettings = Field(default_factory=ToolSettings)
     wallets: WalletSettings = Field(default_factory=WalletSettings)
+    hive: HiveSettings = Field(default_factory=HiveSettings)
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
     batch: BatchSettings = Field(default_factory=BatchSettings)
     models: list[ModelSpec] = Field(default_factory=list)

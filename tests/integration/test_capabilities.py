@@ -50,6 +50,8 @@ EXPECTED: dict[str, dict[str, list[str]]] = {
                   "cli": ["approvals", "workflows"]},
     "batch": {"routes": ["/v1/batches", "/v1/files"], "stages": [],
               "nav": ["/console/batches"], "cli": ["batch"]},
+    "hive": {"routes": ["/v1/hive/tasks"], "stages": ["hive"], "nav": ["/console/hive"],
+             "cli": ["hive"]},
 }
 
 
@@ -59,6 +61,7 @@ def settings_with(tmp_path: Path, off: str | None) -> dict[str, Any]:
         "wallets": {"enabled": True, "encryption_key": KEY},
         "degrade": {"levels": LEVELS},
         "batch": {"enabled": True},
+        "hive": {"enabled": True},
     }
     if off == "degrade":
         kw["degrade"] = {"enabled": False, "levels": LEVELS}

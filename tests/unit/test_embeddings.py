@@ -202,3 +202,25 @@ async def test_concurrent_calls_are_coalesced_and_match_single_calls(cache_dir: 
         assert a.shape == b.shape == (1, 384)
         assert float(np.abs(a - b).max()) < 1e-5
     assert passes < len(texts) // 2  # merged into a few forward passes
+
+
+async def test_int8_graph_is_cached_apart_and_stays_close_to_the_reference(
+    embedder: MiniLMEmbedder, cache_dir: Path, reference: dict[str, Any]
+) -> None:
+    with pytest.raises(ConfigError, match="precision"):
+        MiniLMEmbedder(cache_dir, precision="fp16")  # type: ignore[arg-type]
+    await embedder.embed(["build the float graph first"])
+    int8 = MiniLMEmbedder(cache_dir, precision="int8")
+    try:
+        got = await int8.embed(reference["sentences"])
+    finally:
+        int8.close()
+    # both graphs live side by side: switching precision back and forth rebuilds nothing
+    stems = {p.name.split(".")[0] for p in cache_dir.glob("*.onnx")}
+    assert stems == {MODEL_NAME, f"{MODEL_NAME}-int8"}
+    expected = np.asarray(reference["embeddings"], dtype=np.float32)
+    np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-5)
+    cosine = np.sum(got * expected, axis=1)
+    # quantised (not the float graph), yet close: 0.965 on the long, unicode-heavy sentences
+    assert 0.95 < cosine.min() < 0.9999
+    assert cosine.mean() > 0.985

@@ -209,3 +209,40 @@ def test_roles_keyed_by_agent_name_alone_are_refused() -> None:
     with pytest.raises(ValidationError, match="'<tenant>/<agent>'"):
         PolicySettings(roles={"support-bot": ["support"]})
     assert PolicySettings(roles={"acme/support-bot": ["support"]}).roles
+
+
+def test_identical_decisions_are_remembered_per_snapshot(authz: Authorizer) -> None:
+    refund = {"customer_id": "c1", "amount_cents": 4999}
+    first = authz.authorize(req("issue_refund", refund))
+    again = authz.authorize(req("issue_refund", refund))
+    assert first.outcome == again.outcome == "allow" and authz.memo_hits == 1
+    assert again.policy_ids == first.policy_ids and again.context == first.context
+    # a different argument, or a clock field a policy reads, is a new question for Cedar
+    assert authz.authorize(req("issue_refund", {**refund, "amount_cents": 5001})).outcome \
+        == "deny"
+    assert authz.authorize(req("read_customer", {"customer_id": "c1"}, hour=10)).allowed
+    late = authz.authorize(req("read_customer", {"customer_id": "c1"}, hour=20))
+    assert late.outcome == "deny" and authz.memo_hits == 1
+    # the policies read only now.hour: another minute or second is the same question
+    moved = AuthzRequest(agent="support-bot", tenant="acme", tool="issue_refund",
+                         arguments=refund, now={**now(), "minute": 42, "epoch": 1772530920})
+    assert authz.authorize(moved).allowed and authz.memo_hits == 2
+    # a new policy version never answers from the old one's memo
+    authz.load(REFUND_POLICY.replace("> 5000", "> 100"), 2)
+    after = authz.authorize(req("issue_refund", refund))
+    assert after.outcome == "deny" and after.version == 2 and authz.memo_hits == 2
+
+
+@pytest.mark.parametrize("condition", [
+    "context.now.epoch < 1772528401",       # reads the field by name
+    'context["now"]["epoch"] < 1772528401',  # the same, indexed
+    "context.now == context.now && context.now.epoch < 1772528401",  # whole record
+])
+def test_clock_fields_a_policy_reads_stay_in_the_memo_key(condition: str) -> None:
+    a = Authorizer(CRM)
+    a.load(f'permit(principal, action == Action::"read_customer", resource) '
+           f"when {{ {condition} }};", 1)
+    assert a.authorize(req("read_customer", {"customer_id": "c1"})).allowed
+    later = AuthzRequest(agent="support-bot", tenant="acme", tool="read_customer",
+                         arguments={"customer_id": "c1"}, now={**now(), "epoch": 1772528460})
+    assert a.authorize(later).outcome == "deny" and a.memo_hits == 0

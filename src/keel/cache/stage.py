@@ -162,7 +162,8 @@ class CacheStage:
                 or len(key.query) > self.settings.max_query_chars):
             self.stats.record(plan.tenant, key.namespace, "miss")
             return None
-        plan.vector = np.asarray((await self.embedder.embed([key.query]))[0], np.float32)
+        plan.vector = np.asarray(
+            (await ctx.embeddings.embed(self.embedder, [key.query]))[0], np.float32)
         threshold = self.settings.threshold_for(plan.ns)
         verifier = self.verifiers.get(self.settings.profile_for(plan.ns))
         rejected = ""

@@ -27,7 +27,7 @@ def _engine(settings: Settings, semantic: bool) -> Any:
     if semantic and settings.firewall.semantic:
         from keel.providers.embeddings import MiniLMEmbedder
 
-        embedder = MiniLMEmbedder(settings.model_dir)
+        embedder = MiniLMEmbedder(settings.model_dir, precision=settings.local.embedder_precision)
     return Firewall.build(settings.firewall, embedder)
 
 

@@ -35,7 +35,8 @@ def _run(settings: Settings, fn: Callable[[Any, Any], Awaitable[T]]) -> T:
         private_dir(settings.data_dir)
         db = open_database(settings)
         retriever = Retriever(db, settings.rag, settings.data_dir,
-                              MiniLMEmbedder(settings.model_dir))
+                              MiniLMEmbedder(settings.model_dir,
+                                             precision=settings.local.embedder_precision))
         try:
             return await fn(db, retriever)
         finally:

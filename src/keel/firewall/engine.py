@@ -21,6 +21,7 @@ from keel.firewall.rules import Rule, RuleSet
 from keel.firewall.semantic import AttackCorpus, SemanticLayer
 from keel.firewall.signatures import SignatureMatcher
 from keel.firewall.verdict import Verdict
+from keel.gateway.embedding_memo import EmbeddingMemo
 from keel.ports.embedder import Embedder
 
 RuleFilter = Callable[[str], bool]
@@ -86,7 +87,8 @@ class Firewall:
         rule = best[1]
         return Verdict("signature", rule.id, rule.category, 1.0, rule.description)
 
-    async def check_semantic(self, texts: list[str], skip: RuleFilter = _never) -> Verdict | None:
+    async def check_semantic(self, texts: list[str], skip: RuleFilter = _never,
+                             memo: EmbeddingMemo | None = None) -> Verdict | None:
         if self.semantic is None or not texts or skip(SEMANTIC_RULE):
             return None
         # lone surrogates (possible in tool results) would trip the tokenizer: replace them
@@ -97,15 +99,17 @@ class Firewall:
             self._seen.move_to_end(key)
             verdict = self._seen[key]
         else:
-            verdict = await self.semantic.check(text)
+            verdict = await self.semantic.check(text, memo)
             self._seen[key] = verdict
             if len(self._seen) > self._seen_max:
                 self._seen.popitem(last=False)
         return None if verdict is None or skip(verdict.rule) else verdict
 
-    async def check(self, texts: list[str], skip: RuleFilter = _never) -> Verdict | None:
-        """Judge ``texts`` (user turns, tool results): signatures, then the semantic layer."""
+    async def check(self, texts: list[str], skip: RuleFilter = _never,
+                    memo: EmbeddingMemo | None = None) -> Verdict | None:
+        """Judge ``texts`` (user turns, tool results): signatures, then the semantic layer
+        (its embedding through the request's ``memo`` when given)."""
         verdict = self.check_signatures(texts, skip)
         if verdict is None:
-            verdict = await self.check_semantic(texts, skip)
+            verdict = await self.check_semantic(texts, skip, memo)
         return verdict

@@ -31,6 +31,7 @@ import numpy.typing as npt
 from keel.errors import ConfigError
 from keel.firewall.dataset import ATTACK_LABELS, BENIGN_LABEL, Row
 from keel.firewall.verdict import Verdict
+from keel.gateway.embedding_memo import EmbeddingMemo
 from keel.ports.embedder import Embedder
 
 # kNN margin threshold: 5-fold CV on the training split, with the signature layer in front,
@@ -213,17 +214,21 @@ class SemanticLayer:
         margin = _top_k_mean(sims, self.top_k) - _top_k_mean(vecs @ self._benign_t, self.top_k)
         return margin, np.argmax(sims, axis=1)
 
-    async def nearest(self, text: str) -> tuple[int, float]:
-        """Index of the closest known attack (for the best chunk) and the prompt's margin."""
-        vecs = np.asarray(await self.embedder.embed(self.chunks(text)), dtype=np.float32)
+    async def nearest(self, text: str, memo: EmbeddingMemo | None = None) -> tuple[int, float]:
+        """Index of the closest known attack (for the best chunk) and the prompt's margin.
+
+        With the request's ``memo`` the chunks are embedded through it, so the cache and
+        RAG reuse the vector of the same text instead of embedding it again."""
+        memo = memo if memo is not None else EmbeddingMemo()
+        vecs = await memo.embed(self.embedder, self.chunks(text))
         margin, closest = self.score_vectors(vecs)
         best = int(np.argmax(margin))
         return int(closest[best]), float(margin[best])
 
-    async def check(self, text: str) -> Verdict | None:
+    async def check(self, text: str, memo: EmbeddingMemo | None = None) -> Verdict | None:
         if not text.strip():
             return None
-        idx, score = await self.nearest(text)
+        idx, score = await self.nearest(text, memo)
         if score < self.threshold:
             return None
         return Verdict(

@@ -20,6 +20,7 @@ from keel.firewall.identity import Identity, mode_for, resolve
 from keel.firewall.state import Ban, FirewallState, describe, iso
 from keel.firewall.verdict import Verdict
 from keel.gateway.context import RequestContext
+from keel.gateway.embedding_memo import EmbeddingMemo
 from keel.gateway.pipeline import Next
 
 log = logging.getLogger("keel.firewall")
@@ -71,13 +72,15 @@ class FirewallStage:
         self.metrics = metrics
         self.settings = firewall.settings
 
-    async def judge(self, tenant: str, items: list[ScanItem]) -> Verdict | None:
+    async def judge(self, tenant: str, items: list[ScanItem],
+                    memo: EmbeddingMemo | None = None) -> Verdict | None:
         """The verdict on ``items`` for ``tenant``: allow-listed texts and rules excluded."""
         state = self.state
         texts = [i.text for i in items if not state.text_allowed(tenant, i.role, i.text)]
         if not texts:
             return None
-        return await self.firewall.check(texts, lambda rule: state.rule_allowed(tenant, rule))
+        return await self.firewall.check(texts, lambda rule: state.rule_allowed(tenant, rule),
+                                         memo)
 
     async def __call__(self, ctx: RequestContext, call_next: Next) -> None:
         if ctx.route == "embeddings":  # documents to embed are not instructions to a model
@@ -97,7 +100,7 @@ class FirewallStage:
         if self.settings.canary:
             self._canary(ctx, context)
         size_guard(judged, self.settings.max_scan_chars)
-        verdict = await self.judge(tenant, judged)
+        verdict = await self.judge(tenant, judged, ctx.embeddings)
         if verdict is None:
             await call_next(ctx)
             return

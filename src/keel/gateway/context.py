@@ -9,6 +9,7 @@ from typing import Any, Literal
 
 from keel.config import ModelSpec
 from keel.errors import KeelError
+from keel.gateway.embedding_memo import EmbeddingMemo
 
 Route = Literal["chat", "completions", "embeddings"]
 JSON = dict[str, Any]
@@ -82,6 +83,8 @@ class RequestContext:
     decisions: list[Decision] = field(default_factory=list)
     response_headers: dict[str, str] = field(default_factory=dict)
     depth: Depth | None = None  # set by the degradation ladder, read by the RAG stage
+    # embeddings computed for this request, shared by the stages that need them
+    embeddings: EmbeddingMemo = field(default_factory=EmbeddingMemo)
 
     def decide(self, stage: str, action: str, detail: str = "") -> None:
         self.decisions.append(Decision(stage, action, detail))

@@ -90,7 +90,8 @@ class ModelRegistry:
 
             from keel.providers.embeddings import MiniLMEmbedder
 
-            self._embedder = MiniLMEmbedder(self.settings.model_dir)
+            self._embedder = MiniLMEmbedder(self.settings.model_dir,
+                                            precision=self.settings.local.embedder_precision)
         return self._embedder
 
     def embedder_for(self, name: str) -> Embedder:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from keel.errors import RagIndexEmpty
+from keel.gateway.embedding_memo import EmbeddingMemo
 from keel.ports.embedder import Embedder
 from keel.ports.vector_index import VectorIndex, Vectors
 from keel.rag import catalog
@@ -77,10 +78,13 @@ class Retriever:
         self._handles[info.vector] = (info.version, handle)
         return handle
 
-    async def search(self, tenant: str, name: str, query: str, top_k: int
-                     ) -> tuple[IndexInfo, list[Passage]]:
+    async def search(self, tenant: str, name: str, query: str, top_k: int,
+                     memo: EmbeddingMemo | None = None) -> tuple[IndexInfo, list[Passage]]:
+        """The ``top_k`` passages nearest ``query``; its embedding through the request's
+        ``memo`` when given (shared with the cache and the firewall)."""
         info = await self.info(tenant, name)
-        vector = (await self.embedder.embed([query]))[0]
+        memo = memo if memo is not None else EmbeddingMemo()
+        vector = (await memo.embed(self.embedder, [query]))[0]
         return info, await self.search_vector(info, vector, top_k)
 
     async def search_vector(self, info: IndexInfo, vector: Vectors, top_k: int

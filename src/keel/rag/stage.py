@@ -104,7 +104,8 @@ class RagStage:
             ctx.decide("rag", "skip", f"{index}: top_k={top_k} budget={budget}")
             await call_next(ctx)
             return
-        info, passages = await self.retriever.search(ctx.principal.tenant, index, query, top_k)
+        info, passages = await self.retriever.search(ctx.principal.tenant, index, query, top_k,
+                                                      ctx.embeddings)
         text, used, n = build_context(passages, self.retriever.embedder.count_tokens, budget)
         ctx.body = with_context(ctx.body, text)
         ctx.response_headers["x-keel-rag"] = f"{index}@v{info.version}; passages={n}"

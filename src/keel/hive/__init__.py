@@ -1,0 +1,1 @@
+"""The hive: shared, streaming context for multi-agent work (tasks of append-only streams)."""
