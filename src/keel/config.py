@@ -18,6 +18,7 @@ from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validat
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from keel.approvals.settings import ApprovalsSettings
+from keel.batch.settings import BatchSettings
 from keel.cache.settings import CacheSettings
 from keel.degrade.settings import DegradeSettings
 from keel.errors import ConfigError
@@ -167,6 +168,7 @@ class Settings(BaseSettings):
     wallets: WalletSettings = Field(default_factory=WalletSettings)
     hive: HiveSettings = Field(default_factory=HiveSettings)
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
+    batch: BatchSettings = Field(default_factory=BatchSettings)
     models: list[ModelSpec] = Field(default_factory=list)
     # settings of capabilities from other packages: [plugins.NAME], validated by each one
     plugins: dict[str, dict[str, Any]] = Field(default_factory=dict)

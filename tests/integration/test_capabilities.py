@@ -48,6 +48,8 @@ EXPECTED: dict[str, dict[str, list[str]]] = {
     "approvals": {"routes": ["/v1/approvals", "/v1/workflows"], "stages": [],
                   "nav": ["/console/approvals", "/console/workflows"],
                   "cli": ["approvals", "workflows"]},
+    "batch": {"routes": ["/v1/batches", "/v1/files"], "stages": [],
+              "nav": ["/console/batches"], "cli": ["batch"]},
     "hive": {"routes": ["/v1/hive/tasks"], "stages": ["hive"], "nav": ["/console/hive"],
              "cli": ["hive"]},
     "remediation": {"routes": ["/v1/remediation/incidents"], "stages": [],
@@ -60,6 +62,7 @@ def settings_with(tmp_path: Path, off: str | None) -> dict[str, Any]:
         "data_dir": str(tmp_path / "data"), "models_dir": MODELS_DIR,
         "wallets": {"enabled": True, "encryption_key": KEY},
         "degrade": {"levels": LEVELS},
+        "batch": {"enabled": True},
         "hive": {"enabled": True},
         "remediation": {"enabled": True},
     }

@@ -1,0 +1,1 @@
+"""The OpenAI Batch API on queue-driven, scale-to-zero llama.cpp workers."""

@@ -1,0 +1,101 @@
+"""Batches as a capability: OpenAI's Files and Batch APIs, lines as durable jobs on the
+``keel.batch`` queue, served by scale-to-zero ``keel worker`` processes."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from functools import partial
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from keel.capability import BuildContext, Capability, CliGroup, PageFactory
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
+
+    from keel.batch.runner import LineRunner
+    from keel.batch.scaler import Scaler
+    from keel.config import Settings
+    from keel.gateway.services import Services
+    from keel.storage.migrations import Migration
+
+
+class BatchCapability(Capability):
+    name = "batch"
+
+    @classmethod
+    def enabled(cls, settings: Settings) -> bool:
+        return settings.batch.enabled
+
+    @classmethod
+    def migrations(cls) -> Sequence[Migration]:
+        from keel.batch import store
+
+        return store.MIGRATIONS
+
+    @classmethod
+    def cli_groups(cls) -> Sequence[CliGroup]:
+        from keel.cli import batch
+
+        return [CliGroup("batch", batch.build,
+                         "OpenAI-style batches: submit JSONL, status, results, cost.")]
+
+    def __init__(self, ctx: BuildContext) -> None:
+        from keel.batch import store
+        from keel.batch.jobs import BatchJobs
+        from keel.batch.service import BatchService
+        from keel.jobs.runtime import JobRuntime
+
+        super().__init__(ctx)
+        s = ctx.settings
+        self.service = BatchService(s.batch, ctx.db, ctx.models)
+        ctx.components.put(self.service, owner=self.name)
+        self.runtime = ctx.components.get(JobRuntime)
+        self._runner: LineRunner | None = None
+        self.jobs = BatchJobs(self.runtime, s.batch, self.runner)
+        self.service.enqueue = self.jobs.enqueue
+        self.service.drop = self.jobs.cancel
+        self.scaler: Scaler | None = None
+        if s.batch.autoscale and not self.runtime.worker:
+            from keel.batch.scaler import Scaler
+
+            config = os.environ.get("KEEL_CONFIG")
+            self.scaler = Scaler(s, lambda: ctx.db.run(store.open_lines),
+                                 config=Path(config) if config else None)
+            self.service.on_work = self.scaler.poke
+
+    def runner(self) -> LineRunner:
+        """The line runner (built on first use, in the process that runs lines)."""
+        if self._runner is None:
+            from keel.batch.calls import PipelineCall
+            from keel.batch.runner import LineRunner
+            from keel.gateway.services import Services
+
+            svc = self.ctx.components.get(Services)
+            self._runner = LineRunner(self.ctx.db, self.ctx.settings.batch, PipelineCall(svc))
+        return self._runner
+
+    def install(self, app: FastAPI, svc: Services) -> None:
+        from keel.batch.routes import BatchRoutes
+
+        app.include_router(BatchRoutes(svc, self.service).router())
+
+    def console_pages(self) -> Sequence[PageFactory]:
+        from keel.web.batch_page import BatchPage
+
+        return [partial(BatchPage, batches=self.service)]
+
+    async def start(self) -> None:
+        if self.runtime.worker:
+            return
+        from keel.batch import store
+
+        # unfinished batches after a restart: queue what a crash left out, start workers
+        if await self.ctx.db.run(store.active_batches):
+            await self.service.resume()
+
+    async def stop(self) -> None:
+        await self.service.aclose()
+        if self.scaler is not None:
+            await self.scaler.aclose()

@@ -1,0 +1,194 @@
+"""``keel batch``: a client of the gateway's Batch API.
+
+``submit FILE.jsonl [--wait]`` uploads the file and creates the batch (a progress bar
+with an ETA while it runs when ``--wait``); ``status``, ``list``, ``results`` (the output
+file, or ``--errors``), ``cancel`` and ``cost`` (local CPU vs each priced model).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any, NoReturn
+
+import httpx
+import orjson
+import typer
+
+from keel.cli.common import console, err_console, new_table, read_local_key, settings_from
+
+FINAL = ("completed", "failed", "cancelled", "expired")
+
+
+def fail(message: str) -> NoReturn:
+    err_console.print(f"error: {message}", markup=False, highlight=False)
+    raise typer.Exit(1)
+
+
+def _client(ctx: typer.Context, url: str | None) -> httpx.Client:
+    settings = settings_from(ctx)
+    base = url or os.environ.get("KEEL_URL") or \
+        f"http://{settings.server.host}:{settings.server.port}"
+    key = read_local_key(settings)
+    headers = {"authorization": f"Bearer {key}"} if key else {}
+    return httpx.Client(base_url=base, headers=headers, timeout=httpx.Timeout(300, connect=5))
+
+
+def _call(c: httpx.Client, method: str, path: str, **kw: Any) -> httpx.Response:
+    try:
+        r = c.request(method, path, **kw)
+    except httpx.HTTPError:
+        fail(f"no keel gateway answers at {c.base_url}: start one with `keel serve` (or set "
+             "--url / KEEL_URL)")
+    if r.status_code >= 400:
+        try:
+            msg = r.json()["error"]["message"]
+        except Exception:
+            msg = r.text[:500]
+        fail(f"{r.status_code}: {msg}")
+    return r
+
+
+def _wait(c: httpx.Client, batch_id: str, poll_s: float) -> dict[str, Any]:
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    b: dict[str, Any] = _call(c, "GET", f"/v1/batches/{batch_id}").json()
+    total = b["request_counts"]["total"]
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
+                  console=err_console) as bar:
+        task = bar.add_task(batch_id, total=total)
+        while True:
+            n = b["request_counts"]
+            bar.update(task, completed=n["completed"] + n["failed"] + b["keel"]["cancelled"],
+                       description=f"{batch_id} {b['status']} ({n['failed']} failed)")
+            if b["status"] in FINAL:
+                return b
+            time.sleep(poll_s)
+            b = _call(c, "GET", f"/v1/batches/{batch_id}").json()
+
+
+def _summary(b: dict[str, Any]) -> None:
+    n = b["request_counts"]
+    t = new_table("batch", "status", "done", "failed", "total", "output file", "error file")
+    t.add_row(b["id"], b["status"], str(n["completed"]), str(n["failed"]), str(n["total"]),
+              b.get("output_file_id") or "", b.get("error_file_id") or "")
+    console.print(t)
+
+
+def build() -> typer.Typer:
+    app = typer.Typer(no_args_is_help=True, help=__doc__)
+    url_opt = typer.Option(None, "--url", help="Gateway URL (default: KEEL_URL or "
+                           "server.host:port).")
+
+    @app.command("submit")
+    def submit(ctx: typer.Context, file: Path = typer.Argument(..., exists=True,
+                                                                dir_okay=False),
+               wait: bool = typer.Option(False, "--wait", help="Wait with a progress bar."),
+               endpoint: str | None = typer.Option(
+                   None, help="Endpoint of the lines (default: the url of the first line)."),
+               url: str | None = url_opt, poll: float = typer.Option(1.0, min=0.1)) -> None:
+        """Upload FILE.jsonl and start a batch."""
+        if endpoint is None:
+            with file.open("rb") as fh:
+                first = next((ln for ln in fh if ln.strip()), b"{}")
+            try:
+                endpoint = str(orjson.loads(first).get("url") or "/v1/chat/completions")
+            except (orjson.JSONDecodeError, AttributeError):
+                endpoint = "/v1/chat/completions"  # the upload names the bad line
+        with _client(ctx, url) as c, file.open("rb") as fh:
+            up = _call(c, "POST", "/v1/files", data={"purpose": "batch"},
+                       files={"file": (file.name, fh, "application/jsonl")}).json()
+            b = _call(c, "POST", "/v1/batches", json={
+                "input_file_id": up["id"], "endpoint": endpoint,
+                "completion_window": "24h"}).json()
+            console.print(f"batch {b['id']} created: {b['request_counts']['total']} lines "
+                          f"from {up['id']}", markup=False, highlight=False)
+            if wait:
+                _summary(_wait(c, b["id"], poll))
+
+    @app.command("status")
+    def status(ctx: typer.Context, batch_id: str, url: str | None = url_opt,
+               wait: bool = typer.Option(False, "--wait"),
+               poll: float = typer.Option(1.0, min=0.1)) -> None:
+        """A batch's status and counts."""
+        with _client(ctx, url) as c:
+            b = _wait(c, batch_id, poll) if wait else \
+                _call(c, "GET", f"/v1/batches/{batch_id}").json()
+        _summary(b)
+
+    @app.command("list")
+    def list_(ctx: typer.Context, url: str | None = url_opt,
+              limit: int = typer.Option(20, min=1, max=100)) -> None:
+        """Recent batches."""
+        with _client(ctx, url) as c:
+            data = _call(c, "GET", "/v1/batches", params={"limit": limit}).json()["data"]
+        t = new_table("batch", "status", "done", "failed", "total", "created")
+        for b in data:
+            n = b["request_counts"]
+            t.add_row(b["id"], b["status"], str(n["completed"]), str(n["failed"]),
+                      str(n["total"]), time.strftime("%Y-%m-%d %H:%M:%S",
+                                                     time.localtime(b["created_at"])))
+        console.print(t)
+
+    @app.command("results")
+    def results(ctx: typer.Context, batch_id: str, url: str | None = url_opt,
+                errors: bool = typer.Option(False, "--errors", help="The error file."),
+                out: Path | None = typer.Option(None, "--out", "-o",
+                                                help="Write to this file.")) -> None:
+        """Print (or save) the output file of a batch (or its error file)."""
+        with _client(ctx, url) as c:
+            b = _call(c, "GET", f"/v1/batches/{batch_id}").json()
+            fid = b["error_file_id" if errors else "output_file_id"]
+            if not fid:
+                fail(f"batch {batch_id} has no {'error' if errors else 'output'} file "
+                     f"(status {b['status']})")
+            body = _call(c, "GET", f"/v1/files/{fid}/content").content
+        if out is not None:
+            out.write_bytes(body)
+            err_console.print(f"wrote {out}", markup=False)
+        else:
+            console.file.write(body.decode())
+
+    @app.command("cancel")
+    def cancel(ctx: typer.Context, batch_id: str, url: str | None = url_opt) -> None:
+        """Cancel a batch: queued lines are dropped, running ones finish."""
+        with _client(ctx, url) as c:
+            _summary(_call(c, "POST", f"/v1/batches/{batch_id}/cancel").json())
+
+    @app.command("cost")
+    def cost(ctx: typer.Context, batch_id: str, url: str | None = url_opt,
+             as_json: bool = typer.Option(False, "--json")) -> None:
+        """What the batch cost on local CPUs vs the same tokens on each priced model."""
+        with _client(ctx, url) as c:
+            r = _call(c, "GET", f"/v1/batches/{batch_id}/cost").json()
+        if as_json:
+            console.print_json(orjson.dumps(r).decode())
+            return
+        console.print(
+            f"{r['lines_done']} documents, {r['input_tokens']} tokens in / "
+            f"{r['output_tokens']} out, {r['cpu_s']} CPU-s over {r['wall_s']} s "
+            f"({r['cpu_s_per_document']} CPU-s per document); local at "
+            f"${r['local']['cpu_usd_per_hour']}/CPU-hour: ${r['local']['usd']:.6f} "
+            f"(${r['local']['usd_per_document']:.8f} per document)",
+            markup=False, highlight=False)
+        t = new_table("model", "same tokens", "per document", "local cheaper",
+                      "break-even input tokens")
+        for m in r["models"]:
+            be = m["break_even_input_tokens"]
+            t.add_row(m["model"], f"${m['usd']:.6f}", f"${m['usd_per_document']:.8f}",
+                      "yes" if m["local_is_cheaper"] else "no",
+                      "n/a (lines all of one shape)" if be is None else str(be))
+        if not r["models"]:
+            t.add_row("(no priced models in [[models]])", "", "", "", "")
+        console.print(t)
+
+    return app

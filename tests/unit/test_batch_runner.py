@@ -1,0 +1,143 @@
+"""The line runner's own logic with a scripted fake model call (real SQLite): results
+written once, retries with backoff, 4xx not retried, poison lines to the error file,
+cancel. The real model and real workers are covered in tests/integration."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from keel.app import open_database
+from keel.batch import store
+from keel.batch.runner import CallResult, LineRunner
+from keel.batch.settings import BatchSettings
+from keel.config import load_settings
+from keel.errors import InvalidRequest, UpstreamError
+from keel.gateway.context import Principal
+from keel.storage.sql import Database
+
+SCHEMA = {"type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"]}
+
+
+class ScriptedCall:
+    """Fake LLM: answers per custom_id from a script (an exception, or the content)."""
+
+    def __init__(self, script: dict[str, list[Any]]) -> None:
+        self.script = script
+        self.calls: list[str] = []
+
+    async def __call__(self, p: Principal, endpoint: str, body: dict[str, Any]) -> CallResult:
+        cid = body["messages"][0]["content"]
+        self.calls.append(cid)
+        step = self.script[cid].pop(0) if len(self.script[cid]) > 1 else self.script[cid][0]
+        if isinstance(step, BaseException):
+            raise step
+        if step == "hang":
+            await asyncio.sleep(60)
+        return CallResult({"choices": [{"message": {"role": "assistant", "content": step}}]},
+                          "req_1", 10, 3, 0.0)
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> Database:
+    return open_database(load_settings(None, data_dir=str(tmp_path)))
+
+
+def make_batch(db: Database, cids: list[str], schema: bool = False) -> str:
+    def body(cid: str) -> str:
+        b: dict[str, Any] = {"model": "m", "messages": [{"role": "user", "content": cid}]}
+        if schema:
+            b["response_format"] = {"type": "json_schema",
+                                    "json_schema": {"name": "s", "schema": SCHEMA}}
+        return orjson.dumps(b).decode()
+
+    def tx(c: Any) -> str:
+        f = store.insert_file(c, tenant="t", filename="f", content=b"x", n_lines=len(cids),
+                              endpoint="/v1/chat/completions")
+        return store.insert_batch(c, tenant="t", key_id="k", agent=None, input_file=f,
+                                  completion_window="24h", metadata=None, expires_in_s=60,
+                                  body_lines=[(i + 1, cid, body(cid))
+                                              for i, cid in enumerate(cids)]).id
+    return db.transaction(tx)
+
+
+def runner(db: Database, call: ScriptedCall, **kw: Any) -> LineRunner:
+    s = BatchSettings(retry_backoff_s=0.01, **kw)
+    return LineRunner(db, s, call)
+
+
+def files(db: Database, batch_id: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    return (db.transaction(lambda c: store.result_lines(c, batch_id, store.DONE)),
+            db.transaction(lambda c: store.result_lines(c, batch_id, store.FAILED)))
+
+
+async def test_results_are_written_once_and_the_batch_completes_fake_llm(db: Database) -> None:
+    bid = make_batch(db, ["a", "b"], schema=True)
+    r = runner(db, ScriptedCall({"a": ['{"n": 1}'], "b": ['{"n": "x"}']}))
+    assert await r.run(bid, 1) == store.DONE
+    assert await r.run(bid, 1) == "skipped"  # a re-run (recovered job) changes nothing
+    assert await r.run(bid, 2) == store.DONE
+    out, err = files(db, bid)
+    assert [o["custom_id"] for o in out] == ["a", "b"] and err == []
+    b = db.transaction(lambda c: store.get_batch(c, bid, None))
+    assert b is not None and b.status == store.COMPLETED and b.output_file_id
+    t = db.transaction(lambda c: store.totals(c, bid))
+    assert (t.schema_checked, t.schema_failures) == (2, 1)  # counted, not hidden
+    assert (t.prompt_tokens, t.completion_tokens) == (20, 6)
+
+
+async def test_5xx_is_retried_then_succeeds_fake_llm(db: Database) -> None:
+    bid = make_batch(db, ["a"])
+    call = ScriptedCall({"a": [UpstreamError("boom"), UpstreamError("boom"), "ok"]})
+    assert await runner(db, call).run(bid, 1) == store.DONE
+    assert call.calls == ["a", "a", "a"]
+
+
+async def test_4xx_is_not_retried_and_goes_to_the_error_file_fake_llm(db: Database) -> None:
+    bid = make_batch(db, ["a", "b"])
+    call = ScriptedCall({"a": [InvalidRequest("prompt too long")], "b": ["fine"]})
+    r = runner(db, call)
+    assert await r.run(bid, 1) == store.FAILED
+    assert await r.run(bid, 2) == store.DONE
+    out, err = files(db, bid)
+    assert call.calls == ["a", "b"] and [o["custom_id"] for o in out] == ["b"]
+    assert err[0]["custom_id"] == "a" and err[0]["response"]["status_code"] == 400
+    assert err[0]["error"]["message"] == "prompt too long"
+
+
+async def test_timeouts_retry_up_to_max_attempts_fake_llm(db: Database) -> None:
+    bid = make_batch(db, ["a"])
+    call = ScriptedCall({"a": ["hang"]})
+    assert await runner(db, call, line_timeout_s=0.05, max_attempts=2).run(bid, 1) == "failed"
+    _, err = files(db, bid)
+    assert call.calls == ["a", "a"] and err[0]["error"]["code"] == "timeout"
+
+
+async def test_a_line_that_kills_its_workers_ends_in_the_error_file_fake_llm(
+        db: Database) -> None:
+    bid = make_batch(db, ["poison", "b"])
+    for _ in range(3):  # three workers claimed it and died (no result written)
+        assert db.transaction(lambda c: store.claim_line(c, bid, 1)) is not None
+    call = ScriptedCall({"poison": ["never"], "b": ["ok"]})
+    r = runner(db, call, max_attempts=3)
+    assert await r.run(bid, 1) == store.FAILED
+    assert await r.run(bid, 2) == store.DONE
+    out, err = files(db, bid)
+    assert call.calls == ["b"] and err[0]["error"]["code"] == "worker_died"
+    assert [o["custom_id"] for o in out] == ["b"]
+
+
+async def test_cancel_skips_queued_lines_fake_llm(db: Database) -> None:
+    bid = make_batch(db, ["a", "b", "c"])
+    call = ScriptedCall({"a": ["ok"], "b": ["ok"], "c": ["ok"]})
+    r = runner(db, call)
+    assert await r.run(bid, 1) == store.DONE
+    db.transaction(lambda c: store.request_cancel(c, bid))
+    assert await r.run(bid, 2) == "skipped" and await r.run(bid, 3) == "skipped"
+    b = db.transaction(lambda c: store.get_batch(c, bid, None))
+    assert b is not None and b.status == store.BATCH_CANCELLED and call.calls == ["a"]
+    assert db.transaction(lambda c: store.counts(c, bid)) == {"done": 1, "cancelled": 2}
