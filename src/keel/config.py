@@ -25,6 +25,7 @@ from keel.metering.settings import MetricsSettings
 from keel.rag.settings import RagSettings
 from keel.settings_section import Section
 from keel.tools.settings import ToolSettings
+from keel.tuning.settings import TuningSettings
 from keel.wallets.settings import WalletSettings
 from keel.workflows.settings import WorkflowsSettings
 
@@ -50,6 +51,8 @@ class ModelSpec(Section):
     # local models: "transcript" (Question:/Answer:, for base models like the default) or
     # "gemma" (turn tokens, for instruction-tuned Gemma GGUFs)
     chat_format: Literal["transcript", "gemma"] = "transcript"
+    # local models: a LoRA adapter GGUF applied on top of `path` (a tuned version)
+    lora: str | None = None
 
     @property
     def upstream_model(self) -> str:
@@ -159,6 +162,7 @@ class Settings(BaseSettings):
     workflows: WorkflowsSettings = Field(default_factory=WorkflowsSettings)
     tools: ToolSettings = Field(default_factory=ToolSettings)
     wallets: WalletSettings = Field(default_factory=WalletSettings)
+    tuning: TuningSettings = Field(default_factory=TuningSettings)
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
     models: list[ModelSpec] = Field(default_factory=list)
     # settings of capabilities from other packages: [plugins.NAME], validated by each one
