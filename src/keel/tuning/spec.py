@@ -32,6 +32,9 @@ class TrainSpec(Section):
     checkpoint_every: int = Field(default=20, ge=1)
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda
+    # CPU threads for torch (0: its default, one per core). On a busy machine fewer threads
+    # are much faster: torch's threads spin waiting for each other.
+    threads: int = Field(default=0, ge=0)
 
     @classmethod
     def load(cls, path: Path) -> TrainSpec:

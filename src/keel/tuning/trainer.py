@@ -171,6 +171,8 @@ def train(spec: TrainSpec, on_step: OnStep | None = None) -> TrainResult:
         raise InvalidRequest(f"dataset {spec.dataset} has an empty train split")
     device = spec.device if spec.device != "auto" else (
         "cuda" if torch.cuda.is_available() else "cpu")
+    if spec.threads:
+        torch.set_num_threads(spec.threads)
     torch.manual_seed(spec.seed)
     base, tok = load_base(spec.base, device)
     pad = tok.pad_token_id if tok.pad_token_id is not None else 0
