@@ -184,6 +184,17 @@ class VersionRegistry:
         return v
 
 
+    async def cache_tag(self, ctx: RequestContext) -> str:
+        """The version a local model serves (the cache keys answers on it: a promotion or
+        rollback never serves answers cached from another version); ``""`` for the base.
+        A cache hit never reaches the serving stage, so the header is set here too."""
+        if ctx.model.provider != "local" or ctx.model.kind != "chat":
+            return ""
+        v = await self.serving(ctx.model.name)
+        ctx.response_headers[HEADER] = v.id if v is not None else "base"
+        return v.id if v is not None else ""
+
+
 class VersionStage:
     """Serves the promoted version of a local model and names it in a response header."""
 
