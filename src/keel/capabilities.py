@@ -30,6 +30,7 @@ BUILTIN: tuple[str, ...] = (
     "keel.wallets.capability:WalletsCapability",
     "keel.approvals.capability:ApprovalsCapability",
     "keel.tuning.capability:TuningCapability",
+    "keel.qa.capability:QaCapability",
 )
 
 

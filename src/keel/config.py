@@ -22,6 +22,7 @@ from keel.cache.settings import CacheSettings
 from keel.degrade.settings import DegradeSettings
 from keel.errors import ConfigError
 from keel.metering.settings import MetricsSettings
+from keel.qa.settings import QaSettings
 from keel.rag.settings import RagSettings
 from keel.settings_section import Section
 from keel.tools.settings import ToolSettings
@@ -163,6 +164,7 @@ class Settings(BaseSettings):
     tools: ToolSettings = Field(default_factory=ToolSettings)
     wallets: WalletSettings = Field(default_factory=WalletSettings)
     tuning: TuningSettings = Field(default_factory=TuningSettings)
+    qa: QaSettings = Field(default_factory=QaSettings)
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
     models: list[ModelSpec] = Field(default_factory=list)
     # settings of capabilities from other packages: [plugins.NAME], validated by each one
