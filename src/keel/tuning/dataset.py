@@ -160,9 +160,12 @@ def _last_user(ex: Example) -> str:
     return ""
 
 
-def clusters(examples: Sequence[Example], *, overlap: float = 0.6) -> list[list[int]]:
+def clusters(examples: Sequence[Example], *, overlap: float = 0.6,
+             same: float = 0.9) -> list[list[int]]:
     """Groups of example indexes whose last user turns' word sets overlap by ``overlap``
-    (Jaccard) or more."""
+    (Jaccard) or more with the same answer, or by ``same`` or more whatever the answers:
+    templated questions about different things ("port of service alpha" / "... bravo",
+    different answers) are different questions, not paraphrases."""
     parent = list(range(len(examples)))
 
     def find(i: int) -> int:
@@ -175,10 +178,14 @@ def clusters(examples: Sequence[Example], *, overlap: float = 0.6) -> list[list[
         parent[find(a)] = find(b)
 
     words = [_words(_last_user(ex)) for ex in examples]
+    answers = [_norm(ex.answer) for ex in examples]
     for i in range(len(examples)):
         for j in range(i):
             a, b = words[i], words[j]
-            if a and b and len(a & b) / len(a | b) >= overlap:
+            if not (a and b):
+                continue
+            jac = len(a & b) / len(a | b)
+            if jac >= same or (jac >= overlap and answers[i] == answers[j]):
                 union(i, j)
     groups: dict[int, list[int]] = {}
     for i in range(len(examples)):
