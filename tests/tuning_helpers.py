@@ -24,7 +24,7 @@ def tiny_gemma(path: Path) -> Path:
 
     words = sorted({w for q, a in FACTS for w in (q + " " + a + " Question: Answer:").split()})
     vocab = {"<pad>": 0, "<eos>": 1, "<bos>": 2, "<unk>": 3}
-    for w in words + ["\n"]:
+    for w in [*words, "\n"]:
         vocab.setdefault(w, len(vocab))
     tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()

@@ -9,11 +9,11 @@ from pathlib import Path
 import httpx
 import pytest
 
+from conftest import make_settings
 from keel.app import build_services, create_app
 from keel.config import Settings
 from keel.gateway.services import Services
 
-from conftest import make_settings
 from fakes import FakeUpstream
 
 

@@ -14,9 +14,8 @@ import pytest
 
 pytest.importorskip("peft", reason="training needs the keel[train] extra")
 
-from keel.tuning.spec import TrainSpec  # noqa: E402
-
-from tuning_helpers import FACTS, tiny_gemma, write_dataset  # noqa: E402
+from keel.tuning.spec import TrainSpec
+from tuning_helpers import FACTS, tiny_gemma, write_dataset
 
 STEPS, EVERY = 200, 10
 
@@ -72,7 +71,7 @@ def test_kill_9_mid_training_resumes_from_the_last_checkpoint(tmp_path: Path, ti
     assert result["resumed_from"] == saved  # not from zero ...
     assert reached - saved <= EVERY  # ... and at most one checkpoint interval lost
     assert result["steps"] == STEPS and len(result["losses"]) == STEPS
-    first = [line for line in err2.splitlines() if line.startswith("step ")][0]
+    first = next(line for line in err2.splitlines() if line.startswith("step "))
     assert first.startswith(f"step {saved + 1}/")
     # the tiny model learns its facts: the loss falls
     assert sum(result["losses"][-10:]) < sum(result["losses"][:10])
