@@ -48,6 +48,8 @@ EXPECTED: dict[str, dict[str, list[str]]] = {
     "approvals": {"routes": ["/v1/approvals", "/v1/workflows"], "stages": [],
                   "nav": ["/console/approvals", "/console/workflows"],
                   "cli": ["approvals", "workflows"]},
+    "tuning": {"routes": ["/v1/feedback", "/v1/admin/tuning/versions"], "stages": ["tuning"],
+               "nav": [], "cli": ["feedback", "train"]},
 }
 
 
@@ -56,6 +58,7 @@ def settings_with(tmp_path: Path, off: str | None) -> dict[str, Any]:
         "data_dir": str(tmp_path / "data"), "models_dir": MODELS_DIR,
         "wallets": {"enabled": True, "encryption_key": KEY},
         "degrade": {"levels": LEVELS},
+        "tuning": {"enabled": True},
     }
     if off == "degrade":
         kw["degrade"] = {"enabled": False, "levels": LEVELS}
