@@ -134,3 +134,21 @@ async def test_a_response_names_the_serving_version(
         "model": "fake-gpt", "messages": [{"role": "user", "content": "hi"}]})
     # upstream models are not tuned here: no version header
     assert "x-keel-model-version" not in r.headers
+
+
+async def test_durable_round_with_too_few_corrections_fails_clearly_and_serves_nothing_new(
+        client: httpx.AsyncClient, services: Services):
+    from keel.errors import InvalidRequest
+    from keel.tuning.loop import TuningLoop
+    from keel.tuning.registry import VersionRegistry
+
+    loop = services.get(TuningLoop)
+    with pytest.raises(InvalidRequest, match="not a local chat model"):
+        await loop.start_round("fake-gpt")
+    handle = await loop.start_round("gemma-3-270m")  # a DBOS workflow on the job runtime
+    out = await handle.get_result()
+    assert out["status"] == "failed"
+    assert "0 distinct trainable corrections" in out["reason"]
+    registry = services.get(VersionRegistry)
+    assert await registry.list() == []
+    assert await registry.serving("gemma-3-270m") is None

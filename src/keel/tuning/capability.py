@@ -80,6 +80,11 @@ class TuningCapability(Capability):
         self.loop = TuningLoop(ctx.settings, ctx.db, self.registry, ctx.models.provider,
                                _LazyScrubber(ctx.settings.data_dir))
         self.feedback = FeedbackService(ctx.db, ctx.settings.tuning)
+        from keel.jobs.runtime import JobRuntime
+
+        runtime = ctx.components.find(JobRuntime)
+        if runtime is not None:  # every app has one; embedding apps may not
+            self.loop.bind(runtime)
         for obj in (self.registry, self.loop, self.feedback):
             ctx.components.put(obj, owner=self.name)
 

@@ -99,6 +99,12 @@ async def run_spec_subprocess(spec_path: Path, *, timeout_s: float | None = None
                         + " | ".join(tail))
 
 
+async def _wait(handle: Any) -> RoundResult:
+    out = await handle.get_result()
+    return RoundResult(out.get("status", "failed"), None, out.get("reason", ""),
+                       out.get("dataset", ""))
+
+
 class TuningLoop:
     def __init__(self, settings: Settings, db: Database, registry: VersionRegistry,
                  provider_for: Any, scrubber: Scrubber) -> None:
@@ -110,6 +116,87 @@ class TuningLoop:
         self.scrubber = scrubber
         self.root = settings.data_dir / "tuning"
         self._running: dict[str, asyncio.Task[RoundResult]] = {}
+        self.runtime: Any = None  # keel.jobs.JobRuntime once bound: rounds are durable
+        self._workflow: Any = None
+
+    # -- the durable round: a DBOS workflow on the app's job runtime ----------------------
+
+    def bind(self, runtime: Any) -> None:
+        """Run rounds as the DBOS workflow ``keel.tuning.round`` on ``runtime``: a process
+        killed mid-round resumes it at the step it was in when DBOS recovers it (training
+        resumes from its last checkpoint)."""
+        self.runtime = runtime
+        runtime.on_launch(self._register)
+
+    def _register(self) -> None:
+        from dbos import DBOS
+
+        loop = self
+
+        async def guarded(fn: Any) -> dict[str, Any]:
+            try:
+                return {"ok": await fn()}
+            except KeelError as exc:  # a clear reason, recorded as the step's result
+                return {"error": exc.message}
+
+        @DBOS.step(name="keel.tuning.dataset")
+        async def dataset_step(model: str) -> dict[str, Any]:
+            return await guarded(lambda: loop._dataset_dir(model))
+
+        @DBOS.step(name="keel.tuning.plan")
+        async def plan_step(model: str, ds_dir: str, overrides: dict[str, Any]
+                            ) -> dict[str, Any]:
+            async def go() -> str:
+                champion = await loop.registry.serving(model)
+                return str(loop.plan(model, Path(ds_dir), champion.id if champion else "",
+                                     **overrides))
+            return await guarded(go)
+
+        # a crash or kill of the trainer is retried; each retry resumes from the checkpoint
+        @DBOS.step(name="keel.tuning.train", retries_allowed=True, max_attempts=3,
+                   interval_seconds=5.0)
+        async def train_step(spec_path: str) -> dict[str, Any]:
+            return await guarded(lambda: run_spec_subprocess(Path(spec_path)))
+
+        @DBOS.step(name="keel.tuning.register")
+        async def register_step(spec_path: str) -> dict[str, Any]:
+            async def go() -> dict[str, Any]:
+                r = await loop.register_run(Path(spec_path))
+                return {"status": r.status, "reason": r.reason,
+                        "version": r.version.id if r.version else None}
+            return await guarded(go)
+
+        @DBOS.workflow(name="keel.tuning.round")
+        async def round_workflow(model: str, overrides: dict[str, Any]) -> dict[str, Any]:
+            ds = await dataset_step(model)
+            if "error" in ds:
+                return {"status": "failed", "reason": ds["error"]}
+            spec = await plan_step(model, ds["ok"], overrides)
+            if "error" in spec:
+                return {"status": "failed", "reason": spec["error"]}
+            trained = await train_step(spec["ok"])
+            if "error" in trained:
+                return {"status": "failed", "reason": trained["error"], "spec": spec["ok"]}
+            done = await register_step(spec["ok"])
+            if "error" in done:
+                return {"status": "failed", "reason": done["error"], "spec": spec["ok"]}
+            return {**done["ok"], "spec": spec["ok"], "dataset": Path(ds["ok"]).name}
+
+        self._workflow = round_workflow
+
+    async def _dataset_dir(self, model: str) -> str:
+        _, path = await self.build_dataset(model)
+        return str(path)
+
+    async def start_round(self, model: str, **overrides: Any) -> Any:
+        """Start the durable round for ``model``; returns the DBOS workflow handle."""
+        from dbos import DBOS
+
+        if self.runtime is None:
+            raise KeelError("no job runtime: rounds run durably only inside an app")
+        self._spec(model)  # a model that cannot be tuned fails here, before any work
+        await self.runtime.ensure_started()
+        return await DBOS.start_workflow_async(self._workflow, model, overrides)
 
     def dataset(self, corrections: list[Example], approved: list[Example]) -> Dataset:
         return build(corrections, approved, self.scrubber,
@@ -203,8 +290,13 @@ class TuningLoop:
         n = await self.db.run(lambda c: count_trainable(c, model, since))
         if n < self.tuning.min_new_corrections:
             return False
-        self._running[model] = asyncio.create_task(self.run_round(model),
-                                                   name=f"keel-tuning-{model}")
+        if self.runtime is not None:
+            handle = await self.start_round(model)
+            self._running[model] = asyncio.create_task(_wait(handle),
+                                                       name=f"keel-tuning-{model}")
+        else:
+            self._running[model] = asyncio.create_task(self.run_round(model),
+                                                       name=f"keel-tuning-{model}")
         return True
 
     async def aclose(self) -> None:
