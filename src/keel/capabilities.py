@@ -32,6 +32,8 @@ BUILTIN: tuple[str, ...] = (
     "keel.batch.capability:BatchCapability",
     "keel.hive.capability:HiveCapability",
     "keel.remediation.capability:RemediationCapability",
+    "keel.tuning.capability:TuningCapability",
+    "keel.qa.capability:QaCapability",
 )
 
 

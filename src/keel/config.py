@@ -24,10 +24,12 @@ from keel.degrade.settings import DegradeSettings
 from keel.errors import ConfigError
 from keel.hive.settings import HiveSettings
 from keel.metering.settings import MetricsSettings
+from keel.qa.settings import QaSettings
 from keel.rag.settings import RagSettings
 from keel.remediation.settings import RemediationSettings
 from keel.settings_section import Section
 from keel.tools.settings import ToolSettings
+from keel.tuning.settings import TuningSettings
 from keel.wallets.settings import WalletSettings
 from keel.workflows.settings import WorkflowsSettings
 
@@ -53,6 +55,8 @@ class ModelSpec(Section):
     # local models: "transcript" (Question:/Answer:, for base models like the default) or
     # "gemma" (turn tokens, for instruction-tuned Gemma GGUFs)
     chat_format: Literal["transcript", "gemma"] = "transcript"
+    # local models: a LoRA adapter GGUF applied on top of `path` (a tuned version)
+    lora: str | None = None
 
     @property
     def upstream_model(self) -> str:
@@ -167,6 +171,8 @@ class Settings(BaseSettings):
     tools: ToolSettings = Field(default_factory=ToolSettings)
     wallets: WalletSettings = Field(default_factory=WalletSettings)
     hive: HiveSettings = Field(default_factory=HiveSettings)
+    tuning: TuningSettings = Field(default_factory=TuningSettings)
+    qa: QaSettings = Field(default_factory=QaSettings)
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
     batch: BatchSettings = Field(default_factory=BatchSettings)
     models: list[ModelSpec] = Field(default_factory=list)

@@ -54,6 +54,8 @@ EXPECTED: dict[str, dict[str, list[str]]] = {
              "cli": ["hive"]},
     "remediation": {"routes": ["/v1/remediation/incidents"], "stages": [],
                     "nav": ["/console/remediation"], "cli": ["remediation"]},
+    "tuning": {"routes": ["/v1/feedback", "/v1/admin/tuning/versions"], "stages": ["tuning"],
+               "nav": [], "cli": ["feedback", "train"]},
 }
 
 
@@ -65,6 +67,7 @@ def settings_with(tmp_path: Path, off: str | None) -> dict[str, Any]:
         "batch": {"enabled": True},
         "hive": {"enabled": True},
         "remediation": {"enabled": True},
+        "tuning": {"enabled": True},
     }
     if off == "degrade":
         kw["degrade"] = {"enabled": False, "levels": LEVELS}

@@ -12,13 +12,15 @@ if TYPE_CHECKING:
     from fastapi import FastAPI
 
     from keel.config import Settings
+    from keel.gateway.context import RequestContext
     from keel.gateway.services import Services
     from keel.storage.migrations import Migration
 
 
 class CacheCapability(Capability):
     name = "cache"
-    uses = ("rag",)  # answers are keyed on the RAG index version they were built from
+    # answers are keyed on the RAG index version and the tuned model version they came from
+    uses = ("rag", "tuning")
 
     @classmethod
     def enabled(cls, settings: Settings) -> bool:
@@ -41,14 +43,20 @@ class CacheCapability(Capability):
     def __init__(self, ctx: BuildContext) -> None:
         from keel.cache.build import build_cache
         from keel.rag.stage import RagStage
+        from keel.tuning.registry import VersionRegistry
 
         super().__init__(ctx)
         rag = ctx.components.find(RagStage)
+        tuned = ctx.components.find(VersionRegistry)
+        tags = [t.cache_tag for t in (rag, tuned) if t is not None]
+
+        async def tag(rctx: RequestContext) -> str:
+            return "|".join([await t(rctx) for t in tags])
+
         s = ctx.settings
         self.stage = build_cache(s, ctx.kv, ctx.db, ctx.models.embedder_for(s.cache.embedder),
                                  ctx.metrics.registry,
-                                 rag_tag=rag.cache_tag if rag is not None else None,
-                                 models=ctx.models)
+                                 rag_tag=tag if tags else None, models=ctx.models)
         ctx.components.put(self.stage, owner=self.name)
 
     def stages(self) -> Sequence[StageSlot]:

@@ -104,11 +104,18 @@ class _Engine:
             self.timer = None
 
 
-def start_llama_server(path: Path, n_ctx: int, slots: int, threads: int, api_key: str) -> Any:
+def start_llama_server(path: Path, n_ctx: int, slots: int, threads: int, api_key: str,
+                       lora: str | None = None) -> Any:
     import xllamacpp  # heavy native module: imported on first load only
 
     p = xllamacpp.CommonParams()
     p.model.path = str(path)
+    if lora:
+        if not Path(lora).is_file():
+            raise ModelFileError(f"LoRA adapter {lora} does not exist")
+        adapter = xllamacpp.CommonAdapterLoraInfo()
+        adapter.path, adapter.scale = lora, 1.0
+        p.lora_adapters = [adapter]
     p.n_parallel = slots
     p.n_ctx = n_ctx * slots  # llama.cpp splits n_ctx between the slots
     p.cpuparams.n_threads = threads
@@ -166,7 +173,7 @@ class LocalProvider:
         self._settings = settings
         self._slots = max(1, settings.local.slots if slots is None else slots)
         self._threads = settings.local.threads or _cpu_count()
-        self._engines: dict[tuple[str, int], _Engine] = {}
+        self._engines: dict[tuple[str, int, str], _Engine] = {}
         self._executor = ThreadPoolExecutor(
             max_workers=2 * self._slots + 2, thread_name_prefix="keel-llama"
         )
@@ -202,8 +209,8 @@ class LocalProvider:
     # -- load / unload -------------------------------------------------------------------
 
     @staticmethod
-    def _key(model: ModelSpec) -> tuple[str, int]:
-        return (model.path or "", model.context)
+    def _key(model: ModelSpec) -> tuple[str, int, str]:
+        return (model.path or "", model.context, model.lora or "")
 
     async def preload(self, model: ModelSpec) -> None:
         """Load ``model`` now (startup warm-up, ``keel doctor``); it still idles out."""
@@ -250,6 +257,7 @@ class LocalProvider:
                 self._slots,
                 self._threads,
                 self._api_key,
+                eng.spec.lora,
             )
             eng.server, eng.path = server, path
             eng.load_s = time.perf_counter() - started

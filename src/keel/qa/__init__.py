@@ -1,0 +1,1 @@
+"""Reverse-RAG synthetic QA: sanitized traffic -> personas and prompts -> swarm -> judge -> gate."""

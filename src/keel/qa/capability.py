@@ -1,0 +1,35 @@
+"""Synthetic QA as a capability: the ``keel qa`` CLI group (sanitize, suites, runs, review).
+
+Off by default (``[qa] enabled = true``); its CLI group exists whenever keel is installed,
+since sanitizing a file or running a suite against a staging URL needs no running app.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from keel.capability import Capability, CliGroup
+
+if TYPE_CHECKING:
+    from keel.config import Settings
+
+
+class QaCapability(Capability):
+    name = "qa"
+
+    @classmethod
+    def enabled(cls, settings: Settings) -> bool:
+        return settings.qa.enabled
+
+    @classmethod
+    def how_to_enable(cls) -> str:
+        return "set `enabled = true` in the [qa] table of keel.toml (see docs/qa.md)"
+
+    @classmethod
+    def cli_groups(cls) -> Sequence[CliGroup]:
+        from keel.qa import cli
+
+        return [CliGroup("qa", cli.build,
+                         "Synthetic QA: sanitize logs, build prompt suites, run the swarm "
+                         "against a target and gate on the judge's verdicts.")]

@@ -1,0 +1,40 @@
+"""``[tuning]`` settings: feedback capture, the training trigger and the evaluation gate."""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from keel.settings_section import Section
+
+
+class GateSettings(Section):
+    """Promotion rule: the candidate must win on the held-out split by ``margin`` (exact
+    match, 0..1) and lose at most ``regression_tolerance`` of the regression set."""
+
+    margin: float = Field(default=0.05, ge=0.0, le=1.0)
+    regression_tolerance: float = Field(default=0.0, ge=0.0, le=1.0)
+    max_new_tokens: int = Field(default=48, ge=1, le=1024)
+
+
+class TuningSettings(Section):
+    enabled: bool = False
+    # a thumbs-down without a correction is kept but flagged untrainable; set this to
+    # refuse it instead (400) so every negative vote carries what it should have said
+    require_correction: bool = False
+    max_correction_chars: int = Field(default=8000, ge=1)
+    max_comment_chars: int = Field(default=2000, ge=1)
+    # the trigger: this many new trainable corrections for a model start a training run
+    # (needs the `keel[train]` extra; off: run rounds with `keel train round MODEL`)
+    auto_train: bool = True
+    min_new_corrections: int = Field(default=50, ge=1)
+    min_dataset_rows: int = Field(default=8, ge=2)  # fewer cannot be split into train and eval
+    eval_fraction: float = Field(default=0.2, gt=0.0, lt=1.0)
+    # training defaults (a spec file can override each)
+    lora_rank: int = Field(default=16, ge=1, le=256)
+    learning_rate: float = Field(default=2e-4, gt=0.0)
+    epochs: float = Field(default=3.0, gt=0.0)
+    checkpoint_every: int = Field(default=20, ge=1)
+    # cost reporting: what a CPU / GPU hour of training would cost
+    cpu_usd_per_hour: float = Field(default=0.05, ge=0.0)
+    gpu_usd_per_hour: float = Field(default=1.20, ge=0.0)
+    gate: GateSettings = Field(default_factory=GateSettings)
