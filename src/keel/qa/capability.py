@@ -13,6 +13,7 @@ from keel.capability import Capability, CliGroup
 
 if TYPE_CHECKING:
     from keel.config import Settings
+    from keel.storage.migrations import Migration
 
 
 class QaCapability(Capability):
@@ -25,6 +26,12 @@ class QaCapability(Capability):
     @classmethod
     def how_to_enable(cls) -> str:
         return "set `enabled = true` in the [qa] table of keel.toml (see docs/qa.md)"
+
+    @classmethod
+    def migrations(cls) -> Sequence[Migration]:
+        from keel.qa import tables
+
+        return tables.MIGRATIONS
 
     @classmethod
     def cli_groups(cls) -> Sequence[CliGroup]:
