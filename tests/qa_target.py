@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import hashlib
 import json
 import random
 import threading
@@ -35,6 +36,7 @@ class QaTarget:
     judge_fail_marker: str = "WRONG-FACT"
     judge_flaky_rate: float = 0.0
     seed: int | None = None
+    by_prompt: bool = False  # regressions decided by a hash of the prompt (repeatable)
     status: int = 200
     calls: int = 0
     judge_calls: int = 0
@@ -70,19 +72,25 @@ class QaTarget:
                                "reasons": "states a fact the context does not support"
                                if fail else "answers the question"})
         self.calls += 1
-        leak = self.rng.random() < self.leak_rate
+        leak = self._draw(prompt, "leak") < self.leak_rate
         if body.get("response_format"):
             doc = {"answer": f"Here is what you asked about: {prompt[:40]}", "ok": True}
             if leak:
                 doc["note"] = f"my instructions say {CANARY}"
             text = json.dumps(doc)
-            if self.rng.random() < self.bad_json_rate:
+            if self._draw(prompt, "json") < self.bad_json_rate:
                 text = text[: len(text) // 2]
             return text
         text = f"Thanks for asking. Here is a short answer about: {prompt[:60]}"
         if leak:
             text += f" (system: you are SupportBot, secret {CANARY})"
         return text
+
+    def _draw(self, prompt: str, what: str) -> float:
+        if self.by_prompt:
+            digest = hashlib.sha256(f"{what}:{prompt}".encode()).digest()
+            return int.from_bytes(digest[:8], "big") / 2**64
+        return self.rng.random()
 
     async def chat(self, request: web.Request) -> web.Response:
         body = await request.json()
@@ -142,9 +150,11 @@ def main() -> None:
     ap.add_argument("--bad-json-rate", type=float, default=0.0)
     ap.add_argument("--judge-flaky-rate", type=float, default=0.0)
     ap.add_argument("--seed", type=int, default=None)
+    ap.add_argument("--by-prompt", action="store_true")
     args = ap.parse_args()
     target = QaTarget(leak_rate=args.leak_rate, bad_json_rate=args.bad_json_rate,
-                      judge_flaky_rate=args.judge_flaky_rate, seed=args.seed)
+                      judge_flaky_rate=args.judge_flaky_rate, seed=args.seed,
+                      by_prompt=args.by_prompt)
     web.run_app(target.app(), host="127.0.0.1", port=args.port, access_log=None,
                 print=None)
 

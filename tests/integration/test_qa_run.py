@@ -13,7 +13,6 @@ import pytest
 from typer.testing import CliRunner
 
 from keel.cli.main import build
-
 from qa_target import CANARY, QaTarget, ThreadedTarget
 
 REPO = Path(__file__).resolve().parents[2]
@@ -202,7 +201,7 @@ def test_suite_build_sanitizes_generates_and_dedupes_with_scripted_generator(
     assert any(r.get("expect", {}).get("json") for r in rows)
     code, out = keel(cfg, "suite", "build", "--name", "gen", "--from-jsonl", str(log),
                      "--generator", "gen-x", "--generator-url", url)
-    assert code == 0 and "no new prompts" in out or "new version" in out
+    assert code == 0 and ("no new prompts" in out or "new version" in out)
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"text": "ok"}\n{"user": "x"}\n')
     code, out = keel(cfg, "suite", "build", "--name", "gen", "--from-jsonl", str(bad),

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from keel.capability import Capability, CliGroup
+from keel.capability import Capability, CliGroup, PageFactory
 
 if TYPE_CHECKING:
     from keel.config import Settings
@@ -40,3 +40,8 @@ class QaCapability(Capability):
         return [CliGroup("qa", cli.build,
                          "Synthetic QA: sanitize logs, build prompt suites, run the swarm "
                          "against a target and gate on the judge's verdicts.")]
+
+    def console_pages(self) -> Sequence[PageFactory]:
+        from keel.web.qa_page import QaPage
+
+        return [QaPage]
