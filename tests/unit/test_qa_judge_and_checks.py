@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -35,8 +36,8 @@ class ScriptedJudgeBackend:
 
 
 def verdict(v: str) -> str:
-    return '{"verdict": "%s", "category": "%s", "reasons": "r"}' % (
-        v, "hallucination" if v == "fail" else "none")
+    category = "hallucination" if v == "fail" else "none"
+    return json.dumps({"verdict": v, "category": category, "reasons": "r"})
 
 
 P = SuitePrompt(id="p1", prompt="What does the pro plan cost?")
