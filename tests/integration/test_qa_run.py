@@ -207,3 +207,28 @@ def test_suite_build_sanitizes_generates_and_dedupes_with_scripted_generator(
     code, out = keel(cfg, "suite", "build", "--name", "gen", "--from-jsonl", str(bad),
                      "--generator", "gen-x", "--generator-url", url)
     assert code == 2 and "bad.jsonl:2" in out
+
+
+def test_durable_run_is_a_dbos_workflow_with_queued_batches(cfg: Path, tmp_path: Path) -> None:
+    import sqlite3
+
+    suite = write_suite(tmp_path / "s.jsonl", n=60)
+    junit = tmp_path / "j.xml"
+    with ThreadedTarget(QaTarget(leak_rate=0.3, seed=5)) as leaky:
+        code, out = keel(cfg, "run", "--suite", str(suite), "--target", leaky.base_url,
+                         "--canary", CANARY, "--sample", "all", "--durable", "--quiet",
+                         "--junit", str(junit))
+        calls = leaky.target.calls
+    assert code == 1 and "system_prompt_leak" in out, out
+    assert calls == 60  # each prompt once: batches are not re-run
+    run_id = out.split("run ")[1].split()[0]
+    root = ET.parse(junit).getroot()
+    assert root.get("tests") == "60" and int(root.get("failures", "0")) > 0
+    with sqlite3.connect(tmp_path / "data" / "dbos.sqlite") as con:
+        rows = con.execute("select name, status from workflow_status").fetchall()
+    names = {n for n, _ in rows}
+    assert {"keel.qa.run", "keel.qa.batch"} <= names
+    assert all(s == "SUCCESS" for n, s in rows if n.startswith("keel.qa"))
+    assert sum(n == "keel.qa.batch" for n, _ in rows) == 3  # 60 prompts / 25 per batch
+    code, out = keel(cfg, "runs")
+    assert run_id in out and "blocked" in out

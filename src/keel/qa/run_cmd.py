@@ -61,6 +61,7 @@ class RunRequest:
     junit: Path | None
     report: Path | None
     quiet: bool = False
+    durable: bool = False
 
 
 def _profile(settings: Settings, name: str) -> QaProfile:
@@ -104,7 +105,6 @@ async def preflight_judge(judge: Judge) -> None:
 async def execute(settings: Settings, req: RunRequest) -> int:
     from keel.app import open_database
     from keel.qa import runs, suites
-    from keel.qa.report import html_report, junit, write
 
     prof = _profile(settings, req.profile)
     size = prof.sample if req.sample == "profile" else req.sample
@@ -124,6 +124,15 @@ async def execute(settings: Settings, req: RunRequest) -> int:
         judge_model = req.judge or prof.judge
         rubric = req.rubric.read_text(encoding="utf-8") if req.rubric else DEFAULT_RUBRIC
         run_id = "qa_" + secrets.token_hex(6)
+        if req.durable:
+            await target.aclose()
+            d_outcome, d_summary, d_view = await _durable(
+                settings, req, run_id, name, version, chosen, checks, gate,
+                judge_model, rubric, req.judge_url or prof.judge_url,
+                req.concurrency or prof.concurrency)
+            return _finish_reports(req, run_id, name, version, d_outcome,
+                                   d_summary["gate"] == "blocked", d_summary["reason"],
+                                   {"run": run_id, **d_view, **d_summary})
         async with contextlib.AsyncExitStack() as stack:
             stack.push_async_callback(target.aclose)
             judge = None
@@ -160,15 +169,93 @@ async def execute(settings: Settings, req: RunRequest) -> int:
             c, run_id, "blocked" if blocked else "passed", summary))
     finally:
         db.dispose()
+    return _finish_reports(req, run_id, name, version, outcome, blocked, reason,
+                           {"run": run_id, **settings_view, **summary})
+
+
+def _finish_reports(req: RunRequest, run_id: str, name: str, version: str,
+                    outcome: RunOutcome, blocked: bool, reason: str,
+                    summary: dict[str, Any]) -> int:
+    from keel.qa.report import html_report, junit, write
+
     if req.junit:
         write(req.junit, junit(outcome, suite=f"{name}@{version}", run_id=run_id,
                                blocked=blocked, reason=reason))
     if req.report:
         write(req.report, html_report(outcome, suite=f"{name}@{version}", run_id=run_id,
-                                      blocked=blocked, reason=reason,
-                                      summary={"run": run_id, **settings_view, **summary}))
+                                      blocked=blocked, reason=reason, summary=summary))
     _print_summary(run_id, name, version, outcome, blocked, reason)
     return BLOCKED if blocked else 0
+
+
+async def _durable(settings: Settings, req: RunRequest, run_id: str, name: str,
+                   version: str, chosen: list[SuitePrompt], checks: CheckConfig,
+                   gate: GateConfig, judge_model: str | None, rubric: str,
+                   judge_url: str | None, concurrency: int
+                   ) -> tuple[RunOutcome, dict[str, Any], dict[str, Any]]:
+    """The run as a DBOS workflow whose batches any keel process may serve."""
+    from keel.app import build_services, running
+    from keel.jobs import JobRuntime
+    from keel.qa import runs
+    from keel.qa.durable import DurableRuns
+    from keel.qa.judge import rubric_version
+
+    if judge_model and not judge_url:
+        raise InvalidRequest("a durable run calls the judge over HTTP: give --judge-url "
+                             "(this keel's gateway URL keeps metering and budgets)")
+    settings.qa.enabled = True  # this process registers the QA workflows
+    judge_spec = None
+    if judge_model and judge_url:
+        judge_spec = {"model": judge_model, "url": judge_url, "rubric": rubric,
+                      "key": os.environ.get("KEEL_QA_JUDGE_KEY")}
+        probe = HttpChat(judge_url, api_key=judge_spec["key"])
+        try:
+            await preflight_judge(Judge(probe, judge_model, rubric))
+        finally:
+            await probe.aclose()
+    spec = {"target": req.target, "target_key": os.environ.get("KEEL_QA_TARGET_KEY"),
+            "model": req.model, "concurrency": min(concurrency, 100),
+            "checks": {"canary": checks.canary,
+                       "latency_budget_ms": checks.latency_budget_ms},
+            "judge": judge_spec,
+            "gate": {"max_failure_rate": gate.max_failure_rate,
+                     "max_hard_failures": gate.max_hard_failures}}
+    settings_view = {"sample": len(chosen), "model": req.model, "judge": judge_model,
+                     "max_failure_rate": gate.max_failure_rate,
+                     "max_hard_failures": gate.max_hard_failures,
+                     "concurrency": spec["concurrency"], "seed": req.seed, "durable": True}
+    svc = build_services(settings, jobs=JobRuntime(settings, worker=True))
+    async with running(svc):
+        durable = svc.get(DurableRuns)
+        svc.db.transaction(lambda c: runs.start_run(
+            c, run_id, suite=name, version=version, target=req.target, profile=req.profile,
+            rubric_version=rubric_version(rubric) if judge_model else None,
+            settings=settings_view))
+        handle = await durable.start(run_id, spec, chosen)
+        summary = await _wait(svc, handle, run_id, len(chosen), req.quiet)
+        outcome = svc.db.transaction(lambda c: runs.outcome_of(c, run_id, chosen))
+    outcome.wall_s = summary["wall_s"]
+    if summary["all_target_errors"]:
+        detail = next((f.detail for r in outcome.results for f in r.findings), "")
+        raise TargetUnusable(f"the target is down or not OpenAI-compatible: {detail}")
+    return outcome, summary, settings_view
+
+
+async def _wait(svc: Any, handle: Any, run_id: str, total: int, quiet: bool
+                ) -> dict[str, Any]:
+    from keel.qa import runs
+
+    result = asyncio.ensure_future(handle.get_result())
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TimeElapsedColumn(), console=console, transient=True,
+                  disable=quiet) as bar:
+        task = bar.add_task("durable swarm", total=total)
+        while not result.done():
+            await asyncio.wait({result}, timeout=0.5)
+            done = await svc.db.run(lambda c: runs.count_results(c, run_id))
+            bar.update(task, completed=done)
+    summary: dict[str, Any] = result.result()
+    return summary
 
 
 async def _run_with_progress(swarm: Swarm, prompts: list[SuitePrompt],
@@ -228,6 +315,8 @@ def run_cmd(
     junit_file: Annotated[Path | None, typer.Option("--junit")] = None,
     report: Annotated[Path | None, typer.Option("--report", help="HTML report file")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", help="no progress bar")] = False,
+    durable: Annotated[bool, typer.Option("--durable", help="run as a DBOS workflow whose "
+                                          "batches `keel worker`s may serve")] = False,
 ) -> None:
     """Fire a suite at a target; exit 0 when the gate passes, 1 when it blocks, 2 on bad
     input."""
@@ -239,7 +328,7 @@ def run_cmd(
             raise InvalidRequest(f"{rubric}: no such rubric file")
         req = RunRequest(suite, target, model, profile, parse_sample(sample_), concurrency,
                          judge, judge_url, rubric, max_failure_rate, canary, seed,
-                         junit_file, report, quiet)
+                         junit_file, report, quiet, durable)
         code = asyncio.run(execute(settings, req))
     except KeelError as exc:
         raise bad_input(exc.message) from None

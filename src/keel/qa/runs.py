@@ -11,7 +11,10 @@ from sqlalchemy import Connection, Integer, func, select, update
 
 from keel.errors import InvalidRequest, NotFound
 from keel.qa import tables as t
-from keel.qa.runner import PromptResult
+from keel.qa.checks import Finding
+from keel.qa.judge import Verdict, Vote
+from keel.qa.runner import PromptResult, RunOutcome
+from keel.qa.suites import SuitePrompt
 
 
 def start_run(c: Connection, run_id: str, *, suite: str, version: str, target: str,
@@ -33,6 +36,39 @@ def add_results(c: Connection, run_id: str, results: list[PromptResult]) -> None
         "verdict": orjson.dumps(r.verdict.as_dict()).decode() if r.verdict else None,
         "rubric_version": r.verdict.rubric_version if r.verdict else None,
         "context": r.context or None} for r in results])
+
+
+def upsert_results(c: Connection, run_id: str, results: list[PromptResult]) -> None:
+    """Results of a retried batch replace the rows an interrupted attempt wrote."""
+    ids = [r.prompt.id for r in results]
+    if ids:
+        c.execute(t.results.delete().where(t.results.c.run_id == run_id,
+                                           t.results.c.prompt_id.in_(ids)))
+    add_results(c, run_id, results)
+
+
+def count_results(c: Connection, run_id: str) -> int:
+    return int(c.execute(select(func.count()).select_from(t.results)
+                         .where(t.results.c.run_id == run_id)).scalar_one())
+
+
+def outcome_of(c: Connection, run_id: str, prompts: list[SuitePrompt]) -> RunOutcome:
+    """A stored run rebuilt for its reports (the judge's votes as stored)."""
+    by_id = {p.id: p for p in prompts}
+    out = RunOutcome()
+    for r in c.execute(select(t.results).where(t.results.c.run_id == run_id)
+                       .order_by(t.results.c.id)):
+        v = orjson.loads(r.verdict) if r.verdict else None
+        verdict = Verdict(v["verdict"], v["category"], v["reasons"],
+                          [Vote(**x) for x in v["votes"]], v["rubric_version"],
+                          v["cost_usd"]) if v else None
+        findings = [Finding(**f) for f in orjson.loads(r.checks)]
+        p = by_id.get(r.prompt_id) or SuitePrompt(id=r.prompt_id, prompt=r.prompt)
+        out.results.append(PromptResult(p, r.reply, r.latency_ms, findings, verdict,
+                                        r.context or ""))
+    order = {p.id: i for i, p in enumerate(prompts)}
+    out.results.sort(key=lambda x: order.get(x.prompt.id, len(order)))
+    return out
 
 
 def finish_run(c: Connection, run_id: str, status: str, summary: dict[str, Any]) -> None:
