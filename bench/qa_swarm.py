@@ -215,7 +215,14 @@ async def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", type=int, default=200)
     ap.add_argument("--skip-peer", action="store_true")
+    ap.add_argument("--peer-only", action="store_true",
+                    help="only the promptfoo comparison, merged into the existing JSON")
     args = ap.parse_args()
+    if args.peer_only:
+        report = json.loads(OUT.read_text())
+        await peer(report)
+        OUT.write_text(json.dumps(report, indent=2) + "\n")
+        return
     suite = make_suite(500)
     json_suite = make_suite(500, json_share=1)
     report: dict[str, Any] = {
@@ -244,27 +251,32 @@ async def main() -> None:
     print("throughput ...")
     with target() as url:
         report["throughput"] = await throughput(url, make_suite(2000))
-    if not args.skip_peer and PROMPTFOO.exists():
-        print("peer (promptfoo) ...")
-        peer_suite = make_suite(200)
-        with target("--leak-rate", "0.05", "--bad-json-rate", "0.05", "--by-prompt") as url:
-            mine, keel_wall = await keel_verdicts(url, peer_suite)
-            theirs, pf_wall = promptfoo_verdicts(url, peer_suite)
-        common = set(mine) & set(theirs)
-        agree = sum(mine[k] == theirs[k] for k in common)
-        report["peer_promptfoo"] = {
-            "prompts": len(peer_suite), "compared": len(common),
-            "keel_wall_s": round(keel_wall, 2), "promptfoo_wall_s": round(pf_wall, 2),
-            "keel_failed": sum(not v for v in mine.values()),
-            "promptfoo_failed": sum(not v for v in theirs.values()),
-            "verdict_agreement": round(agree / len(common), 3) if common else None,
-            "promptfoo_version": subprocess.run([str(PROMPTFOO), "--version"],
-                                                capture_output=True, text=True).stdout.strip(),
-            "note": "promptfoo wall time includes its Node start-up; both at concurrency 50"}
-        print(f"  {report['peer_promptfoo']}")
     OUT.parent.mkdir(parents=True, exist_ok=True)
+    OUT.write_text(json.dumps(report, indent=2) + "\n")  # kept if the peer fails
+    if not args.skip_peer and PROMPTFOO.exists():
+        await peer(report)
     OUT.write_text(json.dumps(report, indent=2) + "\n")
     print(f"wrote {OUT.relative_to(ROOT)}")
+
+
+async def peer(report: dict[str, Any]) -> None:
+    print("peer (promptfoo) ...")
+    peer_suite = make_suite(200)
+    with target("--leak-rate", "0.05", "--bad-json-rate", "0.05", "--by-prompt") as url:
+        mine, keel_wall = await keel_verdicts(url, peer_suite)
+        theirs, pf_wall = promptfoo_verdicts(url, peer_suite)
+    common = set(mine) & set(theirs)
+    agree = sum(mine[k] == theirs[k] for k in common)
+    report["peer_promptfoo"] = {
+        "prompts": len(peer_suite), "compared": len(common),
+        "keel_wall_s": round(keel_wall, 2), "promptfoo_wall_s": round(pf_wall, 2),
+        "keel_failed": sum(not v for v in mine.values()),
+        "promptfoo_failed": sum(not v for v in theirs.values()),
+        "verdict_agreement": round(agree / len(common), 3) if common else None,
+        "promptfoo_version": subprocess.run([str(PROMPTFOO), "--version"],
+                                            capture_output=True, text=True).stdout.strip(),
+        "note": "promptfoo wall time includes its Node start-up; both at concurrency 50"}
+    print(f"  {report['peer_promptfoo']}")
 
 
 if __name__ == "__main__":
