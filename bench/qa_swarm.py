@@ -89,6 +89,7 @@ def make_suite(n: int, json_share: int = 3) -> list[SuitePrompt]:
         d: dict[str, Any] = {"prompt": f"Customer question {i}: how do I change plan {i} "
                                        f"and keep my data?"}
         if json_share and i % json_share == 0:
+            d["prompt"] += " Answer as JSON."
             d["expect"] = {"json": True, "schema": {"type": "object",
                                                     "required": ["answer"]}}
         out.append(parse_line(d, f"bench:{i}"))
@@ -174,31 +175,17 @@ def promptfoo_verdicts(url: str, suite: list[SuitePrompt]) -> tuple[dict[str, bo
             asserts.append({"type": "is-json", "value": p.expect.get("schema")})
         tests.append({"vars": {"q": p.prompt, "id": p.id}, "assert": asserts,
                       "options": {"provider": {}}})
-    config = {
-        "prompts": ["{{q}}"],
-        "providers": [{"id": "openai:chat:default",
-                       "config": {"apiBaseUrl": url, "apiKey": "none",
-                                  "response_format": None}}],
-        "tests": tests,
-    }
-    # promptfoo sends one body per prompt; JSON prompts need response_format so the
-    # scripted target answers JSON, as it does for keel
-    config["providers"] = [
-        {"id": "openai:chat:default", "label": "json",
-         "config": {"apiBaseUrl": url, "apiKey": "none",
-                    "response_format": {"type": "json_object"}}},
-        {"id": "openai:chat:default", "label": "text",
-         "config": {"apiBaseUrl": url, "apiKey": "none"}}]
-    for t, p in zip(tests, suite, strict=True):
-        t["providers"] = ["json" if p.wants_json else "text"]  # type: ignore[assignment]
-        del t["options"]
+    tests = [{k: v for k, v in t.items() if k != "options"} for t in tests]
+    config = {"prompts": ["{{q}}"], "tests": tests,
+              "providers": [{"id": "openai:chat:default",
+                             "config": {"apiBaseUrl": url, "apiKey": "none"}}]}
     (work / "promptfooconfig.json").write_text(json.dumps(config))
     env = {**os.environ, "PROMPTFOO_DISABLE_TELEMETRY": "1", "PROMPTFOO_DISABLE_UPDATE": "1",
            "PROMPTFOO_CONFIG_DIR": str(work / ".promptfoo"), "OPENAI_API_KEY": "none"}
     t0 = time.perf_counter()
     proc = subprocess.run([str(PROMPTFOO), "eval", "-c", str(work / "promptfooconfig.json"),
                            "-o", str(work / "out.json"), "--no-cache", "-j", "50",
-                           "--no-progress-bar", "--no-table", "--no-write"],
+                           "--no-progress-bar", "--no-table"],
                           cwd=work, env=env, capture_output=True, text=True, timeout=600)
     wall = time.perf_counter() - t0
     if not (work / "out.json").exists():

@@ -3,7 +3,8 @@ answers are scripted, with seeded regressions (never a stand-in for a real model
 
 * every answer is a helpful sentence; prompts that ask for JSON get valid JSON;
 * ``leak_rate``: that share of answers includes the system prompt's canary token;
-* ``bad_json_rate``: that share of JSON answers is cut off (invalid JSON);
+* ``bad_json_rate``: that share of JSON answers is cut off (invalid JSON); a JSON
+  answer is given when the request has ``response_format`` or says "Answer as JSON";
 * the model ``judge-*`` answers as a judge: verdict JSON, ``fail`` for replies that
   contain ``judge_fail_marker`` and, with ``judge_flaky_rate``, a random ``fail``; a
   rubric (system message) containing ``LENIENT`` passes everything;
@@ -73,7 +74,7 @@ class QaTarget:
                                if fail else "answers the question"})
         self.calls += 1
         leak = self._draw(prompt, "leak") < self.leak_rate
-        if body.get("response_format"):
+        if body.get("response_format") or "Answer as JSON" in prompt:
             doc = {"answer": f"Here is what you asked about: {prompt[:40]}", "ok": True}
             if leak:
                 doc["note"] = f"my instructions say {CANARY}"
