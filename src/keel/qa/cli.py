@@ -1,4 +1,4 @@
-"""``keel qa``: sanitize logs (more commands join as the suite builder and runner land)."""
+"""``keel qa``: sanitize logs, manage suites, run the swarm, review the judge."""
 
 from __future__ import annotations
 
@@ -76,6 +76,14 @@ def sanitize_cmd(
 
 
 def build() -> typer.Typer:
+    from keel.qa import review_cmd, run_cmd, suite_cmd
+
     app = typer.Typer(no_args_is_help=True, help="Synthetic QA.")
     app.command("sanitize")(sanitize_cmd)
+    app.command("run")(run_cmd.run_cmd)
+    app.command("runs")(review_cmd.runs_cmd)
+    app.command("review")(review_cmd.review_cmd)
+    app.command("replay")(review_cmd.replay_cmd)
+    app.add_typer(suite_cmd.build(), name="suite", help="Prompt suites: import, build, "
+                                                        "list, show, diff, export.")
     return app
