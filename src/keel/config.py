@@ -23,6 +23,7 @@ from keel.degrade.settings import DegradeSettings
 from keel.errors import ConfigError
 from keel.metering.settings import MetricsSettings
 from keel.rag.settings import RagSettings
+from keel.reasoning.settings import ReasonerSpec, check_unique
 from keel.settings_section import Section
 from keel.tools.settings import ToolSettings
 from keel.wallets.settings import WalletSettings
@@ -161,6 +162,7 @@ class Settings(BaseSettings):
     wallets: WalletSettings = Field(default_factory=WalletSettings)
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
     models: list[ModelSpec] = Field(default_factory=list)
+    reasoners: list[ReasonerSpec] = Field(default_factory=list)  # [[reasoners]]
     # settings of capabilities from other packages: [plugins.NAME], validated by each one
     plugins: dict[str, dict[str, Any]] = Field(default_factory=dict)
 
@@ -173,6 +175,11 @@ class Settings(BaseSettings):
                 raise ValueError(f"model {m.name!r} is defined twice in [[models]]")
             seen.add(m.name)
         return models
+
+    @field_validator("reasoners")
+    @classmethod
+    def _unique_reasoners(cls, reasoners: list[ReasonerSpec]) -> list[ReasonerSpec]:
+        return check_unique(reasoners)
 
     # -- derived ----------------------------------------------------------------------
 
