@@ -29,6 +29,7 @@ BUILTIN: tuple[str, ...] = (
     "keel.tools.capability:ToolsCapability",
     "keel.wallets.capability:WalletsCapability",
     "keel.approvals.capability:ApprovalsCapability",
+    "keel.reasoning.capability:ReasoningCapability",
 )
 
 

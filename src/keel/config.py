@@ -31,7 +31,8 @@ from keel.workflows.settings import WorkflowsSettings
 
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
-ProviderKind = Literal["local", "openai"]
+# "virtual": a model a capability answers itself (added to the registry, never configured)
+ProviderKind = Literal["local", "openai", "virtual"]
 ModelKind = Literal["chat", "embedding"]
 
 
@@ -173,6 +174,9 @@ class Settings(BaseSettings):
         for m in models:
             if m.name in seen:
                 raise ValueError(f"model {m.name!r} is defined twice in [[models]]")
+            if m.provider == "virtual":
+                raise ValueError(f"model {m.name!r}: provider 'virtual' is reserved for "
+                                 "models capabilities add (reasoner/NAME)")
             seen.add(m.name)
         return models
 

@@ -107,7 +107,7 @@ def retryable(exc: BaseException) -> bool:
 
 def backoff_s(attempt: int, base_s: float, cap_s: float, rng: random.Random) -> float:
     """Exponential backoff with equal jitter: half the step fixed, half random."""
-    step = min(cap_s, base_s * (2 ** attempt))
+    step = min(cap_s, base_s * 2.0 ** attempt)
     return step / 2 + rng.uniform(0, step / 2)
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import secrets
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,6 +30,7 @@ from sqlalchemy import (
     update,
 )
 
+from keel.reasoning.calls import Reply
 from keel.storage.migrations import Migration
 from keel.storage.sql import Database
 
@@ -168,6 +170,7 @@ def _sample(row: Any) -> dict[str, Any]:
 class RunStore:
     def __init__(self, db: Database) -> None:
         self.db = db
+        self.on_write: Callable[[str], None] = lambda run_id: None  # wakes watchers
 
     async def create(self, run: Run, anon_ids: list[str], models: list[str]) -> None:
         def tx(c: Connection) -> None:
@@ -184,6 +187,7 @@ class RunStore:
             _event(c, run.id, "created", {"n": run.n, "reasoner": run.reasoner})
 
         await self.db.run(tx)
+        self.on_write(run.id)
 
     async def get(self, run_id: str, *, with_samples: bool = True) -> Run | None:
         def q(c: Connection) -> Run | None:
@@ -199,7 +203,7 @@ class RunStore:
 
         return await self.db.run(q)
 
-    async def list(self, tenant: str | None = None, limit: int = 50) -> list[Run]:
+    async def recent(self, tenant: str | None = None, limit: int = 50) -> list[Run]:
         def q(c: Connection) -> list[Run]:
             stmt = select(runs).order_by(runs.c.created_at.desc()).limit(limit)
             if tenant is not None:
@@ -227,17 +231,7 @@ class RunStore:
                 _event(c, run_id, event[0], event[1])
 
         await self.db.run(tx)
-
-    async def add_spend(self, run_id: str, cost: float, prompt: int, completion: int,
-                        judge_calls: int = 0) -> None:
-        def tx(c: Connection) -> None:
-            c.execute(update(runs).where(runs.c.id == run_id).values(
-                cost_usd=runs.c.cost_usd + cost,
-                prompt_tokens=runs.c.prompt_tokens + prompt,
-                completion_tokens=runs.c.completion_tokens + completion,
-                judge_calls=runs.c.judge_calls + judge_calls))
-
-        await self.db.run(tx)
+        self.on_write(run_id)
 
     async def update_sample(self, run_id: str, idx: int,
                             event: tuple[str, dict[str, Any]] | None = None,
@@ -249,6 +243,37 @@ class RunStore:
                 _event(c, run_id, event[0], event[1])
 
         await self.db.run(tx)
+        self.on_write(run_id)
+
+    async def finish_sample(self, run_id: str, idx: int, reply: Reply, attempts: int,
+                            latency_ms: float, anon_id: str) -> None:
+        """A successful sample, its spend on the run and its event, in one transaction."""
+        def tx(c: Connection) -> None:
+            c.execute(update(samples).where(
+                and_(samples.c.run_id == run_id, samples.c.idx == idx)).values(
+                status="ok", attempts=attempts, text=reply.text,
+                prompt_tokens=reply.prompt_tokens, completion_tokens=reply.completion_tokens,
+                cost_usd=reply.cost_usd, request_id=reply.request_id, latency_ms=latency_ms))
+            _spend(c, run_id, reply, 0)
+            _event(c, run_id, "sample", {
+                "index": idx, "id": anon_id, "attempts": attempts,
+                "completion_tokens": reply.completion_tokens, "cost_usd": reply.cost_usd,
+                "latency_ms": round(latency_ms, 1)})
+
+        await self.db.run(tx)
+        self.on_write(run_id)
+
+    async def judged(self, run_id: str, data: dict[str, Any]) -> None:
+        """A judge call's verdict (kept for resuming: never asked twice) and its spend."""
+        reply = Reply(data["text"], data["prompt_tokens"], data["completion_tokens"],
+                      data["cost_usd"], data["request_id"])
+
+        def tx(c: Connection) -> None:
+            _spend(c, run_id, reply, 1)
+            _event(c, run_id, "judge", data)
+
+        await self.db.run(tx)
+        self.on_write(run_id)
 
     async def verdicts(self, run_id: str, verdicts: dict[int, tuple[str, str | None]]) -> None:
         def tx(c: Connection) -> None:
@@ -258,9 +283,11 @@ class RunStore:
                     .values(verdict=verdict, reason=reason))
 
         await self.db.run(tx)
+        self.on_write(run_id)
 
     async def event(self, run_id: str, kind: str, data: dict[str, Any]) -> None:
         await self.db.run(lambda c: _event(c, run_id, kind, data))
+        self.on_write(run_id)
 
     async def events(self, run_id: str, after: int = 0) -> list[dict[str, Any]]:
         def q(c: Connection) -> list[dict[str, Any]]:
@@ -271,6 +298,14 @@ class RunStore:
                     for r in rows]
 
         return await self.db.run(q)
+
+
+def _spend(c: Connection, run_id: str, reply: Reply, judge_calls: int) -> None:
+    c.execute(update(runs).where(runs.c.id == run_id).values(
+        cost_usd=runs.c.cost_usd + reply.cost_usd,
+        prompt_tokens=runs.c.prompt_tokens + reply.prompt_tokens,
+        completion_tokens=runs.c.completion_tokens + reply.completion_tokens,
+        judge_calls=runs.c.judge_calls + judge_calls))
 
 
 def _event(c: Connection, run_id: str, kind: str, data: dict[str, Any]) -> None:
