@@ -71,7 +71,11 @@ class ReasoningService:
                     return
                 if not batch:
                     run = await self.store.get(run_id, with_samples=False)
-                    if run is None or run.done:
+                    if run is None:
+                        return
+                    if run.done:  # it ended after the query above: send the last events
+                        for e in await self.store.events(run_id, after):
+                            yield e
                         return
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(ev.wait(), POLL_S)
