@@ -80,8 +80,16 @@ class ReasoningUpstream:
         if self.calls[key] <= self.fail_first:
             return web.json_response({"error": {"message": "busy"}}, status=503)
         seed = int(body.get("seed") or 0)
-        return self._reply(body, self.answers[seed % len(self.answers)],
-                           self.completion_tokens)
+        n = int(body.get("n") or 1)  # OpenAI's n: several choices in one answer
+        resp = self._reply(body, self.answers[seed % len(self.answers)],
+                           self.completion_tokens * n)
+        if n > 1:
+            data = json.loads(resp.text or "{}")
+            data["choices"] = [{"index": i, "finish_reason": "stop", "message": {
+                "role": "assistant", "content": self.answers[(seed + i) % len(self.answers)]}}
+                for i in range(n)]
+            return web.json_response(data)
+        return resp
 
     def _judge(self, body: dict[str, Any]) -> web.Response:
         if self.judge_text is not None:
@@ -140,9 +148,13 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--port", type=int, required=True)
     ap.add_argument("--delay", type=float, default=0.0)
+    ap.add_argument("--judge-delay", type=float, default=0.0)
     ap.add_argument("--log", default=None)
+    ap.add_argument("--completion-tokens", type=int, default=10)
     a = ap.parse_args()
-    up = ReasoningUpstream(delay_s=a.delay, log_path=a.log, port=a.port)
+    up = ReasoningUpstream(delay_s=a.delay, judge_delay_s=a.judge_delay, log_path=a.log,
+                           port=a.port, completion_tokens=a.completion_tokens,
+                           answers=["alpha", "beta", "gamma", "delta"])
     web.run_app(up.app(), host="127.0.0.1", port=a.port, access_log=None, print=None)
 
 

@@ -14,12 +14,11 @@ from typing import Any
 import httpx
 import pytest
 
+from conftest import make_settings
 from keel.app import build_services, create_app
 from keel.config import Settings
 from keel.gateway.services import Services
 from keel.reasoning.service import ReasoningService
-
-from conftest import make_settings
 from reasoning_upstream import ReasoningUpstream
 
 

@@ -13,7 +13,7 @@ JSON = dict[str, Any]
 
 _REJECTED = {"type": "array", "items": {
     "type": "object", "properties": {"id": {"type": "string"}, "reason": {"type": "string"}},
-    "required": ["id", "reason"]}}
+    "required": ["id", "reason"], "additionalProperties": False}}
 FINAL_SCHEMA: JSON = {
     "type": "object",
     "properties": {
@@ -22,9 +22,10 @@ FINAL_SCHEMA: JSON = {
         "citations": {"type": "array", "items": {
             "type": "object",
             "properties": {"id": {"type": "string"}, "insight": {"type": "string"}},
-            "required": ["id", "insight"]}},
+            "required": ["id", "insight"], "additionalProperties": False}},
     },
     "required": ["rejected", "answer", "citations"],
+    "additionalProperties": False,
 }
 
 
@@ -33,14 +34,14 @@ def keep_schema(survivors: int) -> JSON:
             "properties": {"keep": {"type": "array", "items": {"type": "string"},
                                     "maxItems": survivors},
                            "rejected": _REJECTED},
-            "required": ["keep", "rejected"]}
+            "required": ["keep", "rejected"], "additionalProperties": False}
 
 
 def vote_schema(keep: int) -> JSON:
     return {"type": "object",
             "properties": {"best": {"type": "array", "items": {"type": "string"},
                                     "maxItems": keep}},
-            "required": ["best"]}
+            "required": ["best"], "additionalProperties": False}
 
 
 def question_text(messages: Sequence[JSON]) -> str:
