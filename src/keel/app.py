@@ -27,6 +27,7 @@ from keel.gateway.pipeline import Pipeline, Stage
 from keel.gateway.routes import OpenAIRoutes
 from keel.gateway.services import Services
 from keel.gateway.terminal import ProviderCall
+from keel.jobs.runtime import JobRuntime
 from keel.metering import request_log
 from keel.metering.exposition import MetricsExposition
 from keel.metering.metrics import GatewayMetrics
@@ -66,10 +67,12 @@ def build_services(
     embedder: Embedder | None = None,
     stages: Sequence[Stage] = (),
     capabilities: Iterable[type[Capability]] = (),
+    jobs: JobRuntime | None = None,
 ) -> Services:
     """Build the core, then each enabled capability in dependency order; compose the
     pipeline once from their stages (by slot), then ``stages``, then metering.
-    ``capabilities`` adds capabilities to the built-in and entry-point ones."""
+    ``capabilities`` adds capabilities to the built-in and entry-point ones; ``jobs`` is
+    the DBOS runtime to use (a ``keel worker`` passes one in worker mode)."""
     private_dir(settings.data_dir)
     available = capabilities_mod.available(capabilities)
     _check_plugin_tables(settings, available)
@@ -80,6 +83,7 @@ def build_services(
                               on_drop=lambda n: metrics.log_dropped.inc(n))
     kv = open_kv(settings.kv)
     components = Components()
+    components.put(jobs or JobRuntime(settings), owner="core")  # launches on first use
     ctx = BuildContext(settings=settings, db=db, kv=kv, models=models, metrics=metrics,
                        components=components)
     built: list[Capability] = []
@@ -111,6 +115,32 @@ def _check_plugin_tables(settings: Settings, available: Sequence[type[Capability
                           f"installed (installed: {', '.join(sorted(names))})")
 
 
+@contextlib.asynccontextmanager
+async def running(svc: Services) -> AsyncIterator[Services]:
+    """Start the request log, the capabilities (in order) and the job runtime; on exit stop
+    everything started, in reverse, even when a later start failed. The gateway's lifespan
+    and ``keel worker`` both run their services in this."""
+    svc.request_log.start()
+    started: list[Capability] = []
+    try:
+        for cap in svc.capabilities:
+            await cap.start()
+            started.append(cap)
+        await svc.get(JobRuntime).resume()  # durable work a crash left behind
+        yield svc
+    finally:
+        for cap in reversed(started):
+            try:
+                await cap.stop()
+            except Exception:
+                log.exception("stopping the %s capability failed", cap.name)
+        await svc.get(JobRuntime).stop()
+        await svc.request_log.aclose()
+        await svc.models.aclose()
+        await svc.kv.aclose()
+        svc.db.dispose()
+
+
 def create_app(settings: Settings, *, services: Services | None = None, **kw: Any) -> FastAPI:
     svc = services or build_services(settings, **kw)
 
@@ -121,25 +151,12 @@ def create_app(settings: Settings, *, services: Services | None = None, **kw: An
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
-        svc.request_log.start()
         await exposition.start()
-        started: list[Capability] = []
         try:
-            for cap in svc.capabilities:
-                await cap.start()
-                started.append(cap)
-            yield
+            async with running(svc):
+                yield
         finally:
-            for cap in reversed(started):  # everything started is stopped, even on errors
-                try:
-                    await cap.stop()
-                except Exception:
-                    log.exception("stopping the %s capability failed", cap.name)
             await exposition.aclose()
-            await svc.request_log.aclose()
-            await svc.models.aclose()
-            await svc.kv.aclose()
-            svc.db.dispose()
 
     # FastAPI's built-in OpenTelemetry costs ~25 µs per request; opt in with server.otel.
     otel = settings.server.otel

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from keel.approvals.executors import ExecutorLease
+from keel.jobs.executors import ExecutorLease
 
 
 def test_one_leader_others_own_ids_dead_ones_found(tmp_path: Path) -> None:

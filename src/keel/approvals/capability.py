@@ -43,12 +43,13 @@ class ApprovalsCapability(Capability):
 
     def __init__(self, ctx: BuildContext) -> None:
         from keel.approvals.service import ApprovalsService
+        from keel.jobs.runtime import JobRuntime
         from keel.tools.gateway import ToolGateway
         from keel.wallets.service import WalletService
 
         super().__init__(ctx)
         s = ctx.settings
-        self.approvals = ApprovalsService(s, ctx.db)
+        self.approvals = ApprovalsService(s, ctx.db, runtime=ctx.components.get(JobRuntime))
         ctx.components.put(self.approvals, owner=self.name)
         tools = ctx.components.find(ToolGateway)
         if tools is not None:  # @approval("required") tool calls become approvals
@@ -83,6 +84,3 @@ class ApprovalsCapability(Capability):
 
     async def start(self) -> None:
         await self.approvals.start()  # launches DBOS when there are waits to recover
-
-    async def stop(self) -> None:
-        await self.approvals.stop()

@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 
 from keel import __version__, capabilities
-from keel.cli import chat, doctor, keys, models, serve
+from keel.cli import chat, doctor, keys, models, serve, worker
 from keel.cli.common import fail
 from keel.errors import KeelError
 
@@ -38,6 +38,7 @@ def build() -> typer.Typer:
     chat.register(app)
     models.register(app)
     doctor.register(app)
+    worker.register(app)
     app.add_typer(keys.build(), name="keys", help="Create, list and revoke API keys.")
     try:
         caps = capabilities.available()

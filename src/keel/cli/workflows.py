@@ -149,27 +149,15 @@ def build() -> typer.Typer:
         """Serve distributed Map items (ProcessorConfig.Mode DISTRIBUTED) next to the
         gateway, on the same data dir / system database, until Ctrl-C. Runs under an
         executor id of its own; if it dies, the gateway resumes its items."""
-        settings = settings_from(ctx)
+        from keel.jobs.worker import serve
+        from keel.workflows.interpreter import MAP_QUEUE
 
-        async def serve() -> None:
-            from keel.app import open_database
-            from keel.approvals.service import ApprovalsService
-
-            db = open_database(settings)
-            svc = ApprovalsService(settings, db, worker=True)
-            await svc.ensure_started()
-            lease = svc.runtime.lease
-            err_console.print(f"serving distributed Map items as "
-                              f"{lease.id if lease else '?'} (Ctrl-C stops)",
+        def ready(_served: list[str], executor: str) -> None:
+            err_console.print(f"serving distributed Map items as {executor} (Ctrl-C stops)",
                               markup=False, highlight=False)
-            try:
-                await asyncio.Event().wait()
-            finally:
-                await svc.stop()
-                db.dispose()
 
         try:
-            asyncio.run(serve())
+            asyncio.run(serve(settings_from(ctx), queues=[MAP_QUEUE], on_ready=ready))
         except KeyboardInterrupt:
             pass
         except KeelError as exc:

@@ -1,0 +1,80 @@
+"""A ``keel worker`` process: the app's capabilities and job runtime without HTTP.
+
+It builds the same services as the gateway (so every capability declares its workflows
+and queues), launches DBOS as a worker (an executor id of its own, which the gateway's
+leader recovers if this process dies) and dequeues from the chosen queues until stopped,
+or until ``idle_exit_s`` passes with nothing queued or running on them: scale to zero.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from keel.config import Settings
+from keel.jobs.runtime import JobRuntime
+
+if TYPE_CHECKING:
+    from keel.capability import Capability
+
+ACTIVE = ["ENQUEUED", "PENDING"]
+
+
+@dataclass
+class WorkerReport:
+    executor_id: str
+    queues: list[str]
+    ran_s: float
+    exit_reason: str
+
+
+async def pending_on(queues: Sequence[str]) -> int:
+    """Workflows queued or running on ``queues`` (any process)."""
+    from dbos import DBOS
+
+    if not queues:
+        return 0
+    rows = await DBOS.list_queued_workflows_async(queue_name=list(queues), status=ACTIVE,
+                                                  load_input=False, load_output=False,
+                                                  limit=1)
+    return len(rows)
+
+
+async def serve(settings: Settings, *, queues: Sequence[str] | None = None,
+                idle_exit_s: float | None = None, poll_s: float = 0.5,
+                stop: asyncio.Event | None = None,
+                on_ready: Callable[[list[str], str], None] | None = None,
+                capabilities: Iterable[type[Capability]] = ()) -> WorkerReport:
+    """Serve ``queues`` (every declared one when ``None``) until ``stop`` is set or the
+    queues stay empty for ``idle_exit_s``."""
+    from keel.app import build_services, running
+
+    runtime = JobRuntime(settings, worker=True, queues=queues)
+    t0 = time.monotonic()
+    reason = "stopped"
+    async with running(build_services(settings, jobs=runtime, capabilities=capabilities)):
+        await runtime.ensure_started()
+        served = runtime.served()
+        lease = runtime.lease
+        executor = lease.id if lease else str(runtime.executor_id)
+        if on_ready is not None:
+            on_ready(served, executor)
+        idle_since = time.monotonic()
+        stop = stop or asyncio.Event()
+        while not stop.is_set():
+            try:
+                await asyncio.wait_for(stop.wait(), timeout=poll_s)
+                break
+            except TimeoutError:
+                pass
+            if idle_exit_s is None:
+                continue
+            if await pending_on(served):
+                idle_since = time.monotonic()
+            elif time.monotonic() - idle_since >= idle_exit_s:
+                reason = f"idle for {idle_exit_s:g} s"
+                break
+        return WorkerReport(executor, served, time.monotonic() - t0, reason)
