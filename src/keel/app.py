@@ -99,12 +99,16 @@ def build_services(
     slots = sorted((s for cap in built for s in cap.stages()), key=lambda s: s.slot)
     pipeline = Pipeline([*(s.stage for s in slots), *stages, MeteringStage()],
                         ProviderCall(models))
-    return Services(
+    svc = Services(
         settings=settings, db=db, kv=kv, keys=KeyStore(db), models=models,
         request_log=writer, metrics=metrics, pipeline=pipeline, components=components,
         capabilities=tuple(built),
         trusted_proxies=frozenset(settings.firewall.trusted_proxies),
     )
+    # capabilities that call models through the pipeline (InternalClient) find the
+    # services here once built, also in a `keel worker` (which installs no routes)
+    components.put(svc, owner="core")
+    return svc
 
 
 def _check_plugin_tables(settings: Settings, available: Sequence[type[Capability]]) -> None:

@@ -46,36 +46,20 @@ def reply_from(resp: JSON, *, cost_usd: float, request_id: str, prompt_tokens: i
                  request_id=request_id)
 
 
-class PipelineCaller:
-    """Runs a chat request through the app's pipeline, as a client request would."""
+class InternalCaller:
+    """Calls through :class:`~keel.gateway.internal.InternalClient` as the run's principal;
+    the request log row carries the run id in ``x-keel-reasoning-run`` and a decision."""
 
     def __init__(self, svc: Services) -> None:
-        self.svc = svc
-        self._seq = 0
+        from keel.gateway.internal import InternalClient
+
+        self.client = InternalClient(svc)
 
     async def __call__(self, principal: Principal, body: JSON, run_id: str,
                        purpose: str) -> Reply:
-        from keel.errors import KeelError
-        from keel.gateway.context import RequestContext
-        from keel.gateway.validation import validate_chat
-
-        svc = self.svc
-        validate_chat(body)
-        spec = svc.models.get(body["model"])
-        self._seq += 1
-        ctx = RequestContext(
-            id=f"{run_id}-{purpose}-{self._seq}", route="chat", body=body, model=spec,
-            principal=principal, client_ip="127.0.0.1",
-            headers={"x-keel-reasoning-run": run_id})
-        ctx.decide("reasoning", purpose, run_id)
-        try:
-            await svc.pipeline(ctx)
-        except KeelError as exc:
-            ctx.error, ctx.status = exc, exc.http_status
-            ctx.latency_ms = ctx.elapsed_ms()
-            svc.finish(ctx)
-            raise
-        svc.finish(ctx)
-        return reply_from(ctx.response or {}, cost_usd=ctx.cost_usd, request_id=ctx.id,
-                          prompt_tokens=ctx.usage.prompt_tokens,
-                          completion_tokens=ctx.usage.completion_tokens)
+        out = await self.client.chat(principal, body, headers={
+            "x-keel-reasoning-run": run_id, "x-keel-reasoning-call": purpose,
+            "x-keel-cache": "bypass"})
+        return reply_from(out.body, cost_usd=out.cost_usd, request_id=out.request_id,
+                          prompt_tokens=out.usage.prompt_tokens,
+                          completion_tokens=out.usage.completion_tokens)

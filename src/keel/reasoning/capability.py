@@ -20,7 +20,9 @@ if TYPE_CHECKING:
     from fastapi import FastAPI
 
     from keel.config import Settings
+    from keel.gateway.context import Principal
     from keel.gateway.services import Services
+    from keel.reasoning.calls import JSON, ModelCaller, Reply
     from keel.storage.migrations import Migration
 
 
@@ -52,6 +54,8 @@ class ReasoningCapability(Capability):
 
     def __init__(self, ctx: BuildContext) -> None:
         from keel.config import ModelSpec
+        from keel.jobs.runtime import JobRuntime
+        from keel.reasoning.durable import DurableRuns
         from keel.reasoning.engine import ReasoningEngine
         from keel.reasoning.service import ReasoningService
         from keel.reasoning.stage import PREFIX, PROVIDER
@@ -73,6 +77,11 @@ class ReasoningCapability(Capability):
         self.engine = ReasoningEngine(reasoners, ctx.models, self.store, self._caller,
                                       embedder=ctx.models.embedder)
         self.service = ReasoningService(self.engine, self.store)
+        # durable runs on the process's DBOS runtime; samples fan out on a queue per reasoner
+        self.durable = DurableRuns(self.engine, ctx.components.get(JobRuntime), reasoners)
+        self.service.launcher = self.durable.launch
+        self.service.on_change.append(self.durable.pulse)
+        self._caller.components = ctx.components
         ctx.components.put(self.service, owner=self.name)
 
     def stages(self) -> Sequence[StageSlot]:
@@ -83,10 +92,8 @@ class ReasoningCapability(Capability):
         return [StageSlot(ReasonerStage(self.service), Slot.CACHE - 10)]
 
     def install(self, app: FastAPI, svc: Services) -> None:
-        from keel.reasoning.calls import PipelineCaller
         from keel.reasoning.routes import ReasoningRoutes
 
-        self._caller.target = PipelineCaller(svc)
         app.include_router(ReasoningRoutes(svc, self.service).router())
 
     def console_pages(self) -> Sequence[PageFactory]:
@@ -95,6 +102,9 @@ class ReasoningCapability(Capability):
         return [partial(ReasoningPage, service=self.service)]
 
     async def start(self) -> None:
+        import asyncio
+
+        self.durable.loop = asyncio.get_running_loop()
         await self.service.resume_unfinished()
 
     async def stop(self) -> None:
@@ -102,15 +112,23 @@ class ReasoningCapability(Capability):
 
 
 class _LateCaller:
-    """The pipeline exists only once every capability is built: calls go to the target
-    set in ``install``."""
+    """Samples and judges go through the app's pipeline (``InternalClient``), which exists
+    only once every capability is built: the services are looked up on first call (in a
+    gateway and in a ``keel worker`` alike)."""
 
     def __init__(self) -> None:
-        from keel.reasoning.calls import ModelCaller
+        from keel.components import Components
 
-        self.target: ModelCaller | None = None
+        self.components: Components | None = None
+        self._target: ModelCaller | None = None
 
-    async def __call__(self, principal, body, run_id, purpose):  # type: ignore[no-untyped-def]
-        if self.target is None:
-            raise ConfigError("reasoning: model calls are not wired (the app is not built)")
-        return await self.target(principal, body, run_id, purpose)
+    async def __call__(self, principal: Principal, body: JSON, run_id: str,
+                       purpose: str) -> Reply:
+        if self._target is None:
+            from keel.gateway.services import Services
+            from keel.reasoning.calls import InternalCaller
+
+            if self.components is None or self.components.find(Services) is None:
+                raise ConfigError("reasoning: model calls are not wired (no app services)")
+            self._target = InternalCaller(self.components.get(Services))
+        return await self._target(principal, body, run_id, purpose)

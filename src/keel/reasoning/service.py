@@ -29,9 +29,12 @@ class ReasoningService:
         self.launcher: Launcher = self._launch_task
         self._tasks: set[asyncio.Task[Any]] = set()
         self._changed: dict[str, set[asyncio.Event]] = {}
+        self.on_change: list[Callable[[], None]] = []  # e.g. the durable fan-out's wake-up
         store.on_write = self._pulse
 
     def _pulse(self, run_id: str) -> None:
+        for hook in self.on_change:
+            hook()
         for ev in self._changed.get(run_id, ()):
             ev.set()
 

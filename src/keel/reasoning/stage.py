@@ -23,6 +23,8 @@ from keel.reasoning.store import Run
 
 JSON = dict[str, Any]
 PREFIX = "reasoner/"
+RUN_HEADER = "x-keel-reasoning-run"
+CALL_HEADER = "x-keel-reasoning-call"
 PROVIDER: Final = "virtual"
 
 
@@ -51,6 +53,9 @@ class ReasonerStage:
 
     async def __call__(self, ctx: RequestContext, call_next: Next) -> None:
         if ctx.model.provider != PROVIDER or not ctx.model.name.startswith(PREFIX):
+            run_id = ctx.headers.get(RUN_HEADER)
+            if run_id:  # a run's own sample or judge call: the log row names the run
+                ctx.decide("reasoning", ctx.headers.get(CALL_HEADER, "call"), run_id)
             await call_next(ctx)
             return
         if ctx.route != "chat":
