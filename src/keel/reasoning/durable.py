@@ -26,7 +26,8 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 RUN_WORKFLOW = "keel.reasoning.run"
 SAMPLE_WORKFLOW = "keel.reasoning.sample"
-FOLLOW_POLL_S = 0.25  # samples served by another process: how often the run looks
+FOLLOW_POLL_S = 0.25
+COALESCE_S = 0.005  # samples served by another process: how often the run looks
 
 
 def queue_name(reasoner: str) -> str:
@@ -75,13 +76,14 @@ class DurableRuns:
             return await self._on_app_loop(sample_body(run_id, index))
 
         async def sample_body(run_id: str, index: int) -> bool:
-            run = await engine.store.get(run_id)
+            run = await engine.store.get(run_id, with_samples=False)
             if run is None or run.done:
                 return False
-            stored = next((s for s in run.samples if s["index"] == index), None)
+            stored = await engine.store.sample(run_id, index)
             if stored is None or stored["status"] != "pending":  # done, or cancelled
                 return bool(stored and stored["status"] == "ok")
-            return (await engine.sample(run, engine.reasoner(run.reasoner), index)).ok
+            spec = engine.reasoner(run.reasoner)
+            return (await engine.sample(run, spec, index, stored)).ok
 
         self._run_wf, self._sample_wf = run_workflow, sample_workflow
 
@@ -116,14 +118,12 @@ class DurableRuns:
         waiting = set(indices)
         while waiting:
             self._changed.clear()
-            fresh = await self.engine.store.get(run.id)
-            assert fresh is not None
-            for s in fresh.samples:
-                if s["index"] in waiting and s["status"] != "pending":
-                    waiting.discard(s["index"])
-                    if await on_done(SampleResult(s["index"], s["status"] == "ok",
-                                                  s["text"] or "")):
+            for index, status, text in sorted(await self.engine.store.finished(run.id)):
+                if index in waiting:
+                    waiting.discard(index)
+                    if await on_done(SampleResult(index, status == "ok", text)):
                         return
             if waiting:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._changed.wait(), FOLLOW_POLL_S)
+                await asyncio.sleep(COALESCE_S)  # one look for a burst of finished samples

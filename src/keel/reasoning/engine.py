@@ -249,9 +249,11 @@ class ReasoningEngine:
         sims = m @ m.T
         return bool(sims.min() >= spec.early_stop_similarity)
 
-    async def sample(self, run: Run, spec: ReasonerSpec, index: int) -> SampleResult:
+    async def sample(self, run: Run, spec: ReasonerSpec, index: int,
+                     stored: JSON | None = None) -> SampleResult:
         """One sample with retries (429, 5xx, timeouts: backoff with jitter), recorded."""
-        stored = next(s for s in run.samples if s["index"] == index)
+        if stored is None:
+            stored = next(s for s in run.samples if s["index"] == index)
         model = stored["model"]
         body: JSON = {"model": model, "messages": run.messages,
                       "temperature": spec.worker_temperature,

@@ -203,6 +203,23 @@ class RunStore:
 
         return await self.db.run(q)
 
+    async def sample(self, run_id: str, idx: int) -> dict[str, Any] | None:
+        def q(c: Connection) -> dict[str, Any] | None:
+            row = c.execute(select(samples).where(
+                and_(samples.c.run_id == run_id, samples.c.idx == idx))).first()
+            return None if row is None else _sample(row)
+
+        return await self.db.run(q)
+
+    async def finished(self, run_id: str) -> list[tuple[int, str, str]]:
+        """(index, status, text) of the samples that are no longer pending."""
+        def q(c: Connection) -> list[tuple[int, str, str]]:
+            rows = c.execute(select(samples.c.idx, samples.c.status, samples.c.text).where(
+                and_(samples.c.run_id == run_id, samples.c.status != "pending")))
+            return [(r.idx, r.status, r.text or "") for r in rows]
+
+        return await self.db.run(q)
+
     async def recent(self, tenant: str | None = None, limit: int = 50) -> list[Run]:
         def q(c: Connection) -> list[Run]:
             stmt = select(runs).order_by(runs.c.created_at.desc()).limit(limit)
