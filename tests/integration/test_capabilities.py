@@ -48,6 +48,8 @@ EXPECTED: dict[str, dict[str, list[str]]] = {
     "approvals": {"routes": ["/v1/approvals", "/v1/workflows"], "stages": [],
                   "nav": ["/console/approvals", "/console/workflows"],
                   "cli": ["approvals", "workflows"]},
+    "reasoning": {"routes": ["/v1/reasoning/runs"], "stages": ["reasoning"],
+                  "nav": ["/console/reasoning"], "cli": ["reason"]},
 }
 
 
@@ -57,7 +59,11 @@ def settings_with(tmp_path: Path, off: str | None) -> dict[str, Any]:
         "wallets": {"enabled": True, "encryption_key": KEY},
         "degrade": {"levels": LEVELS},
     }
-    if off == "degrade":
+    if off != "reasoning":  # on when a recipe is configured
+        kw["reasoners"] = [{"name": "quick", "workers": ["gemma-3-270m"]}]
+    if off == "reasoning":
+        pass
+    elif off == "degrade":
         kw["degrade"] = {"enabled": False, "levels": LEVELS}
     elif off is not None:
         kw.setdefault(off, {})

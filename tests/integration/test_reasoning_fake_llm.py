@@ -328,3 +328,36 @@ async def test_a_resumed_run_never_requests_finished_samples_again(
     assert done.status == "succeeded"
     assert sorted(k for k in upstream.calls if k.startswith("worker:")) == ["worker:4",
                                                                            "worker:5"]
+
+
+async def test_cli_show_prints_attempts_verdicts_and_judges_offline(
+        tmp_path: Path, upstream: ReasoningUpstream) -> None:
+    from typer.testing import CliRunner
+
+    from keel.cli.main import build
+
+    gw = Gateway(settings_for(tmp_path, upstream, [reasoner(n=4)]))
+    async with _client(gw) as c:
+        r = await c.post("/v1/reasoning/runs", json={"reasoner": "deep", "question": "Q?"})
+        run = await gw.reasoning.wait(r.json()["id"])
+    assert run.status == "succeeded"
+    cfg = tmp_path / "keel.toml"
+    cfg.write_text(f'data_dir = "{gw.settings.data_dir}"\n')
+    cli = CliRunner(env={"COLUMNS": "250"})
+
+    async def keel(*args: str) -> Any:
+        return await asyncio.to_thread(cli.invoke, build(), ["--config", str(cfg), *args])
+
+    out = await keel("reason", "show", run.id)
+    assert out.exit_code == 0, out.output
+    assert "synthesised: " in out.output and "cited" in out.output
+    assert "rejected" in out.output and "contradicts the others" in out.output
+    assert "final" in out.output  # the judge call table
+    listed = await keel("reason", "runs")
+    assert run.id in listed.output
+    missing = await keel("reason", "show", "rsn_nope")
+    assert missing.exit_code == 1 and "does not exist" in missing.output
+    # `keel reason "QUESTION"` is the ask command (no gateway here: a clear error)
+    ask = await keel("reason", "What?", "--reasoner", "deep", "--url",
+                     "http://127.0.0.1:9")
+    assert ask.exit_code == 1 and "no keel gateway answers" in ask.output
