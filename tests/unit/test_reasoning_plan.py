@@ -145,3 +145,21 @@ def test_reasoner_settings_validation() -> None:
         ReasonerSpec(name="bad name", workers=["m"])
     with pytest.raises(ValueError):
         ReasonerSpec(name="x", workers=[])
+
+
+def test_virtual_models_are_added_by_capabilities_not_configured(tmp_path: object) -> None:
+    from keel.config import ModelSpec, Settings
+    from keel.errors import ConfigError
+    from keel.providers.registry import ModelRegistry
+
+    with pytest.raises(ValueError, match="reserved"):
+        Settings(models=[{"name": "x", "provider": "virtual"}])
+    with pytest.raises(ValueError, match="defined twice"):
+        Settings(reasoners=[{"name": "a", "workers": ["m"]}, {"name": "a", "workers": ["m"]}])
+    reg = ModelRegistry(Settings())
+    reg.add_virtual(ModelSpec(name="reasoner/a", provider="virtual"))
+    assert "reasoner/a" in reg and reg.get("reasoner/a").provider == "virtual"
+    with pytest.raises(ConfigError):
+        reg.add_virtual(ModelSpec(name="reasoner/a", provider="virtual"))
+    with pytest.raises(InvalidRequest, match="cannot be called directly"):
+        reg.provider(reg.get("reasoner/a"))
