@@ -113,7 +113,9 @@ async def one_dataset(embedder: MiniLMEmbedder, name: str, path: Path,
     sweeps: dict[str, Any] = {}
     for profile in PROFILES:
         verifier = make_verifier(profile)
-        vectors = await ev.phrase_vectors(embedder, pairs, verifier)
+        known = {p.a: a[i] for i, p in enumerate(pairs)} | {
+            p.b: b[i] for i, p in enumerate(pairs)}
+        vectors = await ev.phrase_vectors(embedder, pairs, verifier, known)
         th = DEFAULT_THRESHOLD[profile]
         out = ev.evaluate(pairs, sims, th, verifier, vectors)
         rows[f"keel {profile} (cos>={th:.2f} + verifier)"] = out

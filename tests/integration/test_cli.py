@@ -274,8 +274,14 @@ def test_cache_eval_profiles_on_the_support_set(config: Path) -> None:
     balanced = json.loads(out)
     assert balanced["profile"] == "balanced" and balanced["threshold"] == 0.78
     assert balanced["false_hits"] == 0 and balanced["recall"] >= 0.4
+    # Wilson 95% intervals: 0 false hits of 109 near-misses still allows up to ~3.4%
+    low, high = balanced["false_hit_rate_ci95"]
+    assert low == 0.0 and 0.02 < high < 0.05
+    assert balanced["recall_ci95"][0] < balanced["recall"] < balanced["recall_ci95"][1]
     code, out = run(config, "cache", "eval", str(pairs), "--json", "--profile", "strict")
     strict = json.loads(out)
     assert code == 0 and strict["profile"] == "strict" and strict["recall"] < balanced["recall"]
+    code, out = run(config, "cache", "eval", str(pairs), "--profile", "strict")
+    assert code == 0 and "95% intervals: recall" in out, out
     code, out = run(config, "cache", "eval", str(pairs), "--profile", "[loose]")
     assert code == 1 and "--profile must be one of: strict, balanced" in out and "[loose]" in out

@@ -106,7 +106,7 @@ class ContradictionVerifier:
     def needs(self, query: str, cached: str) -> list[str]:
         """Texts whose embeddings :meth:`check` needs (empty when no content word differs)."""
         a, b, ua, ub = self._diff(query, cached)
-        if (not ua and not ub) or self._contradiction(query, cached, a, b) is not None:
+        if (not ua and not ub) or self.contradiction(query, cached, a, b) is not None:
             return []  # decided without embeddings
         if ua and ub:
             return [" ".join(ua), " ".join(ub)]
@@ -122,7 +122,7 @@ class ContradictionVerifier:
               vectors: Mapping[str, Vector] | None = None) -> str | None:
         """``None`` when the hit may be served, else a short reason for rejecting it."""
         a, b, ua, ub = self._diff(query, cached)
-        reason = self._contradiction(query, cached, a, b)
+        reason = self.contradiction(query, cached, a, b)
         if reason is not None:
             return reason
         if not ua and not ub:
@@ -144,7 +144,13 @@ class ContradictionVerifier:
             return "content added: " + " ".join(added)[:60]
         return None
 
-    def _contradiction(self, query: str, cached: str, a: Features, b: Features) -> str | None:
+    def contradiction(self, query: str, cached: str, a: Features | None = None,
+                      b: Features | None = None) -> str | None:
+        """A reason when the two questions contradict each other (numbers, negation, deixis,
+        intent, person, entities, opposites, direction), else ``None``; wording differences
+        are not looked at."""
+        a = a or features(fold_idioms(query))
+        b = b or features(fold_idioms(cached))
         if a.numbers != b.numbers:
             return "numbers differ"
         if a.negated != b.negated:

@@ -7,6 +7,7 @@ a true hit for duplicates and a false hit otherwise.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,6 +59,16 @@ def load_pairs(path: Path) -> list[Pair]:
     return pairs
 
 
+def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """95% Wilson score interval of the proportion k / n."""
+    if n == 0:
+        return (0.0, 1.0)
+    p = k / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return (round(max(0.0, centre - half), 4), round(min(1.0, centre + half), 4))
+
+
 def metrics(hit: npt.NDArray[np.bool_], same: npt.NDArray[np.bool_]) -> dict[str, Any]:
     tp = int((hit & same).sum())
     fp = int((hit & ~same).sum())
@@ -65,24 +76,38 @@ def metrics(hit: npt.NDArray[np.bool_], same: npt.NDArray[np.bool_]) -> dict[str
     return {"pairs": len(same), "true_hits": tp, "false_hits": fp,
             "precision": round(tp / (tp + fp), 4) if tp + fp else 1.0,
             "recall": round(tp / pos, 4) if pos else 0.0,
-            "false_hit_rate": round(fp / neg, 4) if neg else 0.0}
+            "false_hit_rate": round(fp / neg, 4) if neg else 0.0,
+            "recall_ci95": wilson(tp, pos), "false_hit_rate_ci95": wilson(fp, neg)}
 
 
 async def similarities(embedder: Embedder, pairs: Sequence[Pair]) -> npt.NDArray[np.float32]:
-    a = await embedder.embed([p.a for p in pairs])
-    b = await embedder.embed([p.b for p in pairs])
-    return np.asarray((np.asarray(a) * np.asarray(b)).sum(axis=1), dtype=np.float32)
+    a, b = await pair_vectors(embedder, pairs)
+    return np.asarray((a * b).sum(axis=1), dtype=np.float32)
 
 
 async def phrase_vectors(embedder: Embedder, pairs: Iterable[Pair],
-                         verifier: Verifier | None) -> dict[str, npt.NDArray[np.float32]]:
-    """The embeddings the verifier needs for these pairs (one batched call)."""
+                         verifier: Verifier | None,
+                         known: Vectors | None = None) -> dict[str, npt.NDArray[np.float32]]:
+    """The embeddings the verifier needs for these pairs (one batched call for those not
+    in ``known``, e.g. the questions' own embeddings)."""
     if verifier is None:
         return {}
-    texts = sorted({t for p in pairs for t in verifier.needs(p.b, p.a)})
-    if not texts:
-        return {}
-    return dict(zip(texts, np.asarray(await embedder.embed(texts), np.float32), strict=True))
+    known = known or {}
+    needed = {t for p in pairs for t in verifier.needs(p.b, p.a)}
+    out = {t: known[t] for t in needed if t in known}
+    texts = sorted(needed - out.keys())
+    if texts:
+        out.update(zip(texts, np.asarray(await embedder.embed(texts), np.float32),
+                       strict=True))
+    return out
+
+
+async def pair_vectors(embedder: Embedder, pairs: Sequence[Pair]
+                       ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
+    """Embeddings of each pair's two questions."""
+    a = np.asarray(await embedder.embed([p.a for p in pairs]), np.float32)
+    b = np.asarray(await embedder.embed([p.b for p in pairs]), np.float32)
+    return a, b
 
 
 def verified(pairs: Iterable[Pair], verifier: Verifier | None,

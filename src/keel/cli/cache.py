@@ -114,8 +114,11 @@ def build() -> typer.Typer:
             fail(exc.message)
         embedder = MiniLMEmbedder(settings.model_dir)
         with console.status(f"embedding {len(pairs):,} pairs"):
-            sims = asyncio.run(ev.similarities(embedder, pairs))
-            vectors = asyncio.run(ev.phrase_vectors(embedder, pairs, check))
+            a, b = asyncio.run(ev.pair_vectors(embedder, pairs))
+            sims = (a * b).sum(axis=1)
+            known = {p.a: a[i] for i, p in enumerate(pairs)} | {
+                p.b: b[i] for i, p in enumerate(pairs)}
+            vectors = asyncio.run(ev.phrase_vectors(embedder, pairs, check, known))
         embedder.close()
         out = ev.evaluate(pairs, sims, th, check, vectors)
         out["profile"] = prof
@@ -127,6 +130,10 @@ def build() -> typer.Typer:
     return app
 
 
+def _interval(bounds: list[float] | tuple[float, float], fmt: str) -> str:
+    return f"{format(bounds[0], fmt)} to {format(bounds[1], fmt)}"
+
+
 def _print_eval(out: dict[str, Any]) -> None:
     console.print(
         styled(("operating point", "bold"), f" ({out.get('profile', 'strict')}): "
@@ -134,7 +141,9 @@ def _print_eval(out: dict[str, Any]) -> None:
                f"{' + verifier' if out['verifier'] else ''} on {out['pairs']:,} pairs: "
                f"precision {out['precision']:.3f}, recall {out['recall']:.3f}, "
                f"false-hit rate {out['false_hit_rate']:.2%} ({out['true_hits']} true hits, "
-               f"{out['false_hits']} false hits)"))
+               f"{out['false_hits']} false hits); 95% intervals: recall "
+               f"{_interval(out['recall_ci95'], '.3f')}, false-hit rate "
+               f"{_interval(out['false_hit_rate_ci95'], '.2%')}"))
     t = new_table(title="threshold sweep")
     for col in ("cosine >=", "precision", "recall", "false-hit rate", "cosine-only precision"):
         t.add_column(col, justify="right")
