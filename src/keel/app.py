@@ -105,8 +105,8 @@ def build_services(
         capabilities=tuple(built),
         trusted_proxies=frozenset(settings.firewall.trusted_proxies),
     )
-    # capabilities that call models in processes without routes (a `keel worker` runs
-    # batch lines through InternalClient) find the finished services here
+    # capabilities that call models through the pipeline (InternalClient) find the
+    # services here once built, also in a `keel worker` (which installs no routes)
     components.put(svc, owner="core")
     return svc
 

@@ -34,6 +34,7 @@ BUILTIN: tuple[str, ...] = (
     "keel.remediation.capability:RemediationCapability",
     "keel.tuning.capability:TuningCapability",
     "keel.qa.capability:QaCapability",
+    "keel.reasoning.capability:ReasoningCapability",
 )
 
 

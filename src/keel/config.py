@@ -27,6 +27,7 @@ from keel.metering.settings import MetricsSettings
 from keel.qa.settings import QaSettings
 from keel.rag.settings import RagSettings
 from keel.remediation.settings import RemediationSettings
+from keel.reasoning.settings import ReasonerSpec, check_unique
 from keel.settings_section import Section
 from keel.tools.settings import ToolSettings
 from keel.tuning.settings import TuningSettings
@@ -35,7 +36,8 @@ from keel.workflows.settings import WorkflowsSettings
 
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
-ProviderKind = Literal["local", "openai"]
+# "virtual": a model a capability answers itself (added to the registry, never configured)
+ProviderKind = Literal["local", "openai", "virtual"]
 ModelKind = Literal["chat", "embedding"]
 
 
@@ -176,6 +178,7 @@ class Settings(BaseSettings):
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
     batch: BatchSettings = Field(default_factory=BatchSettings)
     models: list[ModelSpec] = Field(default_factory=list)
+    reasoners: list[ReasonerSpec] = Field(default_factory=list)  # [[reasoners]]
     # settings of capabilities from other packages: [plugins.NAME], validated by each one
     plugins: dict[str, dict[str, Any]] = Field(default_factory=dict)
 
@@ -186,8 +189,16 @@ class Settings(BaseSettings):
         for m in models:
             if m.name in seen:
                 raise ValueError(f"model {m.name!r} is defined twice in [[models]]")
+            if m.provider == "virtual":
+                raise ValueError(f"model {m.name!r}: provider 'virtual' is reserved for "
+                                 "models capabilities add (reasoner/NAME)")
             seen.add(m.name)
         return models
+
+    @field_validator("reasoners")
+    @classmethod
+    def _unique_reasoners(cls, reasoners: list[ReasonerSpec]) -> list[ReasonerSpec]:
+        return check_unique(reasoners)
 
     # -- derived ----------------------------------------------------------------------
 

@@ -56,6 +56,9 @@ EXPECTED: dict[str, dict[str, list[str]]] = {
                     "nav": ["/console/remediation"], "cli": ["remediation"]},
     "tuning": {"routes": ["/v1/feedback", "/v1/admin/tuning/versions"], "stages": ["tuning"],
                "nav": [], "cli": ["feedback", "train"]},
+    "qa": {"routes": [], "stages": [], "nav": ["/console/qa"], "cli": ["qa"]},
+    "reasoning": {"routes": ["/v1/reasoning/runs"], "stages": ["reasoning"],
+                  "nav": ["/console/reasoning"], "cli": ["reason"]},
 }
 
 
@@ -68,8 +71,13 @@ def settings_with(tmp_path: Path, off: str | None) -> dict[str, Any]:
         "hive": {"enabled": True},
         "remediation": {"enabled": True},
         "tuning": {"enabled": True},
+        "qa": {"enabled": True},
     }
-    if off == "degrade":
+    if off != "reasoning":  # on when a recipe is configured
+        kw["reasoners"] = [{"name": "quick", "workers": ["gemma-3-270m"]}]
+    if off == "reasoning":
+        pass
+    elif off == "degrade":
         kw["degrade"] = {"enabled": False, "levels": LEVELS}
     elif off is not None:
         kw.setdefault(off, {})

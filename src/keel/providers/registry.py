@@ -28,6 +28,15 @@ class ModelRegistry:
         self._providers: dict[str, ChatProvider] = dict(providers or {})
         self._embedder = embedder
 
+    def add_virtual(self, spec: ModelSpec) -> None:
+        """A model a capability answers itself with a pipeline stage (``provider =
+        "virtual"``): routes validate it and /v1/models lists it like any other."""
+        if spec.provider != "virtual":
+            raise ConfigError(f"model {spec.name!r}: only virtual models can be added")
+        if spec.name in self._specs:
+            raise ConfigError(f"model {spec.name!r} is already in the model table")
+        self._specs[spec.name] = spec
+
     def __contains__(self, name: str) -> bool:
         return name in self._specs
 
@@ -63,6 +72,9 @@ class ModelRegistry:
         existing = self._providers.get(spec.provider)
         if existing is not None:
             return existing
+        if spec.provider == "virtual":  # its capability's stage answers before the provider
+            raise InvalidRequest(f"model {spec.name!r} cannot be called directly here",
+                                 param="model")
         if spec.provider != "local":
             return self.openai()
         from keel.providers.local import LocalProvider

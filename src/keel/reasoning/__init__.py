@@ -1,0 +1,1 @@
+"""Scatter-gather reasoning: many cheap samples, one judge, tournaments for large N."""

@@ -1,0 +1,330 @@
+"""Runs, their samples and their event log (SQL Core, SQLite or Postgres).
+
+The event log is what progress views read (SSE, the CLI, the console): every sample,
+retry, judge call and verdict is one row, so anyone can see which answers were rejected
+and why, also after the run, also from another process than the one that ran it.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+from sqlalchemy import (
+    Column,
+    Connection,
+    Float,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    and_,
+    insert,
+    select,
+    update,
+)
+
+from keel.reasoning.calls import Reply
+from keel.storage.migrations import Migration
+from keel.storage.sql import Database
+
+meta = MetaData()
+runs = Table(
+    "reasoning_runs", meta,
+    Column("id", String(40), primary_key=True),
+    Column("reasoner", String(64), nullable=False),
+    Column("tenant", String(128), nullable=False),
+    Column("agent", String(200)),
+    Column("key_id", String(64), nullable=False),
+    Column("messages", Text, nullable=False),
+    Column("n", Integer, nullable=False),
+    Column("budget_usd", Float, nullable=False),
+    Column("status", String(16), nullable=False),  # queued|running|succeeded|failed
+    Column("phase", String(24), nullable=False),  # sampling|voting|judging|done
+    Column("answer", Text),
+    Column("citations", Text),  # JSON [{"id", "insight", "sample"}]
+    Column("error", Text),
+    Column("cost_usd", Float, nullable=False, default=0.0),
+    Column("prompt_tokens", Integer, nullable=False, default=0),
+    Column("completion_tokens", Integer, nullable=False, default=0),
+    Column("judge_calls", Integer, nullable=False, default=0),
+    Column("created_at", Float, nullable=False),
+    Column("finished_at", Float),
+    Index("ix_reasoning_runs_tenant", "tenant", "created_at"),
+)
+samples = Table(
+    "reasoning_samples", meta,
+    Column("run_id", String(40), primary_key=True),
+    Column("idx", Integer, primary_key=True),
+    Column("anon_id", String(8), nullable=False),
+    Column("model", String(200), nullable=False),
+    Column("status", String(16), nullable=False),  # ok|failed|cancelled|skipped
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("text", Text),
+    Column("prompt_tokens", Integer, nullable=False, default=0),
+    Column("completion_tokens", Integer, nullable=False, default=0),
+    Column("cost_usd", Float, nullable=False, default=0.0),
+    Column("request_id", String(64)),
+    Column("error", Text),
+    Column("latency_ms", Float),
+    Column("verdict", String(16)),  # cited|kept|rejected|unjudged
+    Column("reason", Text),  # why it was rejected (the judge's words) or dropped
+)
+events = Table(
+    "reasoning_events", meta,
+    Column("seq", Integer, primary_key=True, autoincrement=True),
+    Column("run_id", String(40), nullable=False),
+    Column("at", Float, nullable=False),
+    Column("kind", String(24), nullable=False),
+    Column("data", Text, nullable=False),
+    Index("ix_reasoning_events_run", "run_id", "seq"),
+)
+
+MIGRATIONS = [
+    Migration("reasoning/0001_tables",
+              lambda c: meta.create_all(c, tables=[runs, samples, events])),
+]
+
+TERMINAL = ("succeeded", "failed")
+
+
+def new_run_id() -> str:
+    return "rsn_" + secrets.token_hex(10)
+
+
+@dataclass
+class Run:
+    id: str
+    reasoner: str
+    tenant: str
+    agent: str | None
+    key_id: str
+    messages: list[dict[str, Any]]
+    n: int
+    budget_usd: float
+    status: str
+    phase: str
+    answer: str | None
+    citations: list[dict[str, Any]]
+    error: str | None
+    cost_usd: float
+    prompt_tokens: int
+    completion_tokens: int
+    judge_calls: int
+    created_at: float
+    finished_at: float | None
+    samples: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def done(self) -> bool:
+        return self.status in TERMINAL
+
+    def public(self, *, with_samples: bool = False) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "id": self.id, "object": "reasoning.run", "reasoner": self.reasoner,
+            "status": self.status, "phase": self.phase, "n": self.n,
+            "budget_usd": self.budget_usd, "answer": self.answer,
+            "citations": self.citations, "error": self.error,
+            "usage": {"prompt_tokens": self.prompt_tokens,
+                      "completion_tokens": self.completion_tokens,
+                      "total_tokens": self.prompt_tokens + self.completion_tokens},
+            "cost_usd": round(self.cost_usd, 10), "judge_calls": self.judge_calls,
+            "created_at": self.created_at, "finished_at": self.finished_at,
+            "tenant": self.tenant,
+        }
+        counts: dict[str, int] = {}
+        for s in self.samples:
+            counts[s["status"]] = counts.get(s["status"], 0) + 1
+        out["samples_by_status"] = counts
+        if with_samples:
+            out["samples"] = self.samples
+        return out
+
+
+def _run(row: Any) -> Run:
+    return Run(id=row.id, reasoner=row.reasoner, tenant=row.tenant, agent=row.agent,
+               key_id=row.key_id, messages=orjson.loads(row.messages), n=row.n,
+               budget_usd=row.budget_usd, status=row.status, phase=row.phase,
+               answer=row.answer, citations=orjson.loads(row.citations or "[]"),
+               error=row.error, cost_usd=row.cost_usd or 0.0,
+               prompt_tokens=row.prompt_tokens or 0,
+               completion_tokens=row.completion_tokens or 0,
+               judge_calls=row.judge_calls or 0, created_at=row.created_at,
+               finished_at=row.finished_at)
+
+
+def _sample(row: Any) -> dict[str, Any]:
+    return {"index": row.idx, "id": row.anon_id, "model": row.model, "status": row.status,
+            "attempts": row.attempts, "text": row.text,
+            "prompt_tokens": row.prompt_tokens, "completion_tokens": row.completion_tokens,
+            "cost_usd": row.cost_usd, "request_id": row.request_id, "error": row.error,
+            "latency_ms": row.latency_ms, "verdict": row.verdict, "reason": row.reason}
+
+
+class RunStore:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+        self.on_write: Callable[[str], None] = lambda run_id: None  # wakes watchers
+
+    async def create(self, run: Run, anon_ids: list[str], models: list[str]) -> None:
+        def tx(c: Connection) -> None:
+            c.execute(insert(runs).values(
+                id=run.id, reasoner=run.reasoner, tenant=run.tenant, agent=run.agent,
+                key_id=run.key_id, messages=orjson.dumps(run.messages).decode(), n=run.n,
+                budget_usd=run.budget_usd, status=run.status, phase=run.phase,
+                cost_usd=0.0, prompt_tokens=0, completion_tokens=0, judge_calls=0,
+                created_at=run.created_at))
+            c.execute(insert(samples), [
+                {"run_id": run.id, "idx": i, "anon_id": anon_ids[i], "model": models[i],
+                 "status": "pending", "attempts": 0, "prompt_tokens": 0,
+                 "completion_tokens": 0, "cost_usd": 0.0} for i in range(run.n)])
+            _event(c, run.id, "created", {"n": run.n, "reasoner": run.reasoner})
+
+        await self.db.run(tx)
+        self.on_write(run.id)
+
+    async def get(self, run_id: str, *, with_samples: bool = True) -> Run | None:
+        def q(c: Connection) -> Run | None:
+            row = c.execute(select(runs).where(runs.c.id == run_id)).first()
+            if row is None:
+                return None
+            run = _run(row)
+            if with_samples:
+                run.samples = [_sample(r) for r in c.execute(
+                    select(samples).where(samples.c.run_id == run_id)
+                    .order_by(samples.c.idx))]
+            return run
+
+        return await self.db.run(q)
+
+    async def sample(self, run_id: str, idx: int) -> dict[str, Any] | None:
+        def q(c: Connection) -> dict[str, Any] | None:
+            row = c.execute(select(samples).where(
+                and_(samples.c.run_id == run_id, samples.c.idx == idx))).first()
+            return None if row is None else _sample(row)
+
+        return await self.db.run(q)
+
+    async def finished(self, run_id: str) -> list[tuple[int, str, str]]:
+        """(index, status, text) of the samples that are no longer pending."""
+        def q(c: Connection) -> list[tuple[int, str, str]]:
+            rows = c.execute(select(samples.c.idx, samples.c.status, samples.c.text).where(
+                and_(samples.c.run_id == run_id, samples.c.status != "pending")))
+            return [(r.idx, r.status, r.text or "") for r in rows]
+
+        return await self.db.run(q)
+
+    async def recent(self, tenant: str | None = None, limit: int = 50) -> list[Run]:
+        def q(c: Connection) -> list[Run]:
+            stmt = select(runs).order_by(runs.c.created_at.desc()).limit(limit)
+            if tenant is not None:
+                stmt = stmt.where(runs.c.tenant == tenant)
+            return [_run(r) for r in c.execute(stmt)]
+
+        return await self.db.run(q)
+
+    async def unfinished(self) -> list[str]:
+        def q(c: Connection) -> list[str]:
+            return list(c.execute(select(runs.c.id).where(
+                runs.c.status.in_(("queued", "running")))).scalars())
+
+        return await self.db.run(q)
+
+    async def update_run(self, run_id: str, event: tuple[str, dict[str, Any]] | None = None,
+                         **values: Any) -> None:
+        if "citations" in values:
+            values["citations"] = orjson.dumps(values["citations"]).decode()
+
+        def tx(c: Connection) -> None:
+            if values:
+                c.execute(update(runs).where(runs.c.id == run_id).values(**values))
+            if event is not None:
+                _event(c, run_id, event[0], event[1])
+
+        await self.db.run(tx)
+        self.on_write(run_id)
+
+    async def update_sample(self, run_id: str, idx: int,
+                            event: tuple[str, dict[str, Any]] | None = None,
+                            **values: Any) -> None:
+        def tx(c: Connection) -> None:
+            c.execute(update(samples).where(
+                and_(samples.c.run_id == run_id, samples.c.idx == idx)).values(**values))
+            if event is not None:
+                _event(c, run_id, event[0], event[1])
+
+        await self.db.run(tx)
+        self.on_write(run_id)
+
+    async def finish_sample(self, run_id: str, idx: int, reply: Reply, attempts: int,
+                            latency_ms: float, anon_id: str) -> None:
+        """A successful sample, its spend on the run and its event, in one transaction."""
+        def tx(c: Connection) -> None:
+            c.execute(update(samples).where(
+                and_(samples.c.run_id == run_id, samples.c.idx == idx)).values(
+                status="ok", attempts=attempts, text=reply.text,
+                prompt_tokens=reply.prompt_tokens, completion_tokens=reply.completion_tokens,
+                cost_usd=reply.cost_usd, request_id=reply.request_id, latency_ms=latency_ms))
+            _spend(c, run_id, reply, 0)
+            _event(c, run_id, "sample", {
+                "index": idx, "id": anon_id, "attempts": attempts,
+                "completion_tokens": reply.completion_tokens, "cost_usd": reply.cost_usd,
+                "latency_ms": round(latency_ms, 1)})
+
+        await self.db.run(tx)
+        self.on_write(run_id)
+
+    async def judged(self, run_id: str, data: dict[str, Any]) -> None:
+        """A judge call's verdict (kept for resuming: never asked twice) and its spend."""
+        reply = Reply(data["text"], data["prompt_tokens"], data["completion_tokens"],
+                      data["cost_usd"], data["request_id"])
+
+        def tx(c: Connection) -> None:
+            _spend(c, run_id, reply, 1)
+            _event(c, run_id, "judge", data)
+
+        await self.db.run(tx)
+        self.on_write(run_id)
+
+    async def verdicts(self, run_id: str, verdicts: dict[int, tuple[str, str | None]]) -> None:
+        def tx(c: Connection) -> None:
+            for idx, (verdict, reason) in verdicts.items():
+                c.execute(update(samples).where(
+                    and_(samples.c.run_id == run_id, samples.c.idx == idx))
+                    .values(verdict=verdict, reason=reason))
+
+        await self.db.run(tx)
+        self.on_write(run_id)
+
+    async def event(self, run_id: str, kind: str, data: dict[str, Any]) -> None:
+        await self.db.run(lambda c: _event(c, run_id, kind, data))
+        self.on_write(run_id)
+
+    async def events(self, run_id: str, after: int = 0) -> list[dict[str, Any]]:
+        def q(c: Connection) -> list[dict[str, Any]]:
+            rows = c.execute(select(events).where(
+                and_(events.c.run_id == run_id, events.c.seq > after))
+                .order_by(events.c.seq))
+            return [{"seq": r.seq, "at": r.at, "kind": r.kind, **orjson.loads(r.data)}
+                    for r in rows]
+
+        return await self.db.run(q)
+
+
+def _spend(c: Connection, run_id: str, reply: Reply, judge_calls: int) -> None:
+    c.execute(update(runs).where(runs.c.id == run_id).values(
+        cost_usd=runs.c.cost_usd + reply.cost_usd,
+        prompt_tokens=runs.c.prompt_tokens + reply.prompt_tokens,
+        completion_tokens=runs.c.completion_tokens + reply.completion_tokens,
+        judge_calls=runs.c.judge_calls + judge_calls))
+
+
+def _event(c: Connection, run_id: str, kind: str, data: dict[str, Any]) -> None:
+    c.execute(insert(events).values(run_id=run_id, at=time.time(), kind=kind,
+                                    data=orjson.dumps(data).decode()))
