@@ -26,8 +26,8 @@ from keel.hive.settings import HiveSettings
 from keel.metering.settings import MetricsSettings
 from keel.qa.settings import QaSettings
 from keel.rag.settings import RagSettings
-from keel.remediation.settings import RemediationSettings
 from keel.reasoning.settings import ReasonerSpec, check_unique
+from keel.remediation.settings import RemediationSettings
 from keel.settings_section import Section
 from keel.tools.settings import ToolSettings
 from keel.tuning.settings import TuningSettings
