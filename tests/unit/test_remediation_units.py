@@ -181,3 +181,32 @@ def test_sandbox_kills_on_timeout(tmp_path: Path) -> None:
                          sandbox.Limits(timeout_s=1))
     assert r.timed_out and not r.passed and r.seconds < 30
     assert os.environ.get("KEEL_SANDBOX") is None
+
+
+def test_the_approval_message_carries_the_remediation_buttons() -> None:
+    """The Slack message for a remediation says what the reference's buttons say; other
+    actions keep Approve / Deny."""
+    import time as _time
+
+    from keel.approvals.handlers import HandlerRegistry
+    from keel.approvals.models import Approval
+    from keel.approvals.notify import slack_message
+    from keel.remediation.steps import ACTION
+
+    registry = HandlerRegistry()
+    registry.label(ACTION, approve="Shift 100% Traffic", deny="Rollback & Page On-Call")
+    now = _time.time()
+
+    def buttons(action: str) -> list[str]:
+        a = Approval(id="apr_1", workflow_id="wf", kind="action", tenant="default",
+                     action=action, arguments={}, args_hash="h", amount=None,
+                     risk_level="HIGH", reason="r", requested_by="keel", policy="p",
+                     status="pending", outcome=None, result=None, created_at=now,
+                     expires_at=now + 60, decided_at=None, decided_by=None, decided_ip=None,
+                     decided_via=None, reminders_sent=0, finished_at=None)
+        msg = slack_message(a, "requested", "ref-1", None, registry.labels(action))
+        return [el["text"]["text"] for b in msg["blocks"] if b["type"] == "actions"
+                for el in b["elements"]]
+
+    assert buttons(ACTION) == ["Shift 100% Traffic", "Rollback & Page On-Call"]
+    assert buttons("refund") == ["Approve", "Deny"]

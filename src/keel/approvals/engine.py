@@ -86,7 +86,7 @@ class ApprovalEngine:
         self.cfg = settings.approvals
         self.db = db
         self.registry = registry
-        self.notifier = notifier or Notifier(self.cfg)
+        self.notifier = notifier or Notifier(self.cfg, labels=registry.labels)
         self.sender = sender
         self.starter = starter  # launches DBOS on first use (see ApprovalsService)
         s = settings.server

@@ -33,6 +33,14 @@ class HandlerRegistry:
     def __init__(self) -> None:
         self._handlers: dict[str, Handler] = {}
         self._denials: dict[str, Handler] = {}
+        self._labels: dict[str, tuple[str, str]] = {}
+
+    def label(self, name: str, *, approve: str, deny: str) -> None:
+        """What the two buttons say for this action (Slack), e.g. "Shift 100% Traffic"."""
+        self._labels[name] = (approve[:75], deny[:75])  # Slack's plain_text button limit
+
+    def labels(self, name: str) -> tuple[str, str]:
+        return self._labels.get(name, ("Approve", "Deny"))
 
     def register(self, name: str, fn: Handler, *, on_deny: Handler | None = None) -> None:
         self._handlers[name] = fn

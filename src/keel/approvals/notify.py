@@ -11,6 +11,7 @@ import hashlib
 import hmac
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,7 +41,8 @@ def _money(a: Approval) -> str:
     return f"{a.amount:,.2f}" if a.amount is not None else "-"
 
 
-def slack_message(a: Approval, event: str, ref: str | None, link: str | None) -> dict[str, Any]:
+def slack_message(a: Approval, event: str, ref: str | None, link: str | None,
+                  labels: tuple[str, str] = ("Approve", "Deny")) -> dict[str, Any]:
     title = {"requested": "Approval needed", "reminder": "Reminder: approval needed",
              "decided": f"Approval {a.status}"}.get(event, event)
     text = (f"*{title}*: `{a.action}` amount {_money(a)} risk {a.risk_level}\n"
@@ -52,9 +54,9 @@ def slack_message(a: Approval, event: str, ref: str | None, link: str | None) ->
     if ref is not None:
         buttons: list[dict[str, Any]] = [
             {"type": "button", "action_id": "keel_approve", "style": "primary",
-             "text": {"type": "plain_text", "text": "Approve"}, "value": ref},
+             "text": {"type": "plain_text", "text": labels[0]}, "value": ref},
             {"type": "button", "action_id": "keel_deny", "style": "danger",
-             "text": {"type": "plain_text", "text": "Deny"}, "value": ref},
+             "text": {"type": "plain_text", "text": labels[1]}, "value": ref},
         ]
         if link:
             buttons.append({"type": "button", "action_id": "keel_open", "url": link,
@@ -64,9 +66,11 @@ def slack_message(a: Approval, event: str, ref: str | None, link: str | None) ->
 
 
 class Notifier:
-    def __init__(self, settings: ApprovalsSettings, *, timeout_s: float = 5.0) -> None:
+    def __init__(self, settings: ApprovalsSettings, *, timeout_s: float = 5.0,
+                 labels: Callable[[str], tuple[str, str]] | None = None) -> None:
         self.settings = settings
         self.timeout_s = timeout_s
+        self.labels = labels or (lambda _action: ("Approve", "Deny"))
 
     def channels(self) -> list[str]:
         s = self.settings
@@ -94,7 +98,7 @@ class Notifier:
     async def _slack(self, a: Approval, event: str, ref: str | None, link: str | None
                      ) -> Delivery:
         assert self.settings.slack_webhook_url is not None
-        body = orjson.dumps(slack_message(a, event, ref, link))
+        body = orjson.dumps(slack_message(a, event, ref, link, self.labels(a.action)))
         r = await self._post(self.settings.slack_webhook_url.get_secret_value(), body, {})
         return Delivery("slack", r.status_code < 300, f"HTTP {r.status_code}")
 

@@ -49,7 +49,12 @@ class RemediationCapability(Capability):
 
         super().__init__(ctx)
         self.remediator = Remediator(ctx.settings, ctx.db)
-        self.remediator.approvals = ctx.components.find(ApprovalsService)
+        self.remediator.approvals = approvals = ctx.components.find(ApprovalsService)
+        if approvals is not None:  # the reference's two buttons, on the Slack message
+            from keel.remediation.steps import ACTION
+
+            approvals.registry.label(ACTION, approve="Shift 100% Traffic",
+                                     deny="Rollback & Page On-Call")
         self.remediator.use_runtime(ctx.components.get(JobRuntime))
         ctx.components.put(self.remediator, owner=self.name)
 

@@ -258,8 +258,8 @@ class Steps:
             f"Canary: {canary['weight']:.0%} of traffic for {canary['seconds']:.0f}s: "
             f"{c['errors']}/{c['requests']} errors, p95 {c['p95_ms']:.0f} ms (stable: "
             f"{s['errors']}/{s['requests']} errors, p95 {s['p95_ms']:.0f} ms).\n"
-            "Approve = shift 100% of traffic to the fix and commit it. "
-            "Deny = roll back and page on-call.")
+            "Shift 100% Traffic = send all traffic to the fix and commit it on the branch. "
+            "Rollback & Page On-Call = roll back the canary and page the on-call.")
         p = Proposal(action=ACTION, risk_level="HIGH", reason=reason[:4000],
                      requested_by="keel remediation", tenant=self.cfg.tenant,
                      timeout_s=self.cfg.approval_timeout_s,
