@@ -7,47 +7,29 @@ file, or ``--errors``), ``cancel`` and ``cost`` (local CPU vs each priced model)
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 import httpx
 import orjson
 import typer
 
-from keel.cli.common import console, err_console, new_table, read_local_key, settings_from
+from keel.cli.common import (
+    console,
+    err_console,
+    fail,
+    gateway_call,
+    gateway_client,
+    new_table,
+    settings_from,
+)
 
 FINAL = ("completed", "failed", "cancelled", "expired")
 
 
-def fail(message: str) -> NoReturn:
-    err_console.print(f"error: {message}", markup=False, highlight=False)
-    raise typer.Exit(1)
-
-
 def _client(ctx: typer.Context, url: str | None) -> httpx.Client:
-    settings = settings_from(ctx)
-    base = url or os.environ.get("KEEL_URL") or \
-        f"http://{settings.server.host}:{settings.server.port}"
-    key = read_local_key(settings)
-    headers = {"authorization": f"Bearer {key}"} if key else {}
-    return httpx.Client(base_url=base, headers=headers, timeout=httpx.Timeout(300, connect=5))
-
-
-def _call(c: httpx.Client, method: str, path: str, **kw: Any) -> httpx.Response:
-    try:
-        r = c.request(method, path, **kw)
-    except httpx.HTTPError:
-        fail(f"no keel gateway answers at {c.base_url}: start one with `keel serve` (or set "
-             "--url / KEEL_URL)")
-    if r.status_code >= 400:
-        try:
-            msg = r.json()["error"]["message"]
-        except Exception:
-            msg = r.text[:500]
-        fail(f"{r.status_code}: {msg}")
-    return r
+    return gateway_client(settings_from(ctx), url, timeout=300)
 
 
 def _wait(c: httpx.Client, batch_id: str, poll_s: float) -> dict[str, Any]:
@@ -60,7 +42,7 @@ def _wait(c: httpx.Client, batch_id: str, poll_s: float) -> dict[str, Any]:
         TimeRemainingColumn,
     )
 
-    b: dict[str, Any] = _call(c, "GET", f"/v1/batches/{batch_id}").json()
+    b: dict[str, Any] = gateway_call(c, "GET", f"/v1/batches/{batch_id}").json()
     total = b["request_counts"]["total"]
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                   TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
@@ -73,7 +55,7 @@ def _wait(c: httpx.Client, batch_id: str, poll_s: float) -> dict[str, Any]:
             if b["status"] in FINAL:
                 return b
             time.sleep(poll_s)
-            b = _call(c, "GET", f"/v1/batches/{batch_id}").json()
+            b = gateway_call(c, "GET", f"/v1/batches/{batch_id}").json()
 
 
 def _summary(b: dict[str, Any]) -> None:
@@ -105,9 +87,9 @@ def build() -> typer.Typer:
             except (orjson.JSONDecodeError, AttributeError):
                 endpoint = "/v1/chat/completions"  # the upload names the bad line
         with _client(ctx, url) as c, file.open("rb") as fh:
-            up = _call(c, "POST", "/v1/files", data={"purpose": "batch"},
+            up = gateway_call(c, "POST", "/v1/files", data={"purpose": "batch"},
                        files={"file": (file.name, fh, "application/jsonl")}).json()
-            b = _call(c, "POST", "/v1/batches", json={
+            b = gateway_call(c, "POST", "/v1/batches", json={
                 "input_file_id": up["id"], "endpoint": endpoint,
                 "completion_window": "24h"}).json()
             console.print(f"batch {b['id']} created: {b['request_counts']['total']} lines "
@@ -122,7 +104,7 @@ def build() -> typer.Typer:
         """A batch's status and counts."""
         with _client(ctx, url) as c:
             b = _wait(c, batch_id, poll) if wait else \
-                _call(c, "GET", f"/v1/batches/{batch_id}").json()
+                gateway_call(c, "GET", f"/v1/batches/{batch_id}").json()
         _summary(b)
 
     @app.command("list")
@@ -130,7 +112,7 @@ def build() -> typer.Typer:
               limit: int = typer.Option(20, min=1, max=100)) -> None:
         """Recent batches."""
         with _client(ctx, url) as c:
-            data = _call(c, "GET", "/v1/batches", params={"limit": limit}).json()["data"]
+            data = gateway_call(c, "GET", "/v1/batches", params={"limit": limit}).json()["data"]
         t = new_table("batch", "status", "done", "failed", "total", "created")
         for b in data:
             n = b["request_counts"]
@@ -146,12 +128,12 @@ def build() -> typer.Typer:
                                                 help="Write to this file.")) -> None:
         """Print (or save) the output file of a batch (or its error file)."""
         with _client(ctx, url) as c:
-            b = _call(c, "GET", f"/v1/batches/{batch_id}").json()
+            b = gateway_call(c, "GET", f"/v1/batches/{batch_id}").json()
             fid = b["error_file_id" if errors else "output_file_id"]
             if not fid:
                 fail(f"batch {batch_id} has no {'error' if errors else 'output'} file "
                      f"(status {b['status']})")
-            body = _call(c, "GET", f"/v1/files/{fid}/content").content
+            body = gateway_call(c, "GET", f"/v1/files/{fid}/content").content
         if out is not None:
             out.write_bytes(body)
             err_console.print(f"wrote {out}", markup=False)
@@ -162,14 +144,14 @@ def build() -> typer.Typer:
     def cancel(ctx: typer.Context, batch_id: str, url: str | None = url_opt) -> None:
         """Cancel a batch: queued lines are dropped, running ones finish."""
         with _client(ctx, url) as c:
-            _summary(_call(c, "POST", f"/v1/batches/{batch_id}/cancel").json())
+            _summary(gateway_call(c, "POST", f"/v1/batches/{batch_id}/cancel").json())
 
     @app.command("cost")
     def cost(ctx: typer.Context, batch_id: str, url: str | None = url_opt,
              as_json: bool = typer.Option(False, "--json")) -> None:
         """What the batch cost on local CPUs vs the same tokens on each priced model."""
         with _client(ctx, url) as c:
-            r = _call(c, "GET", f"/v1/batches/{batch_id}/cost").json()
+            r = gateway_call(c, "GET", f"/v1/batches/{batch_id}/cost").json()
         if as_json:
             console.print_json(orjson.dumps(r).decode())
             return

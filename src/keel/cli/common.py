@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 from typing import Any, NoReturn
 
+import httpx
 import typer
 from rich.console import Console
 from rich.table import Table
@@ -66,6 +67,40 @@ def read_local_key(settings: Settings) -> str | None:
         return env
     path = admin_key_path(settings)
     return path.read_text().strip() if path.exists() else None
+
+
+def gateway_client(settings: Settings, url: str | None = None, *,
+                   timeout: float = 30.0) -> httpx.Client:
+    """An HTTP client for the running gateway: ``url``, else $KEEL_URL, else the configured
+    host and port; authenticated with :func:`read_local_key`."""
+    base = url or os.environ.get("KEEL_URL") or \
+        f"http://{settings.server.host}:{settings.server.port}"
+    key = read_local_key(settings)
+    headers = {"authorization": f"Bearer {key}"} if key else {}
+    return httpx.Client(base_url=base, headers=headers,
+                        timeout=httpx.Timeout(timeout, connect=5))
+
+
+def checked(r: httpx.Response) -> httpx.Response:
+    """``r``, or exit with the gateway's error message when it is a 4xx/5xx."""
+    if r.status_code >= 400:
+        try:
+            msg = r.json()["error"]["message"]
+        except Exception:
+            msg = r.text[:500]
+        fail(f"{r.status_code}: {msg}")
+    return r
+
+
+def gateway_call(c: httpx.Client, method: str, path: str, *, hint: str = "",
+                 **kw: Any) -> httpx.Response:
+    """One request to the gateway; a clear exit when none answers or it refuses."""
+    try:
+        r = c.request(method, path, **kw)
+    except httpx.HTTPError:
+        fail(f"no keel gateway answers at {c.base_url}: start one with `keel serve` (or set "
+             f"--url / KEEL_URL){hint}")
+    return checked(r)
 
 
 def write_secret(path: Path, secret: str) -> None:

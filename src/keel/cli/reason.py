@@ -10,8 +10,7 @@ needed); ``keel reason runs`` lists recent runs.
 from __future__ import annotations
 
 import asyncio
-import os
-from typing import Any, NoReturn
+from typing import Any
 
 import httpx
 import orjson
@@ -20,7 +19,16 @@ from rich.live import Live
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from typer.core import TyperGroup
 
-from keel.cli.common import console, err_console, new_table, read_local_key, settings_from, styled
+from keel.cli.common import (
+    checked,
+    console,
+    err_console,
+    fail,
+    gateway_client,
+    new_table,
+    settings_from,
+    styled,
+)
 
 
 class _AskByDefault(TyperGroup):
@@ -32,28 +40,12 @@ class _AskByDefault(TyperGroup):
         return super().parse_args(ctx, args)
 
 
-def fail(message: str) -> NoReturn:
-    err_console.print(f"error: {message}", markup=False, highlight=False)
-    raise typer.Exit(1)
-
-
 def _client(settings: Any, url: str | None, timeout: float = 30) -> httpx.Client:
-    base = url or os.environ.get("KEEL_URL") or \
-        f"http://{settings.server.host}:{settings.server.port}"
-    key = read_local_key(settings)
-    headers = {"authorization": f"Bearer {key}"} if key else {}
-    return httpx.Client(base_url=base, headers=headers,
-                        timeout=httpx.Timeout(timeout, connect=5))
+    return gateway_client(settings, url, timeout=timeout)
 
 
 def _check(r: httpx.Response) -> Any:
-    if r.status_code >= 400:
-        try:
-            msg = r.json()["error"]["message"]
-        except Exception:
-            msg = r.text[:500]
-        fail(f"{r.status_code}: {msg}")
-    return r.json()
+    return checked(r).json()
 
 
 def _events(c: httpx.Client, run_id: str) -> Any:

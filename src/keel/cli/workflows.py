@@ -14,43 +14,23 @@ import os
 import secrets
 import time
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 import httpx
 import orjson
 import typer
 
-from keel.cli.common import console, err_console, read_local_key, settings_from
+from keel.cli.common import console, err_console, fail, gateway_call, gateway_client, settings_from
 from keel.errors import KeelError
 
 
-def fail(message: str) -> NoReturn:
-    """Print literally: messages name settings in brackets ([workflows] ...)."""
-    err_console.print(f"error: {message}", markup=False, highlight=False)
-    raise typer.Exit(1)
-
-
 def _client(settings: Any, url: str | None) -> httpx.Client:
-    base = url or os.environ.get("KEEL_URL") or \
-        f"http://{settings.server.host}:{settings.server.port}"
-    key = read_local_key(settings)
-    headers = {"authorization": f"Bearer {key}"} if key else {}
-    return httpx.Client(base_url=base, headers=headers, timeout=httpx.Timeout(30, connect=5))
+    return gateway_client(settings, url)
 
 
 def _call(c: httpx.Client, method: str, path: str, **kw: Any) -> Any:
-    try:
-        r = c.request(method, path, **kw)
-    except httpx.HTTPError:
-        fail(f"no keel gateway answers at {c.base_url}: start one with `keel serve` (or "
-             "set --url / KEEL_URL), or pass --local to run in this process")
-    if r.status_code >= 400:
-        try:
-            msg = r.json()["error"]["message"]
-        except Exception:
-            msg = r.text[:500]
-        fail(f"{r.status_code}: {msg}")
-    return r.json()
+    return gateway_call(c, method, path, hint=", or pass --local to run in this process",
+                        **kw).json()
 
 
 def _print(data: Any) -> None:
