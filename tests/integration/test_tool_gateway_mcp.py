@@ -7,6 +7,7 @@ The refund example: $49.99 allowed, $50.01 denied with the deciding policy id, a
 from __future__ import annotations
 
 import contextlib
+import re
 import sys
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -27,6 +28,7 @@ from keel.approvals.service import ApprovalsService
 from keel.gateway.services import Services
 from keel.policy.cases import logged_rows, shadow
 from keel.tools.gateway import ToolGateway
+from keel.tools.mcp_endpoint import McpEndpoint
 from keel.tools.ports import ApprovalOutcome, ToolCall
 
 from live import serve_app
@@ -54,6 +56,7 @@ class Stack:
     key: str
     svc: Services
     clock: list[datetime]
+    endpoint: McpEndpoint
 
 
 @pytest.fixture(scope="module")
@@ -71,10 +74,12 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     svc.get(ToolGateway).clock = lambda: clock[0]
     svc.get(ToolGateway).log.flush_interval_s = 0.01
     key = svc.keys.create("acme", agent="support-bot").secret
-    with serve_app(create_app(settings, services=svc)) as url:
+    app = create_app(settings, services=svc)
+    endpoint = next(r.endpoint for r in app.routes if getattr(r, "path", "") == "/mcp")
+    with serve_app(app) as url:
         # applied through the store while serving: picked up by reload(), no restart
         svc.get(ToolGateway).store.apply(POLICY, validate=svc.get(ToolGateway).authorizer.validate)
-        yield Stack(url, key, svc, clock)
+        yield Stack(url, key, svc, clock, endpoint)
 
 
 @contextlib.asynccontextmanager
@@ -284,3 +289,49 @@ async def test_console_page_lists_decisions(stack: Stack) -> None:
         r = await c.get("/v1/admin/tool-decisions?decision=deny",
                         headers={"authorization": f"Bearer {admin}"})
         assert r.status_code == 200 and all(d["decision"] == "deny" for d in r.json()["data"])
+
+
+async def test_fast_path_answers_exactly_like_the_sdk(stack: Stack) -> None:
+    """keel answers plain tools/call, tools/list and ping itself (no per-request SDK
+    transport); every answer, refusal and error must be the SDK's (decision ids aside)."""
+    await stack.svc.get(ToolGateway).reload()
+    stack.clock[0] = datetime(2026, 3, 3, 11, 0, tzinfo=TZ)
+    headers = {"authorization": f"Bearer {stack.key}", "x-keel-session": "sess-fast",
+               "accept": "application/json, text/event-stream",
+               "content-type": "application/json"}
+    bodies = [
+        {"jsonrpc": "2.0", "id": 1, "method": "ping"},
+        {"jsonrpc": "2.0", "id": "l", "method": "tools/list"},
+        {"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {
+            "name": "issue_refund", "arguments": {"customer_id": "c1", "amount_cents": 100}}},
+        {"jsonrpc": "2.0", "id": 3, "method": "tools/call", "params": {  # forbid wins
+            "name": "issue_refund", "arguments": {"customer_id": "c1", "amount_cents": 9000}}},
+        {"jsonrpc": "2.0", "id": 4, "method": "tools/call", "params": {  # unknown tool
+            "name": "drop_tables", "arguments": {}}},
+        {"jsonrpc": "2.0", "id": 5, "method": "tools/call", "params": {"arguments": {}}},
+        {"jsonrpc": "2.0", "id": 6, "method": "tools/call", "params": {
+            "name": "read_customer", "arguments": {"customer_id": "c2"}}},
+    ]
+    answers: dict[bool, list[tuple[int, str, bytes]]] = {}
+    async with httpx.AsyncClient(base_url=stack.url, timeout=20) as http:
+        for fast in (True, False):
+            stack.endpoint.fast = fast
+            try:
+                answers[fast] = []
+                for body in bodies:
+                    r = await http.post("/mcp", json=body, headers=headers)
+                    answers[fast].append((r.status_code, r.headers["content-type"], r.content))
+            finally:
+                stack.endpoint.fast = True
+    for fast_answer, sdk_answer in zip(answers[True], answers[False], strict=True):
+        status, ctype, content = sdk_answer
+        assert fast_answer[0] == status
+        assert fast_answer[1].split(";")[0] == ctype.split(";")[0]
+        if status == 200:
+            assert _same_ids(fast_answer[2]) == _same_ids(content)
+    assert b"refunded 100 cents" in answers[True][2][2]
+    assert b"-32003" in answers[True][3][2] and b"no-refunds-over-50" in answers[True][3][2]
+
+
+def _same_ids(content: bytes) -> object:
+    return re.sub(rb'"td_[0-9a-f]+"', b'"td_"', content).decode()

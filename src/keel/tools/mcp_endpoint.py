@@ -4,6 +4,14 @@ The ASGI wrapper authenticates the API key before the MCP transport sees the req
 puts the principal in the ASGI scope; ``tools/call`` runs :meth:`ToolGateway.call`. A denial
 is a JSON-RPC error (code -32003) whose ``data`` carries the policy ids and decision id, never
 the tool result. Malformed JSON-RPC is answered by the transport with JSON-RPC errors.
+
+Fast path: the SDK's stateless transport builds a transport, memory streams and a server
+task for every POST (several ms). keel is stateless and JSON-only, so a well-formed
+``tools/call``, ``tools/list`` or ``ping`` request is answered here directly, with the same
+handlers and the same wire format (``by_alias``, ``exclude_none``; compared byte for byte
+with the SDK's answer in the tests). Everything else (``initialize``, notifications,
+batches, other protocol versions, malformed input) goes to the SDK unchanged, so its
+validation and error answers still apply.
 """
 
 from __future__ import annotations
@@ -17,8 +25,12 @@ from mcp.server.context import ServerRequestContext
 from mcp.server.lowlevel import Server
 from mcp.server.streamable_http_manager import StreamableHTTPASGIApp, StreamableHTTPSessionManager
 from mcp.shared.exceptions import MCPError
+from mcp_types import DEFAULT_NEGOTIATED_VERSION
+from mcp_types import methods as spec
+from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS
+from pydantic import ValidationError
 from starlette.requests import Request
-from starlette.types import Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
 from keel import __version__
 from keel.errors import KeelError, PermissionDenied, ToolFailed
@@ -33,6 +45,9 @@ SESSION_HEADER = "x-keel-session"
 DENIED = -32003
 TOOL_FAILED = -32004
 BAD_CALL = -32602  # invalid params (unknown tool, oversized arguments)
+INTERNAL = -32603
+FAST_METHODS = frozenset({"tools/call", "tools/list", "ping"})
+JSON_HEADERS = [(b"content-type", b"application/json")]
 
 
 def mcp_error(exc: KeelError) -> MCPError:
@@ -55,6 +70,8 @@ class McpEndpoint:
             app=self.server, stateless=True, json_response=True,
             max_request_body_size=svc.settings.server.max_body_bytes)
         self._asgi = StreamableHTTPASGIApp(self.manager)
+        self.max_body = svc.settings.server.max_body_bytes
+        self.fast = True  # False: every request through the SDK (tests compare the two)
         gateway.on_start.append(self._start)
 
     async def _start(self, stack: AsyncExitStack) -> None:
@@ -88,7 +105,58 @@ class McpEndpoint:
             await send({"type": "http.response.body", "body": body})
             return
         scope[SCOPE_KEY] = principal
+        if self.fast and _fast_eligible(scope):
+            messages, complete = await _read_body(receive, self.max_body)
+            if complete and await self._answer(scope, b"".join(
+                    m.get("body", b"") for m in messages), send, principal):
+                return
+            receive = _replay(messages, receive)
         await self._asgi(scope, receive, send)
+
+    async def _answer(self, scope: Scope, body: bytes, send: Send, principal: Principal) -> bool:
+        """Answer a plain ``tools/call``/``tools/list``/``ping`` request; False leaves the
+        (untouched) request to the SDK."""
+        try:
+            msg = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            return False
+        if (not isinstance(msg, dict) or msg.get("jsonrpc") != "2.0"
+                or msg.get("method") not in FAST_METHODS or not msg.keys() <= _ENVELOPE):
+            return False
+        rid = msg.get("id")
+        params = msg.get("params")
+        if (isinstance(rid, bool) or not isinstance(rid, int | str)
+                or not isinstance(params, dict | None)):
+            return False
+        method = msg["method"]
+        version = _header(scope, b"mcp-protocol-version") or DEFAULT_NEGOTIATED_VERSION
+        try:
+            spec.validate_client_request(method, version, params or {})
+            if method == "tools/call":
+                call = types.CallToolRequestParams.model_validate(params or {}, by_name=False)
+                session = _header(scope, SESSION_HEADER.encode())
+                try:
+                    _, _, result = await self.gateway.call(
+                        principal, call.name, call.arguments or {}, session)
+                except KeelError as exc:
+                    raise mcp_error(exc) from None
+                out: dict[str, Any] = result.model_dump(by_alias=True, mode="json",
+                                                        exclude_none=True)
+            elif method == "tools/list":
+                listed = await self._list_tools(None, None)
+                out = listed.model_dump(by_alias=True, mode="json", exclude_none=True)
+            else:
+                out = {}
+        except ValidationError:
+            return False  # the SDK words invalid params its own way
+        except MCPError as exc:
+            await _send_json(send, {"jsonrpc": "2.0", "id": rid, "error": exc.error.model_dump(
+                by_alias=True, mode="json", exclude_none=True)})
+            return True
+        # the SDK's per-version wire shape (drops fields the negotiated version lacks)
+        out = spec.serialize_server_result(method, version, out)
+        await _send_json(send, {"jsonrpc": "2.0", "id": rid, "result": out})
+        return True
 
     async def _authenticate(self, request: Request) -> Principal:
         if not self.svc.settings.auth_required:
@@ -97,7 +165,7 @@ class McpEndpoint:
 
     # -- MCP handlers ---------------------------------------------------------------------
 
-    async def _list_tools(self, ctx: ServerRequestContext[Any, Any],
+    async def _list_tools(self, ctx: ServerRequestContext[Any, Any] | None,
                           params: types.PaginatedRequestParams | None) -> types.ListToolsResult:
         return types.ListToolsResult(tools=[
             types.Tool(name=s.name, description=s.description or None,
@@ -119,3 +187,62 @@ class McpEndpoint:
         except KeelError as exc:
             raise mcp_error(exc) from None
         return result
+
+
+_ENVELOPE = frozenset({"jsonrpc", "id", "method", "params"})
+
+
+def _header(scope: Scope, name: bytes) -> str:
+    for key, value in scope["headers"]:
+        if key == name:
+            return str(value.decode("latin-1"))
+    return ""
+
+
+def _fast_eligible(scope: Scope) -> bool:
+    """Headers the SDK would accept for a JSON answer on the stateless handshake-era path."""
+    accept = [t.split(";")[0].strip().lower() for t in _header(scope, b"accept").split(",")]
+    if not any(t in ("application/json", "application/*", "*/*") for t in accept):
+        return False
+    if _header(scope, b"content-type").split(";")[0].strip().lower() != "application/json":
+        return False
+    version = _header(scope, b"mcp-protocol-version")
+    return not version or version in HANDSHAKE_PROTOCOL_VERSIONS
+
+
+async def _read_body(receive: Receive, limit: int) -> tuple[list[Message], bool]:
+    """The request's messages, and whether the body is complete and within ``limit`` (if
+    not, the messages read so far are replayed to the SDK, which enforces the limit)."""
+    messages: list[Message] = []
+    size = 0
+    while True:
+        message = await receive()
+        messages.append(message)
+        if message["type"] != "http.request":
+            return messages, False
+        size += len(message.get("body", b""))
+        if size > limit:
+            return messages, False
+        if not message.get("more_body", False):
+            return messages, True
+
+
+def _replay(messages: list[Message], receive: Receive) -> Receive:
+    pending = list(messages)
+
+    async def replay() -> Message:
+        if pending:
+            return pending.pop(0)
+        return await receive()
+
+    return replay
+
+
+async def _send_json(send: Send, payload: dict[str, Any]) -> None:
+    try:
+        body = orjson.dumps(payload)
+    except TypeError:
+        body = orjson.dumps({"jsonrpc": "2.0", "id": payload.get("id"), "error": {
+            "code": INTERNAL, "message": "tool result is not JSON-serialisable"}})
+    await send({"type": "http.response.start", "status": 200, "headers": JSON_HEADERS})
+    await send({"type": "http.response.body", "body": body})
