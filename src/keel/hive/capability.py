@@ -54,9 +54,11 @@ class HiveCapability(Capability):
         return [StageSlot(HiveTeeStage(self.hive), TEE_SLOT)]
 
     def install(self, app: FastAPI, svc: Services) -> None:
+        from keel.hive.files_routes import HiveFileRoutes
         from keel.hive.routes import HiveRoutes
 
         app.include_router(HiveRoutes(svc, self.hive).router())
+        app.include_router(HiveFileRoutes(svc, self.hive).router())
 
     def console_pages(self) -> Sequence[PageFactory]:
         from keel.web.hive_page import HivePage
