@@ -310,3 +310,21 @@ async def test_writer_killed_mid_write_never_leaves_a_torn_file(
     if backend[0].startswith("/"):
         leftovers = [p.name for p in Path(backend[0]).rglob(".tmp-*")]
         assert leftovers == []
+
+
+@pytest.mark.services
+async def test_redis_lock_expires_and_a_late_holder_cannot_write(
+        redis_clean_url: str, tmp_path: Path) -> None:
+    hive = _open((redis_clean_url, "kt-exp:"), tmp_path)
+    try:
+        await hive.create_task(TENANT, "job")
+        await hive.files.put(TENANT, "job", "counter", b"0", expect=0)
+        slow = await hive.store.file_lock("acme", "job", "counter", 0.2, 1)
+        await asyncio.sleep(0.4)  # the holder stalls past its TTL
+        async with hive.files.locked(CRITIC, "job", "counter") as fresh:
+            with pytest.raises(HiveFileLocked, match="expired"):
+                await hive.files.put(CODER, "job", "counter", b"late", expect=1, lock=slow)
+            await hive.files.put(CRITIC, "job", "counter", b"1", expect=1, lock=fresh)
+        assert (await hive.files.get("acme", "job", "counter")).data == b"1"
+    finally:
+        await hive.aclose()

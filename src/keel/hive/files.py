@@ -111,8 +111,8 @@ class HiveFiles:
 
     async def _quota(self, tenant: str, task: str, name: str, size: int) -> None:
         usage = await self.hive.current_usage(tenant)
-        old = await self.store.file_get(tenant, task, name)
-        grow = size - (old.info.size if old else 0)
+        old = next((f.size for f in await self.store.files(tenant, task) if f.name == name), 0)
+        grow = size - old
         quota = self.hive.settings.quota_bytes
         if grow > 0 and usage.bytes + grow > quota:
             raise HiveQuotaExceeded(

@@ -30,14 +30,17 @@ from keel.storage.redis_client import redis_errors
 
 # KEYS: bytes hash, meta hash, lock key, tasks hash, files stream, task meta hash.
 # ARGV: task, name, expect (-1: any), bytes, writer, ts, token ('' = none), op, stream.
-# Returns {version, size}; {-2} no task; {-3} locked by another; {-4} our lock is gone;
+# Returns {version, size}; {-2} no task; {-3} locked by another; {-4} our lock expired;
 # {-1, current} version mismatch.
 CHANGE_SCRIPT = """
 local raw = redis.call('HGET', KEYS[4], ARGV[1])
 if not raw then return {-2} end
 local holder = redis.call('GET', KEYS[3])
-if holder and holder ~= ARGV[7] then return {-3} end
-if ARGV[7] ~= '' and not holder then return {-4} end
+if ARGV[7] ~= '' then
+  if holder ~= ARGV[7] then return {-4} end
+elseif holder then
+  return {-3}
+end
 local cur, size = 0, 0
 local m = redis.call('HGET', KEYS[2], ARGV[2])
 if m then
