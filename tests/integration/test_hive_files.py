@@ -328,3 +328,17 @@ async def test_redis_lock_expires_and_a_late_holder_cannot_write(
         assert (await hive.files.get("acme", "job", "counter")).data == b"1"
     finally:
         await hive.aclose()
+
+
+async def test_one_process_per_period_claims_the_scheduled_gc(
+        backend: tuple[str, str], tmp_path: Path) -> None:
+    a, b = _open(backend, tmp_path), _open(backend, tmp_path)  # two gateways, one store
+    try:
+        now = time.time()
+        assert [await a.store.claim("gc", 60, now), await b.store.claim("gc", 60, now + 1),
+                await a.store.claim("gc", 60, now + 2)] == [True, False, False]
+        if backend[0].startswith("/"):
+            assert await b.store.claim("gc", 60, now + 61)  # the next period
+    finally:
+        await a.aclose()
+        await b.aclose()
