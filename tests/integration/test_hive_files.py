@@ -29,10 +29,10 @@ import pytest
 
 from keel.errors import InvalidRequest, PayloadTooLarge, PermissionDenied
 from keel.gateway.context import Principal
-from keel.hive.files import HiveFileNotFound
 from keel.hive.model import (
     HiveConflict,
     HiveFileLocked,
+    HiveFileNotFound,
     HiveQuotaExceeded,
     HiveRef,
     HiveTaskNotFound,

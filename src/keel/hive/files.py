@@ -25,6 +25,7 @@ from keel.hive.model import (
     FileInfo,
     FileLock,
     HiveConflict,
+    HiveFileNotFound,
     HiveQuotaExceeded,
     HiveVersionMismatch,
     SharedFile,
@@ -36,11 +37,6 @@ if TYPE_CHECKING:
 
 LOCK_TTL_S = 30.0  # a Redis lock whose holder died frees itself after this
 WAIT_S = 10.0  # how long a write waits for another holder's lock
-
-
-class HiveFileNotFound(InvalidRequest):
-    http_status = 404
-    code = "hive_file_not_found"
 
 
 class HiveFiles:

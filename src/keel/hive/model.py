@@ -33,6 +33,10 @@ class HiveStreamNotFound(NotFound):
     code = "hive_stream_not_found"
 
 
+class HiveFileNotFound(NotFound):
+    code = "hive_file_not_found"
+
+
 class HiveConflict(KeelError):
     http_status = 409
     type = "invalid_request_error"
