@@ -190,6 +190,22 @@ async def w_redis_writers(url: str, task: str, tasks: int, n: int, tag: str) -> 
     await hive.aclose()
 
 
+async def w_redis_raw(url: str, tasks: int, n: int, tag: str) -> None:
+    """The baseline: the same writers and payloads as plain ``XADD`` with redis-py (no
+    task, no sequence numbers, no byte accounting, no quota, no expiry)."""
+    import redis.asyncio as aioredis
+
+    r = aioredis.Redis.from_url(url, max_connections=256)
+
+    async def run(t: int) -> None:
+        name = f"w{tag}-{t}"
+        for i in range(n):
+            await r.xadd(f"bench-raw:{name}", {"d": f"{name}:{i}:" + "x" * 88})
+
+    await asyncio.gather(*(run(t) for t in range(tasks)))
+    await r.aclose()
+
+
 def w_crash_writer(root: str, task_dir: str) -> None:
     store = DirHiveStore(Path(root), fsync="never")
     i = 0
@@ -203,6 +219,7 @@ WORKERS: dict[str, Any] = {
     "write": w_write, "read": w_read, "atomic_write": w_atomic_write,
     "atomic_read": w_atomic_read, "produce": w_produce, "first_byte": w_first_byte,
     "dir_writers": w_dir_writers, "redis_writers": w_redis_writers,
+    "redis_raw": w_redis_raw,
     "crash_writer": w_crash_writer,
 }
 
@@ -345,7 +362,31 @@ async def throughput(dir_url: str, redis_url: str, writers: int, per_dir: int,
         out[name] = {"writers": writers, "records": n, "wall_s": wall,
                      "records_per_s": n / wall, "payload_mb_per_s": total_bytes / wall / 1e6,
                      "streams_verified": streams, "streams_bad": bad}
+    if redis_url and per_redis > 0:
+        out["redis raw XADD (baseline)"] = await raw_redis(redis_url, writers, per_redis)
     return out
+
+
+async def raw_redis(url: str, writers: int, per: int) -> dict[str, Any]:
+    """The same 64 writers as plain redis-py ``XADD`` calls: what the hive's layer costs."""
+    import redis.asyncio as aioredis
+
+    procs_n = 8
+    t0 = time.perf_counter()
+    ps = [spawn("redis_raw", url, writers // procs_n, per, p) for p in range(procs_n)]
+    for p in ps:
+        p.wait()
+    wall = time.perf_counter() - t0
+    r = aioredis.Redis.from_url(url)
+    keys = [k async for k in r.scan_iter(match="bench-raw:*", count=1000)]
+    lens = [await r.xlen(k) for k in keys]
+    if keys:
+        await r.delete(*keys)
+    await r.aclose()
+    n = writers * per
+    return {"writers": writers, "records": n, "wall_s": wall, "records_per_s": n / wall,
+            "payload_mb_per_s": n * 100 / wall / 1e6, "streams_verified": len(keys),
+            "streams_bad": sum(x != per for x in lens) + (writers - len(keys))}
 
 
 async def crash(kills: int, tmp: Path) -> dict[str, Any]:

@@ -5,7 +5,10 @@ sharing one hive task through a keel gateway.
   gateway streams its tokens into the hive as they are generated;
 - the coder tails ``researcher`` (SSE) and starts writing code as soon as it has the first
   notes, before the researcher has finished (its answer is teed into ``coder``);
-- the critic tails ``coder`` to its end, expands ``hive://TASK/coder`` and critiques it.
+- the coder saves its code as the task's shared file ``solution.py`` (``PUT`` with
+  ``If-None-Match: *``: create, never overwrite someone else's);
+- the critic tails ``coder`` to its end, then the ``files`` stream until ``solution.py``
+  appears, expands ``hive://TASK/files/solution.py`` and critiques it.
 
 Each agent writes its timeline (seconds since the start) to a shared file; the run prints
 it and saves it to ``bench/results/hive_example.json``.
@@ -85,20 +88,31 @@ def agent(role: str, base: str, task: str, key: str, timeline: str, t0: float) -
             if len(notes) >= 80 or kind == "end":
                 break  # enough to start on: the researcher is still writing
         mark("starts generating (researcher not done)")
-        chat(http, key, f"{task}/coder",
-             f"Notes: {notes}\nWrite a Python function that does this.", 96,
-             lambda: mark("first token generated"))
+        code = chat(http, key, f"{task}/coder",
+                    f"Notes: {notes}\nWrite a Python function that does this.", 96,
+                    lambda: mark("first token generated"))
         mark("finished (end record)")
+        r = http.put(f"/v1/hive/tasks/{task}/files/solution.py", content=code.encode(),
+                     headers={"authorization": f"Bearer {key}", "if-none-match": "*"})
+        r.raise_for_status()
+        mark(f"saved {r.json()['ref']}")
     else:  # critic
         seen = False
         for kind, _text in tail(http, task, "coder", key):
             if kind == "tokens" and not seen:
                 seen = True
                 mark("first coder byte read")
-        code = http.post("/v1/hive/expand", json={"text": f"hive://{task}/coder"},
+        mark("coder stream ended")
+        for _kind, text in tail(http, task, "files", key):  # one record per file change
+            if json.loads(text)["name"] == "solution.py":
+                break
+        ref = f"hive://{task}/files/solution.py"
+        code = http.post("/v1/hive/expand", json={"text": ref},
                          headers={"authorization": f"Bearer {key}"}).json()["text"]
-        mark("coder stream ended; expanded hive://" + task + "/coder")
-        chat(http, key, f"{task}/critic", f"Review this code briefly:\n{code}", 64,
+        mark(f"read {ref} ({len(code)} chars)")
+        chat(http, key, f"{task}/critic",
+             "Here is a Python function:\n\n```python\n" + code.strip("`\n") + "\n```\n\n"
+             "In two sentences, say whether it removes duplicates correctly and why.", 64,
              lambda: mark("first token generated"))
         mark("finished (end record)")
 

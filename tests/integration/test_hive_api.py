@@ -7,12 +7,14 @@ import asyncio
 import json
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from urllib.parse import urlencode
 
 import httpx
 import pytest
 
 from conftest import make_settings
 from keel.app import build_services, create_app
+from keel.gateway.context import Principal
 from keel.gateway.services import Services
 from keel.hive.service import HiveService
 
@@ -26,7 +28,8 @@ def hive_app(tmp_path: Path, fake_upstream: FakeUpstream,
     monkeypatch.chdir(tmp_path)
     settings = make_settings(tmp_path, fake_upstream,
                              hive={"enabled": True, "quota_bytes": 200_000,
-                                   "max_record_bytes": 4096, "poll_s": 5.0})
+                                   "max_record_bytes": 4096, "poll_s": 5.0,
+                                   "max_file_bytes": 195_000})
     svc = build_services(settings)
     with serve_app(create_app(settings, services=svc)) as base:
         yield base, svc
@@ -198,3 +201,112 @@ async def test_tee_chat_completion_fake_llm(hive_app, http: httpx.AsyncClient,
                             headers=_h(k[who], **{"x-keel-hive": target}))
         assert r.status_code == status, (target, r.text)
     assert len(fake_upstream.calls) == calls
+
+
+async def test_shared_files_over_http(hive_app, http: httpx.AsyncClient) -> None:
+    k = _keys(hive_app[1])
+    await http.post("/v1/hive/tasks", json={"name": "job"}, headers=_h(k["app"]))
+    url = "/v1/hive/tasks/job/files/plan.md"
+    r = await http.put(url, content=b"step 1", headers=_h(k["coder"], **{"if-none-match": "*"}))
+    assert r.status_code == 201, r.text
+    assert r.headers["etag"] == '"1"' and r.json()["ref"] == "hive://job/files/plan.md@1"
+    # any agent of the tenant reads it, with its version as the ETag
+    r = await http.get(url, headers=_h(k["researcher"]))
+    assert (r.status_code, r.content, r.headers["etag"]) == (200, b"step 1", '"1"')
+    assert (await http.get(url, headers=_h(k["researcher"], **{"if-none-match": '"1"'}))
+            ).status_code == 304
+    r = await http.put(url, content=b"step 1, 2", headers=_h(k["researcher"],
+                                                              **{"if-match": '"1"'}))
+    assert r.status_code == 200 and r.json()["version"] == 2
+    cases = [
+        # (method, path, key, headers, body, status, code, message part)
+        ("PUT", url, "coder", {"if-match": '"1"'}, b"stale", 412, "hive_version_mismatch",
+         "version 2, not 1"),
+        ("PUT", url, "coder", {"if-none-match": "*"}, b"again", 412, "hive_version_mismatch",
+         "already exists"),
+        ("PUT", url, "coder", {}, b"blind", 428, "hive_precondition_required", "If-Match"),
+        ("DELETE", url, "coder", {}, None, 428, "hive_precondition_required", "If-Match"),
+        ("DELETE", url, "coder", {"if-match": '"1"'}, None, 412, "hive_version_mismatch", "2"),
+        ("PUT", url, "coder", {"if-match": "*"}, b"x", 400, "invalid_request", "one version"),
+        ("PUT", url, "coder", {"if-match": '"2"'}, b"y" * 200_000, 413,
+         "payload_too_large", "max_file_bytes"),
+        ("PUT", "/v1/hive/tasks/job/files/..%2F..%2Fetc", "coder", {"if-none-match": "*"},
+         b"x", 404, "not_found", "no such endpoint"),  # a '/' never reaches a name
+        ("PUT", "/v1/hive/tasks/job/files/a..b", "coder", {"if-none-match": "*"},
+         b"x", 400, "invalid_request", "invalid file name"),
+        ("PUT", "/v1/hive/tasks/job/files/.lock-plan.md", "coder", {"if-none-match": "*"},
+         b"x", 400, "invalid_request", "invalid file name"),
+        ("GET", "/v1/hive/tasks/job/files/ghost", "coder", {}, None, 404,
+         "hive_file_not_found", "ghost"),
+        ("GET", url, "other", {}, None, 404, "hive_task_not_found", "job"),
+        ("PUT", "/v1/hive/tasks/nope/files/a", "coder", {"if-none-match": "*"}, b"x", 404,
+         "hive_task_not_found", "nope"),
+    ]
+    for method, path, who, headers, body, status, code, part in cases:
+        r = await http.request(method, path, headers=_h(k[who], **headers), content=body)
+        assert (r.status_code, r.json()["error"]["code"]) == (status, code), (path, r.text)
+        assert part in r.json()["error"]["message"], r.text
+    mismatch = await http.put(url, content=b"stale", headers=_h(k["coder"],
+                                                                 **{"if-match": '"1"'}))
+    assert mismatch.json()["error"]["current_version"] == 2
+    # nothing half-written by any refused request
+    r = await http.get(url, headers=_h(k["coder"]))
+    assert (r.content, r.headers["etag"]) == (b"step 1, 2", '"2"')
+    listed = (await http.get("/v1/hive/tasks/job/files", headers=_h(k["app"]))).json()["data"]
+    assert [(f["name"], f["version"], f["size"]) for f in listed] == [("plan.md", 2, 9)]
+    # quota (200 kB per tenant): a file that would pass it is refused whole
+    big = b"z" * 190_000
+    r = await http.put("/v1/hive/tasks/job/files/big", content=big,
+                       headers=_h(k["coder"], **{"if-none-match": "*"}))
+    assert r.status_code == 201
+    r = await http.put("/v1/hive/tasks/job/files/big2", content=big,
+                       headers=_h(k["coder"], **{"if-none-match": "*"}))
+    assert r.status_code == 429 and r.json()["error"]["code"] == "hive_quota_exceeded"
+    assert (await http.get("/v1/hive/tasks/job/files/big2",
+                           headers=_h(k["coder"]))).status_code == 404
+    # the files stream tells tailers what changed; references expand
+    recs = (await http.get("/v1/hive/tasks/job/streams/files/records",
+                           headers=_h(k["coder"]))).json()["data"]
+    assert [json.loads(x["data"])["ref"] for x in recs] == [
+        "hive://job/files/plan.md@1", "hive://job/files/plan.md@2", "hive://job/files/big@1"]
+    exp = await http.post("/v1/hive/expand", headers=_h(k["researcher"]),
+                          json={"text": "plan: hive://job/files/plan.md@2"})
+    assert exp.json() == {"text": "plan: step 1, 2"}
+    # the console lists the task's files
+    login = await http.post("/console/login", content=urlencode({"api_key": k["app"]}),
+                            headers={"content-type": "application/x-www-form-urlencoded"})
+    assert login.status_code == 303
+    page = await http.get("/console/hive")
+    assert page.status_code == 200 and "plan.md (v2" in page.text and "big (v1" in page.text
+    r = await http.delete(url, headers=_h(k["coder"], **{"if-match": '"2"'}))
+    assert r.status_code == 200 and r.json()["deleted"] is True
+    assert (await http.get(url, headers=_h(k["coder"]))).status_code == 404
+
+
+@pytest.fixture
+def gc_app(tmp_path: Path, fake_upstream: FakeUpstream,
+           monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[str, Services]]:
+    monkeypatch.chdir(tmp_path)
+    settings = make_settings(tmp_path, fake_upstream,
+                             hive={"enabled": True, "gc_interval_s": 0.2})
+    svc = build_services(settings)
+    with serve_app(create_app(settings, services=svc)) as base:
+        yield base, svc
+
+
+async def test_scheduled_gc_deletes_expired_tasks_by_itself(gc_app) -> None:
+    base, svc = gc_app
+    hive = svc.get(HiveService)
+    key = svc.keys.create("acme").secret
+    async with httpx.AsyncClient(base_url=base, timeout=20) as http:
+        for name, ttl in (("short", 1), ("long", 3600)):
+            r = await http.post("/v1/hive/tasks", json={"name": name, "ttl_s": ttl},
+                                headers=_h(key))
+            assert r.status_code == 201
+        await hive.files.put(Principal(key_id="k", tenant="acme"), "short", "f", b"scratch",
+                             expect=0)
+        deadline = asyncio.get_running_loop().time() + 15
+        while (await http.get("/v1/hive/tasks/short", headers=_h(key))).status_code == 200:
+            assert asyncio.get_running_loop().time() < deadline, "gc never ran"
+            await asyncio.sleep(0.1)
+        assert (await http.get("/v1/hive/tasks/long", headers=_h(key))).status_code == 200

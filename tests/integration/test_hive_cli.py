@@ -65,3 +65,33 @@ def test_hive_cli(tmp_path: Path) -> None:  # sync: the CLI runs its own event l
     code, out = _run(cfg, "hive", "report")
     assert code == 0 and "acme" in out
     assert [t.name for t in run(hive.store.tasks("acme"))] == ["job"]
+
+
+def test_hive_cli_shared_files(tmp_path: Path) -> None:
+    cfg = tmp_path / "keel.toml"
+    cfg.write_text(f'data_dir = "{tmp_path / "data"}"\n[hive]\nenabled = true\n')
+    settings = load_settings(cfg)
+    hive = HiveService(open_store(settings.hive, settings.data_dir), settings.hive)
+    asyncio.run(hive.create_task(WRITER, "job"))
+    src = tmp_path / "plan.md"
+    src.write_bytes(b"[step] one\n")
+    code, out = _run(cfg, "hive", "put", "job/files/plan.md", str(src), "--tenant", "acme",
+                     "--create")
+    assert code == 0 and "hive://job/files/plan.md@1" in out, out
+    code, out = _run(cfg, "hive", "put", "job/files/plan.md", str(src), "--tenant", "acme",
+                     "--create")
+    assert code == 1 and "already exists" in out
+    src.write_bytes(b"[step] two\n")
+    code, out = _run(cfg, "hive", "put", "job/files/plan.md", str(src), "--tenant", "acme")
+    assert code == 0 and "@2" in out
+    code, out = _run(cfg, "hive", "put", "job/files/plan.md", str(src), "--tenant", "acme",
+                     "--version", "1")
+    assert code == 1 and "version 2, not 1" in out
+    code, out = _run(cfg, "hive", "cat", "job/files/plan.md", "--tenant", "acme")
+    assert code == 0 and out == "[step] two\n"
+    code, out = _run(cfg, "hive", "ls", "job", "--tenant", "acme")
+    assert code == 0 and "plan.md" in out and "cli" in out
+    code, out = _run(cfg, "hive", "cat", "job/files/../x", "--tenant", "acme")
+    assert code == 1 and "invalid file name" in out
+    code, out = _run(cfg, "hive", "put", "job/plan.md", str(src), "--tenant", "acme")
+    assert code != 0 and "TASK/files/NAME" in out

@@ -1,4 +1,5 @@
-"""``keel hive``: list tasks, print or follow a stream, report sizes, collect expired tasks.
+"""``keel hive``: list tasks, print or follow a stream, read or write a shared file, report
+sizes, collect expired tasks.
 
 The commands open the hive's backend directly (the directory or Redis that ``[hive] url``
 names), so they work with the server down and from any machine that shares the mount.
@@ -10,6 +11,7 @@ import asyncio
 import sys
 import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 import typer
@@ -17,6 +19,7 @@ import typer
 from keel.cli.common import console, fail, new_table, settings_from, styled
 from keel.config import Settings
 from keel.errors import KeelError
+from keel.gateway.context import Principal
 
 T = TypeVar("T")
 
@@ -44,6 +47,19 @@ def _target(text: str) -> tuple[str, str]:
     if not sep or not task or not stream:
         raise typer.BadParameter(f"{text!r}: write TASK/STREAM")
     return task, stream
+
+
+def _file(text: str) -> str | None:
+    """``TASK/files/NAME`` -> NAME (a shared file), else ``None`` (a stream)."""
+    _task, _, rest = text.partition("/")
+    return rest[len("files/"):] if rest.startswith("files/") else None
+
+
+def _read_source(path: str) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except OSError as exc:
+        raise typer.BadParameter(f"cannot read {path!r}: {exc.strerror}") from None
 
 
 def _size(n: float) -> str:
@@ -81,6 +97,12 @@ def build() -> typer.Typer:
                 t.add_row(s.name, str(s.records), _size(s.bytes), "yes" if s.ended else "",
                           _age(now - s.last_ts) + " ago")
             console.print(t)
+            if info.files:
+                f = new_table("file", "version", "size", "writer", "last write")
+                for fi in info.files:
+                    f.add_row(fi.name, str(fi.version), _size(fi.size), fi.writer,
+                              _age(now - fi.ts) + " ago")
+                console.print(f)
             return
         tasks = _run(settings, lambda h: h.store.tasks(tenant))
         t = new_table("task", "streams", "size", "age", "expires in")
@@ -90,10 +112,17 @@ def build() -> typer.Typer:
         console.print(t)
 
     @app.command("cat")
-    def cat(ctx: typer.Context, target: str = typer.Argument(..., help="TASK/STREAM"),
+    def cat(ctx: typer.Context,
+            target: str = typer.Argument(..., help="TASK/STREAM or TASK/files/NAME"),
             offset: int = typer.Option(0, "--offset", min=0), tenant: str = TENANT) -> None:
-        """Print a stream's text from record OFFSET."""
+        """Print a stream's text from record OFFSET, or a shared file's bytes."""
         task, stream = _target(target)
+        name = _file(target)
+        if name is not None:
+            got = _run(settings_from(ctx), lambda h: h.files.get(tenant, task, name))
+            sys.stdout.buffer.write(got.data)
+            sys.stdout.flush()
+            return
         text = _run(settings_from(ctx), lambda h: h.text(tenant, task, stream, offset))
         sys.stdout.write(text)
         if text and not text.endswith("\n"):
@@ -119,6 +148,35 @@ def build() -> typer.Typer:
 
         _run(settings_from(ctx), go)
         sys.stdout.write("\n")
+
+    @app.command("put")
+    def put(ctx: typer.Context,
+            target: str = typer.Argument(..., help="TASK/files/NAME"),
+            source: str = typer.Argument(..., help="A file to upload, or - for stdin."),
+            version: int = typer.Option(
+                -1, "--version", min=-1,
+                help="Replace only this version (default: the version read just before)."),
+            create: bool = typer.Option(False, "--create",
+                                        help="Create only: fail if the file exists."),
+            tenant: str = TENANT) -> None:
+        """Write a task's shared file (compare-and-set on its version)."""
+        task, _ = _target(target)
+        name = _file(target)
+        if name is None:
+            raise typer.BadParameter(f"{target!r}: write TASK/files/NAME")
+        data = sys.stdin.buffer.read() if source == "-" else _read_source(source)
+        who = Principal(key_id="cli", tenant=tenant, agent=None)
+
+        async def go(h: Any) -> Any:
+            expect = 0 if create else version
+            if expect < 0:
+                cur = await h.store.file_get(tenant, task, name)
+                expect = cur.info.version if cur else 0
+            return await h.files.put(who, task, name, data, expect=expect)
+
+        info = _run(settings_from(ctx), go)
+        console.print(styled(("wrote", "bold"), f" hive://{task}/files/{info.name}@"
+                             f"{info.version} ({_size(info.size)})"))
 
     @app.command("report")
     def report(ctx: typer.Context) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import Sequence
 from functools import partial
 from typing import TYPE_CHECKING
@@ -44,6 +46,7 @@ class HiveCapability(Capability):
         self.hive = HiveService(open_store(ctx.settings.hive, ctx.settings.data_dir),
                                 ctx.settings.hive)
         ctx.components.put(self.hive, owner=self.name)
+        self._gc: asyncio.Task[None] | None = None
 
     def stages(self) -> Sequence[StageSlot]:
         from keel.hive.stage import HiveTeeStage
@@ -51,14 +54,26 @@ class HiveCapability(Capability):
         return [StageSlot(HiveTeeStage(self.hive), TEE_SLOT)]
 
     def install(self, app: FastAPI, svc: Services) -> None:
+        from keel.hive.files_routes import HiveFileRoutes
         from keel.hive.routes import HiveRoutes
 
         app.include_router(HiveRoutes(svc, self.hive).router())
+        app.include_router(HiveFileRoutes(svc, self.hive).router())
 
     def console_pages(self) -> Sequence[PageFactory]:
         from keel.web.hive_page import HivePage
 
         return [partial(HivePage, hive=self.hive)]
 
+    async def start(self) -> None:
+        every = self.ctx.settings.hive.gc_interval_s
+        if every > 0:
+            self._gc = asyncio.create_task(self.hive.gc_loop(every), name="keel.hive.gc")
+
     async def stop(self) -> None:
+        if self._gc is not None:
+            self._gc.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._gc
+            self._gc = None
         await self.hive.aclose()

@@ -13,6 +13,7 @@ Every rule lives here so the HTTP routes, the gateway tee and the CLI apply the 
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import time
 from collections.abc import AsyncIterator, Sequence
@@ -20,9 +21,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from keel.errors import ConfigError, InvalidRequest, PayloadTooLarge, PermissionDenied
+from keel.errors import (
+    ConfigError,
+    InvalidRequest,
+    KeelError,
+    PayloadTooLarge,
+    PermissionDenied,
+)
 from keel.gateway.context import Principal
+from keel.hive.files import HiveFiles
 from keel.hive.model import (
+    FILES_STREAM,
     KINDS,
     REF,
     HiveQuotaExceeded,
@@ -36,6 +45,8 @@ from keel.hive.model import (
     check_name,
 )
 from keel.hive.settings import HiveSettings
+
+log = logging.getLogger(__name__)
 
 USAGE_REFRESH_S = 5.0
 WAIT_POLL_S = 0.01  # how often a tail waiting for a stream to appear looks
@@ -91,11 +102,16 @@ class HiveService:
         self.store = store
         self.settings = settings
         self._usage: dict[str, _Usage] = {}
+        self.files = HiveFiles(self)
 
     # -- permissions --------------------------------------------------------------------
 
     @staticmethod
     def check_writer(principal: Principal, stream: str) -> None:
+        if stream == FILES_STREAM:
+            raise PermissionDenied(
+                f"the {FILES_STREAM!r} stream is written by the hive itself (one record per "
+                "shared file change); write files with PUT .../files/NAME")
         if principal.agent is not None and not principal.admin and principal.agent != stream:
             raise PermissionDenied(
                 f"agent {principal.agent!r} may write only its own hive stream "
@@ -148,12 +164,12 @@ class HiveService:
         if not checked:
             check_name(task, "task")
             check_name(stream, "stream")
-            self.check_writer(principal, stream)
+        self.check_writer(principal, stream)
         if not records:
             return []
         tenant = principal.tenant
         size = sum(len(r.data.encode()) + 64 for r in records)
-        usage = await self._current_usage(tenant)
+        usage = await self.current_usage(tenant)
         key = f"{task}/{stream}"
         if key not in usage.streams and len(usage.streams) >= self.settings.quota_streams:
             raise HiveQuotaExceeded(
@@ -170,7 +186,13 @@ class HiveService:
         usage.streams.add(key)
         return seqs
 
-    async def _current_usage(self, tenant: str) -> _Usage:
+    def count_bytes(self, tenant: str, delta: int) -> None:
+        """Count a write (or a deletion) against the tenant's cached usage."""
+        u = self._usage.get(tenant)
+        if u is not None:
+            u.bytes = max(0, u.bytes + delta)
+
+    async def current_usage(self, tenant: str) -> _Usage:
         u = self._usage.get(tenant)
         now = time.monotonic()
         if u is None or now - u.at > USAGE_REFRESH_S:
@@ -244,15 +266,47 @@ class HiveService:
         last = 0
         budget = MAX_EXPAND_CHARS
         for m in REF.finditer(text):
-            ref = HiveRef.parse(m.group(0))
-            body = await self.text(tenant, ref.task, ref.stream, ref.offset, budget)
+            ref = HiveRef.from_match(m)
+            if ".." in ref.task or ".." in ref.stream:
+                HiveRef.parse(m.group(0))  # raises: says what a reference looks like
+            if ref.file:
+                body = await self._file_text(tenant, ref, budget)
+            else:
+                body = await self.text(tenant, ref.task, ref.stream, ref.offset, budget)
             budget -= len(body)
             out += [text[last:m.start()], body]
             last = m.end()
         out.append(text[last:])
         return "".join(out)
 
+    async def _file_text(self, tenant: str, ref: HiveRef, budget: int) -> str:
+        f = await self.files.get(tenant, ref.task, ref.stream, ref.offset)
+        try:
+            body = f.data.decode()
+        except UnicodeDecodeError:
+            raise InvalidRequest(f"hive file {ref.stream!r} is not UTF-8 text: read it with "
+                                 "GET .../files/NAME instead of expanding it") from None
+        if len(body) > budget:
+            raise PayloadTooLarge(f"expanding {ref} would exceed {MAX_EXPAND_CHARS} "
+                                  "characters")
+        return body
+
     # -- lifecycle ------------------------------------------------------------------------
+
+    async def gc_loop(self, every_s: float) -> None:
+        """Delete expired tasks every ``every_s`` seconds, run by one process per period
+        when several share the store (:meth:`HiveStore.claim`). Sleeps in between: an idle
+        hive costs one wake-up per period."""
+        while True:
+            await asyncio.sleep(every_s)
+            try:
+                if await self.store.claim("gc", every_s, time.time()):
+                    rep = await self.gc(dry_run=False)
+                    if rep.tasks:
+                        log.info("hive gc: deleted %d expired task(s), %d bytes",
+                                 len(rep.tasks), rep.bytes)
+            except KeelError as exc:  # the store is down: try again next period
+                log.warning("hive gc failed: %s", exc.message)
 
     async def gc(self, *, dry_run: bool, now: float | None = None) -> GcReport:
         """Delete (or, dry run, list) every task idle for longer than its TTL."""

@@ -15,6 +15,10 @@ class HiveSettings(Section):
     url: str = ""
     ttl_s: float = Field(default=24 * 3600.0, gt=0)  # a task idle this long is collected
     max_record_bytes: int = Field(default=1_048_576, ge=64)
+    max_file_bytes: int = Field(default=8 << 20, ge=64)  # one shared file (413 above)
+    # how often the gateway deletes expired tasks (one process per period does it when
+    # several share the store); 0 disables (then run `keel hive gc` yourself)
+    gc_interval_s: float = Field(default=3600.0, ge=0)
     quota_bytes: int = Field(default=1 << 30, ge=0)  # per tenant, every task together
     quota_streams: int = Field(default=1000, ge=0)  # per tenant
     # directory backend: "end" fsyncs when a stream ends (default), "always" after every

@@ -1,7 +1,8 @@
 """The hive on a POSIX directory: local disk, or an NFS/EFS mount shared by machines.
 
-Layout: ``ROOT/<tenant>/<task>/task.json`` and one ``<stream>.log`` per stream, written
-with :mod:`keel.hive.framing` frames. An append opens the file ``O_APPEND``, takes an
+Layout: ``ROOT/<tenant>/<task>/task.json``, one ``<stream>.log`` per stream, written
+with :mod:`keel.hive.framing` frames, and ``files/`` (shared files:
+:mod:`keel.hive.files_dir`). An append opens the file ``O_APPEND``, takes an
 exclusive ``flock`` (on Linux NFS clients it becomes an NFS byte-range lock, so writers on
 different machines exclude each other), checks the file ends where it last saw it (else
 re-reads the tail, truncating a torn frame a crashed writer left), writes the whole batch
@@ -15,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import itertools
 import json
 import os
 import shutil
@@ -25,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from keel.errors import StorageError
+from keel.hive.files_dir import DirFilesMixin
 from keel.hive.framing import encode_all, scan
 from keel.hive.model import (
     NAME,
@@ -65,13 +68,15 @@ def _tenant_of(dirname: str) -> str | None:
     return None
 
 
-class DirHiveStore:
+class DirHiveStore(DirFilesMixin):
     def __init__(self, root: Path, *, fsync: str = "end", poll_s: float = 1.0) -> None:
         self.root = root
         self.fsync = fsync
         self.poll_s = poll_s
         self._locks: dict[str, threading.Lock] = {}
         self._tails: dict[str, _Tail] = {}
+        self._held: dict[str, int] = {}  # file locks this store holds: token -> fd
+        self._tmp_seq = itertools.count()
 
     def __repr__(self) -> str:
         return f"DirHiveStore({str(self.root)!r})"
@@ -110,6 +115,7 @@ class DirHiveStore:
         for log in sorted(d.glob("*.log")):
             with contextlib.suppress(FileNotFoundError):
                 info.streams.append(self._stream_info(log))
+        info.files = self.files_sync(d / "files")
         if info.streams:
             info.last_write = max(info.last_write, *(s.last_ts for s in info.streams))
         return info
@@ -273,9 +279,37 @@ class DirHiveStore:
             with contextlib.suppress(FileNotFoundError):
                 total += log.stat().st_size
                 names.add(f"{log.parent.name}/{log.stem}")
+        for f in (self.root / tenant_dir(tenant)).glob("*/files/[!.]*"):
+            with contextlib.suppress(FileNotFoundError):
+                total += f.stat().st_size
         return total, names
+
+    async def claim(self, job: str, every_s: float, now: float) -> bool:
+        return await asyncio.to_thread(self._claim_sync, job, every_s, now)
+
+    def _claim_sync(self, job: str, every_s: float, now: float) -> bool:
+        """Under an ``flock`` on ``ROOT/.claim-<job>``: the last run's time, then ours."""
+        fd = os.open(self.root / f".claim-{job}", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return False  # another process is deciding right now
+            raw = os.pread(fd, 64, 0)
+            with contextlib.suppress(ValueError):
+                if raw and now - float(raw) < every_s * 0.9:
+                    return False  # another process ran it this period
+            stamp = repr(now).encode()
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, stamp, 0)
+            return True
+        finally:
+            os.close(fd)
 
     async def aclose(self) -> None:
         self._tails.clear()
+        for fd in self._held.values():
+            os.close(fd)
+        self._held.clear()
 
 

@@ -4,9 +4,10 @@ Keys (under ``prefix``): ``hive:tasks:<tenant>`` (hash task -> created/ttl JSON)
 ``hive:s:<tenant>:<task>:<stream>`` (a Redis stream), ``hive:m:<tenant>:<task>`` (hash:
 per stream, bytes and an end flag; ``@last`` the last write). Entry ids are ``0-N``
 (``XADD ... 0-*``: Redis numbers them), so record ``seq`` is ``N - 1`` and a reader
-resumes with ``XREAD BLOCK`` after ``0-seq``. An append is one MULTI/EXEC transaction
-(all records or none); keys carry the task's TTL as a Redis expiry, refreshed on write,
-so an abandoned task disappears even when ``keel hive gc`` never runs.
+resumes with ``XREAD BLOCK`` after ``0-seq``. An append is one Lua script, one round
+trip (all records or none); shared files: :mod:`keel.hive.files_redis`. Keys carry the
+task's TTL as a Redis expiry, refreshed on write, so an abandoned task disappears even
+when ``keel hive gc`` never runs.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 from keel.errors import StorageError
+from keel.hive.files_redis import CHANGE_SCRIPT, UNLOCK_SCRIPT, RedisFilesMixin, file_info
 from keel.hive.model import (
     HiveConflict,
     HiveStreamNotFound,
@@ -27,30 +29,34 @@ from keel.hive.model import (
 )
 from keel.storage.redis_client import open_client, redact_url, redis_errors
 
-# KEYS: stream, meta hash; ARGV: stream name, ts, ttl_ms, then writer/kind/data triples.
-# Refuses an ended stream; appends every record; counts bytes; refreshes the expiry.
+# KEYS: stream, meta hash, tasks hash; ARGV: task, stream name, ts, then writer/kind/data
+# triples. One round trip: refuses a missing task (-2) or an ended stream (-1); appends
+# every record; counts bytes; refreshes the expiry from the task's TTL.
 _APPEND = """
-if redis.call('HGET', KEYS[2], ARGV[1] .. '@end') then return {-1} end
+local raw = redis.call('HGET', KEYS[3], ARGV[1])
+if not raw then return {-2} end
+if redis.call('HGET', KEYS[2], ARGV[2] .. '@end') then return {-1} end
+local ttl_ms = math.max(1, math.floor(tonumber(cjson.decode(raw)['ttl_s']) * 1000))
 local ids = {}
 local size = 0
 local ended = false
 for i = 4, #ARGV, 3 do
-  ids[#ids + 1] = redis.call('XADD', KEYS[1], '0-*', 'ts', ARGV[2], 'w', ARGV[i],
+  ids[#ids + 1] = redis.call('XADD', KEYS[1], '0-*', 'ts', ARGV[3], 'w', ARGV[i],
                              'k', ARGV[i + 1], 'd', ARGV[i + 2])
   size = size + #ARGV[i + 2] + #ARGV[i] + 40
   if ARGV[i + 1] == 'end' then ended = true end
 end
-redis.call('HINCRBY', KEYS[2], ARGV[1], size)
-redis.call('HINCRBY', KEYS[2], ARGV[1] .. '@n', #ids)
-redis.call('HSET', KEYS[2], '@last', ARGV[2])
-if ended then redis.call('HSET', KEYS[2], ARGV[1] .. '@end', '1') end
-redis.call('PEXPIRE', KEYS[1], ARGV[3])
-redis.call('PEXPIRE', KEYS[2], ARGV[3])
+redis.call('HINCRBY', KEYS[2], ARGV[2], size)
+redis.call('HINCRBY', KEYS[2], ARGV[2] .. '@n', #ids)
+redis.call('HSET', KEYS[2], '@last', ARGV[3])
+if ended then redis.call('HSET', KEYS[2], ARGV[2] .. '@end', '1') end
+redis.call('PEXPIRE', KEYS[1], ttl_ms)
+redis.call('PEXPIRE', KEYS[2], ttl_ms)
 return ids
 """
 
 
-class RedisHiveStore:
+class RedisHiveStore(RedisFilesMixin):
     def __init__(self, url: str, *, prefix: str = "keel:", poll_s: float = 1.0,
                  max_connections: int = 256) -> None:
         self._safe = redact_url(url)
@@ -60,6 +66,10 @@ class RedisHiveStore:
         self._r: Any = open_client(url, decode_responses=True, max_connections=max_connections,
                               connect_timeout_s=5.0, pool_timeout_s=30.0)
         self._script = self._r.register_script(_APPEND)
+        self._raw: Any = open_client(url, decode_responses=False, max_connections=64,
+                                     connect_timeout_s=5.0, pool_timeout_s=30.0)
+        self._change_script = self._r.register_script(CHANGE_SCRIPT)
+        self._unlock_script = self._r.register_script(UNLOCK_SCRIPT)
 
     def __repr__(self) -> str:
         return f"RedisHiveStore({self._safe!r})"
@@ -87,10 +97,12 @@ class RedisHiveStore:
             if raw is None:
                 return None
             meta = await self._r.hgetall(self._meta_key(tenant, task))
-        return self._info(tenant, task, raw, meta)
+            files = await self._r.hgetall(self._fmeta_key(tenant, task))
+        return self._info(tenant, task, raw, meta, files)
 
     @staticmethod
-    def _info(tenant: str, task: str, raw: str, meta: dict[str, str]) -> TaskInfo:
+    def _info(tenant: str, task: str, raw: str, meta: dict[str, str],
+              files: dict[str, str]) -> TaskInfo:
         m = json.loads(raw)
         info = TaskInfo(tenant, task, float(m["created"]), float(m["ttl_s"]),
                         float(meta.get("@last", m["created"])))
@@ -99,6 +111,7 @@ class RedisHiveStore:
                 info.streams.append(StreamInfo(key, int(meta.get(key + "@n", 0)),
                                                int(meta[key]), key + "@end" in meta,
                                                info.last_write))
+        info.files = [file_info(n, m) for n, m in sorted(files.items())]
         return info
 
     async def tasks(self, tenant: str | None) -> list[TaskInfo]:
@@ -113,7 +126,8 @@ class RedisHiveStore:
             for t in tenants:
                 for task, raw in sorted((await self._r.hgetall(self._tasks_key(t))).items()):
                     meta = await self._r.hgetall(self._meta_key(t, task))
-                    out.append(self._info(t, task, raw, meta))
+                    files = await self._r.hgetall(self._fmeta_key(t, task))
+                    out.append(self._info(t, task, raw, meta, files))
         return out
 
     async def delete_task(self, tenant: str, task: str) -> int:
@@ -124,22 +138,22 @@ class RedisHiveStore:
             keys = [self._stream_key(tenant, task, s.name) for s in info.streams]
             async with self._r.pipeline(transaction=True) as p:
                 p.hdel(self._tasks_key(tenant), task)
-                p.delete(self._meta_key(tenant, task), *keys)
+                p.delete(self._meta_key(tenant, task), self._files_key(tenant, task),
+                         self._fmeta_key(tenant, task), *keys)
                 await p.execute()
         return info.bytes
 
     async def append(self, tenant: str, task: str, stream: str,
                      records: Sequence[NewRecord], now: float) -> list[int]:
         async with redis_errors(self._safe, "hive append"):
-            raw = await self._r.hget(self._tasks_key(tenant), task)
-            if raw is None:
-                raise HiveTaskNotFound(f"no hive task {task!r}")
-            ttl_ms = max(1, int(float(json.loads(raw)["ttl_s"]) * 1000))
-            args: list[Any] = [stream, repr(now), ttl_ms]
+            args: list[Any] = [task, stream, repr(now)]
             for r in records:
                 args += [r.writer, r.kind, r.data]
             ids = await self._script(keys=[self._stream_key(tenant, task, stream),
-                                           self._meta_key(tenant, task)], args=args)
+                                           self._meta_key(tenant, task),
+                                           self._tasks_key(tenant)], args=args)
+        if ids == [-2]:
+            raise HiveTaskNotFound(f"no hive task {task!r}")
         if ids == [-1]:
             raise HiveConflict(f"hive stream {stream!r} has ended (an 'end' record was "
                                "written); write to a new stream")
@@ -195,6 +209,7 @@ class RedisHiveStore:
 
     async def aclose(self) -> None:
         await self._r.aclose()
+        await self._raw.aclose()
 
 
 def _record(entry_id: str, f: dict[str, str]) -> Record:
