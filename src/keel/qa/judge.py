@@ -39,7 +39,9 @@ VERDICT_SCHEMA: dict[str, Any] = {
         "verdict": {"type": "string", "enum": ["pass", "fail"]},
         "category": {"type": "string",
                      "enum": ["none", "hallucination", "off_policy", "broken"]},
-        "reasons": {"type": "string", "maxLength": 400},
+        # short: the grammar closes the string, so a small model cannot ramble for
+        # hundreds of tokens (it did, at ~5 tokens/s on a loaded 2-core machine)
+        "reasons": {"type": "string", "maxLength": 200},
     },
     "required": ["verdict", "category", "reasons"],
     "additionalProperties": False,
