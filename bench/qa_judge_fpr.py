@@ -17,7 +17,7 @@ matching their schema, and the target returns the fact sheet as the ``context`` 
    call, the verdicts that were flaky, and keel's metered cost.
 
     flock /work/bench.lock .venv/bin/python bench/qa_judge_fpr.py [--n 34] \
-        [--rubrics default,lenient] [--budget-s 240] [--concurrency 4] [--max-tokens 96]
+        [--rubrics default,lenient] [--budget-s 240] [--concurrency 4] [--max-tokens 256]
 """
 
 from __future__ import annotations
@@ -325,7 +325,7 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=len(QA) + len(JSON_QA),
                     help="prompts judged per rubric (max %(default)s)")
     ap.add_argument("--rubrics", default="default,lenient")
-    ap.add_argument("--max-tokens", type=int, default=96)
+    ap.add_argument("--max-tokens", type=int, default=256)
     ap.add_argument("--concurrency", type=int, default=4, help="verdicts in flight")
     ap.add_argument("--budget-s", type=float, default=240.0,
                     help="per rubric: no new verdict starts after this many seconds")

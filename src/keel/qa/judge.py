@@ -81,7 +81,10 @@ class Verdict:
 
 class Judge:
     def __init__(self, backend: ChatBackend, model: str, rubric: str = DEFAULT_RUBRIC,
-                 *, max_tokens: int = 200) -> None:
+                 *, max_tokens: int = 256) -> None:
+        # enough for the longest verdict the schema allows (200 characters of reasons can
+        # be 200 tokens: "1,2,3,..."); a verdict cut by max_tokens is unusable and
+        # counts toward failing closed
         self.backend = backend
         self.model = model
         self.rubric = rubric
