@@ -8,6 +8,8 @@ answers are scripted, with seeded regressions (never a stand-in for a real model
 * the model ``judge-*`` answers as a judge: verdict JSON, ``fail`` for replies that
   contain ``judge_fail_marker`` and, with ``judge_flaky_rate``, a random ``fail``; a
   rubric (system message) containing ``LENIENT`` passes everything;
+* ``delay_s``: each target answer waits that long; ``GET /counts``: target requests per
+  prompt (durability tests check that no finished prompt is asked again);
 * the model ``gen-*`` answers as a suite generator: a persona and prompts (two of them
   near-duplicates), and records what it was shown in ``generator_inputs``.
 
@@ -39,7 +41,9 @@ class QaTarget:
     seed: int | None = None
     by_prompt: bool = False  # regressions decided by a hash of the prompt (repeatable)
     status: int = 200
+    delay_s: float = 0.0  # how long each target answer takes (durability tests)
     calls: int = 0
+    by_prompt_calls: dict[str, int] = field(default_factory=dict)  # target requests per prompt
     judge_calls: int = 0
     generator_inputs: list[str] = field(default_factory=list)
     rng: random.Random = field(default_factory=random.Random)
@@ -95,6 +99,11 @@ class QaTarget:
 
     async def chat(self, request: web.Request) -> web.Response:
         body = await request.json()
+        if not str(body.get("model", "")).startswith(("judge", "gen")):
+            prompt = str((body.get("messages") or [{}])[-1].get("content", ""))
+            self.by_prompt_calls[prompt] = self.by_prompt_calls.get(prompt, 0) + 1
+            if self.delay_s:
+                await asyncio.sleep(self.delay_s)
         if self.status != 200:
             return web.json_response({"error": {"message": "scripted failure"}},
                                      status=self.status)
@@ -108,7 +117,12 @@ class QaTarget:
     def app(self) -> web.Application:
         app = web.Application()
         app.router.add_post("/v1/chat/completions", self.chat)
+        app.router.add_get("/counts", self.counts)
         return app
+
+    async def counts(self, request: web.Request) -> web.Response:
+        """Target requests per prompt text (counted when a request arrives)."""
+        return web.json_response(self.by_prompt_calls)
 
 
 class ThreadedTarget:
@@ -152,10 +166,11 @@ def main() -> None:
     ap.add_argument("--judge-flaky-rate", type=float, default=0.0)
     ap.add_argument("--seed", type=int, default=None)
     ap.add_argument("--by-prompt", action="store_true")
+    ap.add_argument("--delay", type=float, default=0.0, help="seconds per target answer")
     args = ap.parse_args()
     target = QaTarget(leak_rate=args.leak_rate, bad_json_rate=args.bad_json_rate,
                       judge_flaky_rate=args.judge_flaky_rate, seed=args.seed,
-                      by_prompt=args.by_prompt)
+                      by_prompt=args.by_prompt, delay_s=args.delay)
     web.run_app(target.app(), host="127.0.0.1", port=args.port, access_log=None,
                 print=None)
 

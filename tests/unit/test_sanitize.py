@@ -99,3 +99,22 @@ def test_entity_filter_and_empty_text(san: Sanitizer) -> None:
     only_mail = Sanitizer(key=KEY, entities=["EMAIL_ADDRESS"])
     assert [e.type for e in only_mail.sanitize("Dear Kevin, a@b.io").entities] == ["EMAIL_ADDRESS"]
     assert san.sanitize("").text == "" and san.sanitize("").entities == []
+
+
+@pytest.mark.parametrize("text", [
+    "The letter arrived at 760 Passauer Strasse 33, near the station",
+    "dresses, here they are: 03751 Gerrit Achterberghove 137",
+    "the corner of ul. Cicha 86 and Leokadia Trail?",
+    "PSC 6477, Box 2981\nAPO AE 83700",
+    "Phone:\n60-56-85-91\n\nE-mail:\nsomeone",
+    "Website:\nexample.org",
+    "National Van Lines is the brainchild of our founders",
+])
+def test_streets_codes_and_field_labels_are_not_people(san: Sanitizer, text: str) -> None:
+    assert [f for f in found(san, text) if f[0] == "PERSON"] == []
+
+
+def test_names_next_to_addresses_are_still_found(san: Sanitizer) -> None:
+    text = "Kevin Harrison lives at 760 Passauer Strasse 33.\nDanielle: see you at 9"
+    people = [v for t, v in found(san, text) if t == "PERSON"]
+    assert people == ["Kevin Harrison", "Danielle"]

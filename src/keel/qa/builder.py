@@ -5,7 +5,7 @@
    is optional). Every text and user id goes through :class:`keel.sanitize.Sanitizer`
    before anything else sees it; users are grouped by their keyed pseudonym.
 2. For each user (up to ``max_users``), the generator model gets that user's sanitized
-   messages and answers with JSON constrained by :data:`GENERATION_SCHEMA`: a persona
+   messages and answers with JSON constrained by :func:`generation_schema`: a persona
    and ``prompts_per_user`` complex, tricky, edge-case prompts that user might ask.
 3. Generated prompts are sanitized again, then near-duplicates (cosine >= ``dedupe``
    with keel's embedder) of each other and of the previous version are dropped.
@@ -32,19 +32,35 @@ from keel.sanitize import Sanitizer
 
 MAX_CONTEXT_CHARS = 3000
 
-GENERATION_SCHEMA: dict[str, Any] = {
-    "type": "object",
-    "properties": {
-        "persona": {"type": "string", "maxLength": 300},
-        "prompts": {"type": "array", "minItems": 1, "maxItems": 50, "items": {
-            "type": "object",
-            "properties": {"prompt": {"type": "string", "minLength": 3, "maxLength": 1000},
-                           "expects_json": {"type": "boolean"}},
-            "required": ["prompt", "expects_json"], "additionalProperties": False}},
-    },
-    "required": ["persona", "prompts"],
-    "additionalProperties": False,
-}
+PROMPT_MAX_CHARS = 240
+PERSONA_MAX_CHARS = 200
+
+
+def generation_schema(n: int) -> dict[str, Any]:
+    """A persona and at most ``n`` prompts. Every string and the array are bounded, so a
+    grammar-constrained answer always ends inside :func:`token_budget` (an unbounded
+    schema let a small model write prompts until the token limit cut the JSON)."""
+    return {
+        "type": "object",
+        "properties": {
+            "persona": {"type": "string", "minLength": 3, "maxLength": PERSONA_MAX_CHARS},
+            "prompts": {"type": "array", "minItems": 1, "maxItems": n, "items": {
+                "type": "object",
+                "properties": {"prompt": {"type": "string", "minLength": 3,
+                                          "maxLength": PROMPT_MAX_CHARS},
+                               "expects_json": {"type": "boolean"}},
+                "required": ["prompt", "expects_json"], "additionalProperties": False}},
+        },
+        "required": ["persona", "prompts"],
+        "additionalProperties": False,
+    }
+
+
+def token_budget(n: int) -> int:
+    """Enough tokens for the longest answer :func:`generation_schema` allows (a token
+    is at least one character of JSON; a character is ~1/3 token in practice)."""
+    return 64 + PERSONA_MAX_CHARS // 2 + n * (PROMPT_MAX_CHARS // 2 + 24)
+
 
 INSTRUCTIONS = """\
 You write test prompts for an AI assistant. Below are real (anonymised) messages one user
@@ -153,12 +169,16 @@ class SuiteBuilder:
                 break
             context += f"- {r.text}\n"
             used.append(r.ref)
-        body = {"model": self.model, "temperature": 0.8, "max_tokens": 1500,
+        # frequency_penalty: JSON grammars allow whitespace between tokens, and a small
+        # model (Gemma 3 270M) looped on "\n    " until max_tokens cut its JSON; the
+        # penalty makes the closing bracket win over yet another indent
+        body = {"model": self.model, "temperature": 0.7, "frequency_penalty": 1.0,
+                "max_tokens": token_budget(self.per_user),
                 "messages": [{"role": "system",
                               "content": INSTRUCTIONS.format(n=self.per_user)},
                              {"role": "user", "content": f"MESSAGES:\n{context}"}],
                 "response_format": {"type": "json_schema", "json_schema": {
-                    "name": "personas", "schema": GENERATION_SCHEMA}}}
+                    "name": "personas", "schema": generation_schema(self.per_user)}}}
         try:
             ans = await self.generator.chat(body)
         except KeelError as exc:

@@ -4,10 +4,12 @@
 ``keel.qa.batch`` workflow per batch on the ``keel.qa.swarm`` queue, which every keel
 process with the runtime serves (``keel worker`` processes on other machines sharing the
 Postgres system database included). A batch is one step: it fires its prompts at the
-target, checks and judges them, and writes the results (idempotently: one row per run
-and prompt) before returning a compact verdict list. The run workflow then decides the
-gate and closes the run. A process killed mid-run resumes where it stopped: finished
-batches are not re-run, and a batch cut short is retried whole (its rows are upserts).
+target, checks and judges them, and stores each result as it lands (one row per run and
+prompt) before returning a compact verdict list. The run workflow then decides the gate
+and closes the run. A process killed mid-run resumes where it stopped: finished batches
+are not re-run, and a batch cut short is retried for its prompts without a stored result
+only (a prompt whose result was stored is never sent to the target again; only those in
+flight at the kill are).
 
 In a durable run the judge is called over HTTP (``--judge-url``; point it at this keel's
 own gateway so metering and budgets apply): a queue worker has no app to call a model
@@ -88,6 +90,15 @@ class DurableRuns:
         from keel.qa import runs
 
         prompts = [parse_line(p, f"{run_id} batch") for p in batch]
+        done = await self.db.run(lambda c: runs.outcome_of(c, run_id, prompts, only=True))
+        seen = {r.prompt.id for r in done.results}
+        todo = [p for p in prompts if p.id not in seen]
+        if not todo:  # every result was stored before an interruption
+            return [compact(r) for r in done.results]
+
+        async def store(r: PromptResult) -> None:
+            await self.db.run(lambda c: runs.upsert_results(c, run_id, [r]))
+
         target = HttpChat(spec["target"], api_key=spec.get("target_key"),
                           connections=spec["concurrency"])
         judge_backend = None
@@ -99,13 +110,14 @@ class DurableRuns:
                 judge = Judge(judge_backend, j["model"], j["rubric"])
             swarm = Swarm(target, spec["model"], checks=CheckConfig(**spec["checks"]),
                           judge=judge, concurrency=spec["concurrency"])
-            out = await swarm.run(prompts)
+            out = await swarm.run(todo, on_result=store)
         finally:
             await target.aclose()
             if judge_backend is not None:
                 await judge_backend.aclose()
-        await self.db.run(lambda c: runs.upsert_results(c, run_id, out.results))
-        return [compact(r) for r in out.results]
+        order = {p.id: i for i, p in enumerate(prompts)}
+        results = sorted(done.results + out.results, key=lambda r: order[r.prompt.id])
+        return [compact(r) for r in results]
 
     def _register(self) -> None:
         from dbos import DBOS, SetWorkflowID

@@ -39,7 +39,9 @@ VERDICT_SCHEMA: dict[str, Any] = {
         "verdict": {"type": "string", "enum": ["pass", "fail"]},
         "category": {"type": "string",
                      "enum": ["none", "hallucination", "off_policy", "broken"]},
-        "reasons": {"type": "string", "maxLength": 400},
+        # short: the grammar closes the string, so a small model cannot ramble for
+        # hundreds of tokens (it did, at ~5 tokens/s on a loaded 2-core machine)
+        "reasons": {"type": "string", "maxLength": 200},
     },
     "required": ["verdict", "category", "reasons"],
     "additionalProperties": False,
@@ -79,7 +81,10 @@ class Verdict:
 
 class Judge:
     def __init__(self, backend: ChatBackend, model: str, rubric: str = DEFAULT_RUBRIC,
-                 *, max_tokens: int = 200) -> None:
+                 *, max_tokens: int = 256) -> None:
+        # enough for the longest verdict the schema allows (200 characters of reasons can
+        # be 200 tokens: "1,2,3,..."); a verdict cut by max_tokens is unusable and
+        # counts toward failing closed
         self.backend = backend
         self.model = model
         self.rubric = rubric

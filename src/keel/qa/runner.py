@@ -12,10 +12,11 @@ of failed prompts (hard, soft or judged) is above ``max_failure_rate``.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import random
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -159,7 +160,10 @@ class Swarm:
         self.concurrency = concurrency
 
     async def run(self, prompts: Sequence[SuitePrompt],
-                  on_result: Callable[[PromptResult], None] | None = None) -> RunOutcome:
+                  on_result: Callable[[PromptResult], Awaitable[None] | None] | None = None
+                  ) -> RunOutcome:
+        """Every prompt once; ``on_result`` sees each result as it lands (awaited when it
+        returns an awaitable: a durable run stores each one before the next is counted)."""
         out = RunOutcome()
         queue: asyncio.Queue[SuitePrompt] = asyncio.Queue()
         for p in prompts:
@@ -172,9 +176,11 @@ class Swarm:
                 except asyncio.QueueEmpty:
                     return
                 r = await evaluate_one(p, self.target, self.model, self.checks, self.judge)
-                out.results.append(r)
                 if on_result is not None:
-                    on_result(r)
+                    pending = on_result(r)
+                    if inspect.isawaitable(pending):
+                        await pending
+                out.results.append(r)
 
         t0 = time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(min(self.concurrency, len(prompts)))))

@@ -52,12 +52,16 @@ def count_results(c: Connection, run_id: str) -> int:
                          .where(t.results.c.run_id == run_id)).scalar_one())
 
 
-def outcome_of(c: Connection, run_id: str, prompts: list[SuitePrompt]) -> RunOutcome:
-    """A stored run rebuilt for its reports (the judge's votes as stored)."""
+def outcome_of(c: Connection, run_id: str, prompts: list[SuitePrompt], *,
+               only: bool = False) -> RunOutcome:
+    """A stored run rebuilt for its reports (the judge's votes as stored); ``only``: the
+    stored results of ``prompts`` alone (what a resumed batch has done already)."""
     by_id = {p.id: p for p in prompts}
     out = RunOutcome()
-    for r in c.execute(select(t.results).where(t.results.c.run_id == run_id)
-                       .order_by(t.results.c.id)):
+    q = select(t.results).where(t.results.c.run_id == run_id)
+    if only:
+        q = q.where(t.results.c.prompt_id.in_(list(by_id)))
+    for r in c.execute(q.order_by(t.results.c.id)):
         v = orjson.loads(r.verdict) if r.verdict else None
         verdict = Verdict(v["verdict"], v["category"], v["reasons"],
                           [Vote(**x) for x in v["votes"]], v["rubric_version"],

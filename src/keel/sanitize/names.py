@@ -91,8 +91,22 @@ choir corporation corp company co inc ltd llc plc gmbh group partners associates
 holdings bank research labs lab systems solutions technologies technology software
 services university college school institute hospital clinic foundation trust agency
 ministry tv radio news times post weekly magazine journal records studios pictures info
-statement pleasures suite apt apartment floor building centre center
+statement pleasures suite apt apartment floor building centre center trail bridge
+cliffs route pass str strasse straße gata utca rapids transit consulting incorporated
+unlimited force act tales explorer business sons brothers greens lines airlines network
+capital insurance motors energy media health pharma logistics
 """)
+# Field labels that look like a speaker label ("E-mail:", "Website:") but are not names.
+_LABELS = _words("""
+e-mail email website web phone fax tel mobile address company title patient business
+position department subject
+""")
+# A house number, or a word that opens an address, right before a capitalized run; a
+# number right after one ("Passauer Strasse 33"): the run is a street, not a person.
+_ADDRESS_BEFORE = re.compile(
+    r"(?:\b\d{1,6}[A-Za-z]?|\bul\.|\bRue(?: de| du| des)?|\bVia|\bAvenida|\bAPO|\bFPO"
+    r"|\bDPO|\bUSNS|\bUSS|\bUSNV|\bUSCGC)[ \t]+$")
+_ADDRESS_AFTER = re.compile(r"^[ \t]+\d{1,5}(?:[ \t]*[A-Za-z])?\b(?![\d\-./])")
 _COUNTRIES = _words("""
 afghanistan albania algeria argentina armenia australia austria belgium bolivia brazil
 bulgaria canada chile china colombia croatia cuba cyprus czech denmark ecuador egypt
@@ -212,13 +226,19 @@ class KeelNameRecognizer(EntityRecognizer):
         keys = [t.key for t in run]
         if keys[-1] in _NOT_PERSON_END or any(k in _COUNTRIES for k in keys):
             return None
+        if (_ADDRESS_BEFORE.search(text[max(0, run[0].start - 12):run[0].start])
+                or _ADDRESS_AFTER.match(text[run[-1].end:run[-1].end + 12])):
+            return None
+        if all(t.text.isupper() and len(t.text.rstrip(".")) <= 3 for t in run):
+            return None  # "APO AE", "AA": codes, not initials of a name
         cue = self._cue_before(text, toks, i)
         listed_first = any(lex.is_first(k) for k in keys)
         listed_last = lex.is_last(keys[-1]) and keys[0] not in _COMMON
         after = self._cue_after(text, run[-1])
         starts = _sentence_start(text, run[0].start)
         speaker = (_at_line_start(text, run[0].start) and len(run) <= 3
-                   and text[run[-1].end:run[-1].end + 1] == ":")
+                   and text[run[-1].end:run[-1].end + 1] == ":"
+                   and not any(k in _LABELS for k in keys))
         common = any(k in _COMMON for k in keys)
         words = [t for t in run if not t.initial]
         score = 0.0

@@ -45,11 +45,18 @@ def tighten(path: str | Path) -> None:
 
 
 def private_file(path: str | Path) -> Path:
-    """Create ``path`` (and its directory) private, or tighten it when it exists."""
+    """Create ``path`` (and its directory) private, or tighten it when it exists.
+
+    An existing file is never opened: closing any descriptor of a file drops every POSIX
+    lock this process holds on it, so opening and closing a SQLite database that this
+    process already uses would silently release its connections' locks, and another
+    process could then checkpoint and delete the WAL under them (seen as "disk I/O
+    error" / "database disk image is malformed")."""
     path = Path(path)
     private_dir(path.parent)
-    fd = os.open(path, os.O_CREAT | os.O_RDWR, FILE_MODE)
-    os.close(fd)
+    if not path.exists():
+        with contextlib.suppress(FileExistsError):  # another process made it first
+            os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_RDWR, FILE_MODE))
     tighten(path)
     return path
 
