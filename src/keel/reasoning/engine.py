@@ -24,7 +24,7 @@ from keel.providers.registry import ModelRegistry
 from keel.reasoning import plan, prompts
 from keel.reasoning.calls import ModelCaller, Reply
 from keel.reasoning.settings import ReasonerSpec
-from keel.reasoning.store import Run, RunStore, new_run_id
+from keel.reasoning.store import UNFINISHED, Run, RunStore, new_run_id
 
 log = logging.getLogger("keel.reasoning")
 JSON = dict[str, Any]
@@ -185,7 +185,7 @@ class ReasoningEngine:
         if run.status == "queued":
             await self.store.update_run(run.id, ("started", {}), status="running")
         affordable = self.affordable(spec, run.n, run.budget_usd, question)
-        pending = [s["index"] for s in run.samples if s["status"] == "pending"]
+        pending = [s["index"] for s in run.samples if s["status"] in UNFINISHED]
         for i in [i for i in pending if i >= affordable]:
             await self.store.update_sample(
                 run.id, i, ("sample_skipped", {"index": i, "reason": "budget"}),
