@@ -11,9 +11,13 @@ interval (for work enqueued by other processes, and after a crash), but it also 
 soon as
 
 * this process enqueued work on the queue (:meth:`QueueWakes.wake` after the enqueue),
-* a workflow of the queue finished in this process (a concurrency slot is free): DBOS
-  releases the workflow's active entry after its outcome is recorded, so the claim that
-  follows sees the slot.
+* a workflow of the queue finished in this process (a concurrency slot is free) while
+  the queue's last claim here may have left work behind (it claimed something, or a
+  concurrency limit stopped it): DBOS releases the workflow's active entry after its
+  outcome is recorded, so the claim that follows sees the slot. A claim that found
+  nothing to take means the queue was empty then; until something is enqueued here (a
+  wake) or the next poll, freed slots wake nobody (a burst of 25 endings costs one claim,
+  not 25).
 
 Claims stay DBOS's own transactional claims, so concurrency limits across processes and
 exactly-once dequeueing are unchanged; only *when* a thread looks changes.
@@ -30,11 +34,24 @@ STOP_CHECK_S = 0.1  # how often a sleeping queue thread looks at DBOS's stop eve
 
 
 class QueueWakes:
-    """One wake event per queue name (created on first use, thread-safe)."""
+    """One wake event per queue name (created on first use, thread-safe), and whether the
+    queue's last claim in this process may have left work behind."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._events: dict[str, threading.Event] = {}
+        self._maybe_more: dict[str, bool] = {}
+
+    def claimed(self, queue: str, took: int, stopped_by_limit: bool) -> None:
+        with self._lock:
+            self._maybe_more[queue] = took > 0 or stopped_by_limit
+
+    def released(self, queue: str) -> None:
+        """A workflow of ``queue`` ended here: claim again if work may be waiting."""
+        with self._lock:
+            more = self._maybe_more.get(queue, True)
+        if more:
+            self.wake(queue)
 
     def event(self, queue: str) -> threading.Event:
         with self._lock:
@@ -44,6 +61,8 @@ class QueueWakes:
             return ev
 
     def wake(self, queue: str) -> None:
+        with self._lock:
+            self._maybe_more[queue] = True  # something new may be there
         self.event(queue).set()
 
     def wake_all(self) -> None:
@@ -80,9 +99,11 @@ class WakeableStop:
 
 def install() -> None:
     """Patch DBOS (idempotent): queue threads wait on a :class:`WakeableStop` when their
-    DBOS instance carries ``_keel_queue_wakes``, and releasing a queued workflow's active
-    entry calls the set's ``_keel_on_release(queue)``."""
+    DBOS instance carries ``_keel_queue_wakes`` (a :class:`QueueWakes`), which also hears
+    of every claim of that instance's system database, and releasing a queued workflow's
+    active entry calls the set's ``_keel_on_release(queue)``."""
     from dbos import _core, _queue
+    from dbos._sys_db import SystemDatabase
 
     if getattr(_queue, "_keel_wakeable", False):
         return
@@ -102,6 +123,16 @@ def install() -> None:
         if hook is not None and bucket is not None:
             hook(bucket[0])
 
+    original_claim = SystemDatabase.start_queued_workflows
+
+    def start_queued_workflows(self: Any, queue: Any, *a: Any, **kw: Any) -> Any:
+        ids, stop_reason = original_claim(self, queue, *a, **kw)
+        wakes = getattr(self, "_keel_queue_wakes", None)
+        if isinstance(wakes, QueueWakes):
+            wakes.claimed(queue.name, len(ids), stop_reason is not None)
+        return ids, stop_reason
+
+    SystemDatabase.start_queued_workflows = start_queued_workflows  # type: ignore[method-assign]
     _queue.queue_worker_thread = queue_worker_thread
     _core.ActiveWorkflowById._remove = _remove  # type: ignore[method-assign]
     _queue._keel_wakeable = True  # type: ignore[attr-defined]

@@ -242,9 +242,12 @@ class JobRuntime:
         executor = self.lease.acquire() if self.lease is not None else self.executor_id
         inst = DBOS(config=dbos_config(self.settings, executor_id=executor))  # type: ignore[arg-type]
         inst._keel_queue_wakes = self.wakes  # type: ignore[attr-defined]
-        inst._active_workflows_set._keel_on_release = self.wakes.wake  # type: ignore[attr-defined]
+        inst._active_workflows_set._keel_on_release = self.wakes.released  # type: ignore[attr-defined]
         DBOS.listen_queues(self.served())
         DBOS.launch()
+        sys_db = getattr(inst, "_sys_db_field", None)
+        if sys_db is not None:  # claims tell the wakes whether work may be left
+            sys_db._keel_queue_wakes = self.wakes
         self.launched = True
         poll = self.settings.approvals.polling_interval_s
         for q in self._queues.values():

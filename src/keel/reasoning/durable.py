@@ -60,6 +60,7 @@ class DurableRuns:
         self._run_wf: Callable[[str], Coroutine[Any, Any, str]] | None = None
         self._lane_wf: Callable[[str, int], Coroutine[Any, Any, int]] | None = None
         self._changed = asyncio.Event()
+        self._runs: dict[str, Run] = {}  # runs fanning out here, for this process's lanes
         # DBOS runs dequeued and recovered workflows on its own event loop; a run's model
         # calls use the app's HTTP sessions, so workflow bodies run on the app's loop
         # (set by the capability's start()). DBOS operations inside them are idempotent by
@@ -91,18 +92,20 @@ class DurableRuns:
             return await self._on_app_loop(lane_body(run_id, lane))
 
         async def lane_body(run_id: str, lane: int) -> int:
-            run = await engine.store.get(run_id, with_samples=False)
+            run = self._runs.get(run_id) or await engine.store.get(run_id, with_samples=False)
             if run is None or run.done:
                 return 0
             spec = engine.reasoner(run.reasoner)
             done = 0
-            while (stored := await engine.store.claim(run_id, lane)) is not None:
-                try:
-                    await engine.sample(run, spec, stored["index"], stored)
+            stored = await engine.store.claim(run_id, lane)
+            while stored is not None:
+                index = stored["index"]
+                try:  # the result is recorded with the claim of the lane's next sample
+                    stored = (await engine.sample(run, spec, index, stored, lane=lane)).claimed
                 except Exception as exc:  # a bug: the sample fails, the run never hangs
-                    log.exception("reasoning run %s: sample %d", run_id, stored["index"])
-                    await engine.store.update_sample(
-                        run_id, stored["index"], None, status="failed",
+                    log.exception("reasoning run %s: sample %d", run_id, index)
+                    stored = await engine.store.update_sample(
+                        run_id, index, None, claim=lane, status="failed",
                         error=f"internal error: {type(exc).__name__}")
                 done += 1
             return done
@@ -129,6 +132,15 @@ class DurableRuns:
         # left): a replay after a crash enqueues the same ids, which DBOS leaves alone.
         affordable = self.engine.affordable(spec, run.n, run.budget_usd,
                                             prompts.question_text(run.messages))
+        self._runs[run.id] = run
+        try:
+            await self._fanout(run, spec, indices, on_done, affordable)
+        finally:
+            self._runs.pop(run.id, None)
+
+    async def _fanout(self, run: Run, spec: ReasonerSpec, indices: Sequence[int],
+                      on_done: Callable[[SampleResult], Awaitable[bool]],
+                      affordable: int) -> None:
         await self.runtime.enqueue_many(queue_name(spec.name), LANE_WORKFLOW, [
             (lane_workflow_id(run.id, lane), (run.id, lane))
             for lane in range(min(spec.max_concurrency, affordable))])

@@ -119,9 +119,14 @@ _MINE = (select(samples).where(and_(samples.c.run_id == _b("b_run"),
          .order_by(samples.c.idx).limit(1))
 _NEXT = select(func.min(samples.c.idx)).where(and_(samples.c.run_id == _b("b_run"),
                                                    samples.c.status == "pending"))
-_TAKE = update(samples).where(and_(
-    samples.c.run_id == _b("b_run"), samples.c.idx == _b("b_idx"),
-    samples.c.status == "pending")).values(status="running", lane=_b("b_lane"))
+_others = samples.alias("others")
+_TAKE = update(samples).where(and_(  # the lowest pending sample of a run still running
+    samples.c.run_id == _b("b_run"), samples.c.status == "pending",
+    samples.c.idx == select(func.min(_others.c.idx)).where(and_(
+        _others.c.run_id == _b("b_run"), _others.c.status == "pending")).scalar_subquery(),
+    select(runs.c.id).where(and_(runs.c.id == _b("b_run"),
+                                 runs.c.status.not_in(TERMINAL))).exists(),
+)).values(status="running", lane=_b("b_lane")).returning(*samples.c)
 _FINISHED = select(samples.c.idx, samples.c.status, samples.c.text).where(and_(
     samples.c.run_id == _b("b_run"), samples.c.status.not_in(UNFINISHED)))
 _FINISHED_AMONG = _FINISHED.where(samples.c.idx.in_(_b("b_among", expanding=True)))
@@ -136,6 +141,9 @@ _SPEND = update(runs).where(runs.c.id == _b("b_run")).values(
     prompt_tokens=runs.c.prompt_tokens + _b("b_prompt"),
     completion_tokens=runs.c.completion_tokens + _b("b_completion"),
     judge_calls=runs.c.judge_calls + _b("b_judges"))
+_VERDICT = update(samples).where(and_(
+    samples.c.run_id == _b("b_run"), samples.c.idx == _b("b_idx"))).values(
+    verdict=_b("b_verdict"), reason=_b("b_reason"))
 _EVENT = insert(events).values(run_id=_b("b_run"), at=_b("b_at"), kind=_b("b_kind"),
                                data=_b("b_data"))
 
@@ -216,7 +224,8 @@ def _sample(row: Any) -> dict[str, Any]:
 class RunStore:
     def __init__(self, db: Database) -> None:
         self.db = db
-        self.on_write: Callable[[str], None] = lambda run_id: None  # wakes watchers
+        # wakes watchers: (run id, whether the run has just ended)
+        self.on_write: Callable[[str, bool], None] = lambda run_id, ended: None
 
     async def create(self, run: Run, anon_ids: list[str], models: list[str]) -> None:
         def tx(c: Connection) -> None:
@@ -233,7 +242,7 @@ class RunStore:
             _event(c, run.id, "created", {"n": run.n, "reasoner": run.reasoner})
 
         await self.db.run(tx)
-        self.on_write(run.id)
+        self.on_write(run.id, False)
 
     async def get(self, run_id: str, *, with_samples: bool = True) -> Run | None:
         def q(c: Connection) -> Run | None:
@@ -272,21 +281,7 @@ class RunStore:
         """The next sample lane ``lane`` runs: the one it had claimed before a crash (its
         answer never arrived), else the lowest pending one, now ``running`` under this
         lane; None when nothing is left or the run has ended."""
-        def tx(c: Connection) -> dict[str, Any] | None:
-            status = c.execute(_RUN_STATUS, {"b_run": run_id}).scalar()
-            if status is None or status in TERMINAL:
-                return None
-            while True:
-                row = c.execute(_MINE, {"b_run": run_id, "b_lane": lane}).first()
-                if row is not None:
-                    return _sample(row)
-                nxt = c.execute(_NEXT, {"b_run": run_id}).scalar()
-                if nxt is None:
-                    return None
-                # a concurrent lane may take it first (Postgres): then look again
-                c.execute(_TAKE, {"b_run": run_id, "b_idx": nxt, "b_lane": lane})
-
-        return await self.db.run(tx)
+        return await self.db.run(lambda c: _claim(c, run_id, lane, resume=True))
 
     async def recent(self, tenant: str | None = None, limit: int = 50) -> list[Run]:
         def q(c: Connection) -> list[Run]:
@@ -316,24 +311,31 @@ class RunStore:
                 _event(c, run_id, event[0], event[1])
 
         await self.db.run(tx)
-        self.on_write(run_id)
+        self.on_write(run_id, values.get("status") in TERMINAL)
 
     async def update_sample(self, run_id: str, idx: int,
                             event: tuple[str, dict[str, Any]] | None = None,
-                            **values: Any) -> None:
-        def tx(c: Connection) -> None:
+                            claim: int | None = None,
+                            **values: Any) -> dict[str, Any] | None:
+        """Update a sample (and log ``event``); with ``claim``, that lane's next sample is
+        claimed in the same transaction and returned (see :meth:`claim`)."""
+        def tx(c: Connection) -> dict[str, Any] | None:
             c.execute(update(samples).where(
                 and_(samples.c.run_id == run_id, samples.c.idx == idx)).values(**values))
             if event is not None:
                 _event(c, run_id, event[0], event[1])
+            return None if claim is None else _claim(c, run_id, claim)
 
-        await self.db.run(tx)
-        self.on_write(run_id)
+        out = await self.db.run(tx)
+        self.on_write(run_id, False)
+        return out
 
     async def finish_sample(self, run_id: str, idx: int, reply: Reply, attempts: int,
-                            latency_ms: float, anon_id: str) -> None:
-        """A successful sample, its spend on the run and its event, in one transaction."""
-        def tx(c: Connection) -> None:
+                            latency_ms: float, anon_id: str,
+                            claim: int | None = None) -> dict[str, Any] | None:
+        """A successful sample, its spend on the run and its event, in one transaction;
+        with ``claim``, also that lane's next sample (see :meth:`claim`)."""
+        def tx(c: Connection) -> dict[str, Any] | None:
             c.execute(_FINISH, {
                 "b_run": run_id, "b_idx": idx, "b_attempts": attempts, "b_text": reply.text,
                 "b_prompt": reply.prompt_tokens, "b_completion": reply.completion_tokens,
@@ -344,9 +346,11 @@ class RunStore:
                 "index": idx, "id": anon_id, "attempts": attempts,
                 "completion_tokens": reply.completion_tokens, "cost_usd": reply.cost_usd,
                 "latency_ms": round(latency_ms, 1)})
+            return None if claim is None else _claim(c, run_id, claim)
 
-        await self.db.run(tx)
-        self.on_write(run_id)
+        out = await self.db.run(tx)
+        self.on_write(run_id, False)
+        return out
 
     async def judged(self, run_id: str, data: dict[str, Any]) -> None:
         """A judge call's verdict (kept for resuming: never asked twice) and its spend."""
@@ -358,21 +362,21 @@ class RunStore:
             _event(c, run_id, "judge", data)
 
         await self.db.run(tx)
-        self.on_write(run_id)
+        self.on_write(run_id, False)
 
     async def verdicts(self, run_id: str, verdicts: dict[int, tuple[str, str | None]]) -> None:
         def tx(c: Connection) -> None:
-            for idx, (verdict, reason) in verdicts.items():
-                c.execute(update(samples).where(
-                    and_(samples.c.run_id == run_id, samples.c.idx == idx))
-                    .values(verdict=verdict, reason=reason))
+            if verdicts:
+                c.execute(_VERDICT, [{"b_run": run_id, "b_idx": idx, "b_verdict": verdict,
+                                      "b_reason": reason}
+                                     for idx, (verdict, reason) in verdicts.items()])
 
         await self.db.run(tx)
-        self.on_write(run_id)
+        self.on_write(run_id, False)
 
     async def event(self, run_id: str, kind: str, data: dict[str, Any]) -> None:
         await self.db.run(lambda c: _event(c, run_id, kind, data))
-        self.on_write(run_id)
+        self.on_write(run_id, False)
 
     async def events(self, run_id: str, after: int = 0) -> list[dict[str, Any]]:
         def q(c: Connection) -> list[dict[str, Any]]:
@@ -383,6 +387,27 @@ class RunStore:
                     for r in rows]
 
         return await self.db.run(q)
+
+
+def _claim(c: Connection, run_id: str, lane: int, *,
+           resume: bool = False) -> dict[str, Any] | None:
+    """The lane's next sample (see :meth:`RunStore.claim`); ``resume``: first the one it
+    had claimed before a crash."""
+    if resume:
+        status = c.execute(_RUN_STATUS, {"b_run": run_id}).scalar()
+        if status is None or status in TERMINAL:
+            return None
+        row = c.execute(_MINE, {"b_run": run_id, "b_lane": lane}).first()
+        if row is not None:
+            return _sample(row)
+    while True:
+        row = c.execute(_TAKE, {"b_run": run_id, "b_lane": lane}).first()
+        if row is not None:
+            return _sample(row)
+        # none left, the run ended, or (Postgres) a concurrent lane took it: look again
+        if c.execute(_NEXT, {"b_run": run_id}).scalar() is None or c.execute(
+                _RUN_STATUS, {"b_run": run_id}).scalar() in (None, *TERMINAL):
+            return None
 
 
 def _spend(c: Connection, run_id: str, reply: Reply, judge_calls: int) -> None:
