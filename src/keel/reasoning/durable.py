@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -61,6 +62,7 @@ class DurableRuns:
         self._lane_wf: Callable[[str, int], Coroutine[Any, Any, int]] | None = None
         self._changed = asyncio.Event()
         self._runs: dict[str, Run] = {}  # runs fanning out here, for this process's lanes
+        self._local: dict[str, list[SampleResult]] = {}  # their lanes' results, in order
         # DBOS runs dequeued and recovered workflows on its own event loop; a run's model
         # calls use the app's HTTP sessions, so workflow bodies run on the app's loop
         # (set by the capability's start()). DBOS operations inside them are idempotent by
@@ -101,12 +103,17 @@ class DurableRuns:
             while stored is not None:
                 index = stored["index"]
                 try:  # the result is recorded with the claim of the lane's next sample
-                    stored = (await engine.sample(run, spec, index, stored, lane=lane)).claimed
+                    result = await engine.sample(run, spec, index, stored, lane=lane)
                 except Exception as exc:  # a bug: the sample fails, the run never hangs
                     log.exception("reasoning run %s: sample %d", run_id, index)
-                    stored = await engine.store.update_sample(
+                    result = SampleResult(index, False, claimed=await engine.store.update_sample(
                         run_id, index, None, claim=lane, status="failed",
-                        error=f"internal error: {type(exc).__name__}")
+                        error=f"internal error: {type(exc).__name__}"))
+                stored = result.claimed
+                local = self._local.get(run_id)
+                if local is not None:  # the run follows here: no need to read it back
+                    local.append(result)
+                    self._changed.set()
                 done += 1
             return done
 
@@ -132,11 +139,12 @@ class DurableRuns:
         # left): a replay after a crash enqueues the same ids, which DBOS leaves alone.
         affordable = self.engine.affordable(spec, run.n, run.budget_usd,
                                             prompts.question_text(run.messages))
-        self._runs[run.id] = run
+        self._runs[run.id], self._local[run.id] = run, []
         try:
             await self._fanout(run, spec, indices, on_done, affordable)
         finally:
             self._runs.pop(run.id, None)
+            self._local.pop(run.id, None)
 
     async def _fanout(self, run: Run, spec: ReasonerSpec, indices: Sequence[int],
                       on_done: Callable[[SampleResult], Awaitable[bool]],
@@ -145,12 +153,20 @@ class DurableRuns:
             (lane_workflow_id(run.id, lane), (run.id, lane))
             for lane in range(min(spec.max_concurrency, affordable))])
         waiting = set(indices)
+        local = self._local[run.id]
+        look_at = 0.0  # when to read the store next (samples served by other processes)
         while waiting:
             self._changed.clear()
-            for index, status, text in sorted(await self.engine.store.finished(run.id, waiting)):
+            results = [(r.index, r.ok, r.text) for r in local]
+            local.clear()
+            if time.monotonic() >= look_at:
+                look_at = time.monotonic() + FOLLOW_POLL_S
+                results += [(i, status == "ok", text) for i, status, text in sorted(
+                    await self.engine.store.finished(run.id, waiting))]
+            for index, ok, text in results:
                 if index in waiting:
                     waiting.discard(index)
-                    if await on_done(SampleResult(index, status == "ok", text)):
+                    if await on_done(SampleResult(index, ok, text)):
                         return
             if waiting:
                 with contextlib.suppress(TimeoutError):

@@ -35,6 +35,7 @@ from sqlalchemy import (
 )
 
 from keel.reasoning.calls import Reply
+from keel.storage.group_commit import GroupCommit
 from keel.storage.migrations import Migration
 from keel.storage.sql import Database
 
@@ -224,6 +225,7 @@ def _sample(row: Any) -> dict[str, Any]:
 class RunStore:
     def __init__(self, db: Database) -> None:
         self.db = db
+        self._group = GroupCommit(db)  # sample results and claims of a wave: one commit
         # wakes watchers: (run id, whether the run has just ended)
         self.on_write: Callable[[str, bool], None] = lambda run_id, ended: None
 
@@ -281,7 +283,7 @@ class RunStore:
         """The next sample lane ``lane`` runs: the one it had claimed before a crash (its
         answer never arrived), else the lowest pending one, now ``running`` under this
         lane; None when nothing is left or the run has ended."""
-        return await self.db.run(lambda c: _claim(c, run_id, lane, resume=True))
+        return await self._group.run(lambda c: _claim(c, run_id, lane, resume=True))
 
     async def recent(self, tenant: str | None = None, limit: int = 50) -> list[Run]:
         def q(c: Connection) -> list[Run]:
@@ -326,7 +328,7 @@ class RunStore:
                 _event(c, run_id, event[0], event[1])
             return None if claim is None else _claim(c, run_id, claim)
 
-        out = await self.db.run(tx)
+        out = await self._group.run(tx)
         self.on_write(run_id, False)
         return out
 
@@ -348,7 +350,7 @@ class RunStore:
                 "latency_ms": round(latency_ms, 1)})
             return None if claim is None else _claim(c, run_id, claim)
 
-        out = await self.db.run(tx)
+        out = await self._group.run(tx)
         self.on_write(run_id, False)
         return out
 
