@@ -324,6 +324,9 @@ class JobRuntime:
         self.wakes.wake_all()  # sleeping queue threads see the stop at once
         await asyncio.to_thread(self.batch.close)
         loop = asyncio.get_running_loop()
+        # a fresh default executor first: writes that run while DBOS shuts its own down
+        # (a request-log flush) must not fail with "cannot schedule new futures"
+        loop.set_default_executor(ThreadPoolExecutor(thread_name_prefix="asyncio"))
         done = loop.create_future()
 
         def shutdown() -> None:
@@ -339,4 +342,3 @@ class JobRuntime:
 
         threading.Thread(target=shutdown, name="keel-dbos-shutdown", daemon=True).start()
         await done
-        loop.set_default_executor(ThreadPoolExecutor(thread_name_prefix="asyncio"))

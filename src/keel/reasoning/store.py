@@ -219,7 +219,8 @@ def _sample(row: Any) -> dict[str, Any]:
             "attempts": row.attempts, "text": row.text,
             "prompt_tokens": row.prompt_tokens, "completion_tokens": row.completion_tokens,
             "cost_usd": row.cost_usd, "request_id": row.request_id, "error": row.error,
-            "latency_ms": row.latency_ms, "verdict": row.verdict, "reason": row.reason}
+            "latency_ms": row.latency_ms, "verdict": row.verdict, "reason": row.reason,
+            "lane": row.lane}
 
 
 class RunStore:
