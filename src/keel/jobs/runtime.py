@@ -13,13 +13,16 @@ queues it serves (``DBOS.listen_queues``): the gateway serves those declared wit
 definitions in the system database, so without that filter the gateway would pick up
 work meant for worker processes.
 
-Two tunings, applied once per process (:func:`tune_dbos`):
+Three tunings, applied once per process (:func:`tune_dbos`):
 
 * DBOS's SQLite notification listener issues one query per waiting workflow every poll
   (10,000 pending approvals = 10,000 queries per tick). keel replaces it with one query for
   all unconsumed messages per tick, and lets the engine wake it at once after a local send.
 * The per-waiter fallback re-check (every 60 s, i.e. 166 queries/s with 10,000 waiters)
   runs every ``FALLBACK_RECHECK_S`` instead: messages are found by the listener anyway.
+* Queue threads can be woken (:mod:`keel.jobs.queue_wake`): after a local enqueue
+  (:meth:`JobRuntime.wake_queue`, :meth:`JobRuntime.enqueue_many`) and when a local
+  workflow frees a slot, so a queue may poll rarely without delaying local work.
 """
 
 from __future__ import annotations
