@@ -38,10 +38,10 @@ T = TypeVar("T")
 log = logging.getLogger("keel.reasoning")
 RUN_WORKFLOW = "keel.reasoning.run"
 LANE_WORKFLOW = "keel.reasoning.lane"
-FOLLOW_POLL_S = 0.25
-COALESCE_S = 0.005  # samples served by another process: how often the run looks
-# The queue's threads poll this rarely (work enqueued by other processes, recovery); this
-# process wakes its own thread after enqueueing and whenever one of its samples ends.
+FOLLOW_POLL_S = 0.25  # samples served by another process: how often the run looks
+COALESCE_S = 0.005  # one look for a burst of finished samples
+# The queue's threads poll this rarely (lanes enqueued by other processes, recovery); this
+# process wakes its own thread after enqueueing and when one of its lanes frees a slot.
 QUEUE_POLL_S = 1.0
 
 
