@@ -84,3 +84,37 @@ async def test_concurrent_writes_share_commits_and_only_a_failing_one_raises(
     rows = db.transaction(lambda c: sorted(r[0] for r in c.execute(T.select())))
     assert rows == [*range(40), 100, 102]  # the failing write left nothing behind
     db.dispose()
+
+
+def test_the_lane_column_is_added_to_a_database_from_before_lanes(db: Database) -> None:
+    from sqlalchemy import inspect, text
+
+    from keel.reasoning.store import MIGRATIONS
+    from keel.storage.migrations import migrate
+
+    db.transaction(lambda c: c.execute(text(  # reasoning_samples as 0001 created it
+        "CREATE TABLE reasoning_samples (run_id VARCHAR(40), idx INTEGER, anon_id "
+        "VARCHAR(8), model VARCHAR(200), status VARCHAR(16), PRIMARY KEY (run_id, idx))")))
+    db.transaction(lambda c: c.execute(text(
+        "CREATE TABLE keel_migrations (id VARCHAR(128) PRIMARY KEY, applied_at FLOAT)")))
+    db.transaction(lambda c: c.execute(text(
+        "INSERT INTO keel_migrations VALUES ('reasoning/0001_tables', 0)")))
+    assert migrate(db, MIGRATIONS) == ["reasoning/0002_sample_lane"]
+    cols = db.transaction(lambda c: {x["name"] for x in inspect(c).get_columns(
+        "reasoning_samples")})
+    assert "lane" in cols
+    assert migrate(db, MIGRATIONS) == []  # applied once
+    db.dispose()
+
+
+def test_a_fresh_database_gets_the_lane_column_from_the_first_migration(db: Database) -> None:
+    from sqlalchemy import inspect
+
+    from keel.reasoning.store import MIGRATIONS
+    from keel.storage.migrations import migrate
+
+    assert migrate(db, MIGRATIONS) == ["reasoning/0001_tables", "reasoning/0002_sample_lane"]
+    cols = db.transaction(lambda c: {x["name"] for x in inspect(c).get_columns(
+        "reasoning_samples")})
+    assert "lane" in cols
+    db.dispose()
