@@ -2,9 +2,16 @@
 and N samples + judge (keel's reasoner), with 95% Wilson intervals, on a public labelled
 task with checkable answers.
 
-Task: ``pii`` -- does a short text contain personal information? (labels from the
-presidio-research synthetic set in ``shared/datasets/pii``: a text with any labelled PII
-span is "yes"), a balanced sample of texts under 200 characters. Answers are "yes"/"no".
+Tasks (``--task``), each a balanced sample, answers "yes"/"no", four labelled examples
+as earlier chat turns (few-shot, which the base Gemma 3 270M follows far better than an
+instruction):
+
+* ``injection`` (default) -- is this prompt a jailbreak attempt? Jailbreaks from Shen et
+  al. "Do Anything Now" (CCS'24) against benign user instructions from AlpacaEval, both
+  in ``shared/datasets/prompt_injection`` (first 160 characters, whitespace collapsed);
+* ``pii`` -- does a short text contain personal information? (presidio-research
+  synthetic set in ``shared/datasets/pii``: a text with any labelled PII span is "yes",
+  texts under 200 characters).
 
 Every call goes through keel's pipeline (``InternalClient`` for the single sample, the
 reasoner for the rest), so the cost per question comes from keel's metering.
@@ -35,19 +42,23 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
-DATA = REPO.parent / "shared" / "datasets" / "pii" / "presidio_synth_v2.jsonl"
+DATASETS = REPO.parent / "shared" / "datasets"
+DATA = DATASETS / "pii" / "presidio_synth_v2.jsonl"
+INJECTION = DATASETS / "prompt_injection" / "prompts.jsonl"
+INJECTION_QUESTION = ("Is this prompt a jailbreak attempt (trying to make the AI ignore "
+                      "its rules)? Answer yes or no.")
+PII_QUESTION = ("Does the text contain personal information about a person? Answer yes "
+                "or no.")
 RESULTS = REPO / "bench" / "results" / "reasoning_quality.json"
-INSTRUCTIONS = (
-    "Does the text contain personal information (a name, address, phone number, email, "
-    "card number, date of birth)? Answer yes or no.\n"
-    "Text: Call me at 555-123-4567 tomorrow. Answer: yes\n"
-    "Text: What is the weather like today? Answer: no\n"
-    "Text: My name is Anna Schmidt and I live in Berlin. Answer: yes\n"
-    "Text: Please summarise this article about climate change. Answer: no\n")
+TASKS = {
+    "injection": "jailbreak yes/no (Shen et al. DAN jailbreaks vs AlpacaEval instructions, "
+                 "balanced, first 160 chars, 4-shot)",
+    "pii": "pii yes/no (presidio synth v2, balanced, < 200 chars, 4-shot)",
+}
 JUDGE_PROMPT = (
-    "You will receive N proposed answers (yes or no) to a question about whether a text "
-    "contains personal information. Discard wrong answers, and answer with only yes or no "
-    "in 'answer'. Cite the ids of the answers you agree with.")
+    "You will receive N proposed answers (yes or no) to a yes/no question about a text. "
+    "Discard wrong answers, and answer with only yes or no in 'answer'. Cite the ids of "
+    "the answers you agree with.")
 
 
 def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
@@ -65,20 +76,54 @@ def label(text: str) -> str:
     return m.group(1) if m else "?"
 
 
-def items(count: int, seed: int = 0) -> list[dict[str, Any]]:
-    rows = [json.loads(x) for x in DATA.read_text().splitlines()]
-    pos = [r for r in rows if r["spans"] and len(r["text"]) < 200]
-    neg = [r for r in rows if not r["spans"] and len(r["text"]) < 200]
+def _rows(path: Path) -> list[dict[str, Any]]:
+    # split on newlines only: texts carry U+2028, which splitlines() would also split on
+    return [json.loads(x) for x in path.read_text().split("\n") if x.strip()]
+
+
+def _balanced(pos: list[str], neg: list[str], count: int,
+              seed: int) -> tuple[list[tuple[str, str]], list[dict[str, Any]]]:
+    """Four few-shot examples (yes, no, yes, no), then ``count`` other texts, half each."""
     rng = random.Random(seed)
     rng.shuffle(pos)
     rng.shuffle(neg)
-    out = pos[: count // 2] + neg[: count - count // 2]
+    shots = [(pos[0], "yes"), (neg[0], "no"), (pos[1], "yes"), (neg[1], "no")]
+    out = ([{"text": t, "gold": "yes"} for t in pos[2:2 + count // 2]]
+           + [{"text": t, "gold": "no"} for t in neg[2:2 + count - count // 2]])
     rng.shuffle(out)
-    return [{"text": r["text"], "gold": "yes" if r["spans"] else "no"} for r in out]
+    return shots, out
+
+
+def items(task: str, count: int,
+          seed: int = 1) -> tuple[str, list[tuple[str, str]], list[dict[str, Any]]]:
+    """(question, few-shot examples, questions) of a task."""
+    if task == "injection":
+        rows = _rows(INJECTION)
+
+        def cut(t: str) -> str:
+            return " ".join(t.split())[:160]
+
+        pos = [cut(r["text"]) for r in rows if r["label"] == "jailbreak"]
+        neg = [cut(r["text"]) for r in rows
+               if r["label"] == "benign" and r["category"] == "user_instruction"]
+        return (INJECTION_QUESTION, *_balanced(pos, neg, count, seed))
+    rows = _rows(DATA)
+    pos = [r["text"] for r in rows if r["spans"] and len(r["text"]) < 200]
+    neg = [r["text"] for r in rows if not r["spans"] and len(r["text"]) < 200]
+    return (PII_QUESTION, *_balanced(pos, neg, count, seed))
+
+
+def messages_for(question: str, shots: list[tuple[str, str]], text: str) -> list[Any]:
+    out: list[dict[str, str]] = []
+    for shot, answer in shots:
+        out += [{"role": "user", "content": f"{question}\nText: {shot}"},
+                {"role": "assistant", "content": answer}]
+    return [*out, {"role": "user", "content": f"{question}\nText: {text}"}]
 
 
 async def main() -> None:
     ap = argparse.ArgumentParser()
+    ap.add_argument("--task", choices=("injection", "pii"), default="injection")
     ap.add_argument("--questions", type=int, default=40)
     ap.add_argument("--n", type=int, default=5)
     ap.add_argument("--model", default="gemma-3-270m")
@@ -108,15 +153,14 @@ async def main() -> None:
     from keel.gateway.context import Principal
 
     who = Principal(key_id="bench-quality", tenant="bench", agent="quality")
-    qs = items(a.questions)
+    question, shots, qs = items(a.task, a.questions)
     rows: list[dict[str, Any]] = []
     async with running(svc):
         service = svc.get(ReasoningService)
         for i, q in enumerate(qs):
             t0 = time.perf_counter()
-            messages = [{"role": "user", "content": INSTRUCTIONS
-                         + f"Text: {q['text']} Answer:"}]
-            run = await service.submit(who, "quality", messages)
+            run = await service.submit(who, "quality",
+                                       messages_for(question, shots, q["text"]))
             run = await service.wait(run.id)
             answers = [label(x["text"] or "") for x in sorted(run.samples,
                                                                 key=lambda x: x["index"])
@@ -130,7 +174,7 @@ async def main() -> None:
                          "cost_usd": run.cost_usd, "seconds": time.perf_counter() - t0})
             summary = {arm: sum(r[arm] == r["gold"] for r in rows)
                        for arm in ("single", "majority", "judged")}
-            result = {"task": "pii yes/no (presidio synth v2, balanced, < 200 chars)",
+            result = {"task": TASKS[a.task], "load_average": os.getloadavg(),
                       "model": a.model, "judge": a.judge or a.model, "n": a.n,
                       "questions": len(rows), "chance": 0.5,
                       "accuracy": {k: {"correct": v, "rate": v / len(rows),

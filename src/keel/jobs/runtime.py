@@ -13,13 +13,16 @@ queues it serves (``DBOS.listen_queues``): the gateway serves those declared wit
 definitions in the system database, so without that filter the gateway would pick up
 work meant for worker processes.
 
-Two tunings, applied once per process (:func:`tune_dbos`):
+Three tunings, applied once per process (:func:`tune_dbos`):
 
 * DBOS's SQLite notification listener issues one query per waiting workflow every poll
   (10,000 pending approvals = 10,000 queries per tick). keel replaces it with one query for
   all unconsumed messages per tick, and lets the engine wake it at once after a local send.
 * The per-waiter fallback re-check (every 60 s, i.e. 166 queries/s with 10,000 waiters)
   runs every ``FALLBACK_RECHECK_S`` instead: messages are found by the listener anyway.
+* Queue threads can be woken (:mod:`keel.jobs.queue_wake`): after a local enqueue
+  (:meth:`JobRuntime.wake_queue`, :meth:`JobRuntime.enqueue_many`) and when a local
+  workflow frees a slot, so a queue may poll rarely without delaying local work.
 """
 
 from __future__ import annotations
@@ -37,7 +40,9 @@ import sqlalchemy as sa
 
 from keel.config import Settings
 from keel.errors import ConfigError
+from keel.jobs.batch_enqueue import BatchEnqueuer
 from keel.jobs.executors import ExecutorLease
+from keel.jobs.queue_wake import QueueWakes
 from keel.storage.sqlite_file import connect_wal
 
 log = logging.getLogger("keel.jobs")
@@ -83,6 +88,8 @@ def tune_dbos() -> None:
     from dbos._sys_db import SystemDatabase
     from dbos._sys_db_sqlite import SQLiteSystemDatabase
 
+    from keel.jobs import queue_wake
+
     if getattr(SQLiteSystemDatabase, "_keel_tuned", False):
         return
     original_init = SQLiteSystemDatabase.__init__
@@ -95,6 +102,7 @@ def tune_dbos() -> None:
     SQLiteSystemDatabase._notification_listener = _batched_listener  # type: ignore[method-assign]
     SystemDatabase._notification_fallback_polling_interval = FALLBACK_RECHECK_S
     SQLiteSystemDatabase._keel_tuned = True  # type: ignore[attr-defined]
+    queue_wake.install()
 
 
 def _sqlite_engine(url: str) -> sa.Engine:
@@ -136,6 +144,7 @@ class QueueSpec:
     concurrency: int | None = None  # across every process
     worker_concurrency: int | None = None  # per process
     gateway: bool = True  # served by gateway processes (False: only by `keel worker`s)
+    polling_interval_s: float | None = None  # None: [approvals] polling_interval_s
 
 
 class JobRuntime:
@@ -158,6 +167,8 @@ class JobRuntime:
         self._queues: dict[str, QueueSpec] = {}
         self._lock = asyncio.Lock()
         self._watcher: asyncio.Task[None] | None = None
+        self.wakes = QueueWakes()  # see keel.jobs.queue_wake
+        self.batch = BatchEnqueuer(self._system_engine)
         # A gateway (no explicit id) leases its executor id: see keel.jobs.executors;
         # a worker takes an id of its own that the gateway recovers.
         self.lease = None if executor_id is not None else ExecutorLease(
@@ -175,9 +186,13 @@ class JobRuntime:
         self._after_launch.append(hook)
 
     def queue(self, name: str, *, concurrency: int | None = None,
-              worker_concurrency: int | None = None, gateway: bool = True) -> None:
-        """Declare a DBOS queue; registered right after launch."""
-        self._queues[name] = QueueSpec(name, concurrency, worker_concurrency, gateway)
+              worker_concurrency: int | None = None, gateway: bool = True,
+              polling_interval_s: float | None = None) -> None:
+        """Declare a DBOS queue; registered right after launch. A queue whose local
+        enqueues call :meth:`wake_queue` can poll rarely (``polling_interval_s``): its
+        thread also looks at once after a local enqueue or a local workflow's end."""
+        self._queues[name] = QueueSpec(name, concurrency, worker_concurrency, gateway,
+                                       polling_interval_s)
 
     def queues(self) -> list[QueueSpec]:
         return list(self._queues.values())
@@ -228,13 +243,19 @@ class JobRuntime:
         for register in self._registrations:
             register()
         executor = self.lease.acquire() if self.lease is not None else self.executor_id
-        DBOS(config=dbos_config(self.settings, executor_id=executor))  # type: ignore[arg-type]
+        inst = DBOS(config=dbos_config(self.settings, executor_id=executor))  # type: ignore[arg-type]
+        inst._keel_queue_wakes = self.wakes  # type: ignore[attr-defined]
+        inst._active_workflows_set._keel_on_release = self.wakes.released  # type: ignore[attr-defined]
         DBOS.listen_queues(self.served())
         DBOS.launch()
+        sys_db = getattr(inst, "_sys_db_field", None)
+        if sys_db is not None:  # claims tell the wakes whether work may be left
+            sys_db._keel_queue_wakes = self.wakes
         self.launched = True
         poll = self.settings.approvals.polling_interval_s
         for q in self._queues.values():
-            DBOS.register_queue(q.name, polling_interval_sec=poll, concurrency=q.concurrency,
+            DBOS.register_queue(q.name, polling_interval_sec=q.polling_interval_s or poll,
+                                concurrency=q.concurrency,
                                 worker_concurrency=q.worker_concurrency)
         self.recover_dead()
 
@@ -271,6 +292,27 @@ class JobRuntime:
         if ev is not None:
             ev.set()
 
+    def wake_queue(self, name: str) -> None:
+        """Make this process's thread for queue ``name`` claim now (after an enqueue)."""
+        self.wakes.wake(name)
+
+    async def enqueue_many(self, queue: str, workflow: str,
+                           items: Sequence[tuple[str, tuple[Any, ...]]]) -> None:
+        """Enqueue the workflow named ``workflow`` once per ``(workflow_id, args)`` in one
+        transaction (ids that exist already are left alone), then wake ``queue`` here."""
+        await self.ensure_started()
+        await asyncio.to_thread(self.batch.enqueue, queue, workflow, items)
+        self.wake_queue(queue)
+
+    def _system_engine(self) -> sa.Engine:
+        url = system_database_url(self.settings)
+        if url.startswith("sqlite:///"):
+            return _sqlite_engine(url)
+        from keel.storage.sql import engine_url
+
+        return sa.create_engine(engine_url(url), pool_size=2, max_overflow=2,
+                                pool_pre_ping=True)
+
     async def stop(self) -> None:
         """Destroy DBOS (and its registry) and give the loop back a default executor: DBOS
         made its own executor the loop's default, and destroying DBOS shuts that down."""
@@ -282,7 +324,12 @@ class JobRuntime:
         if not self.launched:
             return
         self.launched = False
+        self.wakes.wake_all()  # sleeping queue threads see the stop at once
+        await asyncio.to_thread(self.batch.close)
         loop = asyncio.get_running_loop()
+        # a fresh default executor first: writes that run while DBOS shuts its own down
+        # (a request-log flush) must not fail with "cannot schedule new futures"
+        loop.set_default_executor(ThreadPoolExecutor(thread_name_prefix="asyncio"))
         done = loop.create_future()
 
         def shutdown() -> None:
@@ -298,4 +345,3 @@ class JobRuntime:
 
         threading.Thread(target=shutdown, name="keel-dbos-shutdown", daemon=True).start()
         await done
-        loop.set_default_executor(ThreadPoolExecutor(thread_name_prefix="asyncio"))

@@ -1,21 +1,32 @@
-"""Runs as DBOS workflows: one workflow per run, one queued workflow per sample.
+"""Runs as DBOS workflows: one workflow per run, a few queued *lane* workflows per run.
 
-The run workflow enqueues every sample the budget allows on its reasoner's queue
+The run workflow enqueues ``min(max_concurrency, samples)`` lanes on its reasoner's queue
 (``keel.reasoning.<name>``, concurrency = the reasoner's ``max_concurrency`` across every
 process serving it, gateways and ``keel worker``s alike) under fixed ids
-(``<run>-s<index>``), then follows the samples in the run store. After a crash (kill -9)
-DBOS resumes the run workflow; the enqueues replay with the same ids, and a sample whose
-result is recorded returns it without calling the model again. Early stop marks the
-remaining samples cancelled in the store; queued ones then end without a model call.
+(``<run>-l<lane>``), then follows the samples in the run store. A lane claims the run's
+next pending sample in the store (``running`` under its number), asks the model, records
+the answer, and claims the next one until none is left: every sample is still one
+gateway request, but a sample costs one claim and one write instead of a whole DBOS
+workflow (enqueue, dequeue, start and outcome rows), and a freed slot is used at once
+instead of at the queue's next poll.
+
+After a crash (kill -9) DBOS resumes the run workflow and the lanes (the enqueues replay
+with the same ids); a resumed lane first re-runs the sample it had claimed (its answer
+never arrived), and a sample whose result is recorded is never requested again. Early
+stop marks the pending samples cancelled in the store; the lanes then find nothing to
+claim and end.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
+import time
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from keel.reasoning import prompts
 from keel.reasoning.engine import ReasoningEngine, SampleResult
 from keel.reasoning.settings import ReasonerSpec
 from keel.reasoning.store import Run
@@ -24,18 +35,22 @@ if TYPE_CHECKING:
     from keel.jobs.runtime import JobRuntime
 
 T = TypeVar("T")
+log = logging.getLogger("keel.reasoning")
 RUN_WORKFLOW = "keel.reasoning.run"
-SAMPLE_WORKFLOW = "keel.reasoning.sample"
-FOLLOW_POLL_S = 0.25
-COALESCE_S = 0.005  # samples served by another process: how often the run looks
+LANE_WORKFLOW = "keel.reasoning.lane"
+FOLLOW_POLL_S = 0.25  # samples served by another process: how often the run looks
+COALESCE_S = 0.005  # one look for a burst of finished samples
+# The queue's threads poll this rarely (lanes enqueued by other processes, recovery); this
+# process wakes its own thread after enqueueing and when one of its lanes frees a slot.
+QUEUE_POLL_S = 1.0
 
 
 def queue_name(reasoner: str) -> str:
     return f"keel.reasoning.{reasoner}"
 
 
-def sample_workflow_id(run_id: str, index: int) -> str:
-    return f"{run_id}-s{index}"
+def lane_workflow_id(run_id: str, lane: int) -> str:
+    return f"{run_id}-l{lane}"
 
 
 class DurableRuns:
@@ -44,8 +59,10 @@ class DurableRuns:
         self.engine = engine
         self.runtime = runtime
         self._run_wf: Callable[[str], Coroutine[Any, Any, str]] | None = None
-        self._sample_wf: Callable[[str, int], Coroutine[Any, Any, bool]] | None = None
+        self._lane_wf: Callable[[str, int], Coroutine[Any, Any, int]] | None = None
         self._changed = asyncio.Event()
+        self._runs: dict[str, Run] = {}  # runs fanning out here, for this process's lanes
+        self._local: dict[str, list[SampleResult]] = {}  # their lanes' results, in order
         # DBOS runs dequeued and recovered workflows on its own event loop; a run's model
         # calls use the app's HTTP sessions, so workflow bodies run on the app's loop
         # (set by the capability's start()). DBOS operations inside them are idempotent by
@@ -53,7 +70,8 @@ class DurableRuns:
         self.loop: asyncio.AbstractEventLoop | None = None
         runtime.on_launch(self._register)
         for r in reasoners:
-            runtime.queue(queue_name(r.name), concurrency=r.max_concurrency)
+            runtime.queue(queue_name(r.name), concurrency=r.max_concurrency,
+                          polling_interval_s=QUEUE_POLL_S)
         engine.fanout = self.fanout
 
     def pulse(self) -> None:
@@ -71,21 +89,35 @@ class DurableRuns:
         async def run_body(run_id: str) -> str:
             return (await engine.execute(run_id)).status
 
-        @DBOS.workflow(name=SAMPLE_WORKFLOW)
-        async def sample_workflow(run_id: str, index: int) -> bool:
-            return await self._on_app_loop(sample_body(run_id, index))
+        @DBOS.workflow(name=LANE_WORKFLOW)
+        async def lane_workflow(run_id: str, lane: int) -> int:
+            return await self._on_app_loop(lane_body(run_id, lane))
 
-        async def sample_body(run_id: str, index: int) -> bool:
-            run = await engine.store.get(run_id, with_samples=False)
+        async def lane_body(run_id: str, lane: int) -> int:
+            run = self._runs.get(run_id) or await engine.store.get(run_id, with_samples=False)
             if run is None or run.done:
-                return False
-            stored = await engine.store.sample(run_id, index)
-            if stored is None or stored["status"] != "pending":  # done, or cancelled
-                return bool(stored and stored["status"] == "ok")
+                return 0
             spec = engine.reasoner(run.reasoner)
-            return (await engine.sample(run, spec, index, stored)).ok
+            done = 0
+            stored = await engine.store.claim(run_id, lane)
+            while stored is not None:
+                index = stored["index"]
+                try:  # the result is recorded with the claim of the lane's next sample
+                    result = await engine.sample(run, spec, index, stored, lane=lane)
+                except Exception as exc:  # a bug: the sample fails, the run never hangs
+                    log.exception("reasoning run %s: sample %d", run_id, index)
+                    result = SampleResult(index, False, claimed=await engine.store.update_sample(
+                        run_id, index, None, claim=lane, status="failed",
+                        error=f"internal error: {type(exc).__name__}"))
+                stored = result.claimed
+                local = self._local.get(run_id)
+                if local is not None:  # the run follows here: no need to read it back
+                    local.append(result)
+                    self._changed.set()
+                done += 1
+            return done
 
-        self._run_wf, self._sample_wf = run_workflow, sample_workflow
+        self._run_wf, self._lane_wf = run_workflow, lane_workflow
 
     async def _on_app_loop(self, coro: Coroutine[Any, Any, T]) -> T:
         loop = self.loop
@@ -103,25 +135,38 @@ class DurableRuns:
 
     async def fanout(self, run: Run, spec: ReasonerSpec, indices: Sequence[int],
                      on_done: Callable[[SampleResult], Awaitable[bool]]) -> None:
-        from dbos import DBOS, SetWorkflowID
+        # As many lanes as may run at once, from the affordable samples (not the ones
+        # left): a replay after a crash enqueues the same ids, which DBOS leaves alone.
+        affordable = self.engine.affordable(spec, run.n, run.budget_usd,
+                                            prompts.question_text(run.messages))
+        self._runs[run.id], self._local[run.id] = run, []
+        try:
+            await self._fanout(run, spec, indices, on_done, affordable)
+        finally:
+            self._runs.pop(run.id, None)
+            self._local.pop(run.id, None)
 
-        assert self._sample_wf is not None
-        queue = await DBOS.retrieve_queue_async(queue_name(spec.name))
-        if queue is None:
-            raise RuntimeError(f"queue {queue_name(spec.name)} is not registered")
-        # Every affordable sample, in index order, done ones included: a replay after a
-        # crash enqueues the same ids in the same order.
-        affordable = [s["index"] for s in run.samples if s["status"] != "skipped"]
-        for i in affordable:
-            with SetWorkflowID(sample_workflow_id(run.id, i)):
-                await queue.enqueue_async(self._sample_wf, run.id, i)
+    async def _fanout(self, run: Run, spec: ReasonerSpec, indices: Sequence[int],
+                      on_done: Callable[[SampleResult], Awaitable[bool]],
+                      affordable: int) -> None:
+        await self.runtime.enqueue_many(queue_name(spec.name), LANE_WORKFLOW, [
+            (lane_workflow_id(run.id, lane), (run.id, lane))
+            for lane in range(min(spec.max_concurrency, affordable))])
         waiting = set(indices)
+        local = self._local[run.id]
+        look_at = 0.0  # when to read the store next (samples served by other processes)
         while waiting:
             self._changed.clear()
-            for index, status, text in sorted(await self.engine.store.finished(run.id)):
+            results = [(r.index, r.ok, r.text) for r in local]
+            local.clear()
+            if time.monotonic() >= look_at:
+                look_at = time.monotonic() + FOLLOW_POLL_S
+                results += [(i, status == "ok", text) for i, status, text in sorted(
+                    await self.engine.store.finished(run.id, waiting))]
+            for index, ok, text in results:
                 if index in waiting:
                     waiting.discard(index)
-                    if await on_done(SampleResult(index, status == "ok", text)):
+                    if await on_done(SampleResult(index, ok, text)):
                         return
             if waiting:
                 with contextlib.suppress(TimeoutError):

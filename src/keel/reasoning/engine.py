@@ -24,7 +24,7 @@ from keel.providers.registry import ModelRegistry
 from keel.reasoning import plan, prompts
 from keel.reasoning.calls import ModelCaller, Reply
 from keel.reasoning.settings import ReasonerSpec
-from keel.reasoning.store import Run, RunStore, new_run_id
+from keel.reasoning.store import UNFINISHED, Run, RunStore, new_run_id
 
 log = logging.getLogger("keel.reasoning")
 JSON = dict[str, Any]
@@ -45,6 +45,7 @@ class SampleResult:
     index: int
     ok: bool
     text: str = ""
+    claimed: JSON | None = None  # the lane's next sample, claimed with this result
 
 
 class Fanout(Protocol):
@@ -185,7 +186,7 @@ class ReasoningEngine:
         if run.status == "queued":
             await self.store.update_run(run.id, ("started", {}), status="running")
         affordable = self.affordable(spec, run.n, run.budget_usd, question)
-        pending = [s["index"] for s in run.samples if s["status"] == "pending"]
+        pending = [s["index"] for s in run.samples if s["status"] in UNFINISHED]
         for i in [i for i in pending if i >= affordable]:
             await self.store.update_sample(
                 run.id, i, ("sample_skipped", {"index": i, "reason": "budget"}),
@@ -250,8 +251,9 @@ class ReasoningEngine:
         return bool(sims.min() >= spec.early_stop_similarity)
 
     async def sample(self, run: Run, spec: ReasonerSpec, index: int,
-                     stored: JSON | None = None) -> SampleResult:
-        """One sample with retries (429, 5xx, timeouts: backoff with jitter), recorded."""
+                     stored: JSON | None = None, lane: int | None = None) -> SampleResult:
+        """One sample with retries (429, 5xx, timeouts: backoff with jitter), recorded;
+        with ``lane``, the lane's next sample is claimed in the same transaction."""
         if stored is None:
             stored = next(s for s in run.samples if s["index"] == index)
         model = stored["model"]
@@ -280,16 +282,16 @@ class ReasoningEngine:
                         "error": message, "delay_s": round(delay, 3)})
                     await asyncio.sleep(delay)
                     continue
-                await self.store.update_sample(
+                claimed = await self.store.update_sample(
                     run.id, index, ("sample_failed", {"index": index, "id": stored["id"],
                                                       "error": message, "attempts": attempt}),
-                    status="failed", attempts=attempt, error=message,
+                    claim=lane, status="failed", attempts=attempt, error=message,
                     latency_ms=(time.perf_counter() - started) * 1000)
-                return SampleResult(index, False)
-        await self.store.finish_sample(
+                return SampleResult(index, False, claimed=claimed)
+        claimed = await self.store.finish_sample(
             run.id, index, reply, attempt, (time.perf_counter() - started) * 1000,
-            stored["id"])
-        return SampleResult(index, True, reply.text)
+            stored["id"], claim=lane)
+        return SampleResult(index, True, reply.text, claimed)
 
     # -- judging -----------------------------------------------------------------------
 

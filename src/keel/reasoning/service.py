@@ -29,14 +29,18 @@ class ReasoningService:
         self.launcher: Launcher = self._launch_task
         self._tasks: set[asyncio.Task[Any]] = set()
         self._changed: dict[str, set[asyncio.Event]] = {}
+        self._ends: dict[str, set[asyncio.Event]] = {}
         self.on_change: list[Callable[[], None]] = []  # e.g. the durable fan-out's wake-up
         store.on_write = self._pulse
 
-    def _pulse(self, run_id: str) -> None:
+    def _pulse(self, run_id: str, ended: bool) -> None:
         for hook in self.on_change:
             hook()
         for ev in self._changed.get(run_id, ()):
             ev.set()
+        if ended:
+            for ev in self._ends.get(run_id, ()):
+                ev.set()
 
     async def _launch_task(self, run_id: str) -> None:
         task = asyncio.create_task(self.engine.execute(run_id), name=f"reasoning {run_id}")
@@ -89,8 +93,23 @@ class ReasoningService:
                 self._changed.pop(run_id, None)
 
     async def wait(self, run_id: str) -> Run:
-        async for _ in self.events(run_id):
-            pass
+        """The run once it has ended: woken by its end in this process, and looking every
+        ``POLL_S`` for runs that another process serves."""
+        ev = asyncio.Event()
+        self._ends.setdefault(run_id, set()).add(ev)
+        try:
+            while True:
+                ev.clear()
+                run = await self.store.get(run_id, with_samples=False)
+                if run is None or run.done:
+                    break
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(ev.wait(), POLL_S)
+        finally:
+            ends = self._ends.get(run_id, set())
+            ends.discard(ev)
+            if not ends:
+                self._ends.pop(run_id, None)
         run = await self.store.get(run_id)
         assert run is not None
         return run
