@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Collection, Iterable, Sequence
 from typing import Any
 
 from fastapi import FastAPI
@@ -68,11 +68,13 @@ def build_services(
     stages: Sequence[Stage] = (),
     capabilities: Iterable[type[Capability]] = (),
     jobs: JobRuntime | None = None,
+    only: Collection[str] | None = None,
 ) -> Services:
     """Build the core, then each enabled capability in dependency order; compose the
     pipeline once from their stages (by slot), then ``stages``, then metering.
     ``capabilities`` adds capabilities to the built-in and entry-point ones; ``jobs`` is
-    the DBOS runtime to use (a ``keel worker`` passes one in worker mode)."""
+    the DBOS runtime to use (a ``keel worker`` passes one in worker mode); ``only`` names
+    the capabilities to build (a worker builds what its queues need; default: all on)."""
     private_dir(settings.data_dir)
     available = capabilities_mod.available(capabilities)
     _check_plugin_tables(settings, available)
@@ -90,6 +92,10 @@ def build_services(
     for cap in available:
         if not cap.enabled(settings):
             components.disabled[cap.name] = cap.how_to_enable()
+            continue
+        if only is not None and cap.name not in only:
+            components.disabled[cap.name] = "not built in this worker process (it builds " \
+                "only what its queues need)"
             continue
         missing = [r for r in cap.requires if r not in {b.name for b in built}]
         if missing:

@@ -23,6 +23,11 @@ if TYPE_CHECKING:
 
 class BatchCapability(Capability):
     name = "batch"
+    every_worker = False  # its lines run only in workers serving its queue
+
+    @classmethod
+    def job_queues(cls, settings: Settings) -> Sequence[str]:
+        return ["keel.batch"]  # keel.batch.jobs.QUEUE (a test keeps them equal)
 
     @classmethod
     def enabled(cls, settings: Settings) -> bool:

@@ -50,12 +50,19 @@ async def serve(settings: Settings, *, queues: Sequence[str] | None = None,
                 capabilities: Iterable[type[Capability]] = ()) -> WorkerReport:
     """Serve ``queues`` (every declared one when ``None``) until ``stop`` is set or the
     queues stay empty for ``idle_exit_s``."""
+    from keel import capabilities as capabilities_mod
     from keel.app import build_services, running
 
+    extra = tuple(capabilities)
+    only = None
+    if queues is not None:  # build what these queues' jobs need, not every capability
+        only = {c.name for c in capabilities_mod.for_queues(
+            capabilities_mod.available(extra), settings, queues)}
     runtime = JobRuntime(settings, worker=True, queues=queues)
     t0 = time.monotonic()
     reason = "stopped"
-    async with running(build_services(settings, jobs=runtime, capabilities=capabilities)):
+    async with running(build_services(settings, jobs=runtime, capabilities=extra,
+                                      only=only)):
         await runtime.ensure_started()
         served = runtime.served()
         lease = runtime.lease
