@@ -44,7 +44,8 @@ def _cpu() -> str:
 def cache_key(patterns: Sequence[str], flags: int, mode: int) -> str:
     import hyperscan
 
-    raw = json.dumps([hyperscan.__version__, mode, flags, _cpu(), list(patterns)])
+    raw = json.dumps([getattr(hyperscan, "__version__", "?"), mode, flags, _cpu(),
+                      list(patterns)])
     return hashlib.sha256(raw.encode()).hexdigest()[:32]
 
 
@@ -63,7 +64,7 @@ def load(cache_dir: Path, key: str, mode: int) -> Any | None:
     try:
         db = hyperscan.loadb(blob, mode)
         db.scratch = hyperscan.Scratch(db)
-        db.scan(b"", match_event_handler=None)  # fails now, not on a request, if unusable
+        db.scan(b"", match_event_handler=lambda *_a: None)  # fails now if unusable
     except Exception as exc:
         log.warning("firewall: cached compiled rule set unusable (%s); compiling", exc)
         return None
