@@ -88,10 +88,11 @@ def main() -> int:
                    f"idle_s = {args.idle_s}\n")
     port = free_port()
     env = {**os.environ, "KEEL_CONFIG": str(cfg)}
-    proc = subprocess.Popen(
-        [sys.executable, "-c", "from keel.cli.main import main; main()", "serve",
-         "--port", str(port)], env=env, stdout=subprocess.DEVNULL,
-        stderr=open(root / "gateway.log", "wb"), start_new_session=True)
+    with (root / "gateway.log").open("wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-c", "from keel.cli.main import main; main()", "serve",
+             "--port", str(port)], env=env, stdout=subprocess.DEVNULL, stderr=log,
+            start_new_session=True)
     base = f"http://127.0.0.1:{port}"
     result: dict[str, Any] = {
         "config": vars(args) | {"settings": "shipped defaults + [batch] enabled"},
