@@ -5,13 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Collection, Iterable, Sequence
-from typing import Any
-
-from fastapi import FastAPI
-from fastapi.exceptions import RequestValidationError
-from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.requests import Request
-from starlette.responses import Response
+from typing import TYPE_CHECKING, Any
 
 from keel import __version__
 from keel import capabilities as capabilities_mod
@@ -21,15 +15,11 @@ from keel.capability import BuildContext, Capability
 from keel.components import Components
 from keel.config import Settings
 from keel.errors import ConfigError, InvalidRequest, KeelError, NotFound
-from keel.gateway.admin import AdminRoutes
-from keel.gateway.http import ORJSONResponse, error_response
 from keel.gateway.pipeline import Pipeline, Stage
-from keel.gateway.routes import OpenAIRoutes
 from keel.gateway.services import Services
 from keel.gateway.terminal import ProviderCall
 from keel.jobs.runtime import JobRuntime
 from keel.metering import request_log
-from keel.metering.exposition import MetricsExposition
 from keel.metering.metrics import GatewayMetrics
 from keel.metering.request_log import RequestLogWriter
 from keel.metering.stage import MeteringStage
@@ -40,7 +30,11 @@ from keel.storage.kv import open_kv
 from keel.storage.migrations import Migration, migrate
 from keel.storage.private_files import private_dir
 from keel.storage.sql import Database
-from keel.web.console import ConsoleRoutes
+
+if TYPE_CHECKING:  # the HTTP side is imported by create_app: a `keel worker` has none
+    from fastapi import FastAPI
+    from starlette.requests import Request
+    from starlette.responses import Response
 
 log = logging.getLogger("keel")
 
@@ -152,6 +146,13 @@ async def running(svc: Services) -> AsyncIterator[Services]:
 
 
 def create_app(settings: Settings, *, services: Services | None = None, **kw: Any) -> FastAPI:
+    from fastapi import FastAPI
+
+    from keel.gateway.admin import AdminRoutes
+    from keel.gateway.routes import OpenAIRoutes
+    from keel.metering.exposition import MetricsExposition
+    from keel.web.console import ConsoleRoutes
+
     svc = services or build_services(settings, **kw)
 
     # /metrics: who may scrape, and tenant/agent/payee labels only for trusted scrapes
@@ -208,6 +209,11 @@ def _allowed_methods(app: FastAPI, request: Request) -> str:
 
 
 def _install_error_handlers(app: FastAPI) -> None:
+    from fastapi.exceptions import RequestValidationError
+    from starlette.exceptions import HTTPException as StarletteHTTPException
+
+    from keel.gateway.http import ORJSONResponse, error_response
+
     async def keel_error(_r: Request, exc: Exception) -> Response:
         assert isinstance(exc, KeelError)
         return error_response(exc)
