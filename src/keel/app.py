@@ -4,14 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Iterable, Sequence
-from typing import Any
-
-from fastapi import FastAPI
-from fastapi.exceptions import RequestValidationError
-from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.requests import Request
-from starlette.responses import Response
+from collections.abc import AsyncIterator, Collection, Iterable, Sequence
+from typing import TYPE_CHECKING, Any
 
 from keel import __version__
 from keel import capabilities as capabilities_mod
@@ -21,15 +15,11 @@ from keel.capability import BuildContext, Capability
 from keel.components import Components
 from keel.config import Settings
 from keel.errors import ConfigError, InvalidRequest, KeelError, NotFound
-from keel.gateway.admin import AdminRoutes
-from keel.gateway.http import ORJSONResponse, error_response
 from keel.gateway.pipeline import Pipeline, Stage
-from keel.gateway.routes import OpenAIRoutes
 from keel.gateway.services import Services
 from keel.gateway.terminal import ProviderCall
 from keel.jobs.runtime import JobRuntime
 from keel.metering import request_log
-from keel.metering.exposition import MetricsExposition
 from keel.metering.metrics import GatewayMetrics
 from keel.metering.request_log import RequestLogWriter
 from keel.metering.stage import MeteringStage
@@ -40,7 +30,11 @@ from keel.storage.kv import open_kv
 from keel.storage.migrations import Migration, migrate
 from keel.storage.private_files import private_dir
 from keel.storage.sql import Database
-from keel.web.console import ConsoleRoutes
+
+if TYPE_CHECKING:  # the HTTP side is imported by create_app: a `keel worker` has none
+    from fastapi import FastAPI
+    from starlette.requests import Request
+    from starlette.responses import Response
 
 log = logging.getLogger("keel")
 
@@ -68,11 +62,13 @@ def build_services(
     stages: Sequence[Stage] = (),
     capabilities: Iterable[type[Capability]] = (),
     jobs: JobRuntime | None = None,
+    only: Collection[str] | None = None,
 ) -> Services:
     """Build the core, then each enabled capability in dependency order; compose the
     pipeline once from their stages (by slot), then ``stages``, then metering.
     ``capabilities`` adds capabilities to the built-in and entry-point ones; ``jobs`` is
-    the DBOS runtime to use (a ``keel worker`` passes one in worker mode)."""
+    the DBOS runtime to use (a ``keel worker`` passes one in worker mode); ``only`` names
+    the capabilities to build (a worker builds what its queues need; default: all on)."""
     private_dir(settings.data_dir)
     available = capabilities_mod.available(capabilities)
     _check_plugin_tables(settings, available)
@@ -90,6 +86,10 @@ def build_services(
     for cap in available:
         if not cap.enabled(settings):
             components.disabled[cap.name] = cap.how_to_enable()
+            continue
+        if only is not None and cap.name not in only:
+            components.disabled[cap.name] = "not built in this worker process (it builds " \
+                "only what its queues need)"
             continue
         missing = [r for r in cap.requires if r not in {b.name for b in built}]
         if missing:
@@ -146,6 +146,13 @@ async def running(svc: Services) -> AsyncIterator[Services]:
 
 
 def create_app(settings: Settings, *, services: Services | None = None, **kw: Any) -> FastAPI:
+    from fastapi import FastAPI
+
+    from keel.gateway.admin import AdminRoutes
+    from keel.gateway.routes import OpenAIRoutes
+    from keel.metering.exposition import MetricsExposition
+    from keel.web.console import ConsoleRoutes
+
     svc = services or build_services(settings, **kw)
 
     # /metrics: who may scrape, and tenant/agent/payee labels only for trusted scrapes
@@ -202,6 +209,11 @@ def _allowed_methods(app: FastAPI, request: Request) -> str:
 
 
 def _install_error_handlers(app: FastAPI) -> None:
+    from fastapi.exceptions import RequestValidationError
+    from starlette.exceptions import HTTPException as StarletteHTTPException
+
+    from keel.gateway.http import ORJSONResponse, error_response
+
     async def keel_error(_r: Request, exc: Exception) -> Response:
         assert isinstance(exc, KeelError)
         return error_response(exc)

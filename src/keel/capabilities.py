@@ -15,9 +15,13 @@ from __future__ import annotations
 import importlib
 from collections.abc import Iterable, Sequence
 from importlib.metadata import entry_points
+from typing import TYPE_CHECKING
 
 from keel.capability import Capability
 from keel.errors import ConfigError
+
+if TYPE_CHECKING:
+    from keel.config import Settings
 
 ENTRY_POINT_GROUP = "keel.capabilities"
 
@@ -91,3 +95,21 @@ def ordered(caps: Sequence[type[Capability]]) -> list[type[Capability]]:
     for cap in caps:
         visit(cap)
     return done
+
+
+def for_queues(caps: Sequence[type[Capability]], settings: Settings,
+               queues: Iterable[str]) -> list[type[Capability]]:
+    """The enabled capabilities a process serving ``queues`` must build, in build order:
+    the owners of those queues, every ``every_worker`` one, and what they use or require."""
+    enabled = {c.name: c for c in caps if c.enabled(settings)}
+    wanted = set(queues)
+    todo = [c for c in enabled.values()
+            if c.every_worker or wanted.intersection(c.job_queues(settings))]
+    picked: set[str] = set()
+    while todo:
+        cap = todo.pop()
+        if cap.name in picked:
+            continue
+        picked.add(cap.name)
+        todo.extend(enabled[d] for d in (*cap.requires, *cap.uses) if d in enabled)
+    return [c for c in caps if c.name in picked]

@@ -14,7 +14,12 @@ A capability (the firewall, the cache, wallets...) is one package with one
 
 Capabilities that use each other declare it: ``uses`` (ordering only: built and started
 after those when they are on) or ``requires`` (start-up fails when one is off). They meet
-through components, never through ``app.py`` reaching into both. ``keel.capabilities``
+through components, never through ``app.py`` reaching into both.
+
+A ``keel worker --queues Q`` process builds only what running Q's jobs needs, so it
+starts in about a second: the capabilities whose ``job_queues`` include a queue of Q, every
+capability with ``every_worker`` (those shaping model calls, which jobs make through the
+pipeline), and what those use or require. ``keel.capabilities``
 lists the built-in ones and loads third-party ones from the ``keel.capabilities``
 entry-point group.
 """
@@ -108,6 +113,10 @@ class Capability:
     name: ClassVar[str]
     uses: ClassVar[tuple[str, ...]] = ()
     requires: ClassVar[tuple[str, ...]] = ()
+    # Built in every process that runs jobs, whatever queues it serves: anything that
+    # shapes model calls (pipeline stages) must be, since jobs call models through the
+    # pipeline. False for a capability that only serves HTTP or its own ``job_queues``.
+    every_worker: ClassVar[bool] = True
 
     # -- known without an app ----------------------------------------------------------
 
@@ -122,6 +131,12 @@ class Capability:
 
     @classmethod
     def migrations(cls) -> Sequence[Migration]:
+        return ()
+
+    @classmethod
+    def job_queues(cls, settings: Settings) -> Sequence[str]:
+        """The job queues this capability declares on the runtime with these settings
+        (a ``keel worker`` serving one of them builds this capability)."""
         return ()
 
     @classmethod

@@ -20,10 +20,17 @@ if TYPE_CHECKING:
 class ApprovalsCapability(Capability):
     name = "approvals"
     uses = ("tools", "wallets")
+    every_worker = False  # HTTP, plus the workflow Map queue (job_queues)
 
     @classmethod
     def enabled(cls, settings: Settings) -> bool:
         return settings.approvals.enabled
+
+    @classmethod
+    def job_queues(cls, settings: Settings) -> Sequence[str]:
+        # keel.workflows.interpreter.MAP_QUEUE, named here without importing the
+        # interpreter (tests/unit/test_worker_capabilities.py keeps them equal)
+        return ["keel.workflows.map"] if settings.workflows.enabled else []
 
     @classmethod
     def migrations(cls) -> Sequence[Migration]:

@@ -30,8 +30,13 @@ def register(app: typer.Typer) -> None:
         """Serve durable job queues next to the gateway (same data dir or the same
         Postgres), on this machine or another. Runs under an executor id of its own; if
         it dies, the gateway resumes its work."""
+        import logging
+
         from keel.jobs.worker import serve
 
+        # timestamped progress (ready, model loads, lines) on stderr: the worker's log
+        logging.basicConfig(format="%(asctime)s %(name)s %(levelname)s %(message)s")
+        logging.getLogger("keel").setLevel(logging.INFO)
         settings = settings_from(ctx)
         if db:
             settings.database_url = db

@@ -58,7 +58,8 @@ class FirewallCapability(Capability):
         super().__init__(ctx)
         fs = ctx.settings.firewall
         self.state = FirewallState(ctx.kv, fs)
-        self.firewall = Firewall.build(fs, ctx.models.embedder())
+        self.firewall = Firewall.build(fs, ctx.models.embedder(),
+                                       cache_dir=ctx.settings.data_dir / "cache" / "hyperscan")
         self.stage = FirewallStage(self.firewall, self.state,
                                    FirewallMetrics(ctx.metrics.registry, self.state))
         ctx.components.put(self.state, owner=self.name)

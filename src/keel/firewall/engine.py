@@ -13,6 +13,7 @@ import hashlib
 import re
 from collections import OrderedDict
 from collections.abc import Callable
+from pathlib import Path
 
 from keel.config import FirewallSettings
 from keel.firewall.framing import benign_framing
@@ -33,9 +34,11 @@ def _never(_rule: str) -> bool:
 
 
 @functools.lru_cache(maxsize=8)
-def compiled_matcher(rules: tuple[Rule, ...]) -> SignatureMatcher:
-    """Compiling the hyperscan database takes ~1 s: do it once per rule set and process."""
-    return SignatureMatcher(rules)
+def compiled_matcher(rules: tuple[Rule, ...], cache_dir: Path | None = None
+                     ) -> SignatureMatcher:
+    """Compiling the hyperscan database takes ~1 s: do it once per rule set and process
+    (and once per machine with ``cache_dir``)."""
+    return SignatureMatcher(rules, cache_dir=cache_dir)
 
 
 class Firewall:
@@ -51,14 +54,16 @@ class Firewall:
         self._seen_max = 4096
 
     @classmethod
-    def build(cls, settings: FirewallSettings, embedder: Embedder | None) -> Firewall:
+    def build(cls, settings: FirewallSettings, embedder: Embedder | None, *,
+              cache_dir: Path | None = None) -> Firewall:
+        """``cache_dir``: where compiled rule sets are kept between processes."""
         rules = [r for spec in settings.rules for r in RuleSet.load(spec).rules]
         semantic = None
         if settings.semantic and embedder is not None:
             semantic = SemanticLayer(embedder, AttackCorpus.default(),
                                      threshold=settings.semantic_threshold,
                                      chunk_chars=settings.semantic_chunk_chars)
-        return cls(settings, compiled_matcher(tuple(rules)), semantic)
+        return cls(settings, compiled_matcher(tuple(rules), cache_dir), semantic)
 
     def _pattern(self, index: int) -> re.Pattern[str]:
         pat = self._patterns.get(index)

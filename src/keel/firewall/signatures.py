@@ -9,33 +9,43 @@ specific rules first. Texts are expected to be normalised already
 (:func:`keel.firewall.normalize.scan_variants`).
 
 A matcher is not thread-safe with hyperscan (one scratch space per database): use it from
-one event loop, or give each thread its own matcher.
+one event loop, or give each thread its own matcher. The compiled hyperscan database can be
+kept on disk (``cache_dir``): compiling takes seconds, loading milliseconds.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
 from typing import Any, Literal
 
 from keel.errors import ConfigError
+from keel.firewall import hs_cache
 from keel.firewall.rules import Rule
 
 Engine = Literal["hyperscan", "re2", "re"]
 ENGINES: tuple[Engine, ...] = ("hyperscan", "re2", "re")
 
 
-def _hyperscan(patterns: Sequence[str]) -> Callable[[str], list[int]]:
+def _hyperscan(patterns: Sequence[str], cache_dir: Path | None = None
+               ) -> Callable[[str], list[int]]:
     import hyperscan
 
     flags = hyperscan.HS_FLAG_CASELESS | hyperscan.HS_FLAG_SINGLEMATCH | hyperscan.HS_FLAG_UTF8
-    db = hyperscan.Database(mode=hyperscan.HS_MODE_BLOCK)
-    db.compile(
-        expressions=[p.encode("utf-8") for p in patterns],
-        ids=list(range(len(patterns))),
-        elements=len(patterns),
-        flags=[flags] * len(patterns),
-    )
+    mode = hyperscan.HS_MODE_BLOCK
+    key = hs_cache.cache_key(patterns, flags, mode) if cache_dir is not None else ""
+    db = hs_cache.load(cache_dir, key, mode) if cache_dir is not None else None
+    if db is None:
+        db = hyperscan.Database(mode=mode)
+        db.compile(
+            expressions=[p.encode("utf-8") for p in patterns],
+            ids=list(range(len(patterns))),
+            elements=len(patterns),
+            flags=[flags] * len(patterns),
+        )
+        if cache_dir is not None:
+            hs_cache.store(cache_dir, key, db)
 
     def scan(text: str) -> list[int]:
         hits: list[int] = []
@@ -49,7 +59,8 @@ def _hyperscan(patterns: Sequence[str]) -> Callable[[str], list[int]]:
     return scan
 
 
-def _re2(patterns: Sequence[str]) -> Callable[[str], list[int]]:
+def _re2(patterns: Sequence[str], cache_dir: Path | None = None
+         ) -> Callable[[str], list[int]]:
     import re2
 
     options = re2.Options()
@@ -68,7 +79,8 @@ def _re2(patterns: Sequence[str]) -> Callable[[str], list[int]]:
     return scan
 
 
-def _python_re(patterns: Sequence[str]) -> Callable[[str], list[int]]:
+def _python_re(patterns: Sequence[str], cache_dir: Path | None = None
+               ) -> Callable[[str], list[int]]:
     compiled = [re.compile(p, re.IGNORECASE) for p in patterns]
     anyhit = re.compile("|".join(f"(?:{p})" for p in patterns), re.IGNORECASE)
 
@@ -80,7 +92,8 @@ def _python_re(patterns: Sequence[str]) -> Callable[[str], list[int]]:
     return scan
 
 
-_BUILDERS: dict[Engine, Callable[[Sequence[str]], Callable[[str], list[int]]]] = {
+Builder = Callable[[Sequence[str], "Path | None"], Callable[[str], list[int]]]
+_BUILDERS: dict[Engine, Builder] = {
     "hyperscan": _hyperscan,
     "re2": _re2,
     "re": _python_re,
@@ -90,7 +103,10 @@ _BUILDERS: dict[Engine, Callable[[Sequence[str]], Callable[[str], list[int]]]] =
 class SignatureMatcher:
     """Match normalised texts against a rule list with the best available engine."""
 
-    def __init__(self, rules: Sequence[Rule], *, engine: Engine | None = None) -> None:
+    def __init__(self, rules: Sequence[Rule], *, engine: Engine | None = None,
+                 cache_dir: Path | None = None) -> None:
+        """``cache_dir``: keep the compiled hyperscan database there
+        (:mod:`keel.firewall.hs_cache`), so the next process loads it instead."""
         if not rules:
             raise ConfigError("a signature matcher needs at least one rule")
         self.rules: tuple[Rule, ...] = tuple(rules)
@@ -99,7 +115,7 @@ class SignatureMatcher:
         errors: list[str] = []
         for name in candidates:
             try:
-                self._scan = _BUILDERS[name](patterns)
+                self._scan = _BUILDERS[name](patterns, cache_dir)
             except ImportError:
                 errors.append(f"{name}: not installed")
                 continue

@@ -9,6 +9,8 @@ or until ``idle_exit_s`` passes with nothing queued or running on them: scale to
 from __future__ import annotations
 
 import asyncio
+import logging
+import os
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -21,6 +23,20 @@ if TYPE_CHECKING:
     from keel.capability import Capability
 
 ACTIVE = ["ENQUEUED", "PENDING"]
+log = logging.getLogger("keel.jobs")
+
+
+def process_age_s() -> float | None:
+    """Seconds since this process was spawned (Linux; ``None`` elsewhere): how long the
+    interpreter and imports took before :func:`serve` ran."""
+    try:
+        with open("/proc/self/stat") as fh:
+            start_ticks = int(fh.read().rsplit(")", 1)[1].split()[19])
+        with open("/proc/uptime") as fh:
+            uptime = float(fh.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+    return max(0.0, uptime - start_ticks / os.sysconf("SC_CLK_TCK"))
 
 
 @dataclass
@@ -50,13 +66,28 @@ async def serve(settings: Settings, *, queues: Sequence[str] | None = None,
                 capabilities: Iterable[type[Capability]] = ()) -> WorkerReport:
     """Serve ``queues`` (every declared one when ``None``) until ``stop`` is set or the
     queues stay empty for ``idle_exit_s``."""
+    from keel import capabilities as capabilities_mod
     from keel.app import build_services, running
 
+    extra = tuple(capabilities)
+    only = None
+    if queues is not None:  # build what these queues' jobs need, not every capability
+        only = {c.name for c in capabilities_mod.for_queues(
+            capabilities_mod.available(extra), settings, queues)}
+    age = process_age_s()
     runtime = JobRuntime(settings, worker=True, queues=queues)
     t0 = time.monotonic()
     reason = "stopped"
-    async with running(build_services(settings, jobs=runtime, capabilities=capabilities)):
+    svc = build_services(settings, jobs=runtime, capabilities=extra, only=only)
+    built = time.monotonic()
+    async with running(svc):
         await runtime.ensure_started()
+        log.info("worker ready: %s after spawn (start-up and imports %s, build %.2f s: "
+                 "%s; start and job runtime %.2f s)",
+                 "?" if age is None else f"{age + time.monotonic() - t0:.2f} s",
+                 "?" if age is None else f"{age:.2f} s", built - t0,
+                 ", ".join(c.name for c in svc.capabilities) or "no capabilities",
+                 time.monotonic() - built)
         served = runtime.served()
         lease = runtime.lease
         executor = lease.id if lease else str(runtime.executor_id)

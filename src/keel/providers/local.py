@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import logging
 import os
 import secrets
 import threading
@@ -51,6 +52,7 @@ from keel.providers.model_files import resolve_model_path
 
 JSON = dict[str, Any]
 Sink = Callable[[JSON | None], None]  # gets each parsed chunk, then None when the call ends
+log = logging.getLogger("keel.local")
 
 def _upstream_error(err: Any, spec: ModelSpec) -> KeelError:
     if not isinstance(err, dict):
@@ -261,6 +263,8 @@ class LocalProvider:
             )
             eng.server, eng.path = server, path
             eng.load_s = time.perf_counter() - started
+            log.info("local model %s loaded in %.2f s (%d threads, %d slots)", path.name,
+                     eng.load_s, self._threads, self._slots)
             if eng.in_flight == 0:
                 self._schedule_unload(eng)
         finally:

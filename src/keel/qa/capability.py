@@ -18,6 +18,11 @@ if TYPE_CHECKING:
 
 class QaCapability(Capability):
     name = "qa"
+    every_worker = False
+
+    @classmethod
+    def job_queues(cls, settings: Settings) -> Sequence[str]:
+        return ["keel.qa.swarm"]  # keel.qa.durable.SWARM_QUEUE (a test keeps them equal)
 
     @classmethod
     def enabled(cls, settings: Settings) -> bool:

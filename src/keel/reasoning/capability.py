@@ -31,6 +31,11 @@ class ReasoningCapability(Capability):
     uses = ("firewall",)
 
     @classmethod
+    def job_queues(cls, settings: Settings) -> Sequence[str]:
+        # keel.reasoning.durable.queue_name (a test keeps them equal)
+        return [f"keel.reasoning.{r.name}" for r in settings.reasoners]
+
+    @classmethod
     def enabled(cls, settings: Settings) -> bool:
         return bool(settings.reasoners)
 

@@ -19,6 +19,7 @@ if TYPE_CHECKING:
 class RemediationCapability(Capability):
     name = "remediation"
     uses = ("approvals",)
+    every_worker = False  # its runs are workflows the gateway starts and recovers
 
     @classmethod
     def enabled(cls, settings: Settings) -> bool:

@@ -19,6 +19,7 @@ if TYPE_CHECKING:
 class ToolsCapability(Capability):
     name = "tools"
     uses = ("firewall",)  # tool arguments and results meet the same firewall
+    every_worker = False  # HTTP/MCP only; workflow Map items get it through approvals
 
     @classmethod
     def enabled(cls, settings: Settings) -> bool:

@@ -20,6 +20,7 @@ if TYPE_CHECKING:
 class WalletsCapability(Capability):
     name = "wallets"
     uses = ("tools",)
+    every_worker = False  # HTTP only
 
     @classmethod
     def enabled(cls, settings: Settings) -> bool:
