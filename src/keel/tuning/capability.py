@@ -67,7 +67,8 @@ class TuningCapability(Capability):
 
         return [CliGroup("feedback", cli.build_feedback, "List and export user feedback."),
                 CliGroup("train", cli.build_train,
-                         "Fine-tune on corrections: run specs, versions, promote, rollback.")]
+                         "Fine-tune on corrections: run specs, versions, promote, rollback."),
+                CliGroup("models", cli.build_versions, "Model versions, promote, rollback.")]
 
     def __init__(self, ctx: BuildContext) -> None:
         from keel.tuning.feedback import FeedbackService
