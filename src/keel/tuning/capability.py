@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     from keel.config import Settings
     from keel.gateway.services import Services
     from keel.storage.migrations import Migration
+    from keel.tuning.trigger import TriggerLoop
 
 
 def sanitizer(data_dir: Path) -> Any:
@@ -81,6 +82,7 @@ class TuningCapability(Capability):
         self.loop = TuningLoop(ctx.settings, ctx.db, self.registry, ctx.models.provider,
                                _LazyScrubber(ctx.settings.data_dir))
         self.feedback = FeedbackService(ctx.db, ctx.settings.tuning)
+        self.trigger: TriggerLoop | None = None
         from keel.jobs.runtime import JobRuntime
 
         runtime = ctx.components.find(JobRuntime)
@@ -98,5 +100,12 @@ class TuningCapability(Capability):
         self.feedback.flush_log = svc.request_log.flush
         app.include_router(TuningRoutes(svc, self.feedback, self.registry, self.loop).router())
 
+    async def start(self) -> None:
+        if self.ctx.settings.tuning.auto_train:
+            self.trigger = self.loop.trigger_loop()
+            self.trigger.run_in_background()
+
     async def stop(self) -> None:
+        if self.trigger is not None:
+            await self.trigger.aclose()
         await self.loop.aclose()

@@ -1,5 +1,6 @@
 """``keel feedback list|export``, ``keel train run|round|register`` and ``keel models
-versions|promote|rollback`` (also under ``keel train``, their first home). They work on the database directly (no gateway needed); a running gateway
+versions|promote|rollback`` (also under ``keel train``, their first home). They work on the
+database directly (no gateway needed); a running gateway
 serves a promotion or rollback within two seconds, without a restart."""
 
 from __future__ import annotations

