@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from keel.capability import BuildContext, Capability, CliGroup, Slot, StageSlot
+from keel.capability import BuildContext, Capability, CliGroup, PageFactory, Slot, StageSlot
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
@@ -82,6 +82,7 @@ class TuningCapability(Capability):
         self.loop = TuningLoop(ctx.settings, ctx.db, self.registry, ctx.models.provider,
                                _LazyScrubber(ctx.settings.data_dir))
         self.feedback = FeedbackService(ctx.db, ctx.settings.tuning)
+        self.feedback.on_trainable = self.loop.maybe_trigger
         self.trigger: TriggerLoop | None = None
         from keel.jobs.runtime import JobRuntime
 
@@ -90,6 +91,13 @@ class TuningCapability(Capability):
             self.loop.bind(runtime)
         for obj in (self.registry, self.loop, self.feedback):
             ctx.components.put(obj, owner=self.name)
+
+    def console_pages(self) -> Sequence[PageFactory]:
+        from functools import partial
+
+        from keel.web.tuning_page import TuningPage
+
+        return [partial(TuningPage, feedback=self.feedback)]
 
     def stages(self) -> Sequence[StageSlot]:
         return [StageSlot(self.stage, Slot.ROUTING + 50)]
