@@ -111,16 +111,20 @@ class Checkpoints:
 
 def load_base(base: str, device: str) -> tuple[Any, Any]:
     """The base model in float32 and its tokenizer. A GGUF is dequantised once (minutes on
-    a small CPU: the tokenizer alone is rebuilt from 262k GGUF entries) and cached next to
-    it as ``<file>.hf/`` in Hugging Face format, which loads in seconds."""
+    a small CPU) and cached next to it as ``<file>.hf/`` in Hugging Face format, which
+    loads in seconds; its tokenizer is rebuilt from the GGUF's vocabulary (see
+    :mod:`keel.tuning.gguf_tokenizer`) and cached there too."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from keel.tuning.gguf_tokenizer import ensure_tokenizer
 
     path = Path(base)
     if path.is_file():
         cache = path.with_name(path.name + ".hf")
         if not (cache / "model.safetensors").is_file():
             _convert_gguf(path, cache)
+        ensure_tokenizer(path, cache)  # llama.cpp's token ids, not transformers' guess
         path = cache
     auto: Any = AutoModelForCausalLM
     model = auto.from_pretrained(str(path), dtype=torch.float32)
@@ -133,9 +137,8 @@ def _convert_gguf(gguf: Path, out: Path) -> None:
 
     import torch
     from safetensors.torch import save_model
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
-    tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
     model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name,
                                                  dtype=torch.float32)
     tmp = out.with_name(out.name + ".tmp")
@@ -144,8 +147,7 @@ def _convert_gguf(gguf: Path, out: Path) -> None:
     config = model.config.to_dict()
     config.pop("quantization_config", None)  # the weights are plain float32 now
     (tmp / "config.json").write_text(json.dumps(config, indent=2))
-    save_model(model, str(tmp / "model.safetensors"))
-    tok.save_pretrained(str(tmp))
+    save_model(model, str(tmp / "model.safetensors"))  # the tokenizer: ensure_tokenizer
     shutil.rmtree(out, ignore_errors=True)
     tmp.rename(out)
 
