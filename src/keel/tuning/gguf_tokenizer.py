@@ -89,9 +89,9 @@ def build_tokenizer(gguf: Path) -> Any:
         tok.post_processor = processors.TemplateProcessing(
             single=f"{pieces[bos]} $A", pair=f"{pieces[bos]} $A $B",
             special_tokens=[(pieces[bos], bos)])
-    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=pieces[bos],
-                                   eos_token=pieces[eos], unk_token=pieces[unk],
-                                   pad_token=pieces[pad])
+    fast: Any = PreTrainedTokenizerFast  # untyped in transformers 5
+    return fast(tokenizer_object=tok, bos_token=pieces[bos], eos_token=pieces[eos],
+                unk_token=pieces[unk], pad_token=pieces[pad])
 
 
 def ensure_tokenizer(gguf: Path, cache: Path) -> None:
