@@ -202,7 +202,8 @@ class TuningLoop:
     def dataset(self, corrections: list[Example], approved: list[Example]) -> Dataset:
         return build(corrections, approved, self.scrubber,
                      eval_fraction=self.tuning.eval_fraction,
-                     min_rows=self.tuning.min_dataset_rows)
+                     min_rows=self.tuning.min_dataset_rows,
+                     replay_fraction=self.tuning.replay_fraction)
 
     async def build_dataset(self, model: str) -> tuple[Dataset, Path]:
         corrections, approved = await self.db.run(lambda c: collect(c, model))

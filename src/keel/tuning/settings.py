@@ -43,6 +43,9 @@ class TuningSettings(Section):
     check_every_s: float = Field(default=60.0, gt=0.0)
     min_dataset_rows: int = Field(default=8, ge=2)  # fewer cannot be split into train and eval
     eval_fraction: float = Field(default=0.2, gt=0.0, lt=1.0)
+    # this share of thumbs-up answers is trained on (replay: the model keeps what users
+    # liked); the rest is the gate's regression set
+    replay_fraction: float = Field(default=0.5, ge=0.0, lt=1.0)
     # training defaults (a spec file can override each)
     lora_rank: int = Field(default=16, ge=1, le=256)
     learning_rate: float = Field(default=2e-4, gt=0.0)
