@@ -255,3 +255,28 @@ async def test_redis_errors_hide_the_password() -> None:
         await idx.count()
     assert "hunter2" not in str(err.value) and "***" in str(err.value)
     await idx.aclose()
+
+
+async def test_two_handles_see_each_others_writes(opener: Opener) -> None:
+    """Two open handles on one index (two processes, or two gateway workers) stay in step:
+    writes through one are searchable, countable and deletable through the other."""
+    rng = np.random.default_rng(7)
+    a = opener()
+    await a.create(DIM)
+    b = opener()
+    await b.create(DIM)
+    va, vb = unit(rng, 20), unit(rng, 20)
+    await a.upsert([f"a{i}" for i in range(20)], va, [{"p": "x"}] * 20)
+    await b.upsert([f"b{i}" for i in range(20)], vb, [{"p": "y"}] * 20)
+    assert await a.count() == await b.count() == 40
+    assert (await b.search(va[3], 1))[0].id == "a3"
+    assert (await a.search(vb[5], 1, filters={"p": "y"}))[0].id == "b5"
+    # The same id written through both handles is one entry (the last write wins).
+    await a.upsert(["same"], va[:1], [{"p": "x"}])
+    await b.upsert(["same"], vb[:1], [{"p": "y"}])
+    assert await a.count() == 41
+    hit = (await a.search(vb[0], 1, filters={"p": "y"}))
+    assert hit and hit[0].id in ("same", "b0") and hit[0].score > 0.999
+    assert await b.delete_where({"p": "x"}) == 20
+    assert await a.count(filters={"p": "x"}) == 0
+    assert await a.count() == 21

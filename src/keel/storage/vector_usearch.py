@@ -18,8 +18,15 @@ for HNSW over-fetching to be cheap) get an exact numpy search over just their ve
 large ones over-fetch from HNSW and keep partition members, falling back to exact when
 too few survive. Either way the answer is the top-k *within* the partition.
 
-One process owns the files: several processes writing the same index would overwrite
-each other's graph. Use the Redis backend for multi-process or multi-replica setups.
+Several processes may share one index (``serve --workers N``, ``keel worker``s): SQLite
+is the arbiter. Every write runs in one ``BEGIN IMMEDIATE`` transaction that first applies
+the other processes' changes, takes the next key from the file (never from memory) and
+appends its own changes to a ``changes`` log. Before any operation a process checks
+``PRAGMA data_version`` (~2 us; it changes only when another connection committed) and,
+when it moved, applies the logged changes to its graph and metadata. The log is pruned;
+a process that fell behind the pruned part reloads from SQLite. The graph file is saved
+under the write lock, so it always matches the entries it was saved with. Replicas on
+other machines need the Redis backend (the files are local).
 """
 
 from __future__ import annotations
@@ -64,7 +71,14 @@ CREATE TABLE IF NOT EXISTS items (
   metadata TEXT NOT NULL,
   vector BLOB NOT NULL
 );
+CREATE TABLE IF NOT EXISTS changes (
+  seq INTEGER PRIMARY KEY AUTOINCREMENT,
+  key INTEGER NOT NULL,
+  op TEXT NOT NULL
+);
 """
+LOG_KEEP = 20_000  # change-log rows kept for processes catching up; older ones pruned
+LOG_PRUNE_EVERY = 2_000
 
 
 class UsearchVectorIndex:
@@ -88,8 +102,8 @@ class UsearchVectorIndex:
         self._db: sqlite3.Connection | None = None
         self._index: Index | None = None
         self._dim = 0
-        self._next_key = 1
-        self._graph_dirty = False  # the saved graph file is stale
+        self._seq = 0  # last change-log row applied to this process's graph
+        self._data_version = -1
         self._items: dict[int, tuple[str, Metadata]] = {}  # key -> (id, metadata)
         self._keys: dict[str, int] = {}  # id -> key
         self._tags: dict[tuple[str, str], set[int]] = {}  # (field, value) -> keys
@@ -115,6 +129,8 @@ class UsearchVectorIndex:
         try:
             if self._db is None:
                 self._open()
+            else:
+                self._sync()
             return fn()
         except (sqlite3.Error, OSError, RuntimeError) as exc:
             raise StorageError(
@@ -155,16 +171,31 @@ class UsearchVectorIndex:
 
     def _open(self) -> None:
         private_dir(self._dir)
-        db = connect_wal(self.db_path, schema=_SCHEMA, check_same_thread=False)
-        self._db = db
-        meta = dict(db.execute("SELECT k, v FROM meta").fetchall())
+        self._db = connect_wal(self.db_path, schema=_SCHEMA, check_same_thread=False)
+        self._load()
+
+    def _load(self) -> None:
+        """Read every entry and (re)build or restore the graph, from one consistent snapshot."""
+        db = self._conn()
+        self._items.clear()
+        self._keys.clear()
+        self._tags.clear()
+        self._index = None
+        own = not db.in_transaction  # a writer that fell behind calls this mid-transaction
+        if own:
+            db.execute("BEGIN")
+        try:
+            meta = dict(db.execute("SELECT k, v FROM meta").fetchall())
+            self._seq = int(db.execute("SELECT coalesce(max(seq), 0) FROM changes").fetchone()[0])
+            rows = db.execute("SELECT key, id, metadata, vector FROM items ORDER BY key").fetchall()
+        finally:
+            if own:
+                db.execute("COMMIT")
+        self._data_version = self._version()
         self._dim = int(meta.get("dim", 0))
-        self._next_key = int(meta.get("next_key", 1))
         keys: list[int] = []
         vectors: list[bytes] = []
-        for key, item_id, metadata, blob in db.execute(
-            "SELECT key, id, metadata, vector FROM items ORDER BY key"
-        ):
+        for key, item_id, metadata, blob in rows:
             self._remember(int(key), str(item_id), orjson.loads(metadata))
             keys.append(int(key))
             vectors.append(blob)
@@ -176,8 +207,64 @@ class UsearchVectorIndex:
             if keys:
                 matrix = np.frombuffer(b"".join(vectors), dtype=np.float32)
                 graph.add(np.array(keys, dtype=np.uint64), matrix.reshape(len(keys), self._dim))
-            self._graph_dirty = True
         self._index = graph
+
+    def _version(self) -> int:
+        return int(self._conn().execute("PRAGMA data_version").fetchone()[0])
+
+    def _sync(self) -> None:
+        """Apply what other processes committed since this one last looked (cheap when
+        nothing changed: one pragma)."""
+        version = self._version()
+        if version != self._data_version:
+            self._data_version = version
+            self._catch_up()
+
+    def _catch_up(self) -> None:
+        db = self._conn()
+        if not self._dim:
+            row = db.execute("SELECT v FROM meta WHERE k = 'dim'").fetchone()
+            if row is not None:
+                self._dim = int(row[0])
+                self._index = self._new_graph()
+        floor = db.execute("SELECT v FROM meta WHERE k = 'log_floor'").fetchone()
+        if floor is not None and self._seq < int(floor[0]):
+            self._load()  # fell behind the pruned log
+            return
+        changes = db.execute(
+            "SELECT seq, key, op FROM changes WHERE seq > ? ORDER BY seq", (self._seq,)
+        ).fetchall()
+        if not changes:
+            return
+        added: dict[int, None] = {}
+        removed: list[int] = []
+        for _seq, key, op in changes:
+            if op == "add":
+                added[int(key)] = None
+            elif int(key) in added:
+                del added[int(key)]
+            elif int(key) in self._items:
+                removed.append(int(key))
+        self._seq = int(changes[-1][0])
+        graph = self._require_created()
+        if removed:
+            graph.remove(np.array(removed, dtype=np.uint64))
+            for key in removed:
+                self._forget(key)
+        if added:
+            marks = ",".join("?" * len(added))
+            rows = db.execute(
+                f"SELECT key, id, metadata, vector FROM items WHERE key IN ({marks}) ORDER BY key",
+                list(added),
+            ).fetchall()
+            if rows:
+                matrix = np.frombuffer(b"".join(r[3] for r in rows), dtype=np.float32)
+                graph.add(
+                    np.array([int(r[0]) for r in rows], dtype=np.uint64),
+                    matrix.reshape(len(rows), self._dim),
+                )
+                for key, item_id, metadata, _blob in rows:
+                    self._remember(int(key), str(item_id), orjson.loads(metadata))
 
     def _load_graph(self, expected: int) -> Index | None:
         if not self.graph_path.is_file():
@@ -193,21 +280,30 @@ class UsearchVectorIndex:
         return graph
 
     def _save_graph(self) -> None:
-        if self._index is None or not self._graph_dirty:
-            return
-        tmp = self.graph_path.with_suffix(".usearch.tmp")
-        self._index.save(str(tmp))
-        os.chmod(tmp, FILE_MODE)
-        with tmp.open("rb") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, self.graph_path)
-        dir_fd = os.open(self._dir, os.O_RDONLY)
+        """Save the graph if any write happened since the last save, under the write lock
+        so no process can change the entries between catching up and the rename."""
+        db = self._conn()
+        db.execute("BEGIN IMMEDIATE")
         try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-        self._conn().execute("INSERT OR REPLACE INTO meta VALUES ('graph_clean', '1')")
-        self._graph_dirty = False
+            self._catch_up()
+            clean = db.execute("SELECT v FROM meta WHERE k = 'graph_clean'").fetchone()
+            if self._index is not None and (clean is None or clean[0] != "1"):
+                tmp = self.graph_path.with_suffix(".usearch.tmp")
+                self._index.save(str(tmp))
+                os.chmod(tmp, FILE_MODE)
+                with tmp.open("rb") as fh:
+                    os.fsync(fh.fileno())
+                os.replace(tmp, self.graph_path)
+                dir_fd = os.open(self._dir, os.O_RDONLY)
+                try:
+                    os.fsync(dir_fd)
+                finally:
+                    os.close(dir_fd)
+                db.execute("INSERT OR REPLACE INTO meta VALUES ('graph_clean', '1')")
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
 
     def _remember(self, key: int, item_id: str, metadata: Metadata) -> None:
         self._items[key] = (item_id, metadata)
@@ -244,31 +340,53 @@ class UsearchVectorIndex:
 
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
-        """One SQLite write transaction that also marks the saved graph stale."""
+        """One SQLite write transaction: catches up with other processes first (so keys and
+        ids are current), marks the saved graph stale, and logs the caller's changes (the
+        ``changes`` list it fills with ``(key, "add"|"del")``) for the other processes."""
         db = self._conn()
         db.execute("BEGIN IMMEDIATE")
         try:
-            self._mark_dirty()
+            self._catch_up()
+            db.execute("INSERT OR REPLACE INTO meta VALUES ('graph_clean', '0')")
             yield db
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
             raise
 
+    def _log(self, db: sqlite3.Connection, keys: Sequence[int], op: str) -> None:
+        """Append changes to the log (inside ``_transaction``) and prune it now and then."""
+        if not keys:
+            return
+        db.executemany("INSERT INTO changes (key, op) VALUES (?, ?)", [(k, op) for k in keys])
+        seq = int(db.execute("SELECT max(seq) FROM changes").fetchone()[0])
+        if seq // LOG_PRUNE_EVERY != self._seq // LOG_PRUNE_EVERY and seq > LOG_KEEP:
+            floor = seq - LOG_KEEP
+            db.execute("DELETE FROM changes WHERE seq <= ?", (floor,))
+            db.execute("INSERT OR REPLACE INTO meta VALUES ('log_floor', ?)", (str(floor),))
+        self._seq = seq  # caught up before writing: nothing in between is someone else's
+
+    def _next_keys(self, db: sqlite3.Connection, n: int) -> list[int]:
+        """``n`` fresh keys, allocated in the file (inside ``_transaction``)."""
+        row = db.execute("SELECT v FROM meta WHERE k = 'next_key'").fetchone()
+        first = int(row[0]) if row is not None else 1
+        db.execute("INSERT OR REPLACE INTO meta VALUES ('next_key', ?)", (str(first + n),))
+        return list(range(first, first + n))
+
     def _delete_keys(self, keys: Sequence[int]) -> int:
         """Delete entries: SQLite first (the record), then the graph and memory."""
         if not keys:
             return 0
         with self._transaction() as db:
+            keys = [k for k in keys if k in self._items]  # another process may have won
             db.executemany("DELETE FROM items WHERE key = ?", [(k,) for k in keys])
+            self._log(db, keys, "del")
+        if not keys:
+            return 0
         self._require_created().remove(np.array(keys, dtype=np.uint64))
         for key in keys:
             self._forget(key)
         return len(keys)
-
-    def _mark_dirty(self) -> None:
-        self._conn().execute("INSERT OR REPLACE INTO meta VALUES ('graph_clean', '0')")
-        self._graph_dirty = True
 
     # --- the port -----------------------------------------------------------------------
 
@@ -286,6 +404,12 @@ class UsearchVectorIndex:
                     )
                 return
             with self._transaction() as db:
+                if self._dim:  # another process created it meanwhile
+                    if self._dim != dim:
+                        raise InvalidRequest(
+                            f"vector index {self._name!r} exists with dim {self._dim}, "
+                            f"not {dim}", param="dim")
+                    return
                 db.execute("INSERT OR REPLACE INTO meta VALUES ('dim', ?)", (dim,))
             self._dim = dim
             self._index = self._new_graph()
@@ -304,9 +428,9 @@ class UsearchVectorIndex:
             matrix = unit_rows(vectors, self._dim)
             if not ids:
                 return
-            new_keys = list(range(self._next_key, self._next_key + len(ids)))
-            old = [self._keys[i] for i in ids if i in self._keys]
             with self._transaction() as db:
+                new_keys = self._next_keys(db, len(ids))
+                old = [self._keys[i] for i in ids if i in self._keys]
                 db.executemany("DELETE FROM items WHERE key = ?", [(k,) for k in old])
                 db.executemany(
                     "INSERT INTO items (key, id, metadata, vector) VALUES (?, ?, ?, ?)",
@@ -317,10 +441,8 @@ class UsearchVectorIndex:
                         )
                     ],
                 )
-                db.execute(
-                    "INSERT OR REPLACE INTO meta VALUES ('next_key', ?)", (new_keys[-1] + 1,)
-                )
-            self._next_key = new_keys[-1] + 1
+                self._log(db, old, "del")
+                self._log(db, new_keys, "add")
             if old:
                 graph.remove(np.array(old, dtype=np.uint64))
                 for key in old:
