@@ -10,7 +10,7 @@ trained on. The regression set is answers users approved (general knowledge the 
 gets right). The poisoned batch gives every question another fact's answer and "corrects"
 approved answers to wrong ones; it is judged against the champion the clean run promoted.
 
-    flock /work/bench.lock .venv/bin/python bench/tuning_loop.py [--epochs 6] [--lr 2e-3]
+    flock /work/bench.lock .venv/bin/python bench/tuning_loop.py [--epochs 5] [--lr 1e-3] [--no-kill]
 
 Writes bench/results/tuning_loop.json. Baseline and candidates are scored in the same run by
 the same llama.cpp engine (a candidate is the base GGUF plus its exported LoRA GGUF).
@@ -111,8 +111,8 @@ def version_json(v: Any) -> dict[str, Any]:
 
 async def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--epochs", type=float, default=6.0)
-    ap.add_argument("--lr", type=float, default=2e-3)
+    ap.add_argument("--epochs", type=float, default=5.0)
+    ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--rank", type=int, default=16)
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--checkpoint-every", type=int, default=10)
