@@ -8,9 +8,9 @@ model cannot know them; users correct its answers in the feedback box (4 wording
 fact); the held-out set is 2 more paraphrases per fact, written separately and never
 trained on. The regression set is answers users approved (general knowledge the base model
 gets right). The poisoned batch gives every question another fact's answer and "corrects"
-approved answers to wrong ones; it is judged against the champion the clean run promoted.
+approved answers to wrong ones; it is judged against the serving champion.
 
-    flock /work/bench.lock .venv/bin/python bench/tuning_loop.py [--epochs 5] [--lr 1e-3] [--no-kill]
+    flock /work/bench.lock .venv/bin/python bench/tuning_loop.py [--lr 1e-3] [--no-kill]
 
 Writes bench/results/tuning_loop.json. Baseline and candidates are scored in the same run by
 the same llama.cpp engine (a candidate is the base GGUF plus its exported LoRA GGUF).
