@@ -1,18 +1,19 @@
 """Feedback -> fine-tune loop on the real default model (Gemma 3 270M, CPU): before/after
-exact match on held-out paraphrases, the gate's decision, training time and peak RSS per
-100 examples, and a poisoned batch the gate must refuse.
+exact match on held-out paraphrases, the gate's decision (through the product's own
+``TuningLoop.register_run``: register + promote), training time and peak RSS per 100
+examples, resume after kill -9, and a poisoned batch the gate must refuse.
 
 Task: facts about Quillon, a fictional database (bench/data/tuning_facts.json). The base
 model cannot know them; users correct its answers in the feedback box (4 wordings per
 fact); the held-out set is 2 more paraphrases per fact, written separately and never
 trained on. The regression set is answers users approved (general knowledge the base model
 gets right). The poisoned batch gives every question another fact's answer and "corrects"
-approved answers to wrong ones.
+approved answers to wrong ones; it is judged against the serving champion.
 
-    .venv/bin/python bench/tuning_loop.py [--epochs 8] [--lr 1e-3] [--threads 2]
+    flock /work/bench.lock .venv/bin/python bench/tuning_loop.py [--lr 1e-3] [--no-kill]
 
-Writes bench/results/tuning_loop.json. Baseline and candidate are scored in the same run by
-the same llama.cpp engine (the candidate is the base GGUF plus the exported LoRA GGUF).
+Writes bench/results/tuning_loop.json. Baseline and candidates are scored in the same run by
+the same llama.cpp engine (a candidate is the base GGUF plus its exported LoRA GGUF).
 """
 
 from __future__ import annotations
@@ -22,28 +23,35 @@ import asyncio
 import json
 import os
 import random
+import shutil
+import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
+from keel.app import open_database
 from keel.config import load_settings
-from keel.providers.local import LocalProvider
+from keel.providers.registry import ModelRegistry
 from keel.sanitize import Sanitizer
-from keel.tuning.dataset import Example, build
-from keel.tuning.gate import evaluate, exact, normalise
-from keel.tuning.loop import LocalAnswerer
-from keel.tuning.settings import GateSettings
-from keel.tuning.spec import TrainSpec
+from keel.tuning.dataset import Example
+from keel.tuning.gate import exact, normalise
+from keel.tuning.loop import LocalAnswerer, TuningLoop
+from keel.tuning.registry import VersionRegistry
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO / "bench" / "data" / "tuning_facts.json"
 OUT = REPO / "bench" / "results" / "tuning_loop.json"
+MODEL = "gemma-3-270m"
 
 
 def ex(q: str, a: str) -> Example:
     return Example([{"role": "user", "content": q}], a)
+
+
+def load() -> str:
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
 async def score(answerer: LocalAnswerer, items: list[Example], adapter: str | None
@@ -53,99 +61,144 @@ async def score(answerer: LocalAnswerer, items: list[Example], adapter: str | No
     contains = sum(normalise(e.answer) in normalise(g) for g, e in zip(got, items, strict=True))
     return {"n": len(items), "exact_match": round(em / len(items), 4),
             "contains": round(contains / len(items), 4),
-            "samples": [{"q": e.messages[-1]["content"], "expected": e.answer, "got": g}
-                        for e, g in list(zip(items, got, strict=True))[:6]]}
+            "answers": [{"q": e.messages[-1]["content"], "expected": e.answer, "got": g}
+                        for e, g in zip(items, got, strict=True)]}
 
 
-def train(run: Path, base: str, ds_dir: Path, args: argparse.Namespace) -> dict[str, Any]:
-    spec = TrainSpec(base=base, dataset=str(ds_dir), output=str(run / "out"),
-                     lora_rank=args.rank, lora_alpha=2.0 * args.rank, learning_rate=args.lr,
-                     epochs=args.epochs, batch_size=args.batch, checkpoint_every=20,
-                     threads=args.threads, device="cpu", max_length=128)
-    run.mkdir(parents=True, exist_ok=True)
-    spec.save(run / "spec.json")
+def _child(spec: Path) -> subprocess.Popen[str]:
+    return subprocess.Popen([sys.executable, "-m", "keel.tuning.run", str(spec)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "HF_HUB_OFFLINE": "1"})
+
+
+def train(spec: Path, batch: int, kill_at: int = 0) -> dict[str, Any]:
+    """Train ``spec`` in a child process. With ``kill_at``, SIGKILL it once it reports that
+    step, then rerun the same spec: the rerun must resume from the last checkpoint."""
+    killed: dict[str, Any] = {}
     started = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "keel.tuning.run", str(run / "spec.json")],
-                          capture_output=True, text=True,
-                          env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    if kill_at:
+        proc = _child(spec)
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            if line.startswith("step ") and int(line.split()[1].split("/")[0]) >= kill_at:
+                proc.send_signal(signal.SIGKILL)
+                killed["killed_after_step"] = int(line.split()[1].split("/")[0])
+                break
+        proc.wait()
+        killed["killed_run_seconds"] = round(time.perf_counter() - started, 1)
+    proc = _child(spec)
+    out, err = proc.communicate()
     if proc.returncode != 0:
-        raise SystemExit(f"training failed: {proc.stderr[-3000:]}")
-    result: dict[str, Any] = json.loads(proc.stdout)
-    result["wall_seconds_with_load"] = round(time.perf_counter() - started, 1)
-    seen = result["steps"] * args.batch
-    result["examples_seen"] = seen
+        raise SystemExit(f"training failed: {err[-3000:]}")
+    result: dict[str, Any] = json.loads(out)
+    result.update(killed)
+    if kill_at:
+        result["steps_lost_to_kill"] = killed["killed_after_step"] - result["resumed_from"]
+    result["wall_seconds_total"] = round(time.perf_counter() - started, 1)
+    ran = result["steps"] - result["resumed_from"]  # the steps this process trained
+    seen = ran * batch
     result["train_seconds_per_100_examples"] = round(result["train_seconds"] / seen * 100, 1)
     result["cpu_seconds_per_100_examples"] = round(result["cpu_seconds"] / seen * 100, 1)
-    result.pop("losses", None)
-    print(f"trained {run.name}: {json.dumps(result)}", flush=True)
+    result["final_losses"] = result.pop("losses", [])[-5:]
+    result["load_average_after"] = load()
+    print(f"trained {spec.parent.name}: {json.dumps(result)}", flush=True)
     return result
+
+
+def version_json(v: Any) -> dict[str, Any]:
+    return {"id": v.id, "status": v.status, "metrics": v.metrics, "report": v.report}
 
 
 async def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--epochs", type=float, default=8.0)
+    ap.add_argument("--epochs", type=float, default=5.0)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--rank", type=int, default=16)
     ap.add_argument("--batch", type=int, default=4)
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--checkpoint-every", type=int, default=10)
+    ap.add_argument("--threads", type=int, default=1, help="torch threads of the trainer")
+    ap.add_argument("--llama-threads", type=int, default=1)
     ap.add_argument("--work", default="/tmp/keel-tuning-bench")
     ap.add_argument("--skip-poison", action="store_true")
+    ap.add_argument("--no-kill", action="store_true", help="do not kill -9 the clean run")
     args = ap.parse_args()
     data = json.loads(DATA.read_text())
     work = Path(args.work)
+    shutil.rmtree(work, ignore_errors=True)
     settings = load_settings(None, data_dir=str(work / "data"),
-                             models_dir=str(REPO / ".keel" / "models"))
-    settings.local.slots, settings.local.threads = 1, args.threads
-    spec = next(m for m in settings.model_table() if m.name == "gemma-3-270m")
-    base = str(settings.model_dir / "gemma-3-270m-q4_k_m.gguf")
-    provider = LocalProvider(settings)
-    answerer = LocalAnswerer(provider, spec, max_tokens=16)
-    gate = GateSettings(margin=0.05, regression_tolerance=0.0, max_new_tokens=16)
+                             models_dir=str(REPO / ".keel" / "models"),
+                             tuning={"enabled": True, "gate": {
+                                 "margin": 0.05, "regression_tolerance": 0.0,
+                                 "max_new_tokens": 16}})
+    settings.local.slots, settings.local.threads = 1, args.llama_threads
+    spec = next(m for m in settings.model_table() if m.name == MODEL)
+    db = open_database(settings)
+    registry = VersionRegistry(db)
+    models = ModelRegistry(settings)
     scrub = Sanitizer(key=b"keel tuning bench sanitizer key")
+    loop = TuningLoop(settings, db, registry, models.provider, scrub)
+    answerer = LocalAnswerer(models.provider(spec), spec, max_tokens=16)
     corrections = [ex(q, f["answer"]) for f in data["facts"] for q in f["train"]]
     held_out = [ex(q, f["answer"]) for f in data["facts"] for q in f["held_out"]]
     approved = [ex(q, a) for q, a in data["approved"]]
+    overrides = {"learning_rate": args.lr, "epochs": args.epochs, "batch_size": args.batch,
+                 "lora_rank": args.rank, "lora_alpha": 2.0 * args.rank,
+                 "checkpoint_every": args.checkpoint_every, "threads": args.threads,
+                 "device": "cpu", "max_length": 128}
     report: dict[str, Any] = {
-        "machine": "2 shared CPU cores; 8 agents were running builds and tests on them "
-                   "(load average ~20): times are under heavy load",
+        "machine": f"{os.cpu_count()} shared CPU cores (AMD EPYC), other agents' builds and "
+                   "tests running beside it",
+        "load_average_start": load(),
         "model": "gemma-3-270m Q4_K_M GGUF (llama.cpp) + LoRA GGUF adapter",
-        "hyperparameters": vars(args) | {"max_new_tokens": 16}}
+        "hyperparameters": overrides | {"max_new_tokens": 16}}
+    t0 = time.perf_counter()
     try:
-        ds = build(corrections, approved, scrub, eval_fraction=0.2, min_rows=8)
-        ds_dir = ds.write(work / "datasets")
+        ds = loop.dataset(corrections, approved)
+        ds_dir = ds.write(loop.root / "datasets")
         report["dataset"] = {"hash": ds.hash, "train": len(ds.train), "eval": len(ds.eval),
-                             "regression": len(ds.regression)}
+                             "regression": len(ds.regression), "corrections": len(corrections),
+                             "held_out_paraphrases": len(held_out)}
         report["base_held_out"] = await score(answerer, held_out, None)
-        print("base held-out", report["base_held_out"]["exact_match"], flush=True)
-        clean = train(work / "clean", base, ds_dir, args)
-        adapter = clean["adapter"]
-        report["train_clean"] = clean
+        print("base held-out", report["base_held_out"]["exact_match"], load(), flush=True)
+        clean_spec = loop.plan(MODEL, ds_dir, "", **overrides)
+        kill_at = 0 if args.no_kill else args.checkpoint_every + args.checkpoint_every // 2
+        report["train_clean"] = train(clean_spec, args.batch, kill_at=kill_at)
+        clean = await loop.register_run(clean_spec)
+        report["round_clean"] = {"status": clean.status, "reason": clean.reason,
+                                 "version": version_json(clean.version)}
+        adapter = clean.version.adapter if clean.version else None
         report["tuned_held_out"] = await score(answerer, held_out, adapter)
-        report["tuned_train_questions"] = await score(answerer, ds.train[:24], adapter)
-        g = await evaluate(answerer, champion=None, candidate=adapter, held_out=ds.eval,
-                           regression=ds.regression, settings=gate)
-        report["gate_clean"] = g.to_json()
-        print("tuned held-out", report["tuned_held_out"]["exact_match"], "gate", g.passed,
-              g.reasons, flush=True)
+        report["improvement_points"] = round(100 * (report["tuned_held_out"]["exact_match"]
+                                                    - report["base_held_out"]["exact_match"]),
+                                             1)
+        print("tuned held-out", report["tuned_held_out"]["exact_match"], clean.status,
+              clean.reason, load(), flush=True)
         if not args.skip_poison:
             rng = random.Random(7)
             answers = [f["answer"] for f in data["facts"]]
             poisoned = [ex(q, rng.choice([a for a in answers if a != f["answer"]]))
                         for f in data["facts"] for q in f["train"]]
             poisoned += [ex(q, a) for q, a in data["poison_approved"]]
-            pds = build(poisoned, approved, scrub, eval_fraction=0.2, min_rows=8)
-            pdir = pds.write(work / "datasets")
-            bad = train(work / "poisoned", base, pdir, args)
-            report["train_poisoned"] = bad
-            pg = await evaluate(answerer, champion=None, candidate=bad["adapter"],
-                                held_out=pds.eval, regression=pds.regression, settings=gate)
-            report["gate_poisoned"] = pg.to_json()
-            report["poisoned_held_out"] = await score(answerer, held_out, bad["adapter"])
-            print("poisoned gate", pg.passed, pg.reasons, flush=True)
+            pds = loop.dataset(poisoned, approved)
+            pdir = pds.write(loop.root / "datasets")
+            champion = await registry.serving(MODEL)
+            pspec = loop.plan(MODEL, pdir, champion.id if champion else "", **overrides)
+            report["train_poisoned"] = train(pspec, args.batch)
+            bad = await loop.register_run(pspec)
+            report["round_poisoned"] = {"status": bad.status, "reason": bad.reason,
+                                        "version": version_json(bad.version)}
+            after = await registry.serving(MODEL)
+            report["serving_after_poisoned_round"] = after.id if after else "base"
+            if bad.version:
+                report["poisoned_held_out"] = await score(answerer, held_out,
+                                                          bad.version.adapter)
+            print("poisoned round", bad.status, bad.reason, flush=True)
     finally:
-        await provider.aclose()
-    OUT.write_text(json.dumps(report, indent=2))
-    print(f"wrote {OUT}")
+        await models.aclose()
+        report["bench_wall_seconds"] = round(time.perf_counter() - t0, 1)
+        report["load_average_end"] = load()
+        OUT.write_text(json.dumps(report, indent=2, default=str))
+    print(f"wrote {OUT} in {report['bench_wall_seconds']} s")
 
 
 if __name__ == "__main__":

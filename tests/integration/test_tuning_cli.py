@@ -1,4 +1,5 @@
-"""``keel train`` / ``keel feedback`` against a real SQLite database: promote and rollback
+"""``keel models versions|promote|rollback`` (and their ``keel train`` aliases) /
+``keel feedback`` against a real SQLite database: promote and rollback
 from the CLI are what the gateway serves next (the registry is shared through the DB)."""
 
 from __future__ import annotations
@@ -39,16 +40,22 @@ def test_versions_promote_rollback_from_the_cli(tmp_path: Path):
         return v.id
 
     good, bad = asyncio.run(add("candidate")), asyncio.run(add("refused"))
-    code, out = run(cfg, "train", "rollback")
+    code, out = run(cfg, "models", "rollback")
     assert code == 1 and "nothing to roll back" in out
-    code, out = run(cfg, "train", "promote", bad)
+    code, out = run(cfg, "models", "promote", bad)
     assert code == 1 and "refused by the evaluation gate" in out
-    code, out = run(cfg, "train", "promote", good)
+    code, out = run(cfg, "models", "promote", good)
     assert code == 0 and f"now serves {good}" in out
     assert asyncio.run(reg.serving("gemma-3-270m")).id == good  # type: ignore[union-attr]
-    code, out = run(cfg, "train", "versions", "--json")
+    code, out = run(cfg, "models", "versions", "--json")
     rows = {v["id"]: v["status"] for v in json.loads(out)}
     assert rows == {good: "promoted", bad: "refused"}
+    code, out = run(cfg, "models", "versions")
+    assert code == 0 and good in out and "promoted" in out
+    code, out = run(cfg, "train", "versions", "--json")  # the old home stays an alias
+    assert {v["id"] for v in json.loads(out)} == {good, bad}
+    code, out = run(cfg, "models", "--json")  # the group still lists the model table
+    assert code == 0 and "gemma-3-270m" in {m["name"] for m in json.loads(out)}
     code, out = run(cfg, "train", "rollback")
     assert code == 0 and "its base model" in out
     reg2 = VersionRegistry(db)

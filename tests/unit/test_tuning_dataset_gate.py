@@ -139,3 +139,22 @@ async def test_scripted_gate_refuses_a_candidate_no_better_than_the_champion():
                            candidate="c", held_out=[], regression=[],
                            settings=GateSettings())
     assert not empty.passed and "empty" in empty.reasons[0]
+
+
+def test_replay_trains_on_part_of_the_approved_answers_and_holds_the_rest_out():
+    approved = [ex(f"What is the capital of {c}?", city) for c, city in
+                [("England", "London"), ("Russia", "Moscow"), ("Greece", "Athens"),
+                 ("Portugal", "Lisbon"), ("Austria", "Vienna"), ("Ireland", "Dublin")]]
+    approved.append(ex("what's the capital of England", "London"))  # a near-copy
+    none = build(ROWS, approved, Sanitizer(key=KEY))
+    assert len(none.regression) == len(approved) and len(none.train) + len(none.eval) == 10
+    ds = build(ROWS, approved, Sanitizer(key=KEY), replay_fraction=0.5)
+    replayed = {r.messages[-1]["content"] for r in ds.train if r.answer[0].isalpha()}
+    held = {r.messages[-1]["content"] for r in ds.regression}
+    assert replayed and held and not replayed & held
+    assert len(replayed) + len(held) == len(approved)
+    assert 2 <= len(replayed) <= 5
+    # the England pair is one cluster: both sides of the split never share it
+    england = {q for q in replayed | held if "England" in q}
+    assert england <= replayed or england <= held
+    assert ds.eval == none.eval  # corrections split as before

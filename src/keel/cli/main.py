@@ -36,7 +36,6 @@ def build() -> typer.Typer:
 
     serve.register(app)
     chat.register(app)
-    models.register(app)
     doctor.register(app)
     worker.register(app)
     app.add_typer(keys.build(), name="keys", help="Create, list and revoke API keys.")
@@ -44,11 +43,18 @@ def build() -> typer.Typer:
         caps = capabilities.available()
     except KeelError as exc:  # a plugin that cannot load: name it, like a bad keel.toml
         fail(exc.message)
+    # a capability group named like a core group adds its commands to it
+    core = {"models": (models.build(), models.HELP)}
     for cap in caps:
         for group in cap.cli_groups():
             # installed = available, on or off: these commands manage state offline
             # (wallets before turning payments on, policies validated in CI)
-            app.add_typer(group.build(), name=group.name, help=group.help)
+            if group.name in core:
+                core[group.name][0].add_typer(group.build())
+            else:
+                app.add_typer(group.build(), name=group.name, help=group.help)
+    for name, (group_app, text) in core.items():
+        app.add_typer(group_app, name=name, help=text)
     return app
 
 

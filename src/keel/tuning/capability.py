@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from keel.capability import BuildContext, Capability, CliGroup, Slot, StageSlot
+from keel.capability import BuildContext, Capability, CliGroup, PageFactory, Slot, StageSlot
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     from keel.config import Settings
     from keel.gateway.services import Services
     from keel.storage.migrations import Migration
+    from keel.tuning.trigger import TriggerLoop
 
 
 def sanitizer(data_dir: Path) -> Any:
@@ -67,7 +68,8 @@ class TuningCapability(Capability):
 
         return [CliGroup("feedback", cli.build_feedback, "List and export user feedback."),
                 CliGroup("train", cli.build_train,
-                         "Fine-tune on corrections: run specs, versions, promote, rollback.")]
+                         "Fine-tune on corrections: run specs, versions, promote, rollback."),
+                CliGroup("models", cli.build_versions, "Model versions, promote, rollback.")]
 
     def __init__(self, ctx: BuildContext) -> None:
         from keel.tuning.feedback import FeedbackService
@@ -80,6 +82,8 @@ class TuningCapability(Capability):
         self.loop = TuningLoop(ctx.settings, ctx.db, self.registry, ctx.models.provider,
                                _LazyScrubber(ctx.settings.data_dir))
         self.feedback = FeedbackService(ctx.db, ctx.settings.tuning)
+        self.feedback.on_trainable = self.loop.maybe_trigger
+        self.trigger: TriggerLoop | None = None
         from keel.jobs.runtime import JobRuntime
 
         runtime = ctx.components.find(JobRuntime)
@@ -87,6 +91,13 @@ class TuningCapability(Capability):
             self.loop.bind(runtime)
         for obj in (self.registry, self.loop, self.feedback):
             ctx.components.put(obj, owner=self.name)
+
+    def console_pages(self) -> Sequence[PageFactory]:
+        from functools import partial
+
+        from keel.web.tuning_page import TuningPage
+
+        return [partial(TuningPage, feedback=self.feedback)]
 
     def stages(self) -> Sequence[StageSlot]:
         return [StageSlot(self.stage, Slot.ROUTING + 50)]
@@ -97,5 +108,12 @@ class TuningCapability(Capability):
         self.feedback.flush_log = svc.request_log.flush
         app.include_router(TuningRoutes(svc, self.feedback, self.registry, self.loop).router())
 
+    async def start(self) -> None:
+        if self.ctx.settings.tuning.auto_train:
+            self.trigger = self.loop.trigger_loop()
+            self.trigger.run_in_background()
+
     async def stop(self) -> None:
+        if self.trigger is not None:
+            await self.trigger.aclose()
         await self.loop.aclose()

@@ -1,5 +1,6 @@
-"""``keel feedback list|export`` and ``keel train run|round|register|versions|promote|
-rollback``. They work on the database directly (no gateway needed); a running gateway
+"""``keel feedback list|export``, ``keel train run|round|register`` and ``keel models
+versions|promote|rollback`` (also under ``keel train``, their first home). They work on the
+database directly (no gateway needed); a running gateway
 serves a promotion or rollback within two seconds, without a restart."""
 
 from __future__ import annotations
@@ -101,7 +102,7 @@ def build_train() -> typer.Typer:
 
     @app.command("run")
     def run(spec_path: Path = typer.Argument(..., help="A training spec (JSON).")) -> None:
-        """Train SPEC here (resumes from its last checkpoint); needs `keel[train]`."""
+        """Train SPEC here (resumes from its last checkpoint); needs the train extra."""
         from keel.tuning.spec import TrainSpec
 
         try:
@@ -144,6 +145,14 @@ def build_train() -> typer.Typer:
                          lambda lp: lp.register_run(spec_path, promote=promote))
         typer.echo(json.dumps({"status": res.status, "reason": res.reason,
                                "version": res.version.id if res.version else None}, indent=2))
+
+    app.add_typer(build_versions())  # the registry commands, also as `keel train ...`
+    return app
+
+
+def build_versions() -> typer.Typer:
+    """``versions|promote|rollback``: merged into ``keel models`` (and ``keel train``)."""
+    app = typer.Typer(no_args_is_help=True)
 
     @app.command("versions")
     def versions(ctx: typer.Context, model: str = typer.Option(None),

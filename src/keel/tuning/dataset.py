@@ -193,8 +193,30 @@ def clusters(examples: Sequence[Example], *, overlap: float = 0.6,
     return list(groups.values())
 
 
+def _replay_split(approved: list[Example], fraction: float) -> tuple[list[Example],
+                                                                      list[Example]]:
+    """(train, regression): whole prompt clusters of approved answers, in an order fixed by
+    their content; ``fraction`` of them are trained on so the model keeps answering what
+    users liked (without them a small fact set taught the 270M model to answer every
+    question with one of its facts), the rest stay held out as the regression set."""
+    if fraction <= 0 or len(approved) < 2:
+        return [], approved
+    groups = sorted(clusters(approved), key=lambda g: hashlib.sha256(orjson.dumps(sorted(
+        _norm(approved[i].answer) + "|" + _norm(_last_user(approved[i])) for i in g))
+    ).hexdigest())
+    want = round(fraction * len(approved))
+    train_idx: set[int] = set()
+    for g in groups[:-1]:  # at least one cluster stays in the regression set
+        if len(train_idx) >= want:
+            break
+        train_idx.update(g)
+    return ([ex for i, ex in enumerate(approved) if i in train_idx],
+            [ex for i, ex in enumerate(approved) if i not in train_idx])
+
+
 def build(corrections: Iterable[Example], approved: Iterable[Example], scrubber: Scrubber, *,
-          eval_fraction: float = 0.2, min_rows: int = 8) -> Dataset:
+          eval_fraction: float = 0.2, min_rows: int = 8,
+          replay_fraction: float = 0.0) -> Dataset:
     """Scrub, deduplicate and split. Too few rows to split is a clear error."""
     scrub = _Scrub(scrubber)
     seen: set[bytes] = set()
@@ -209,7 +231,8 @@ def build(corrections: Iterable[Example], approved: Iterable[Example], scrubber:
             continue
         seen.add(key)
         rows.append(ex)
-    regression = [scrub.example(ex) for ex in approved]
+    replay, regression = _replay_split([scrub.example(ex) for ex in approved],
+                                       replay_fraction)
     groups = clusters(rows)
     if len(rows) < min_rows or len(groups) < 2:
         raise InvalidRequest(
@@ -227,6 +250,6 @@ def build(corrections: Iterable[Example], approved: Iterable[Example], scrubber:
         if len(eval_idx) >= want:
             break
         eval_idx.update(g)
-    train = [ex for i, ex in enumerate(rows) if i not in eval_idx]
+    train = [ex for i, ex in enumerate(rows) if i not in eval_idx] + replay
     held = [ex for i, ex in enumerate(rows) if i in eval_idx]
     return Dataset(train, held, regression, scrubbed=scrub.entities, duplicates=dupes)

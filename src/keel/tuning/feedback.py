@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -15,6 +17,8 @@ from keel.metering.request_log import get_request
 from keel.storage.sql import Database
 from keel.tuning import store
 from keel.tuning.settings import TuningSettings
+
+log = logging.getLogger("keel.tuning")
 
 
 @dataclass(frozen=True)
@@ -65,11 +69,31 @@ def _text(body: dict[str, Any], key: str, limit: int) -> str | None:
 
 
 class FeedbackService:
+    """Stores votes. ``on_trainable(model)`` runs (in the background) after every trainable
+    correction: the capability points it at the training trigger."""
+
     def __init__(self, db: Database, settings: TuningSettings,
                  flush_log: Callable[[], Awaitable[None]] | None = None) -> None:
         self.db = db
         self.settings = settings
         self.flush_log = flush_log
+        self.on_trainable: Callable[[str], Awaitable[object]] | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def _after_trainable(self, model: str | None) -> None:
+        if not model or self.on_trainable is None or not self.settings.auto_train:
+            return
+        hook = self.on_trainable
+
+        async def run() -> None:
+            try:
+                await hook(model)
+            except Exception:  # the vote is stored; a trigger problem must not fail it
+                log.exception("tuning trigger for %s failed", model)
+
+        task = asyncio.create_task(run(), name=f"keel-tuning-trigger-{model}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def submit(self, principal: Principal, fb: FeedbackIn) -> dict[str, Any]:
         row = await self.db.run(lambda c: get_request(c, fb.request_id))
@@ -103,6 +127,8 @@ class FeedbackService:
             return False
 
         created = await self.db.run(upsert)
+        if trainable:
+            self._after_trainable(row["model"])
         return {"object": "feedback", "request_id": fb.request_id, "model": row["model"],
                 "rating": fb.rating,
                 "trainable": trainable, "created": created,
@@ -118,6 +144,8 @@ class FeedbackFilter:
     rating: int | None = None
     trainable: bool | None = None
     since: float | None = None
+    until: float | None = None
+    request_id: str | None = None
     limit: int = 100
 
 
@@ -134,6 +162,10 @@ def list_feedback(c: Connection, f: FeedbackFilter) -> list[dict[str, Any]]:
         q = q.where(t.c.trainable == f.trainable)
     if f.since is not None:
         q = q.where(t.c.updated >= f.since)
+    if f.until is not None:
+        q = q.where(t.c.updated < f.until)
+    if f.request_id is not None:
+        q = q.where(t.c.request_id == f.request_id)
     return [{str(k): v for k, v in r._asdict().items()} for r in c.execute(q)]
 
 

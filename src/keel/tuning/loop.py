@@ -30,6 +30,7 @@ from keel.tuning.dataset import Dataset, Example, Scrubber, build, prompt_messag
 from keel.tuning.gate import evaluate
 from keel.tuning.registry import Version, VersionRegistry
 from keel.tuning.spec import TrainSpec
+from keel.tuning.trigger import Due, TriggerLoop, due, rule
 
 log = logging.getLogger("keel.tuning")
 
@@ -201,7 +202,8 @@ class TuningLoop:
     def dataset(self, corrections: list[Example], approved: list[Example]) -> Dataset:
         return build(corrections, approved, self.scrubber,
                      eval_fraction=self.tuning.eval_fraction,
-                     min_rows=self.tuning.min_dataset_rows)
+                     min_rows=self.tuning.min_dataset_rows,
+                     replay_fraction=self.tuning.replay_fraction)
 
     async def build_dataset(self, model: str) -> tuple[Dataset, Path]:
         corrections, approved = await self.db.run(lambda c: collect(c, model))
@@ -214,12 +216,13 @@ class TuningLoop:
         run_dir = self.root / "runs" / f"{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
         run_dir.mkdir(parents=True, exist_ok=True)
         t = self.tuning
+        fields: dict[str, Any] = {
+            "lora_rank": t.lora_rank, "lora_alpha": 2.0 * t.lora_rank,
+            "learning_rate": t.learning_rate, "epochs": t.epochs,
+            "checkpoint_every": t.checkpoint_every, "threads": t.threads} | overrides
         spec = TrainSpec(model=model, base=str(resolve_model_path(spec_model, self.settings)),
                          dataset=str(dataset_dir), output=str(run_dir / "out"), parent=parent,
-                         chat_format=spec_model.chat_format, lora_rank=t.lora_rank,
-                         lora_alpha=2.0 * t.lora_rank, learning_rate=t.learning_rate,
-                         epochs=t.epochs, checkpoint_every=t.checkpoint_every,
-                         **overrides)
+                         chat_format=spec_model.chat_format, **fields)
         spec.save(run_dir / "spec.json")
         return run_dir / "spec.json"
 
@@ -278,26 +281,61 @@ class TuningLoop:
             log.warning("tuning round for %s failed: %s", model, exc.message)
             return RoundResult("failed", None, exc.message)
 
-    async def maybe_trigger(self, model: str) -> bool:
-        """Start a round when ``min_new_corrections`` trainable corrections arrived since the
-        last version of ``model`` was registered (one round per model at a time)."""
+    def tuned_models(self) -> list[str]:
+        """The models whose triggers are checked: every local chat model."""
+        return [m.name for m in self.settings.model_table()
+                if m.provider == "local" and m.kind == "chat"]
+
+    async def due(self, model: str, now: float | None = None) -> Due | None:
+        """The round ``model``'s trigger asks for now (new corrections or its schedule)."""
         from keel.tuning.feedback import count_trainable
 
-        if model in self._running and not self._running[model].done():
-            return False
         versions = await self.registry.list(model)
-        since = versions[0].created if versions else 0.0
+        last = versions[0] if versions else None
+        since = last.created if last else 0.0
         n = await self.db.run(lambda c: count_trainable(c, model, since))
-        if n < self.tuning.min_new_corrections:
+        return due(model, rule(self.tuning, model), last, n,
+                   time.time() if now is None else now)
+
+    async def start_due(self, d: Due) -> bool:
+        """Start the round ``d`` unless one of ``d.model`` runs already (here or, through
+        the shared system database, in any process). The workflow id comes from the
+        trigger, so every process that sees the same trigger starts the same one round."""
+        from dbos import DBOS, SetWorkflowID
+
+        mine = self._running.get(d.model)
+        if mine is not None and not mine.done():
             return False
-        if self.runtime is not None:
-            handle = await self.start_round(model)
-            self._running[model] = asyncio.create_task(_wait(handle),
-                                                       name=f"keel-tuning-{model}")
-        else:
-            self._running[model] = asyncio.create_task(self.run_round(model),
-                                                       name=f"keel-tuning-{model}")
+        if self.runtime is None:  # an embedding app without a job runtime: in process
+            self._running[d.model] = asyncio.create_task(self.run_round(d.model),
+                                                         name=f"keel-tuning-{d.model}")
+            return True
+        self._spec(d.model)
+        await self.runtime.ensure_started()
+        running = await DBOS.list_workflows_async(
+            workflow_id_prefix=f"keel.tuning.round:{d.model}:",
+            status=["PENDING", "ENQUEUED"], load_input=False, load_output=False)
+        if any(w.workflow_id != d.workflow_id for w in running):
+            return False
+        with SetWorkflowID(d.workflow_id):  # the same id again: DBOS returns the existing one
+            handle = await DBOS.start_workflow_async(self._workflow, d.model, {})
+        log.info("tuning round %s started (%s)", d.workflow_id, d.reason)
+        self._running[d.model] = asyncio.create_task(_wait(handle),
+                                                     name=f"keel-tuning-{d.model}")
         return True
+
+    async def maybe_trigger(self, model: str) -> bool:
+        """Start ``model``'s round when its trigger is due (one round per model at a
+        time, across processes)."""
+        if model not in self.tuned_models():
+            return False
+        d = await self.due(model)
+        return d is not None and await self.start_due(d)
+
+    def trigger_loop(self) -> TriggerLoop:
+        """The timer that checks every tuned model's trigger (started by the capability)."""
+        return TriggerLoop(self.tuned_models, self.due, self.start_due,
+                           self.tuning.check_every_s)
 
     async def aclose(self) -> None:
         for task in self._running.values():

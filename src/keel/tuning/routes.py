@@ -3,9 +3,6 @@ and the admin API for versions, promotion and rollback."""
 
 from __future__ import annotations
 
-import asyncio
-import logging
-
 from fastapi import APIRouter
 from starlette.requests import Request
 from starlette.responses import Response
@@ -20,8 +17,6 @@ from keel.tuning.feedback import FeedbackFilter, FeedbackService, list_feedback,
 from keel.tuning.loop import TuningLoop
 from keel.tuning.registry import VersionRegistry
 
-log = logging.getLogger("keel.tuning")
-
 
 class TuningRoutes:
     def __init__(self, svc: Services, feedback: FeedbackService, registry: VersionRegistry,
@@ -30,7 +25,6 @@ class TuningRoutes:
         self.feedback = feedback
         self.registry = registry
         self.loop = loop
-        self._triggers: set[asyncio.Task[bool]] = set()
 
     def router(self) -> APIRouter:
         r = APIRouter()
@@ -50,19 +44,8 @@ class TuningRoutes:
         t = self.feedback.settings
         limit = 4 * (t.max_correction_chars + t.max_comment_chars) + 4096
         fb = parse_feedback(parse_json(await read_body(request, limit)), t)
-        out = await self.feedback.submit(principal, fb)
-        if out["trainable"] and t.auto_train:
-            task = asyncio.create_task(self._trigger(out["model"]))
-            self._triggers.add(task)
-            task.add_done_callback(self._triggers.discard)
+        out = await self.feedback.submit(principal, fb)  # a correction may start a round
         return ORJSONResponse(out, status_code=201 if out["created"] else 200)
-
-    async def _trigger(self, model: str | None) -> bool:
-        try:
-            return bool(model) and await self.loop.maybe_trigger(str(model))
-        except Exception:  # the vote is stored; a trigger problem must not fail it
-            log.exception("tuning trigger for %s failed", model)
-            return False
 
     async def get_feedback(self, request: Request) -> Response:
         principal = await authenticate(self.svc, request)

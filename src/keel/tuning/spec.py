@@ -24,8 +24,8 @@ class TrainSpec(Section):
     lora_dropout: float = Field(default=0.0, ge=0.0, lt=1.0)
     target_modules: list[str] = Field(default_factory=lambda: [
         "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
-    learning_rate: float = Field(default=2e-4, gt=0.0)
-    epochs: float = Field(default=3.0, gt=0.0)
+    learning_rate: float = Field(default=1e-3, gt=0.0)
+    epochs: float = Field(default=5.0, gt=0.0)
     max_steps: int = Field(default=0, ge=0)  # 0: epochs decide
     batch_size: int = Field(default=4, ge=1)
     max_length: int = Field(default=512, ge=16)

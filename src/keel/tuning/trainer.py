@@ -111,16 +111,20 @@ class Checkpoints:
 
 def load_base(base: str, device: str) -> tuple[Any, Any]:
     """The base model in float32 and its tokenizer. A GGUF is dequantised once (minutes on
-    a small CPU: the tokenizer alone is rebuilt from 262k GGUF entries) and cached next to
-    it as ``<file>.hf/`` in Hugging Face format, which loads in seconds."""
+    a small CPU) and cached next to it as ``<file>.hf/`` in Hugging Face format, which
+    loads in seconds; its tokenizer is rebuilt from the GGUF's vocabulary (see
+    :mod:`keel.tuning.gguf_tokenizer`) and cached there too."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from keel.tuning.gguf_tokenizer import ensure_tokenizer
 
     path = Path(base)
     if path.is_file():
         cache = path.with_name(path.name + ".hf")
         if not (cache / "model.safetensors").is_file():
             _convert_gguf(path, cache)
+        ensure_tokenizer(path, cache)  # llama.cpp's token ids, not transformers' guess
         path = cache
     auto: Any = AutoModelForCausalLM
     model = auto.from_pretrained(str(path), dtype=torch.float32)
@@ -133,9 +137,8 @@ def _convert_gguf(gguf: Path, out: Path) -> None:
 
     import torch
     from safetensors.torch import save_model
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
-    tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
     model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name,
                                                  dtype=torch.float32)
     tmp = out.with_name(out.name + ".tmp")
@@ -144,8 +147,7 @@ def _convert_gguf(gguf: Path, out: Path) -> None:
     config = model.config.to_dict()
     config.pop("quantization_config", None)  # the weights are plain float32 now
     (tmp / "config.json").write_text(json.dumps(config, indent=2))
-    save_model(model, str(tmp / "model.safetensors"))
-    tok.save_pretrained(str(tmp))
+    save_model(model, str(tmp / "model.safetensors"))  # the tokenizer: ensure_tokenizer
     shutil.rmtree(out, ignore_errors=True)
     tmp.rename(out)
 
@@ -157,6 +159,25 @@ def encode(tok: Any, ex: Example, spec: TrainSpec) -> tuple[list[int], list[int]
     ids = (p + t)[-spec.max_length:]
     labels = ([-100] * len(p) + t)[-spec.max_length:]
     return ids, labels
+
+
+def answer_loss(model: Any, ids: Any, mask: Any, labels: Any) -> Any:
+    """Mean cross-entropy over the answer tokens, the same value as the model's own loss
+    with ``labels``, but the vocabulary projection runs only where a token carries loss.
+    Gemma 3's output layer has 262k entries: run for every prompt and padding position
+    too, its logits and their gradients dominated memory (measured on the 270M model,
+    batch 4: peak RSS 3.9 GB -> 2.8 GB, same losses)."""
+    import torch.nn.functional as F
+
+    lm = model.get_base_model() if hasattr(model, "get_base_model") else model
+    hidden = lm.model(input_ids=ids, attention_mask=mask).last_hidden_state
+    targets = labels[:, 1:]
+    keep = targets != -100
+    logits = lm.lm_head(hidden[:, :-1][keep])
+    cap = getattr(lm.config, "final_logit_softcapping", None)
+    if cap:
+        logits = (logits / cap).tanh() * cap
+    return F.cross_entropy(logits.float(), targets[keep])
 
 
 def train(spec: TrainSpec, on_step: OnStep | None = None) -> TrainResult:
@@ -206,12 +227,11 @@ def train(spec: TrainSpec, on_step: OnStep | None = None) -> TrainResult:
             ids[r, :len(x)] = torch.tensor(x)
             labels[r, :len(y)] = torch.tensor(y)
             mask[r, :len(x)] = 1
-        out = model(input_ids=ids.to(device), attention_mask=mask.to(device),
-                    labels=labels.to(device))
-        out.loss.backward()
+        loss = answer_loss(model, ids.to(device), mask.to(device), labels.to(device))
+        loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
-        losses.append(float(out.loss.detach()))
+        losses.append(float(loss.detach()))
         if on_step is not None:
             on_step(step + 1, total, losses[-1])
         if (step + 1) % spec.checkpoint_every == 0 or step + 1 == total:

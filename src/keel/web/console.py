@@ -13,6 +13,7 @@ from urllib.parse import urlencode
 
 import orjson
 from fastapi import APIRouter
+from markupsafe import Markup
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
@@ -171,6 +172,8 @@ class ConsoleRoutes:
             return self.render("not_found.html", status=404, active="", principal=p,
                                 what=f"request {request_id}")
         decisions = orjson.loads(row["decisions"] or "[]")
+        panels = [Markup(await panel.request_panel(request, p, row))
+                  for panel in self.shell.request_panels]
         return self.render("request_detail.html", active="/console/requests", principal=p,
-                            r=row, decisions=decisions)
+                            r=row, decisions=decisions, panels=panels)
 

@@ -46,6 +46,14 @@ class ConsolePage(Protocol):
     def register(self, r: APIRouter) -> None: ...
 
 
+class RequestPanel(Protocol):
+    """A section a capability adds to the request detail page (HTML, escaped by the
+    panel); ``row`` is the request log row the viewer may see."""
+
+    async def request_panel(self, request: Request, principal: Principal,
+                            row: dict[str, Any]) -> str: ...
+
+
 def session_key(token: str) -> str:
     return "console:session:" + hashlib.sha256(token.encode()).hexdigest()
 
@@ -69,6 +77,7 @@ class ConsoleShell:
         self.svc = svc
         self.env = _env()
         self.nav: list[NavItem] = []
+        self.request_panels: list[RequestPanel] = []  # pages add theirs when built
 
     async def principal(self, request: Request) -> Principal | None:
         if not self.svc.settings.auth_required:
@@ -98,6 +107,17 @@ class ConsoleShell:
         if not p.admin or not hmac.compare_digest(token, csrf_token(request)):
             return Response("forbidden: admin session and a valid form token required",
                             status_code=403)
+        return AdminPost(p, form)
+
+    async def session_post(self, request: Request) -> AdminPost | Response:
+        """A form posted by any signed-in key with a valid CSRF token (what the key may do
+        is for the handler to check), or the response to send instead."""
+        p = await self.principal(request)
+        if p is None:
+            return RedirectResponse("/console/login", status_code=303)
+        form = await self.form(request)
+        if not hmac.compare_digest((form.get("csrf") or [""])[0], csrf_token(request)):
+            return Response("forbidden: a valid form token is required", status_code=403)
         return AdminPost(p, form)
 
     async def form(self, request: Request) -> dict[str, list[str]]:
