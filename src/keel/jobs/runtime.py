@@ -329,7 +329,8 @@ class JobRuntime:
         loop = asyncio.get_running_loop()
         # a fresh default executor first: writes that run while DBOS shuts its own down
         # (a request-log flush) must not fail with "cannot schedule new futures"
-        loop.set_default_executor(ThreadPoolExecutor(thread_name_prefix="asyncio"))
+        fresh = ThreadPoolExecutor(thread_name_prefix="asyncio")
+        loop.set_default_executor(fresh)
         done = loop.create_future()
 
         def shutdown() -> None:
@@ -345,3 +346,6 @@ class JobRuntime:
 
         threading.Thread(target=shutdown, name="keel-dbos-shutdown", daemon=True).start()
         await done
+        # an async DBOS call still running (a workflow step) may have put DBOS's executor
+        # back as the default meanwhile; it is shut down now, so install ours again
+        loop.set_default_executor(fresh)
