@@ -354,7 +354,8 @@ class ApprovalEngine:
         return {"approval_id": a.id, "outcome": outcome, "result": result}
 
     async def notify(self, approval_id: str, event: str) -> None:
-        """Send ``event`` on every channel; each message gets its own one-time reference."""
+        """Send ``event`` on every channel; each message gets its own one-time reference.
+        Audit rows are ``notified:<event>`` so they never read as the request itself."""
         a = await self.get(approval_id)
         if event == "reminder" and a.status != PENDING:
             return
@@ -368,13 +369,13 @@ class ApprovalEngine:
             ok, detail = d.ok, d.detail
 
             def record(c: Any, ch: str = channel, ok: bool = ok, detail: str = detail) -> None:
-                store.add_audit(c, a.id, event if ok else f"{event}_failed",
+                store.add_audit(c, a.id, f"notified:{event}" if ok else f"notify_failed:{event}",
                                 actor="workflow", channel=ch, detail=detail, accepted=ok)
 
             await self.db.run(record)
         if not self.notifier.channels():
             await self.db.run(lambda c: store.add_audit(
-                c, a.id, event, actor="workflow", channel="console",
+                c, a.id, f"notified:{event}", actor="workflow", channel="console",
                 detail="listed in the console and `keel approvals list`"))
 
     async def new_reference(self, approval_id: str, channel: str) -> str:

@@ -62,6 +62,8 @@ def token_budget(n: int) -> int:
     return 64 + PERSONA_MAX_CHARS // 2 + n * (PROMPT_MAX_CHARS // 2 + 24)
 
 
+GENERATION_ATTEMPTS = 2
+
 INSTRUCTIONS = """\
 You write test prompts for an AI assistant. Below are real (anonymised) messages one user
 sent to it. Describe this user as a short persona, then write {n} highly complex, tricky
@@ -179,6 +181,17 @@ class SuiteBuilder:
                              {"role": "user", "content": f"MESSAGES:\n{context}"}],
                 "response_format": {"type": "json_schema", "json_schema": {
                     "name": "personas", "schema": generation_schema(self.per_user)}}}
+        # a sampled answer can be schema-valid yet unusable (prompts of blank space pass
+        # minLength): one more sample before the user is counted as unusable
+        for _ in range(GENERATION_ATTEMPTS):
+            out = await self._sample(body, user, used, report)
+            if out:
+                return out
+        report.unusable_answers += 1
+        return []
+
+    async def _sample(self, body: dict[str, Any], user: str, used: list[str],
+                      report: BuildReport) -> list[SuitePrompt]:
         try:
             ans = await self.generator.chat(body)
         except KeelError as exc:
@@ -186,10 +199,11 @@ class SuiteBuilder:
         report.cost_usd += ans.cost_usd
         try:
             doc = orjson.loads(ans.text)
-            persona = self.sanitizer.sanitize(str(doc["persona"])).text
+            persona = self.sanitizer.sanitize(str(doc["persona"]).strip()).text
             items = list(doc["prompts"])[: self.per_user]
         except (orjson.JSONDecodeError, KeyError, TypeError):
-            report.unusable_answers += 1
+            return []
+        if len(persona) < 3:
             return []
         out = []
         for item in items:
