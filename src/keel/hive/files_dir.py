@@ -22,6 +22,7 @@ import itertools
 import os
 import secrets
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import orjson
@@ -93,13 +94,9 @@ class DirFilesMixin:
     fsync: str
     _held: dict[str, int]
     _tmp_seq: itertools.count[int]
-
-    def _task_dir(self, tenant: str, task: str) -> Path:
-        raise NotImplementedError
-
-    def append_sync(self, d: Path, stream: str, records: list[NewRecord],
-                    now: float) -> list[int]:
-        raise NotImplementedError
+    # provided by the host store
+    _task_dir: Callable[[str, str], Path]
+    append_sync: Callable[[Path, str, list[NewRecord], float], list[int]]
 
     def _files_dir(self, tenant: str, task: str) -> Path:
         d = self._task_dir(tenant, task)

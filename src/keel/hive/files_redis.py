@@ -15,6 +15,7 @@ import asyncio
 import json
 import secrets
 import time
+from collections.abc import Callable
 from typing import Any
 
 from keel.hive.files_dir import LOCK_POLL_S, mismatch
@@ -94,15 +95,10 @@ class RedisFilesMixin:
     _raw: Any  # a client that returns bytes (file contents are not text)
     _change_script: Any
     _unlock_script: Any
-
-    def _tasks_key(self, tenant: str) -> str:
-        raise NotImplementedError
-
-    def _meta_key(self, tenant: str, task: str) -> str:
-        raise NotImplementedError
-
-    def _stream_key(self, tenant: str, task: str, stream: str) -> str:
-        raise NotImplementedError
+    # provided by the host store
+    _tasks_key: Callable[[str], str]
+    _meta_key: Callable[[str, str], str]
+    _stream_key: Callable[[str, str, str], str]
 
     def _files_key(self, tenant: str, task: str) -> str:
         return f"{self.prefix}f:{tenant}\x00{task}"
