@@ -46,6 +46,9 @@ from typing import Any
 import orjson
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from procs import stop  # noqa: E402
+
 SCHEMA = {"type": "object", "properties": {
     "topic": {"type": "string", "maxLength": 40},
     "sentiment": {"enum": ["positive", "neutral", "negative"]}},
@@ -130,12 +133,7 @@ def spawn_once(settings: Any, cfg: Path, client: Any, db_url: str, variant: str,
                 break
             time.sleep(0.01)
     finally:
-        proc.terminate()
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop(proc)
         engine.dispose()
     if row is None or row.finished_at is None:
         raise SystemExit("the worker did not finish the line:\n"

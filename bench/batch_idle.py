@@ -27,8 +27,6 @@ import io
 import os
 import platform
 import shutil
-import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -41,6 +39,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from batch_cold_start import SCHEMA, proc_cpu_s  # noqa: E402
 from batch_throughput import documents, worker_pids  # noqa: E402
+from procs import start_gateway, stop  # noqa: E402
 
 
 def rss_mb(pid: int) -> float:
@@ -49,12 +48,6 @@ def rss_mb(pid: int) -> float:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) / 1024
     raise RuntimeError("no VmRSS")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def batch_file(docs: list[str], tag: str) -> bytes:
@@ -71,7 +64,6 @@ def batch_file(docs: list[str], tag: str) -> bytes:
 
 
 def main() -> int:
-    import httpx
     import openai
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -82,36 +74,17 @@ def main() -> int:
     ap.add_argument("--out", default=str(REPO / "bench" / "results" / "batch_idle.json"))
     args = ap.parse_args()
     root = Path(tempfile.mkdtemp(prefix="keel-idle-"))
-    cfg = root / "keel.toml"
-    cfg.write_text(f'data_dir = "{root / "data"}"\nmodels_dir = "{REPO / ".keel" / "models"}"\n'
-                   f"[batch]\nenabled = true\nmax_workers = 1\nworker_threads = 2\n"
-                   f"idle_s = {args.idle_s}\n")
-    port = free_port()
-    env = {**os.environ, "KEEL_CONFIG": str(cfg)}
-    with (root / "gateway.log").open("wb") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-c", "from keel.cli.main import main; main()", "serve",
-             "--port", str(port)], env=env, stdout=subprocess.DEVNULL, stderr=log,
-            start_new_session=True)
-    base = f"http://127.0.0.1:{port}"
     result: dict[str, Any] = {
         "config": vars(args) | {"settings": "shipped defaults + [batch] enabled"},
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
                     "loadavg_start": os.getloadavg(),
                     "note": "shared machine: other agents' jobs ran at the same time"},
         "points": []}
+    proc, base, key = start_gateway(
+        root, f'data_dir = "{root / "data"}"\nmodels_dir = "{REPO / ".keel" / "models"}"\n'
+        f"[batch]\nenabled = true\nmax_workers = 1\nworker_threads = 2\n"
+        f"idle_s = {args.idle_s}\n")
     try:
-        deadline = time.time() + 120
-        while True:
-            try:
-                if httpx.get(base + "/healthz", timeout=2).status_code < 500:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.time() > deadline or proc.poll() is not None:
-                raise SystemExit((root / "gateway.log").read_text()[-3000:])
-            time.sleep(0.2)
-        key = (root / "data" / "admin.key").read_text().strip()
         client = openai.OpenAI(base_url=base + "/v1", api_key=key, max_retries=0,
                                timeout=60)
 
@@ -146,11 +119,7 @@ def main() -> int:
             time.sleep(args.idle_wait)
             cpu = point(f"{args.idle_wait:g} s after the last line of the {tag} batch", cpu)
     finally:
-        proc.terminate()
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop(proc)
         shutil.rmtree(root, ignore_errors=True)
     pts = result["points"]
     result["rss_growth_mb"] = {"first_batch": round(pts[2]["gateway_rss_mb"] - pts[0]

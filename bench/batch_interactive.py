@@ -37,38 +37,18 @@ import orjson
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from batch_idle import free_port  # noqa: E402
 from batch_throughput import body, documents, worker_pids  # noqa: E402
+from procs import start_gateway, stop  # noqa: E402
 
 QUESTION = "Name three colours of the rainbow."
 
 
-def start_gateway(root: Path, nice: int) -> tuple[subprocess.Popen[bytes], str, str]:
-    import httpx
-
-    cfg = root / "keel.toml"
-    cfg.write_text(f'data_dir = "{root / "data"}"\nmodels_dir = "{REPO / ".keel" / "models"}"\n'
-                   "[local]\ncontext = 2048\n"
-                   f"[batch]\nenabled = true\nmax_workers = 1\nworker_threads = 2\n"
-                   f"worker_slots = 4\nworker_nice = {nice}\nidle_s = 5\n")
-    port = free_port()
-    with (root / "gateway.log").open("wb") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-c", "from keel.cli.main import main; main()", "serve",
-             "--port", str(port)], env={**os.environ, "KEEL_CONFIG": str(cfg)},
-            stdout=subprocess.DEVNULL, stderr=log, start_new_session=True)
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 120
-    while True:
-        try:
-            if httpx.get(base + "/healthz", timeout=2).status_code < 500:
-                break
-        except httpx.HTTPError:
-            pass
-        if time.time() > deadline or proc.poll() is not None:
-            raise SystemExit((root / "gateway.log").read_text()[-3000:])
-        time.sleep(0.2)
-    return proc, base, (root / "data" / "admin.key").read_text().strip()
+def gateway(root: Path, nice: int) -> tuple[subprocess.Popen[bytes], str, str]:
+    return start_gateway(
+        root, f'data_dir = "{root / "data"}"\nmodels_dir = "{REPO / ".keel" / "models"}"\n'
+        "[local]\ncontext = 2048\n"
+        f"[batch]\nenabled = true\nmax_workers = 1\nworker_threads = 2\n"
+        f"worker_slots = 4\nworker_nice = {nice}\nidle_s = 5\n")
 
 
 def chats(client: Any, n: int) -> dict[str, Any]:
@@ -108,7 +88,7 @@ def main() -> int:
         "runs": []}
     for nice in (int(x) for x in args.nice.split(",")):
         root = Path(tempfile.mkdtemp(prefix="keel-interactive-"))
-        proc, base, key = start_gateway(root, nice)
+        proc, base, key = gateway(root, nice)
         try:
             client = openai.OpenAI(base_url=base + "/v1", api_key=key, max_retries=0,
                                    timeout=300)
@@ -133,11 +113,7 @@ def main() -> int:
             if still:
                 client.batches.cancel(b.id)
         finally:
-            proc.terminate()
-            try:
-                proc.wait(60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+            stop(proc, 60)
             shutil.rmtree(root, ignore_errors=True)
     result["machine"]["loadavg_end"] = os.getloadavg()
     Path(args.out).write_text(orjson.dumps(result, option=orjson.OPT_INDENT_2).decode())
