@@ -31,14 +31,22 @@ ROWS = [ex(f"What is the port of service {name}?", port) for name, port in
 
 def test_pii_is_scrubbed_from_prompts_and_corrections_before_anything_is_written(
         tmp_path: Path):
-    rows = [*ROWS, ex("Email jane.doe@example.com the invoice", "Sent to jane.doe@example.com",
-                      system="Support bot for Acme")]
-    ds = build(rows, [], Sanitizer(key=KEY), min_rows=8)
+    rows = [*ROWS, ex("Email jane.doe@example.com the invoice", "Sent.",
+                      system="Support bot for Acme"),
+            # an answer that is itself personal data is left out, not taught as a pseudonym
+            ex("Who is the account owner?", "Jane Doe, jane.doe@example.com"),
+            ex("Who is the account owner?", "The person named on the invoice.")]
+    ds = build(rows, [ex("Who signed?", "Marta Velez"), ex("Who signs?", "The owner")],
+               Sanitizer(key=KEY), min_rows=8)
     out = ds.write(tmp_path)
     text = "".join(p.read_text() for p in out.glob("*.jsonl"))
-    assert "jane.doe@example.com" not in text
+    assert "jane.doe@example.com" not in text and "<EMAIL_ADDRESS_" in text
     assert ds.scrubbed >= 2
     assert "Support bot for Acme" in text  # the system prompt is part of the prompt
+    assert "<PERSON_" not in text and "Marta" not in text and "Jane Doe" not in text
+    assert ds.pii_answers == 2 and "The person named on the invoice." in text
+    assert '"pii_answers_dropped": 1' not in (out / "meta.json").read_text()
+    assert '"pii_answers_dropped": 2' in (out / "meta.json").read_text()
     assert out.name == ds.hash and len(ds.hash) == 64
 
 

@@ -65,6 +65,7 @@ _COMMON = _words("""
 i i'm i'll i've i'd a an and the in on at of to for by with from as is it its be are was
 were will may can could would should shall might must do does did have has had not no
 yes but or if so then than that this these those there here what when where who whom why
+which whose whatever whichever
 how all any each every some such only own same very just also now new old good great
 best better first last next long young little big high low right left black white brown
 green gray grey gold silver rose hope joy faith grace mark bill art will may june april
@@ -256,7 +257,9 @@ class KeelNameRecognizer(EntityRecognizer):
             score = 0.45  # a mid-sentence capitalized word with diacritics
         if score == 0.0 or (common and not listed_first and cue not in _STRONG):
             return None
-        return run[0].start, run[-1].end, score
+        last = run[-1]
+        end = last.end - 1 if last.text.endswith(".") and not last.initial else last.end
+        return run[0].start, end, score  # a sentence's full stop is not part of the name
 
     def _lower_name(self, text: str, toks: list[_Tok],
                     i: int) -> tuple[tuple[int, int, float], int] | None:

@@ -90,7 +90,8 @@ def build_feedback() -> typer.Typer:
             ds, path = await lp.build_dataset(model)
             return {"hash": ds.hash, "path": str(path), "train": len(ds.train),
                     "eval": len(ds.eval), "regression": len(ds.regression),
-                    "scrubbed_entities": ds.scrubbed, "duplicates_dropped": ds.duplicates}
+                    "scrubbed_entities": ds.scrubbed, "duplicates_dropped": ds.duplicates,
+                    "pii_answers_dropped": ds.pii_answers}
 
         typer.echo(json.dumps(_with_loop(settings_from(ctx), go), indent=2))
 

@@ -58,6 +58,7 @@ class Dataset:
     regression: list[Example] = field(default_factory=list)
     scrubbed: int = 0  # PII entities replaced
     duplicates: int = 0
+    pii_answers: int = 0  # rows left out: their answer itself held PII
 
     @property
     def hash(self) -> str:
@@ -84,7 +85,8 @@ class Dataset:
         (tmp / "meta.json").write_bytes(orjson.dumps(
             {"hash": self.hash, "train": len(self.train), "eval": len(self.eval),
              "regression": len(self.regression), "scrubbed_entities": self.scrubbed,
-             "duplicates_dropped": self.duplicates}, option=orjson.OPT_INDENT_2))
+             "duplicates_dropped": self.duplicates,
+             "pii_answers_dropped": self.pii_answers}, option=orjson.OPT_INDENT_2))
         tmp.rename(out)
         return out
 
@@ -136,13 +138,23 @@ class _Scrub:
         self.entities = 0
 
     def __call__(self, text: str) -> str:
-        result = self.scrubber.sanitize(text)
-        self.entities += len(getattr(result, "entities", ()) or ())
-        return result.text
+        return self._run(text)[0]
 
-    def example(self, ex: Example) -> Example:
+    def _run(self, text: str) -> tuple[str, int]:
+        result = self.scrubber.sanitize(text)
+        found = len(getattr(result, "entities", ()) or ())
+        self.entities += found
+        return result.text, found
+
+    def example(self, ex: Example) -> Example | None:
+        """The scrubbed example, or None when the answer itself held PII: trained on, the
+        model would learn to answer with pseudonyms (``<PERSON_...>``) instead of facts,
+        and an answer that is personal data is not something to teach a shared model."""
+        answer, found = self._run(ex.answer)
+        if found:
+            return None
         return Example([{**m, "content": self(str(m.get("content") or ""))}
-                        for m in ex.messages], self(ex.answer))
+                        for m in ex.messages], answer)
 
 
 def _words(text: str) -> frozenset[str]:
@@ -221,9 +233,12 @@ def build(corrections: Iterable[Example], approved: Iterable[Example], scrubber:
     scrub = _Scrub(scrubber)
     seen: set[bytes] = set()
     rows: list[Example] = []
-    dupes = 0
-    for ex in corrections:
-        ex = scrub.example(ex)
+    dupes = pii = 0
+    for raw in corrections:
+        ex = scrub.example(raw)
+        if ex is None:
+            pii += 1
+            continue
         key = orjson.dumps([[_norm(str(m.get("content"))) for m in ex.messages],
                             _norm(ex.answer)])
         if key in seen:
@@ -231,12 +246,16 @@ def build(corrections: Iterable[Example], approved: Iterable[Example], scrubber:
             continue
         seen.add(key)
         rows.append(ex)
-    replay, regression = _replay_split([scrub.example(ex) for ex in approved],
+    liked = [scrub.example(ex) for ex in approved]
+    pii += sum(ex is None for ex in liked)
+    replay, regression = _replay_split([ex for ex in liked if ex is not None],
                                        replay_fraction)
     groups = clusters(rows)
     if len(rows) < min_rows or len(groups) < 2:
         raise InvalidRequest(
-            f"{len(rows)} distinct trainable corrections in {len(groups)} prompt cluster(s): "
+            f"{len(rows)} distinct trainable corrections in {len(groups)} prompt cluster(s)"
+            + (f" ({pii} more left out: their answer held personal data)" if pii else "")
+            + ": "
             f"a dataset needs at least {min_rows} rows in 2 or more clusters to hold some "
             "out for evaluation; collect more corrections first")
     # whole clusters go to eval, in an order fixed by their content, until the fraction
@@ -252,4 +271,5 @@ def build(corrections: Iterable[Example], approved: Iterable[Example], scrubber:
         eval_idx.update(g)
     train = [ex for i, ex in enumerate(rows) if i not in eval_idx] + replay
     held = [ex for i, ex in enumerate(rows) if i in eval_idx]
-    return Dataset(train, held, regression, scrubbed=scrub.entities, duplicates=dupes)
+    return Dataset(train, held, regression, scrubbed=scrub.entities, duplicates=dupes,
+                   pii_answers=pii)
