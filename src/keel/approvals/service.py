@@ -41,12 +41,13 @@ class ApprovalsService:
             self.runtime.after_launch(self.engine.reconcile)
         self.workflows: WorkflowService | None = None
         if settings.workflows.enabled:  # ASL executions share this DBOS runtime
-            from keel.workflows.interpreter import MAP_QUEUE
+            from keel.workflows.interpreter import MAP_QUEUE, MAP_QUEUE_POLL_S
             from keel.workflows.service import WorkflowService
 
             self.workflows = WorkflowService(self)
             self.runtime.queue(  # distributed Map items: every keel process serves them
-                MAP_QUEUE, worker_concurrency=settings.workflows.map_worker_concurrency)
+                MAP_QUEUE, worker_concurrency=settings.workflows.map_worker_concurrency,
+                polling_interval_s=MAP_QUEUE_POLL_S)
 
     async def _send(self, workflow_id: str, topic: str, message: dict[str, Any],
                     key: str) -> None:
@@ -62,7 +63,7 @@ class ApprovalsService:
         from keel.workflows import interpreter
 
         workflow.register(self.engine)
-        interpreter.register(self.engine, self._call_tool)
+        interpreter.register(self.engine, self._call_tool, self.runtime.wake_queue)
 
     async def _call_tool(self, execution_id: str, tool: str, arguments: Any) -> Any:
         caller = self.workflows.tool_caller if self.workflows is not None else None

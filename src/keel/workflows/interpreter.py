@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import random
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from keel.approvals import store
@@ -32,11 +33,15 @@ WORKFLOW_NAME = "keel.workflows.asl"
 BRANCH_NAME = "keel.workflows.asl.branch"
 DENIED_ERROR = "Approval.Denied"
 MAP_QUEUE = "keel.workflows.map"  # distributed Map items (see keel.approvals.runtime)
+# Its threads poll this rarely (items enqueued by other processes, recovery): a local
+# enqueue wakes this process's thread, and a local item's end frees a slot at once.
+MAP_QUEUE_POLL_S = 1.0
 
 __all__ = ["BRANCH_NAME", "WORKFLOW_NAME", "StateError", "TaskFailed", "register"]
 
 
-def register(engine: ApprovalEngine, tool_caller: tasks.ToolCaller | None = None) -> None:
+def register(engine: ApprovalEngine, tool_caller: tasks.ToolCaller | None = None,
+             wake_queue: Callable[[str], None] | None = None) -> None:
     from dbos import DBOS, SetWorkflowID
 
     @DBOS.step(name="keel.workflows.task")
@@ -133,7 +138,10 @@ def register(engine: ApprovalEngine, tool_caller: tasks.ToolCaller | None = None
             if opts.get("queued"):  # a distributed Map item: any keel process may run it
                 queue = await DBOS.retrieve_queue_async(MAP_QUEUE)
                 assert queue is not None, "registered at launch (DbosRuntime.launch)"
-                return await queue.enqueue_async(branch, defn, data, opts)
+                handle = await queue.enqueue_async(branch, defn, data, opts)
+                if wake_queue is not None:
+                    wake_queue(MAP_QUEUE)  # the queue polls rarely; local items start now
+                return handle
             return await DBOS.start_workflow_async(branch, defn, data, opts)
 
     def ports(opts: dict[str, Any]) -> Ports:
