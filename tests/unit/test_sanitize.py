@@ -118,3 +118,17 @@ def test_names_next_to_addresses_are_still_found(san: Sanitizer) -> None:
     text = "Kevin Harrison lives at 760 Passauer Strasse 33.\nDanielle: see you at 9"
     people = [v for t, v in found(san, text) if t == "PERSON"]
     assert people == ["Kevin Harrison", "Danielle"]
+
+
+@pytest.mark.parametrize("text", [
+    "Fe", "Which TCP port is it on?", "Whose API key is this?",
+])
+def test_symbols_and_question_words_are_not_people(san: Sanitizer, text: str) -> None:
+    assert [f for f in found(san, text) if f[0] == "PERSON"] == []
+
+
+def test_short_names_with_a_cue_and_the_full_stop_after_a_name(san: Sanitizer) -> None:
+    assert [v for t, v in found(san, "Ed called. Thanks, Al") if t == "PERSON"] == ["Ed", "Al"]
+    r = san.sanitize("The founder is Marta Velez.")
+    assert r.text.endswith(">.") and r.text.count("<PERSON_") == 1
+    assert san.sanitize("Marta Velez").text in r.text  # the same pseudonym either way

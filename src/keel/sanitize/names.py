@@ -233,9 +233,11 @@ class KeelNameRecognizer(EntityRecognizer):
         if all(t.text.isupper() and len(t.text.rstrip(".")) <= 3 for t in run):
             return None  # "APO AE", "AA": codes, not initials of a name
         cue = self._cue_before(text, toks, i)
+        after = self._cue_after(text, run[-1])
+        if len(run) == 1 and len(keys[0]) <= 2 and not (cue or after):
+            return None  # "Fe", "Ok", "Al" alone: symbols and abbreviations far more often
         listed_first = any(lex.is_first(k) for k in keys)
         listed_last = lex.is_last(keys[-1]) and keys[0] not in _COMMON
-        after = self._cue_after(text, run[-1])
         starts = _sentence_start(text, run[0].start)
         speaker = (_at_line_start(text, run[0].start) and len(run) <= 3
                    and text[run[-1].end:run[-1].end + 1] == ":"
@@ -304,8 +306,8 @@ class KeelNameRecognizer(EntityRecognizer):
     @staticmethod
     def _cue_after(text: str, last: _Tok) -> bool:
         tail = text[last.end:last.end + 12].lower()
-        return any(tail.startswith(c if c.startswith(("'", "\u2019")) else " " + c + " ")
-                   for c in _CUES_AFTER)
+        return any(tail.startswith(c) if c.startswith(("'", "\u2019"))
+                   else re.match(rf" {c}\b", tail) is not None for c in _CUES_AFTER)
 
 
 def _listed_with(text: str, a: _Tok, b: _Tok) -> bool:
