@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import os
 from collections.abc import Sequence
 from functools import partial
@@ -22,13 +24,17 @@ if TYPE_CHECKING:
     from keel.storage.migrations import Migration
 
 
+log = logging.getLogger("keel.batch")
+QUEUE = "keel.batch"
+
+
 class BatchCapability(Capability):
     name = "batch"
     every_worker = False  # its lines run only in workers serving its queue
 
     @classmethod
     def job_queues(cls, settings: Settings) -> Sequence[str]:
-        return ["keel.batch"]  # keel.batch.jobs.QUEUE (a test keeps them equal)
+        return [QUEUE]  # keel.batch.jobs.QUEUE (a test keeps them equal)
 
     @classmethod
     def enabled(cls, settings: Settings) -> bool:
@@ -63,6 +69,7 @@ class BatchCapability(Capability):
         self.service.enqueue = self.jobs.enqueue
         self.service.drop = self.jobs.cancel
         self.scaler: Scaler | None = None
+        self._warming: asyncio.Task[None] | None = None
         if s.batch.autoscale and not self.runtime.worker:
             from keel.batch.scaler import Scaler
 
@@ -94,6 +101,8 @@ class BatchCapability(Capability):
 
     async def start(self) -> None:
         if self.runtime.worker:
+            if QUEUE in self.runtime.served():  # load the first lines' model meanwhile
+                self._warming = asyncio.create_task(self._warm_up(), name="keel-batch-warm")
             return
         from keel.batch import schemas, store
 
@@ -107,7 +116,23 @@ class BatchCapability(Capability):
         if await self.ctx.db.run(store.active_batches):
             await self.service.resume()
 
+    async def _warm_up(self) -> None:
+        from keel.batch import store
+        from keel.batch.warm import warm_up
+        from keel.gateway.services import Services
+
+        try:
+            models = await self.ctx.db.run(store.queued_models)
+        except Exception as exc:  # nothing lost: the first line loads what it needs
+            log.warning("batch warm-up: could not read the queued lines: %s", exc)
+            return
+        await warm_up(self.ctx.components.get(Services), models)
+
     async def stop(self) -> None:
+        if self._warming is not None:
+            self._warming.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._warming
         await self.service.aclose()
         if self.scaler is not None:
             await self.scaler.aclose()

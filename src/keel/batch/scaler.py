@@ -35,8 +35,7 @@ POLL_S = 1.0
 
 def worker_command(settings: Settings) -> list[str]:
     b = settings.batch
-    cmd = [sys.executable, "-c", "from keel.cli.main import main; main()", "worker",
-           "--queues", QUEUE, "--idle-exit", f"{b.idle_s:g}"]
+    cmd = [sys.executable, "-m", "keel.jobs", "--queues", QUEUE, "--idle-exit", f"{b.idle_s:g}"]
     return ["nice", "-n", str(b.worker_nice), *cmd] if b.worker_nice else cmd
 
 

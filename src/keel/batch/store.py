@@ -289,6 +289,30 @@ def open_lines(c: Connection) -> int:
     return int(c.execute(q).scalar_one())
 
 
+def queued_models(c: Connection, limit: int = 8) -> list[tuple[str, bool]]:
+    """``(model, constrained)`` for the next open line of every active batch (at most
+    ``limit``, in batch order; ``constrained``: it asks for ``json_schema`` output): what a
+    worker that starts now will be asked to run first."""
+    q = (select(batches.c.id).where(batches.c.status.in_(ACTIVE))
+         .order_by(batches.c.created_at).limit(limit))
+    out: list[tuple[str, bool]] = []
+    for batch_id in c.execute(q).scalars():
+        body = c.execute(select(lines.c.body).where(and_(
+            lines.c.batch_id == batch_id, lines.c.status.in_(OPEN)))
+            .order_by(lines.c.line_no).limit(1)).scalar()
+        try:
+            doc = orjson.loads(body) if body else None
+        except orjson.JSONDecodeError:
+            doc = None
+        if not isinstance(doc, dict) or not isinstance(doc.get("model"), str):
+            continue
+        fmt = doc.get("response_format")
+        item = (doc["model"], isinstance(fmt, dict) and fmt.get("type") == "json_schema")
+        if item not in out:
+            out.append(item)
+    return out
+
+
 def queued_line_numbers(c: Connection, batch_id: str,
                         states: tuple[str, ...] = OPEN) -> list[int]:
     q = select(lines.c.line_no).where(and_(lines.c.batch_id == batch_id,

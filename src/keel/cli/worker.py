@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import os
-
 import typer
 
 from keel.cli.common import err_console, fail, settings_from
@@ -30,30 +27,15 @@ def register(app: typer.Typer) -> None:
         """Serve durable job queues next to the gateway (same data dir or the same
         Postgres), on this machine or another. Runs under an executor id of its own; if
         it dies, the gateway resumes its work."""
-        import logging
+        from keel.jobs.worker import run
 
-        from keel.jobs.worker import serve
-
-        # timestamped progress (ready, model loads, lines) on stderr: the worker's log
-        logging.basicConfig(format="%(asctime)s %(name)s %(levelname)s %(message)s")
-        logging.getLogger("keel").setLevel(logging.INFO)
         settings = settings_from(ctx)
-        if db:
-            settings.database_url = db
-            settings.approvals.system_database_url = db
         names = [q.strip() for q in queues.split(",") if q.strip()] if queues else None
 
-        def ready(served: list[str], executor: str) -> None:
-            err_console.print(f"worker {executor} (pid {os.getpid()}) serving "
-                              f"{', '.join(served) or 'no queues'} (Ctrl-C stops)",
-                              markup=False, highlight=False)
+        def say(line: str) -> None:
+            err_console.print(line, markup=False, highlight=False)
 
         try:
-            report = asyncio.run(serve(settings, queues=names, idle_exit_s=idle_exit,
-                                       on_ready=ready))
-        except KeyboardInterrupt:
-            return
+            run(settings, queues=names, idle_exit_s=idle_exit, db=db, say=say)
         except KeelError as exc:
             fail(exc.message)
-        err_console.print(f"worker {report.executor_id} exits: {report.exit_reason}",
-                          markup=False, highlight=False)

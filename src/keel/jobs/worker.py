@@ -109,3 +109,60 @@ async def serve(settings: Settings, *, queues: Sequence[str] | None = None,
                 reason = f"idle for {idle_exit_s:g} s"
                 break
         return WorkerReport(executor, served, time.monotonic() - t0, reason)
+
+
+def run(settings: Settings, *, queues: Sequence[str] | None, idle_exit_s: float | None,
+        db: str | None, say: Callable[[str], None]) -> WorkerReport | None:
+    """What ``keel worker`` does (both entry points): timestamped progress on stderr,
+    the shared database, serve until stopped; ``None`` on Ctrl-C."""
+    logging.basicConfig(format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logging.getLogger("keel").setLevel(logging.INFO)
+    if db:
+        settings.database_url = db
+        settings.approvals.system_database_url = db
+
+    def ready(served: list[str], executor: str) -> None:
+        say(f"worker {executor} (pid {os.getpid()}) serving "
+            f"{', '.join(served) or 'no queues'} (Ctrl-C stops)")
+
+    try:
+        report = asyncio.run(serve(settings, queues=queues, idle_exit_s=idle_exit_s,
+                                   on_ready=ready))
+    except KeyboardInterrupt:
+        return None
+    say(f"worker {report.executor_id} exits: {report.exit_reason}")
+    return report
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m keel.jobs``: the worker without the CLI around it. The batch scaler
+    spawns workers this way: building the whole ``keel`` command tree (every capability's
+    commands) cost about 0.5 s of each cold start."""
+    import argparse
+    import sys
+
+    from keel.config import load_settings
+    from keel.errors import KeelError
+
+    ap = argparse.ArgumentParser(prog="python -m keel.jobs",
+                                 description="Serve keel's durable job queues (keel worker).")
+    ap.add_argument("--queues", "-q", default=None, help="comma-separated queue names")
+    ap.add_argument("--idle-exit", type=float, default=None,
+                    help="exit after this many seconds with nothing queued or running")
+    args = ap.parse_args(argv)
+    if args.idle_exit is not None and args.idle_exit < 0:
+        ap.error("--idle-exit must be >= 0")
+    names = [q.strip() for q in args.queues.split(",") if q.strip()] if args.queues else None
+
+    def say(line: str) -> None:
+        print(line, file=sys.stderr, flush=True)
+
+    try:
+        settings = load_settings(None, strict_env=False)
+        run(settings, queues=names, idle_exit_s=args.idle_exit,
+            db=os.environ.get("KEEL_WORKER_DB"), say=say)
+    except KeelError as exc:
+        say(f"error: {exc.message}")
+        return 1
+    return 0
+

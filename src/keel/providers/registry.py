@@ -106,6 +106,12 @@ class ModelRegistry:
                                             precision=self.settings.local.embedder_precision)
         return self._embedder
 
+    @property
+    def built_embedder(self) -> Embedder | None:
+        """The built-in embedder if a capability has asked for it (its weights may still
+        be unloaded), else ``None``."""
+        return self._embedder
+
     def embedder_for(self, name: str) -> Embedder:
         """The embedder named in the model table ("" or the built-in MiniLM: the default).
 
