@@ -77,8 +77,7 @@ def main() -> int:
     result: dict[str, Any] = {
         "config": vars(args) | {"settings": "shipped defaults + [batch] enabled"},
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
-                    "loadavg_start": os.getloadavg(),
-                    "note": "shared machine: other agents' jobs ran at the same time"},
+                    "loadavg_start": os.getloadavg()},
         "points": []}
     proc, base, key = start_gateway(
         root, f'data_dir = "{root / "data"}"\nmodels_dir = "{REPO / ".keel" / "models"}"\n'

@@ -83,8 +83,7 @@ def main() -> int:
     result: dict[str, Any] = {
         "config": vars(args), "machine": {
             "cpus": os.cpu_count(), "python": platform.python_version(),
-            "loadavg_start": os.getloadavg(),
-            "note": "shared machine: other agents' jobs ran at the same time"},
+            "loadavg_start": os.getloadavg()},
         "runs": []}
     for nice in (int(x) for x in args.nice.split(",")):
         root = Path(tempfile.mkdtemp(prefix="keel-interactive-"))

@@ -246,8 +246,9 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--lines", "--docs", dest="lines", type=int, default=500)
     ap.add_argument("--doc-tokens", type=int, default=1000)
-    ap.add_argument("--out-tokens", type=int, default=160, help="max_tokens of each line "
-                    "(the schema's answers are about 100 tokens; the cap only stops runaways)")
+    ap.add_argument("--out-tokens", type=int, default=224, help="max_tokens of each line "
+                    "(the schema bounds an answer to ~550 characters, ~180 tokens: the cap "
+                    "only stops runaways; 160 cut some answers and their JSON with them)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--slots", type=int, default=4)
     ap.add_argument("--context", type=int, default=2048, help="context per slot")
@@ -288,8 +289,7 @@ def main() -> int:
                    ("lines", "doc_tokens", "out_tokens", "threads", "slots", "context",
                     "nice", "idle_s", "idle_wait")},
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
-                    "loadavg_start": loadavg(),
-                    "note": "shared machine: other agents' jobs ran at the same time"}}
+                    "loadavg_start": loadavg()}}
     print(f"raw xllamacpp: {args.lines} docs ...", file=sys.stderr, flush=True)
     result["raw"] = raw_in_child(args, args.lines, args.nice)
     result["raw"]["loadavg_after"] = loadavg()

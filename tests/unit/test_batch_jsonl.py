@@ -112,9 +112,15 @@ def test_grammar_text_matches_xllamacpp() -> None:
     """keel compiles the exact grammar llama.cpp gets (xllamacpp's converter)."""
     import xllamacpp
 
+    from keel.providers.llama_requests import constrained
+
     for schema in (SCHEMA, {"type": "frobnicate"}, {"type": "array", "items": {}}):
-        assert llama_grammar(schema) == xllamacpp.json_schema_to_grammar(schema)
+        assert llama_grammar(schema) == xllamacpp.json_schema_to_grammar(constrained(schema))
     check_compiles(SCHEMA, "line 1")
+    # compact JSON unless the schema sets llguidance's options itself
+    assert constrained(SCHEMA)["x-guidance"] == {"whitespace_flexible": False}
+    own = {**SCHEMA, "x-guidance": {"whitespace_flexible": True}}
+    assert constrained(own) is own
 
 
 def test_output_validation() -> None:

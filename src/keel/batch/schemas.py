@@ -23,9 +23,12 @@ JSON = dict[str, Any]
 
 
 def llama_grammar(schema: JSON) -> str:
-    """The grammar text xllamacpp's ``json_schema_to_grammar`` produces for ``schema``
-    (a test checks the two stay equal; importing xllamacpp in the gateway costs ~20 MB)."""
-    return "%llguidance {}\nstart: %json " + orjson.dumps(schema).decode()
+    """The grammar text xllamacpp's ``json_schema_to_grammar`` produces for ``schema`` as
+    the local provider sends it (:func:`keel.providers.llama_requests.constrained`; a test
+    checks the two stay equal; importing xllamacpp in the gateway costs ~20 MB)."""
+    from keel.providers.llama_requests import constrained
+
+    return "%llguidance {}\nstart: %json " + orjson.dumps(constrained(schema)).decode()
 
 
 def response_schema(body: JSON) -> JSON | None:

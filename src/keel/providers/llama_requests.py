@@ -191,6 +191,19 @@ def _stops(body: JSON) -> list[str]:
     raise WrongType("`stop` must be a string or a list of strings", param="stop")
 
 
+# llguidance (llama.cpp's grammar engine) allows free whitespace between JSON tokens by
+# default, and a small model falls into it: Gemma 3 270M wrote "\n \n \n..." after the
+# last value until max_tokens cut the JSON, on 23 of 40 documents of the batch bench.
+# Compact JSON (no whitespace between tokens) removed every such failure; a schema that
+# sets its own "x-guidance" options keeps them.
+COMPACT = {"whitespace_flexible": False}
+
+
+def constrained(schema: JSON) -> JSON:
+    """``schema`` as keel hands it to llama.cpp: compact JSON unless it says otherwise."""
+    return schema if "x-guidance" in schema else {**schema, "x-guidance": COMPACT}
+
+
 def _json_schema(body: JSON) -> JSON | None:
     fmt = body.get("response_format")
     if fmt is None:
@@ -269,7 +282,7 @@ def llama_request(
         req["stop"] = stops
     schema = _json_schema(body)
     if schema is not None:
-        req["json_schema"] = schema
+        req["json_schema"] = constrained(schema)
     return req
 
 
