@@ -73,7 +73,8 @@ def loadavg() -> float:
 
 
 def worker_pids() -> list[int]:
-    """Processes running ``keel worker --queues keel.batch`` (any parent)."""
+    """Processes serving ``--queues keel.batch``: ``python -m keel.jobs`` (how the scaler
+    starts them) or ``keel worker`` (any parent)."""
     out = []
     for d in os.listdir("/proc"):
         if not d.isdigit():
@@ -83,7 +84,7 @@ def worker_pids() -> list[int]:
                 cmd = fh.read().split(b"\0")
         except OSError:
             continue
-        if b"worker" in cmd and b"keel.batch" in cmd:
+        if (b"worker" in cmd or b"keel.jobs" in cmd) and b"keel.batch" in cmd:
             out.append(int(d))
     return out
 

@@ -38,8 +38,11 @@ class ScriptedCall:
             raise step
         if step == "hang":
             await asyncio.sleep(60)
-        return CallResult({"choices": [{"message": {"role": "assistant", "content": step}}]},
-                          "req_1", 10, 3, 0.0)
+        finish = "stop"
+        if step.startswith("cut:"):  # the model hit max_tokens
+            step, finish = step[4:], "length"
+        return CallResult({"choices": [{"message": {"role": "assistant", "content": step},
+                                        "finish_reason": finish}]}, "req_1", 10, 3, 0.0)
 
 
 @pytest.fixture
@@ -88,6 +91,22 @@ async def test_results_are_written_once_and_the_batch_completes_fake_llm(db: Dat
     t = db.transaction(lambda c: store.totals(c, bid))
     assert (t.schema_checked, t.schema_failures) == (2, 1)  # counted, not hidden
     assert (t.prompt_tokens, t.completion_tokens) == (20, 6)
+
+
+async def test_json_cut_by_max_tokens_goes_to_the_error_file_fake_llm(db: Database) -> None:
+    bid = make_batch(db, ["a", "b", "c"], schema=True)
+    call = ScriptedCall({"a": ['cut:{"n": 1'], "b": ['cut:{"n": 2}'], "c": ['{"n": 3}']})
+    r = runner(db, call)
+    assert [await r.run(bid, n) for n in (1, 2, 3)] == [store.FAILED, store.DONE, store.DONE]
+    out, err = files(db, bid)
+    assert call.calls == ["a", "b", "c"]  # not retried: the same request is cut the same way
+    # a complete answer that hit the limit exactly is still an answer
+    assert [o["custom_id"] for o in out] == ["b", "c"]
+    assert err[0]["custom_id"] == "a" and err[0]["response"]["status_code"] == 422
+    assert err[0]["error"]["code"] == "output_truncated"
+    assert "raise max_tokens" in err[0]["error"]["message"]
+    t = db.transaction(lambda c: store.totals(c, bid))
+    assert (t.schema_checked, t.schema_failures) == (2, 0)
 
 
 async def test_5xx_is_retried_then_succeeds_fake_llm(db: Database) -> None:

@@ -72,6 +72,12 @@ def output_text(endpoint: str, response: JSON) -> str:
     return str((choices[0].get("message") or {}).get("content") or "")
 
 
+def finish_reason(response: JSON) -> str | None:
+    choices = response.get("choices") or [{}]
+    reason = choices[0].get("finish_reason") if isinstance(choices[0], dict) else None
+    return reason if isinstance(reason, str) else None
+
+
 def _retryable(status: int) -> bool:
     return status == 429 or status >= 500
 
@@ -141,6 +147,14 @@ class LineRunner:
         schema = response_schema(body)
         text = output_text(endpoint, result.response)
         ok = None if schema is None else output_valid(schema, text)
+        if ok is False and finish_reason(result.response) == "length":
+            # cut by max_tokens before the JSON closed: not an answer to hand on as a
+            # success (every successful line validates); the error file says what to fix
+            return 422, {"code": "output_truncated", "type": "invalid_request_error",
+                         "message": "the JSON output reached max_tokens "
+                         f"({body.get('max_tokens', 'the default')}) before it was complete; "
+                         "raise max_tokens or bound the schema's strings and arrays"}, \
+                result.request_id
         await self.db.run(lambda c: store.finish_line(
             c, batch_id, line_no, status=store.DONE, status_code=200,
             response=result.response, error=None, request_id=result.request_id,
