@@ -218,13 +218,15 @@ async def test_json_schema_output(provider: LocalProvider, spec: ModelSpec) -> N
     assert isinstance(data["age"], int) and 0 <= data["age"] <= 150
 
 
-SUMMARY = {"type": "object", "properties": {
-    "title": {"type": "string", "maxLength": 60},
-    "summary": {"type": "string", "maxLength": 280},
-    "keywords": {"type": "array", "minItems": 3, "maxItems": 3,
-                 "items": {"type": "string", "maxLength": 24}},
-    "sentiment": {"enum": ["positive", "neutral", "negative"]}},
-    "required": ["title", "summary", "keywords", "sentiment"], "additionalProperties": False}
+TEXT = {"type": "string"}
+SUMMARY = {
+    "type": "object", "additionalProperties": False,
+    "required": ["headline", "abstract", "tags", "tone"],
+    "properties": {"headline": {**TEXT, "maxLength": 80}, "abstract": {**TEXT, "maxLength": 300},
+                   "tone": {"enum": ["positive", "neutral", "negative"]},
+                   "tags": {"type": "array", "minItems": 2, "maxItems": 4,
+                            "items": {**TEXT, "maxLength": 30}}},
+}
 DOCS = [
     "NASA Science. NASA Science explores the universe: planets, the sun, the earth and "
     "astrophysics missions.",
@@ -232,6 +234,8 @@ DOCS = [
     "a wartime veteran.",
     "Civil Hearing. A civil hearing is scheduled by the court clerk; bring your documents and "
     "arrive early.",
+    "Marriage license application. Both applicants must appear in person with identification "
+    "and pay the fee.",
 ]
 
 
@@ -240,7 +244,7 @@ DOCS = [
 async def test_structured_summaries_end_as_complete_json(provider: LocalProvider,
                                                           spec: ModelSpec) -> None:
     """With whitespace allowed between JSON tokens, the 270M model wrote the last value and
-    then "\n \n \n..." until max_tokens cut the JSON (the Veterans document, here)."""
+    then "\n \n \n..." until max_tokens cut the JSON (the 2nd and 4th documents, here)."""
     import jsonschema
 
     for doc in DOCS:
