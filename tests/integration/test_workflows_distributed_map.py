@@ -8,6 +8,7 @@ import os
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -31,6 +32,12 @@ def slow_square(payload, ctx):
 def register(registry):
     registry.register("slow_square", slow_square)
 '''
+
+
+def _collect(proc: subprocess.Popen[bytes], lines: list[str]) -> None:
+    assert proc.stdout is not None
+    for raw in proc.stdout:
+        lines.append(raw.decode(errors="replace"))
 
 
 @pytest.fixture
@@ -67,11 +74,15 @@ async def test_workers_in_other_processes_serve_a_distributed_map(
     await client.post("/v1/workflows/squares/executions", json={"input": [0]}, headers=h)
     worker = subprocess.Popen([KEEL, "workflows", "worker"], env=env, cwd=tmp_path,
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    lines: list[str] = []
+    reader = threading.Thread(target=_collect, args=(worker, lines), daemon=True)
+    reader.start()
     try:
-        deadline = time.monotonic() + 60
-        while not list((settings.data_dir / "executors").glob("keel-gateway-*.lock")):
-            assert worker.poll() is None, worker.stdout.read() if worker.stdout else b""
-            assert time.monotonic() < deadline, "the worker did not start"
+        # ready = its queue thread runs (the executor lock alone comes before DBOS launches)
+        deadline = time.monotonic() + 90
+        while not any("serving distributed Map items" in line for line in lines):
+            assert worker.poll() is None, "".join(lines)
+            assert time.monotonic() < deadline, f"the worker did not start: {lines}"
             await asyncio.sleep(0.1)
         items = list(range(16))
         r = await client.post("/v1/workflows/squares/executions", json={"input": items},
