@@ -116,6 +116,17 @@ async def test_bad_feedback_is_a_400_naming_the_field(
     assert (await client.get("/v1/feedback", headers=auth(key))).json()["data"] == []
 
 
+async def test_a_huge_correction_is_a_413_naming_the_setting_that_limits_it(
+        client: httpx.AsyncClient, services: Services):
+    key = services.keys.create("acme").secret
+    rid = await answer(client, key)
+    r = await client.post("/v1/feedback", headers=auth(key),
+                          json={"request_id": rid, "rating": -1, "correction": "x" * 2_000_000})
+    assert r.status_code == 413, r.text
+    assert "tuning.max_correction_chars" in r.json()["error"]["message"]
+    assert (await client.get("/v1/feedback", headers=auth(key))).json()["data"] == []
+
+
 async def test_apps_can_require_a_correction_with_every_thumbs_down(
         client: httpx.AsyncClient, services: Services, settings: Settings):
     settings.tuning.require_correction = True

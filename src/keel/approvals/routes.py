@@ -68,7 +68,7 @@ class ApprovalRoutes:
 
     async def create(self, request: Request) -> Response:
         p = await authenticate(self.svc, request)
-        body = parse_json(await read_body(request, 65536))
+        body = parse_json(await read_body(request, 65536, None))
         if not isinstance(body, dict):
             raise InvalidRequest("the body must be a JSON object (an action proposal)")
         # requested_by is never taken from the caller: the key (and the connection) say who
@@ -130,7 +130,7 @@ class ApprovalRoutes:
     async def decide_api(self, request: Request, approval_id: str) -> Response:
         p = await authenticate(self.svc, request)
         require_admin(p.admin or not self.svc.settings.auth_required)
-        body = parse_json(await read_body(request, 65536))
+        body = parse_json(await read_body(request, 65536, None))
         if not isinstance(body, dict) or body.get("decision") not in ("approve", "deny"):
             raise InvalidRequest("send {\"decision\": \"approve\"} or {\"decision\": \"deny\"}",
                                  param="decision")
@@ -182,7 +182,7 @@ class ApprovalRoutes:
         return resp
 
     async def decide_link(self, request: Request, ref: str) -> Response:
-        form = parse_qs((await read_body(request, 16384)).decode(errors="replace"))
+        form = parse_qs((await read_body(request, 16384, None)).decode(errors="replace"))
         token = (form.get("csrf") or [""])[0]
         cookie = request.cookies.get(CSRF_COOKIE, "")
         decision = (form.get("decision") or [""])[0]
@@ -207,7 +207,7 @@ class ApprovalRoutes:
         if secret is None:  # not configured: the endpoint does not exist (no 500)
             raise NotFound("Slack interactivity is not configured on this gateway (set "
                            "[approvals] slack_signing_secret)")
-        body = await read_body(request, 65536)
+        body = await read_body(request, 65536, None)
         try:
             slack.verify(secret.get_secret_value(),
                          request.headers.get("x-slack-request-timestamp"),

@@ -66,7 +66,8 @@ class BatchRoutes:
         if not request.headers.get("content-type", "").startswith("multipart/form-data"):
             raise UnsupportedMediaType("upload the file as multipart/form-data with the "
                                        "fields `file` and `purpose`")
-        raw = await read_body(request, self.b.settings.max_file_bytes + MULTIPART_OVERHEAD)
+        raw = await read_body(request, self.b.settings.max_file_bytes + MULTIPART_OVERHEAD,
+                              "batch.max_file_bytes")
         request._body = raw  # the form parser reads the body already taken
         async with request.form(max_files=1, max_fields=8) as form:
             purpose = form.get("purpose")
@@ -105,7 +106,7 @@ class BatchRoutes:
 
     async def create(self, request: Request) -> Response:
         p = await authenticate(self.svc, request)
-        body = parse_json(await read_body(request, 64 * 1024))
+        body = parse_json(await read_body(request, 64 * 1024, None))
         return ORJSONResponse(await self.b.create(p, body))
 
     async def list_batches(self, request: Request) -> Response:

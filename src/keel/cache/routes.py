@@ -38,7 +38,7 @@ class CacheAdminRoutes:
 
     async def flush(self, request: Request) -> Response:
         await self._admin(request)
-        body = parse_json(await read_body(request, 65536))
+        body = parse_json(await read_body(request, 65536, None))
         namespace = require(body, "namespace", str)
         tenant = check(body, "tenant", str)
         removed = await self.cache.flush(namespace, tenant)

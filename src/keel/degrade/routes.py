@@ -60,7 +60,7 @@ class DegradeAdminRoutes:
 
     async def set_ladder(self, request: Request) -> Response:
         actor = await self._actor(request)
-        body = parse_json(await read_body(request, MAX_BODY))
+        body = parse_json(await read_body(request, MAX_BODY, None))
         await self.dg.set_config(body, actor)
         return ORJSONResponse(self.dg.status())
 
@@ -71,7 +71,7 @@ class DegradeAdminRoutes:
 
     async def set_mode(self, request: Request) -> Response:
         actor = await self._actor(request)
-        body = parse_json(await read_body(request, MAX_BODY))
+        body = parse_json(await read_body(request, MAX_BODY, None))
         unknown = sorted(set(body) - {"mode", "duration_s"})
         if unknown:
             raise InvalidRequest(f"unknown field(s) {', '.join(unknown)}; send "

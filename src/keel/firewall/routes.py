@@ -62,7 +62,7 @@ class FirewallAdminRoutes:
 
     async def add_ban(self, request: Request) -> Response:
         await self._admin(request)
-        body = parse_json(await read_body(request, 65536))
+        body = parse_json(await read_body(request, 65536, None))
         client = _subject(check(body, "client", str) or "")
         hours = check(body, "hours", float)
         if hours is not None and hours < 0:

@@ -48,7 +48,7 @@ class AdminRoutes:
 
     async def create_key(self, request: Request) -> Response:
         await self._admin(request)
-        body = parse_json(await read_body(request, 65536))
+        body = parse_json(await read_body(request, 65536, None))
         tenant = require(body, "tenant", str)
         if not tenant.strip():
             raise InvalidRequest("field 'tenant' must not be empty", param="tenant")

@@ -28,8 +28,12 @@ def error_response(exc: KeelError, *, request_id: str | None = None) -> Response
     return ORJSONResponse(exc.to_dict(), status_code=exc.http_status, headers=headers or None)
 
 
-async def read_body(request: Request, limit: int) -> bytes:
-    """The request body, refusing anything over ``limit`` bytes without buffering it."""
+async def read_body(request: Request, limit: int,
+                    setting: str | None = "server.max_body_bytes") -> bytes:
+    """The request body, refusing anything over ``limit`` bytes without buffering it.
+    ``setting`` names what sets the limit, so the 413 says what to change (``None``: a
+    fixed limit of the endpoint)."""
+    source = f"set by {setting}" if setting else "this endpoint's fixed limit"
     declared = request.headers.get("content-length")
     if declared is not None:
         try:
@@ -38,8 +42,7 @@ async def read_body(request: Request, limit: int) -> bytes:
             size = -1
         if size > limit:
             raise PayloadTooLarge(
-                f"request body is {size} bytes; the limit is {limit} bytes "
-                "(server.max_body_bytes)"
+                f"request body is {size} bytes; the limit is {limit} bytes ({source})"
             )
         if size >= 0:
             return await request.body()
@@ -49,7 +52,7 @@ async def read_body(request: Request, limit: int) -> bytes:
         total += len(chunk)
         if total > limit:
             raise PayloadTooLarge(
-                f"request body exceeds the limit of {limit} bytes (server.max_body_bytes)"
+                f"request body exceeds the limit of {limit} bytes ({source})"
             )
         parts.append(chunk)
     return b"".join(parts)

@@ -106,7 +106,7 @@ class HiveFileRoutes:
         p = await authenticate(self.svc, request)
         expect = _expect(request, create=True)
         try:
-            data = await read_body(request, self.limit)
+            data = await read_body(request, self.limit, "hive.max_file_bytes")
         except PayloadTooLarge:
             raise PayloadTooLarge(f"a hive file is at most {self.limit} bytes ([hive] "
                                   "max_file_bytes); nothing was written") from None

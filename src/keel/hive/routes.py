@@ -70,7 +70,7 @@ class HiveRoutes:
 
     async def create(self, request: Request) -> Response:
         p = await self._who(request)
-        raw = await read_body(request, 65536)
+        raw = await read_body(request, 65536, None)
         body = parse_json(raw) if raw.strip() else {}
         unknown = sorted(set(body) - {"name", "ttl_s"})
         if unknown:
@@ -107,7 +107,7 @@ class HiveRoutes:
         end = request.query_params.get("end") in ("1", "true")
         ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if ctype == "application/json":
-            body = parse_json(await read_body(request, MAX_JSON))
+            body = parse_json(await read_body(request, MAX_JSON, None))
             items = body.get("records", [body]) if isinstance(body, dict) else None
             if not isinstance(items, list) or not items or not all(
                     isinstance(i, dict) and isinstance(i.get("data", ""), str)
@@ -202,7 +202,7 @@ class HiveRoutes:
 
     async def expand(self, request: Request) -> Response:
         p = await self._who(request)
-        body = parse_json(await read_body(request, MAX_JSON))
+        body = parse_json(await read_body(request, MAX_JSON, None))
         text = body.get("text")
         if not isinstance(text, str):
             raise WrongType("field 'text' must be a string holding hive:// references",
@@ -217,7 +217,7 @@ class HiveRoutes:
     async def gc(self, request: Request) -> Response:
         p = await self._who(request)
         require_admin(p.admin or not self.svc.settings.auth_required)
-        raw = await read_body(request, 4096)
+        raw = await read_body(request, 4096, None)
         body = parse_json(raw) if raw.strip() else {}
         dry = body.get("dry_run", True)
         if not isinstance(dry, bool):

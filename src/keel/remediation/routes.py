@@ -60,7 +60,7 @@ class RemediationRoutes:
         require_admin(p.admin or not self.svc.settings.auth_required)
 
     async def proxy(self, request: Request, service: str, path: str) -> Response:
-        body = await read_body(request, PROXY_BODY)
+        body = await read_body(request, PROXY_BODY, None)
         status, headers, data, version = await self.rm.router.forward(
             service, request.method, "/" + path, request.url.query,
             dict(request.headers), body)
@@ -79,7 +79,7 @@ class RemediationRoutes:
     async def weights(self, request: Request, service: str) -> Response:
         await self._admin(request)
         route = self.rm.router.route(service)
-        body = parse_json(await read_body(request, MAX_BODY))
+        body = parse_json(await read_body(request, MAX_BODY, None))
         weights = require(body, "weights", dict)
         for k, v in weights.items():
             if isinstance(v, bool) or not isinstance(v, int | float):
@@ -89,7 +89,7 @@ class RemediationRoutes:
 
     async def alerts(self, request: Request) -> Response:
         await self._admin(request)
-        body = parse_json(await read_body(request, MAX_BODY))
+        body = parse_json(await read_body(request, MAX_BODY, None))
         alerts = require(body, "alerts", list)
         out: list[dict[str, Any]] = []
         for i, a in enumerate(alerts):
@@ -113,7 +113,7 @@ class RemediationRoutes:
 
     async def open(self, request: Request) -> Response:
         await self._admin(request)
-        body = parse_json(await read_body(request, MAX_BODY))
+        body = parse_json(await read_body(request, MAX_BODY, None))
         unknown = sorted(set(body) - {"service", "reason"})
         if unknown:
             raise InvalidRequest(f"unknown field(s) {', '.join(unknown)}; send "

@@ -43,7 +43,8 @@ class TuningRoutes:
         principal = await authenticate(self.svc, request)
         t = self.feedback.settings
         limit = 4 * (t.max_correction_chars + t.max_comment_chars) + 4096
-        fb = parse_feedback(parse_json(await read_body(request, limit)), t)
+        fb = parse_feedback(parse_json(await read_body(
+            request, limit, "tuning.max_correction_chars and tuning.max_comment_chars")), t)
         out = await self.feedback.submit(principal, fb)  # a correction may start a round
         return ORJSONResponse(out, status_code=201 if out["created"] else 200)
 

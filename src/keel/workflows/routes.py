@@ -56,7 +56,8 @@ class WorkflowRoutes:
 
     async def _task_body(self, request: Request, allowed: set[str]) -> tuple[Any, dict[str, Any]]:
         p = await authenticate(self.svc, request)
-        body = parse_json(await read_body(request, self.wf.cfg.max_payload_bytes + 4096))
+        body = parse_json(await read_body(request, self.wf.cfg.max_payload_bytes + 4096,
+                                         "workflows.max_payload_bytes"))
         if not isinstance(body, dict) or not isinstance(body.get("taskToken"), str):
             raise InvalidRequest('send {"taskToken": "..."} (the $$.Task.Token the task got)',
                                  param="taskToken")
@@ -96,7 +97,8 @@ class WorkflowRoutes:
 
     async def put(self, request: Request, name: str) -> Response:
         p = await self._admin(request)
-        raw = await read_body(request, self.wf.cfg.max_definition_bytes)
+        raw = await read_body(request, self.wf.cfg.max_definition_bytes,
+                              "workflows.max_definition_bytes")
         out = await self.wf.put(name, raw, by=f"key:{p.key_id}")
         return ORJSONResponse(out)
 
@@ -113,7 +115,7 @@ class WorkflowRoutes:
         p = await authenticate(self.svc, request)
         limit = self.wf.cfg.max_payload_bytes
         try:
-            raw = await read_body(request, limit + 4096)
+            raw = await read_body(request, limit + 4096, "workflows.max_payload_bytes")
         except Exception as exc:
             size = int(request.headers.get("content-length") or 0) or limit + 4096
             raise payload_too_large("the request body", size, limit) from exc
@@ -148,7 +150,7 @@ class WorkflowRoutes:
 
     async def stop(self, request: Request, execution_id: str) -> Response:
         p = await authenticate(self.svc, request)
-        raw = await read_body(request, 65536)
+        raw = await read_body(request, 65536, None)
         body = parse_json(raw) if raw.strip() else {}
         if not isinstance(body, dict):
             raise InvalidRequest('send {"error": "...", "cause": "..."} or no body')

@@ -80,7 +80,7 @@ class PaymentRoutes:
 
     async def open_session(self, request: Request) -> Response:
         p, operator = await self._who(request)
-        raw = await read_body(request, 65536)
+        raw = await read_body(request, 65536, None)
         body = parse_json(raw) if raw.strip() else {}
         unknown = sorted(set(body) - {"agent", "tenant", "budget_usd", "max_calls", "ttl_s",
                                       "id"})
