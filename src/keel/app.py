@@ -85,11 +85,11 @@ def build_services(
     built: list[Capability] = []
     for cap in available:
         if not cap.enabled(settings):
-            components.disabled[cap.name] = cap.how_to_enable()
+            components.disable(cap.name, cap.how_to_enable(), cap.paths)
             continue
         if only is not None and cap.name not in only:
-            components.disabled[cap.name] = "not built in this worker process (it builds " \
-                "only what its queues need)"
+            components.disable(cap.name, "not built in this worker process (it builds only "
+                               "what its queues need)", cap.paths)
             continue
         missing = [r for r in cap.requires if r not in {b.name for b in built}]
         if missing:
@@ -221,7 +221,9 @@ def _install_error_handlers(app: FastAPI) -> None:
     async def http_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, StarletteHTTPException)
         if exc.status_code == 404:
-            return error_response(NotFound("no such endpoint; see /docs for the API"))
+            svc = getattr(request.app.state, "services", None)
+            off = svc.components.off_for_path(request.url.path) if svc is not None else None
+            return error_response(NotFound(off or "no such endpoint; see /docs for the API"))
         if exc.status_code == 405:
             allow = _allowed_methods(app, request) or (exc.headers or {}).get("Allow", "")
             return ORJSONResponse(

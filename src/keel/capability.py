@@ -117,6 +117,9 @@ class Capability:
     # shapes model calls (pipeline stages) must be, since jobs call models through the
     # pipeline. False for a capability that only serves HTTP or its own ``job_queues``.
     every_worker: ClassVar[bool] = True
+    # URL path prefixes of the routes it installs: a request for one while the capability
+    # is off gets a 404 that says how to turn it on, not "no such endpoint".
+    paths: ClassVar[tuple[str, ...]] = ()
 
     # -- known without an app ----------------------------------------------------------
 

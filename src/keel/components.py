@@ -28,6 +28,7 @@ class Components:
         self._by_type: dict[type, object] = {}
         self._owner: dict[type, str] = {}
         self.disabled: dict[str, str] = {}  # installed but off: name -> how to turn it on
+        self.disabled_paths: list[tuple[str, str]] = []  # (path prefix, capability name)
 
     def put(self, obj: object, *, owner: str, kind: type | None = None) -> None:
         """Register ``obj`` under its own type (or ``kind``); one provider per type."""
@@ -50,6 +51,18 @@ class Components:
                 f"{kind.__name__} is not available: the capability that provides it is "
                 f"disabled or not installed{off}")
         return cast("T", obj)
+
+    def disable(self, name: str, hint: str, paths: tuple[str, ...] = ()) -> None:
+        self.disabled[name] = hint
+        self.disabled_paths.extend((p.rstrip("/"), name) for p in paths)
+
+    def off_for_path(self, path: str) -> str | None:
+        """Why nothing serves ``path`` when a disabled capability owns it, else None."""
+        for prefix, name in self.disabled_paths:
+            if path == prefix or path.startswith(prefix + "/"):
+                return f"{path} belongs to the {name} capability, which is off: " \
+                       f"{self.disabled[name]}"
+        return None
 
     def owner(self, kind: type) -> str | None:
         return self._owner.get(kind)

@@ -116,7 +116,9 @@ async def test_each_capability_on_or_off(off: str | None, tmp_path: Path,
                 on = name != off
                 for path in parts["routes"]:
                     r = await c.get(path, headers={"authorization": f"Bearer {admin}"})
-                    missing = r.status_code == 404 and "no such endpoint" in r.text
+                    # off: a 404 that names the capability and how to turn it on
+                    missing = r.status_code == 404 and f"the {name} capability, which is " \
+                        "off" in r.text
                     assert missing is not on, (name, path, r.status_code, r.text[:200])
                 for stage in parts["stages"]:
                     assert (stage in stage_names) is on, (name, stage)

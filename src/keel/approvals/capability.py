@@ -19,6 +19,7 @@ if TYPE_CHECKING:
 
 class ApprovalsCapability(Capability):
     name = "approvals"
+    paths = ("/v1/approvals", "/approvals", "/v1/workflows", "/v1/executions", "/v1/tasks")
     uses = ("tools", "wallets")
     every_worker = False  # HTTP, plus the workflow Map queue (job_queues)
 

@@ -30,6 +30,7 @@ QUEUE = "keel.batch"
 
 class BatchCapability(Capability):
     name = "batch"
+    paths = ("/v1/batches", "/v1/files")
     every_worker = False  # its lines run only in workers serving its queue
 
     @classmethod

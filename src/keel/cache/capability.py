@@ -19,6 +19,7 @@ if TYPE_CHECKING:
 
 class CacheCapability(Capability):
     name = "cache"
+    paths = ("/v1/admin/cache",)
     # answers are keyed on the RAG index version and the tuned model version they came from
     uses = ("rag", "tuning")
 

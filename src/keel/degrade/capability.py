@@ -18,6 +18,7 @@ if TYPE_CHECKING:
 
 class DegradeCapability(Capability):
     name = "degrade"
+    paths = ("/v1/admin/degrade",)
 
     @classmethod
     def enabled(cls, settings: Settings) -> bool:

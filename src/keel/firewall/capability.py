@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 
 class FirewallCapability(Capability):
     name = "firewall"
+    paths = ("/v1/admin/firewall",)
 
     @classmethod
     def enabled(cls, settings: Settings) -> bool:

@@ -23,6 +23,7 @@ TEE_SLOT = Slot.EDGE + 50
 
 class HiveCapability(Capability):
     name = "hive"
+    paths = ("/v1/hive",)
 
     @classmethod
     def enabled(cls, settings: Settings) -> bool:

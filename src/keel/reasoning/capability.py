@@ -28,6 +28,7 @@ if TYPE_CHECKING:
 
 class ReasoningCapability(Capability):
     name = "reasoning"
+    paths = ("/v1/reasoning",)
     uses = ("firewall",)
 
     @classmethod

@@ -18,6 +18,7 @@ if TYPE_CHECKING:
 
 class RemediationCapability(Capability):
     name = "remediation"
+    paths = ("/v1/remediation", "/svc")
     uses = ("approvals",)
     every_worker = False  # its runs are workflows the gateway starts and recovers
 

@@ -18,6 +18,7 @@ if TYPE_CHECKING:
 
 class ToolsCapability(Capability):
     name = "tools"
+    paths = ("/mcp", "/v1/tools", "/v1/admin/tool-decisions")
     uses = ("firewall",)  # tool arguments and results meet the same firewall
     every_worker = False  # HTTP/MCP only; workflow Map items get it through approvals
 

@@ -46,6 +46,7 @@ class _LazyScrubber:
 
 class TuningCapability(Capability):
     name = "tuning"
+    paths = ("/v1/feedback", "/v1/admin/tuning")
     uses = ("degrade",)  # its stage serves the model the ladder picked
 
     @classmethod

@@ -19,6 +19,7 @@ if TYPE_CHECKING:
 
 class WalletsCapability(Capability):
     name = "wallets"
+    paths = ("/v1/fetch", "/v1/wallet", "/v1/admin/payments")
     uses = ("tools",)
     every_worker = False  # HTTP only
 
