@@ -90,6 +90,11 @@ async def test_fake_llm_feedback_on_someone_elses_or_unknown_request_is_404(
                               json={"request_id": req, "rating": -1, "correction": "x"})
         assert r.status_code == 404, r.text
         assert r.json()["error"]["param"] == "request_id"
+    # the body's completion id instead of keel's request id: the 404 says which to send
+    r = await client.post("/v1/feedback", headers=auth(acme), json={
+        "request_id": "chatcmpl-0123abcd", "rating": -1, "correction": "x"})
+    assert r.status_code == 404 and "x-keel-request-id" in r.text
+    assert "completion's own id" in r.json()["error"]["message"]
     # globex sees none of acme's feedback
     await client.post("/v1/feedback", headers=auth(acme),
                       json={"request_id": rid, "rating": -1, "correction": "8080"})

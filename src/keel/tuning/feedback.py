@@ -104,9 +104,13 @@ class FeedbackService:
             row = await self.db.run(lambda c: get_request(c, fb.request_id))
         # another tenant's request reads exactly like an unknown one: ids are not an oracle
         if row is None or (row["tenant"] != principal.tenant and not principal.admin):
+            hint = ("send the x-keel-request-id header of the answer you rate")
+            if fb.request_id.startswith(("chatcmpl-", "cmpl-")):  # the body's id, not keel's
+                hint = (f"{fb.request_id!r} is the completion's own id; {hint} (with the "
+                        "openai client: client.chat.completions.with_raw_response.create(...)"
+                        ".headers['x-keel-request-id'])")
             raise NotFound(f"no request {fb.request_id!r} of yours is in the request log; "
-                           "send the x-keel-request-id header of the answer you rate",
-                           param="request_id")
+                           f"{hint}", param="request_id")
         if row["status"] >= 400:
             raise InvalidRequest(f"request {fb.request_id!r} failed (status {row['status']}); "
                                  "only answers can be rated", param="request_id")
