@@ -41,6 +41,8 @@ class ReasoningUpstream:
     port: int = 0
     calls: Counter[str] = field(default_factory=Counter)  # "worker:SEED", "judge"
     bodies: list[dict[str, Any]] = field(default_factory=list)
+    in_flight: int = 0  # worker calls being answered now
+    peak_in_flight: int = 0
     _loop: asyncio.AbstractEventLoop | None = None
     _thread: threading.Thread | None = None
 
@@ -73,7 +75,12 @@ class ReasoningUpstream:
         if judge:
             await asyncio.sleep(self.judge_delay_s)
             return self._judge(body)
-        await asyncio.sleep(self.delay_s)
+        self.in_flight += 1
+        self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
+        try:
+            await asyncio.sleep(self.delay_s)
+        finally:
+            self.in_flight -= 1
         if self.fail_status:
             return web.json_response({"error": {"message": "scripted failure"}},
                                      status=self.fail_status)

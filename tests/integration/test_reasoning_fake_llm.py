@@ -245,6 +245,29 @@ async def test_transient_failures_are_retried_with_backoff_and_the_run_succeeds(
     assert len(retries) == 6 and all(0.005 <= e["delay_s"] <= 0.02 for e in retries)
 
 
+@pytest.mark.parametrize("max_concurrency", [10, 7])
+async def test_concurrent_runs_never_exceed_max_concurrency(
+        tmp_path: Path, max_concurrency: int) -> None:
+    # lanes run several samples each (10 -> 2 lanes of 5; 7, a prime, -> 7 lanes of 1):
+    # two runs of one reasoner together still sample at most max_concurrency at once
+    up = ReasoningUpstream(answers=["alpha", "beta"], delay_s=0.1).start()
+    try:
+        gw = Gateway(settings_for(tmp_path, up, [reasoner(n=20,
+                                                          max_concurrency=max_concurrency)]))
+        async with _client(gw) as c:
+            rs = await asyncio.gather(*(c.post("/v1/reasoning/runs", json={
+                "reasoner": "deep", "question": f"Q{i}?"}) for i in range(2)))
+            runs = [await gw.reasoning.wait(r.json()["id"]) for r in rs]
+        assert [r.status for r in runs] == ["succeeded", "succeeded"], [r.error for r in runs]
+        assert up.worker_calls == 40
+        assert up.peak_in_flight == max_concurrency  # the limit is reached, never passed
+        for run in runs:  # every sample ran once, under a slot number below the limit
+            assert sorted(s["index"] for s in run.samples) == list(range(20))
+            assert {s["lane"] for s in run.samples} <= set(range(max_concurrency))
+    finally:
+        up.stop()
+
+
 async def test_early_stop_cancels_the_rest_when_the_first_answers_agree(
         tmp_path: Path) -> None:
     up = ReasoningUpstream(answers=["Paris."], delay_s=0.05).start()

@@ -163,3 +163,12 @@ def test_virtual_models_are_added_by_capabilities_not_configured(tmp_path: objec
         reg.add_virtual(ModelSpec(name="reasoner/a", provider="virtual"))
     with pytest.raises(InvalidRequest, match="cannot be called directly"):
         reg.provider(reg.get("reasoner/a"))
+
+
+def test_lane_slots_divide_max_concurrency() -> None:
+    from keel.reasoning.durable import MAX_LANE_SLOTS, lane_slots
+
+    assert [lane_slots(c) for c in (1, 2, 4, 7, 10, 12, 25, 49, 50)] == [1, 2, 4, 1, 5, 4, 5,
+                                                                          1, 5]
+    for c in range(1, 200):
+        assert c % lane_slots(c) == 0 and lane_slots(c) <= MAX_LANE_SLOTS

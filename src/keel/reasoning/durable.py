@@ -1,14 +1,18 @@
 """Runs as DBOS workflows: one workflow per run, a few queued *lane* workflows per run.
 
-The run workflow enqueues ``min(max_concurrency, samples)`` lanes on its reasoner's queue
-(``keel.reasoning.<name>``, concurrency = the reasoner's ``max_concurrency`` across every
-process serving it, gateways and ``keel worker``s alike) under fixed ids
-(``<run>-l<lane>``), then follows the samples in the run store. A lane claims the run's
-next pending sample in the store (``running`` under its number), asks the model, records
-the answer, and claims the next one until none is left: every sample is still one
-gateway request, but a sample costs one claim and one write instead of a whole DBOS
-workflow (enqueue, dequeue, start and outcome rows), and a freed slot is used at once
-instead of at the queue's next poll.
+A run samples ``width = min(max_concurrency, affordable samples)`` at a time. Its workflow
+enqueues ``ceil(width / slots)`` lanes on its reasoner's queue (``keel.reasoning.<name>``)
+under fixed ids (``<run>-l<lane>``), then follows the samples in the run store. A lane
+has up to ``slots`` slots (see :func:`lane_slots`), each with a number of its own
+(``lane * slots + j``); a slot claims the run's next pending sample in the store
+(``running`` under the slot's number), asks the model, records the answer, and claims the
+next one until none is left. Every sample is still one gateway request, but it costs one
+claim and one write instead of a whole DBOS workflow (enqueue, dequeue, start and outcome
+rows), a freed slot is used at once instead of at the queue's next poll, and the DBOS
+rows of a lane are shared by its slots. The queue's concurrency is ``max_concurrency /
+slots`` lanes across every process serving it (gateways and ``keel worker``s alike), and
+no lane has more than ``slots`` slots, so at most ``max_concurrency`` samples of a
+reasoner run at once, whatever the number of runs.
 
 After a crash (kill -9) DBOS resumes the run workflow and the lanes (the enqueues replay
 with the same ids); a resumed lane first re-runs the sample it had claimed (its answer
@@ -43,6 +47,13 @@ COALESCE_S = 0.005  # one look for a burst of finished samples
 # The queue's threads poll this rarely (lanes enqueued by other processes, recovery); this
 # process wakes its own thread after enqueueing and when one of its lanes frees a slot.
 QUEUE_POLL_S = 1.0
+MAX_LANE_SLOTS = 5  # samples one lane runs at once, at most
+
+
+def lane_slots(max_concurrency: int) -> int:
+    """Slots per lane: the largest divisor of ``max_concurrency`` up to MAX_LANE_SLOTS, so
+    that the queue's lane limit times the slots is exactly ``max_concurrency``."""
+    return max(d for d in range(1, MAX_LANE_SLOTS + 1) if max_concurrency % d == 0)
 
 
 def queue_name(reasoner: str) -> str:
@@ -59,7 +70,7 @@ class DurableRuns:
         self.engine = engine
         self.runtime = runtime
         self._run_wf: Callable[[str], Coroutine[Any, Any, str]] | None = None
-        self._lane_wf: Callable[[str, int], Coroutine[Any, Any, int]] | None = None
+        self._lane_wf: Callable[..., Coroutine[Any, Any, int]] | None = None
         self._changed = asyncio.Event()
         self._runs: dict[str, Run] = {}  # runs fanning out here, for this process's lanes
         self._local: dict[str, list[SampleResult]] = {}  # their lanes' results, in order
@@ -70,7 +81,8 @@ class DurableRuns:
         self.loop: asyncio.AbstractEventLoop | None = None
         runtime.on_launch(self._register)
         for r in reasoners:
-            runtime.queue(queue_name(r.name), concurrency=r.max_concurrency,
+            runtime.queue(queue_name(r.name),
+                          concurrency=r.max_concurrency // lane_slots(r.max_concurrency),
                           polling_interval_s=QUEUE_POLL_S)
         engine.fanout = self.fanout
 
@@ -90,14 +102,31 @@ class DurableRuns:
             return (await engine.execute(run_id)).status
 
         @DBOS.workflow(name=LANE_WORKFLOW)
-        async def lane_workflow(run_id: str, lane: int) -> int:
-            return await self._on_app_loop(lane_body(run_id, lane))
+        async def lane_workflow(run_id: str, lane: int, slots: int = 1,
+                                first: int | None = None) -> int:
+            # slots numbered first .. first + slots - 1 (one slot numbered like the lane:
+            # lanes enqueued before lanes had several slots)
+            return await self._on_app_loop(lane_body(run_id, lane if first is None else first,
+                                                     slots))
 
-        async def lane_body(run_id: str, lane: int) -> int:
+        async def lane_body(run_id: str, first: int, slots: int) -> int:
             run = self._runs.get(run_id) or await engine.store.get(run_id, with_samples=False)
             if run is None or run.done:
                 return 0
             spec = engine.reasoner(run.reasoner)
+            # every slot runs to its end (a failing one must not orphan the others' claims);
+            # then the lane fails with the first error, as a one-slot lane would
+            outcomes = await asyncio.gather(*(slot_body(run, spec, first + j)
+                                              for j in range(slots)), return_exceptions=True)
+            for o in outcomes:
+                if isinstance(o, BaseException):
+                    raise o
+            return sum(o for o in outcomes if isinstance(o, int))
+
+        async def slot_body(run: Run, spec: ReasonerSpec, lane: int) -> int:
+            """One slot: claim, sample, record, until the run has nothing left (the store
+            calls a slot's number its lane)."""
+            run_id = run.id
             done = 0
             stored = await engine.store.claim(run_id, lane)
             while stored is not None:
@@ -149,9 +178,10 @@ class DurableRuns:
     async def _fanout(self, run: Run, spec: ReasonerSpec, indices: Sequence[int],
                       on_done: Callable[[SampleResult], Awaitable[bool]],
                       affordable: int) -> None:
+        width, per_lane = min(spec.max_concurrency, affordable), lane_slots(spec.max_concurrency)
         await self.runtime.enqueue_many(queue_name(spec.name), LANE_WORKFLOW, [
-            (lane_workflow_id(run.id, lane), (run.id, lane))
-            for lane in range(min(spec.max_concurrency, affordable))])
+            (lane_workflow_id(run.id, lane), (run.id, lane, min(per_lane, width - start), start))
+            for lane, start in enumerate(range(0, width, per_lane))])
         waiting = set(indices)
         local = self._local[run.id]
         look_at = 0.0  # when to read the store next (samples served by other processes)
