@@ -83,7 +83,7 @@ class Firewall:
                         break
                     rule = self.matcher.rules[index]
                     if skip(rule.id) or benign_framing(self._pattern(index), variant,
-                                                         rule.category):
+                                                         rule.category, rule.id):
                         continue
                     best = (index, rule)
                     break

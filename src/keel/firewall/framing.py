@@ -70,6 +70,65 @@ _DEFENSIVE_SUFFIX = re.compile(
     r"| ?(more than once|more than twice|unless|except when)\b")
 
 
+# Everyday English that some rules' phrases share with jailbreaks, told apart by what the
+# phrase is about: "not limited to commercial use" / "not bound by the decision" (legal and
+# policy text) against "not bound by any rules"; "no income limits" / "no special rules"
+# against "no ethical guidelines"; "API keys can be granted access to billing" against
+# making the model say "access granted". Checked on the occurrence itself, per rule id.
+_RULE_NOUN = (r"(rules?|guidelines?|polic(y|ies)|ethics|ethical|morals?|moral|laws?|"
+              r"restrictions?|filters?|filtering|principles|limitations|limits|boundaries|"
+              r"constraints|openai\S*|anthropic\S*|google\S*|chatgpt\S*|content|safety|"
+              r"standards|regulations|norms|anyone|anything|anybody|terms|tos|guardrails|"
+              r"programming|training|developers?|creators?|censorship|company|companies|"
+              r"ai|gpt\S*|model|humans?|morality|conscience|protocols?|instructions?)")
+_IS_RULE_NOUN = re.compile(_RULE_NOUN + r"$")
+_SENTENCE_END = re.compile(r"[.!?;:\n]")
+# "no <word> limits/rules/restrictions" is everyday ("no income limits", "no special rules")
+# unless a word in between speaks of ethics, AI, content or obeying
+_AMBIGUOUS_LIMIT = re.compile(r"(limits?|limitations?|restrictions?|rules?|filters?|"
+                              r"filtering|constraints)$")
+_LIMIT_TALK = re.compile(
+    r"(ethic\S*|moral\S*|content|safety|openai\S*|chatgpt\S*|gpt\S*|bard\S*|claude\S*|"
+    r"ai|ai's|llm\S*|model\S*|censor\S*|programm\S*|guideline\S*|polic\S*|legal\S*|"
+    r"social|any|all|whatsoever|adh?e+r\S*|heed\S*|regard\S*|follow\S*|obey\S*|"
+    r"conventional|usual|typical|normal|standard|imposed|predefined|pre-defined|default|"
+    r"artificial|such|kind|sort|built-in|human\S*|society's|societal|"
+    r"annoying|stupid|pesky|silly|boring)$")
+_NO_RESTRICTIONS_HEAD = re.compile(
+    r"^(no|without|free (of|from)|bypass(es|ing)?|beyond|outside|not (bound|restricted|"
+    r"limited|constrained) by|doesn'?t (have|follow|care about)|does not (have|follow|care "
+    r"about)|don'?t (have|follow|care about)|not (have|follow) any|lack of|rid of|released "
+    r"from|removed) ")
+_GRANTED_ACCESS_TO = re.compile(r"(be|been|being|is|are|was|were|get|gets|got) granted access"
+                                r" to\b")
+
+
+def everyday_usage(rule_id: str, text: str, start: int, end: int) -> bool:
+    """Is this occurrence of ``rule_id`` an everyday phrase rather than the attack one?"""
+    hit = text[start:end]
+    if rule_id == "jailbreak.not-restrained" and hit.split(" ", 1)[0] in (
+            "not", "never", "isn't", "isnt", "aren't", "arent", "no", "won't", "will",
+            "cannot"):
+        if not hit.endswith((" by", " to")):
+            return False
+        # the next six words of the sentence: none of them names a rule
+        after = _SENTENCE_END.split(text[end:end + 120], 1)[0]
+        words = [w.strip(",()\"'") for w in after.split()[:6]]
+        return bool(words) and not any(_IS_RULE_NOUN.match(w) for w in words)
+    if rule_id == "jailbreak.no-restrictions":
+        head = _NO_RESTRICTIONS_HEAD.match(hit)
+        if head is None:
+            return False
+        words = hit[head.end():].split(" ")
+        middle, last = words[:-1], words[-1]
+        return bool(middle) and _AMBIGUOUS_LIMIT.match(last) is not None and not any(
+            _LIMIT_TALK.match(w) for w in middle)
+    if rule_id == "hijack.access-granted":
+        window = text[max(0, start - 12):end + 4]
+        return _GRANTED_ACCESS_TO.search(window) is not None
+    return False
+
+
 def _compile(parts: tuple[str, ...]) -> re.Pattern[str]:
     return re.compile("(?:" + ")|(?:".join(parts) + ")")
 
@@ -134,13 +193,15 @@ def framed(text: str, start: int, end: int, category: str = "") -> bool:
     return _FRAME_ALL.search(prefix) is not None
 
 
-def benign_framing(pattern: re.Pattern[str], text: str, category: str = "") -> bool:
-    """True when ``pattern`` occurs in ``text`` and every occurrence is benignly framed."""
-    if category in _UNFRAMED:
-        return False
+def benign_framing(pattern: re.Pattern[str], text: str, category: str = "",
+                   rule_id: str = "") -> bool:
+    """True when ``pattern`` occurs in ``text`` and every occurrence is benignly framed
+    (or, for ``rule_id``, everyday usage of its phrase)."""
     found = False
     for m in pattern.finditer(text):
         found = True
+        if everyday_usage(rule_id, text, m.start(), m.end()):
+            continue
         if not framed(text, m.start(), m.end(), category):
             return False
     return found
