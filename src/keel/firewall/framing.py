@@ -106,10 +106,8 @@ _GRANTED_ACCESS_TO = re.compile(r"(be|been|being|is|are|was|were|get|gets|got) g
 def everyday_usage(rule_id: str, text: str, start: int, end: int) -> bool:
     """Is this occurrence of ``rule_id`` an everyday phrase rather than the attack one?"""
     hit = text[start:end]
-    if rule_id == "jailbreak.not-restrained" and hit.split(" ", 1)[0] in (
-            "not", "never", "isn't", "isnt", "aren't", "arent", "no", "won't", "will",
-            "cannot"):
-        if not hit.endswith((" by", " to")):
+    if rule_id == "jailbreak.not-restrained":
+        if not hit.endswith((" by", " to")):  # its other phrases ("system note") are attacks
             return False
         # the next six words of the sentence: none of them names a rule
         after = _SENTENCE_END.split(text[end:end + 120], 1)[0]
