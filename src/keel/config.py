@@ -88,6 +88,9 @@ class LocalModelSettings(Section):
     # the built-in MiniLM embedder; "int8" is ~2x faster but moves cosines by up to ~0.03
     # (bench/embedder_quality.py), which shifts cache decisions near the thresholds
     embedder_precision: Literal["int8", "fp32"] = "fp32"
+    # onnxruntime threads of the built-in embedder (0 = the cores this process may run
+    # on); a batch worker uses 1, since its llama.cpp threads already fill the cores
+    embedder_threads: int = Field(default=0, ge=0)
     # Nominal compute cost of the local model, so spend dashboards are never blank.
     input_usd_per_1m: float = 0.01
     output_usd_per_1m: float = 0.02

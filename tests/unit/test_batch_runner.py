@@ -160,3 +160,18 @@ async def test_cancel_skips_queued_lines_fake_llm(db: Database) -> None:
     b = db.transaction(lambda c: store.get_batch(c, bid, None))
     assert b is not None and b.status == store.BATCH_CANCELLED and call.calls == ["a"]
     assert db.transaction(lambda c: store.counts(c, bid)) == {"done": 1, "cancelled": 2}
+
+
+def test_workers_get_a_one_thread_embedder_unless_configured(tmp_path: Path) -> None:
+    """llama.cpp's threads fill a worker's cores; the embedder must not take them too."""
+    from keel.batch.scaler import worker_env
+    from keel.providers.registry import ModelRegistry
+
+    settings = load_settings(None, data_dir=str(tmp_path))
+    env = worker_env(settings)
+    assert env["KEEL_LOCAL__EMBEDDER_THREADS"] == "1"
+    worker_settings = load_settings(None, data_dir=str(tmp_path),
+                                    local={"embedder_threads": 1})
+    assert ModelRegistry(worker_settings).embedder().threads == 1  # type: ignore[attr-defined]
+    mine = load_settings(None, data_dir=str(tmp_path), local={"embedder_threads": 3})
+    assert worker_env(mine)["KEEL_LOCAL__EMBEDDER_THREADS"] == "3"

@@ -52,6 +52,9 @@ def worker_env(settings: Settings, config: Path | None = None) -> dict[str, str]
     env["KEEL_LOCAL__SLOTS"] = str(b.worker_slots)
     if b.worker_threads:
         env["KEEL_LOCAL__THREADS"] = str(b.worker_threads)
+    # llama.cpp's threads fill the worker's cores: an embedder thread pool as wide as the
+    # machine would preempt them mid-step (both pools wait on their own barriers)
+    env["KEEL_LOCAL__EMBEDDER_THREADS"] = str(settings.local.embedder_threads or 1)
     env["KEEL_LOCAL__IDLE_UNLOAD_S"] = "0"  # the worker's own exit frees the model
     env.setdefault("PYTHONUNBUFFERED", "1")
     return env

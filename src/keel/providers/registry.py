@@ -102,8 +102,10 @@ class ModelRegistry:
 
             from keel.providers.embeddings import MiniLMEmbedder
 
+            local = self.settings.local
             self._embedder = MiniLMEmbedder(self.settings.model_dir,
-                                            precision=self.settings.local.embedder_precision)
+                                            precision=local.embedder_precision,
+                                            threads=local.embedder_threads)
         return self._embedder
 
     @property
