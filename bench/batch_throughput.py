@@ -231,6 +231,9 @@ def run_queue(lines: bytes, workers: int, threads: int, slots: int, context: int
         "cpu_s_per_doc": cost["cpu_s_per_document"],
         "input_tokens": cost["input_tokens"], "output_tokens": cost["output_tokens"],
         "docs_per_min": round(n / wall * 60, 2),
+        # every line settled (output or error file): the raw path answers every document,
+        # including those the queue's firewall blocks or its JSON check rejects
+        "lines_per_min": round(len(lines.splitlines()) / wall * 60, 2),
         "docs_per_min_steady": cost["documents_per_min"],
         "output_tok_per_s": round(cost["output_tokens"] / wall, 2),
         "tok_per_s_steady": round((cost["input_tokens"] + cost["output_tokens"])
@@ -302,6 +305,7 @@ def main() -> int:
                       args.idle_wait)
         raw = result["raw"]
         q["vs_raw_docs_per_min"] = round(q["docs_per_min"] / raw["docs_per_min"], 3)
+        q["vs_raw_lines_per_min"] = round(q["lines_per_min"] / raw["docs_per_min"], 3)
         q["vs_raw_docs_per_min_steady"] = round(
             (q["docs_per_min_steady"] or 0) / raw["docs_per_min"], 3)
         q["loadavg_after"] = loadavg()
