@@ -197,16 +197,26 @@ def test_two_workers_each_workflow_is_recovered_by_exactly_one_process(
     proc, base = start(tmp_path, env, "--workers", "2")
     key = (tmp_path / "data" / "admin.key").read_text().strip()
     h = {"Authorization": f"Bearer {key}"}
-    n = 30
+    dbos = tmp_path / "data" / "dbos.sqlite"
+
+    def owners() -> set[str]:
+        with sqlite3.connect(dbos) as c:
+            return {r[0] for r in c.execute("select executor_id from workflow_status")}
+
     try:
         body = {"action": "pay", "amount": 5000, "risk_level": "HIGH", "reason": "r"}
-        ids = [httpx.post(base + "/v1/approvals", json={**body, "arguments": {"n": i}},
-                          headers=h, timeout=30).json()["id"] for i in range(n)]
-        time.sleep(1.0)
-        dbos = tmp_path / "data" / "dbos.sqlite"
-        with sqlite3.connect(dbos) as c:
-            owners = {r[0] for r in c.execute("select executor_id from workflow_status")}
-        assert "keel-gateway" in owners and len(owners) == 2, owners  # one id per worker
+        ids: list[str] = []
+        # /healthz answers once one worker listens; under load the second may still be
+        # starting, so keep creating (fresh connections) until both own workflows
+        deadline = time.monotonic() + 60
+        while len(ids) < 30 or len(owners()) < 2:
+            assert time.monotonic() < deadline, f"one worker took every request: {owners()}"
+            ids += [httpx.post(base + "/v1/approvals", json={**body, "arguments": {"n": i}},
+                               headers=h, timeout=30).json()["id"]
+                    for i in range(len(ids), len(ids) + 10)]
+            time.sleep(0.2)
+        n = len(ids)
+        assert "keel-gateway" in owners() and len(owners()) == 2, owners()  # one per worker
         kill9(proc)
         proc, base = start(tmp_path, env, "--workers", "2")
         with httpx.Client(base_url=base, headers=h, timeout=30) as c:
