@@ -280,3 +280,44 @@ async def test_two_handles_see_each_others_writes(opener: Opener) -> None:
     assert await b.delete_where({"p": "x"}) == 20
     assert await a.count(filters={"p": "x"}) == 0
     assert await a.count() == 21
+
+
+async def test_filtered_search_stays_exact_through_writes_by_two_handles(opener: Opener) -> None:
+    """Searches of one partition are interleaved with upserts, replacements, deletes and
+    flushes through two handles; every answer equals brute force over the live entries
+    (the usearch backend answers small partitions from a cached matrix it keeps current)."""
+    rng = np.random.default_rng(11)
+    a = opener()
+    await a.create(DIM)
+    b = opener()
+    await b.create(DIM)
+    live: dict[str, tuple[str, np.ndarray]] = {}  # id -> (partition, vector)
+    n = 0
+    for step in range(40):
+        writer = a if step % 2 else b
+        part = "p1" if step % 3 else "p2"
+        vecs = unit(rng, 8)
+        ids = [f"e{n + i}" for i in range(8)]
+        n += 8
+        if live and step % 4 == 0:  # replace an existing id, moving it to this partition
+            ids[0] = sorted(live)[step % len(live)]
+        await writer.upsert(ids, vecs, [{"p": part}] * 8)
+        live.update({i: (part, v) for i, v in zip(ids, vecs, strict=True)})
+        if step % 5 == 4:
+            gone = sorted(live)[: 3]
+            assert await writer.delete(gone) == 3
+            for i in gone:
+                del live[i]
+        if step == 30:
+            assert await writer.delete_where({"p": "p2"}) == sum(
+                1 for p, _ in live.values() if p == "p2")
+            live = {i: pv for i, pv in live.items() if pv[0] != "p2"}
+        for reader in (a, b):
+            q = unit(rng, 1)[0]
+            for wanted in ("p1", "p2"):
+                members = [(i, float(v @ q)) for i, (p, v) in live.items() if p == wanted]
+                members.sort(key=lambda m: -m[1])
+                hits = await reader.search(q, 5, filters={"p": wanted})
+                assert [h.id for h in hits] == [m[0] for m in members[:5]]
+                for h, (_, score) in zip(hits, members, strict=False):
+                    assert h.score == pytest.approx(score, abs=1e-4)
