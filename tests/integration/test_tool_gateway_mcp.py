@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 from zoneinfo import ZoneInfo
 
 import httpx
@@ -291,9 +292,30 @@ async def test_console_page_lists_decisions(stack: Stack) -> None:
         assert r.status_code == 200 and all(d["decision"] == "deny" for d in r.json()["data"])
 
 
-async def test_fast_path_answers_exactly_like_the_sdk(stack: Stack) -> None:
+MODERN = "2026-07-28"
+MODERN_META = {"io.modelcontextprotocol/protocolVersion": MODERN,
+               "io.modelcontextprotocol/clientInfo": {"name": "t", "version": "1"},
+               "io.modelcontextprotocol/clientCapabilities": {}}
+
+
+def _modern(body: dict, **extra: str) -> tuple[dict, dict[str, str]]:
+    """``body`` in the 2026-07-28 per-request envelope, with the routing headers the SDK's
+    client sends (``extra`` overrides or adds headers)."""
+    params = dict(body.get("params") or {})
+    params["_meta"] = MODERN_META
+    headers = {"mcp-protocol-version": MODERN, "mcp-method": body["method"]}
+    if body["method"] == "tools/call" and "name" in params:
+        headers["mcp-name"] = params["name"]
+    headers.update(extra)
+    return {**body, "params": params}, headers
+
+
+@pytest.mark.parametrize("era", ["handshake", "modern"])
+async def test_fast_path_answers_exactly_like_the_sdk(stack: Stack, era: str) -> None:
     """keel answers plain tools/call, tools/list and ping itself (no per-request SDK
-    transport); every answer, refusal and error must be the SDK's (decision ids aside)."""
+    transport), for handshake-era requests and for the 2026-07-28 envelope the SDK's own
+    client sends; every answer, refusal and error must be the SDK's, status included
+    (decision ids aside). Requests the fast path leaves to the SDK are in the list too."""
     await stack.svc.get(ToolGateway).reload()
     stack.clock[0] = datetime(2026, 3, 3, 11, 0, tzinfo=TZ)
     headers = {"authorization": f"Bearer {stack.key}", "x-keel-session": "sess-fast",
@@ -312,23 +334,45 @@ async def test_fast_path_answers_exactly_like_the_sdk(stack: Stack) -> None:
         {"jsonrpc": "2.0", "id": 6, "method": "tools/call", "params": {
             "name": "read_customer", "arguments": {"customer_id": "c2"}}},
     ]
+    requests: list[tuple[dict, dict[str, str]]] = []
+    if era == "modern":
+        requests = [_modern(b) for b in bodies]
+        call = bodies[2]
+        requests += [
+            _modern(call, **{"mcp-name": "read_customer"}),  # header disagrees with the body
+            (call, {"mcp-protocol-version": MODERN}),  # no envelope
+            _modern(call, **{"mcp-param-customer_id": "c1"}),  # Mcp-Param-* headers
+        ]
+    else:
+        requests = [(b, {}) for b in bodies]
     answers: dict[bool, list[tuple[int, str, bytes]]] = {}
+    to_sdk: list[int] = []
+    sdk = stack.endpoint._asgi
+
+    async def counting(scope: Any, receive: Any, send: Any) -> None:
+        to_sdk.append(1)
+        await sdk(scope, receive, send)
+
+    stack.endpoint._asgi = counting
     async with httpx.AsyncClient(base_url=stack.url, timeout=20) as http:
         for fast in (True, False):
             stack.endpoint.fast = fast
             try:
                 answers[fast] = []
-                for body in bodies:
-                    r = await http.post("/mcp", json=body, headers=headers)
+                for body, extra in requests:
+                    r = await http.post("/mcp", json=body, headers={**headers, **extra})
                     answers[fast].append((r.status_code, r.headers["content-type"], r.content))
             finally:
                 stack.endpoint.fast = True
+            if fast:  # the SDK gets the call without a tool name, and for 2026-07-28 the
+                # ping (not a method of that version) and the three malformed envelopes
+                assert len(to_sdk) == (5 if era == "modern" else 1)
+    stack.endpoint._asgi = sdk
     for fast_answer, sdk_answer in zip(answers[True], answers[False], strict=True):
         status, ctype, content = sdk_answer
         assert fast_answer[0] == status
         assert fast_answer[1].split(";")[0] == ctype.split(";")[0]
-        if status == 200:
-            assert _same_ids(fast_answer[2]) == _same_ids(content)
+        assert _same_ids(fast_answer[2]) == _same_ids(content)
     assert b"refunded 100 cents" in answers[True][2][2]
     assert b"-32003" in answers[True][3][2] and b"no-refunds-over-50" in answers[True][3][2]
 

@@ -8,10 +8,12 @@ the tool result. Malformed JSON-RPC is answered by the transport with JSON-RPC e
 Fast path: the SDK's stateless transport builds a transport, memory streams and a server
 task for every POST (several ms). keel is stateless and JSON-only, so a well-formed
 ``tools/call``, ``tools/list`` or ``ping`` request is answered here directly, with the same
-handlers and the same wire format (``by_alias``, ``exclude_none``; compared byte for byte
-with the SDK's answer in the tests). Everything else (``initialize``, notifications,
-batches, other protocol versions, malformed input) goes to the SDK unchanged, so its
-validation and error answers still apply.
+handlers and the same wire format (the SDK's own result shaping, HTTP status table and
+2026-07-28 envelope checks; compared byte for byte with the SDK's answer in the tests), for
+the handshake-era versions and for the 2026-07-28 per-request envelope that the SDK's own
+client sends by default. Everything else (``initialize``, notifications, batches,
+``Mcp-Param-*`` headers, unknown versions, malformed input) goes to the SDK unchanged, so
+its validation and error answers still apply.
 """
 
 from __future__ import annotations
@@ -21,13 +23,26 @@ from typing import Any
 
 import mcp_types as types
 import orjson
+from mcp.server.connection import Connection
 from mcp.server.context import ServerRequestContext
 from mcp.server.lowlevel import Server
+from mcp.server.runner import ServerRunner
 from mcp.server.streamable_http_manager import StreamableHTTPASGIApp, StreamableHTTPSessionManager
 from mcp.shared.exceptions import MCPError
+from mcp.shared.inbound import (
+    ERROR_CODE_HTTP_STATUS,
+    MCP_PARAM_HEADER_PREFIX,
+    InboundLadderRejection,
+    classify_inbound_request,
+    find_duplicated_routing_header,
+)
 from mcp_types import DEFAULT_NEGOTIATED_VERSION
 from mcp_types import methods as spec
-from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS
+from mcp_types.version import (
+    HANDSHAKE_PROTOCOL_VERSIONS,
+    LATEST_MODERN_VERSION,
+    MODERN_PROTOCOL_VERSIONS,
+)
 from pydantic import ValidationError
 from starlette.requests import Request
 from starlette.types import Message, Receive, Scope, Send
@@ -65,11 +80,16 @@ class McpEndpoint:
         self.gateway = gateway
         self.server: Server[Any] = Server("keel", version=__version__,
                                           on_list_tools=self._list_tools,
-                                          on_call_tool=self._call_tool)
+                                          on_call_tool=self._call_tool,
+                                          get_tool_input_schema=self._input_schema)
         self.manager = StreamableHTTPSessionManager(
             app=self.server, stateless=True, json_response=True,
             max_request_body_size=svc.settings.server.max_body_bytes)
         self._asgi = StreamableHTTPASGIApp(self.manager)
+        # The SDK's result shaping (per-version sieve, 2026-07-28 resultType and serverInfo
+        # stamp, cache hints); it reads only the server, not the connection.
+        self._shape = ServerRunner(self.server, Connection.from_envelope(
+            LATEST_MODERN_VERSION, None, None), None)._serialize
         self.max_body = svc.settings.server.max_body_bytes
         self.fast = True  # False: every request through the SDK (tests compare the two)
         gateway.on_start.append(self._start)
@@ -130,6 +150,8 @@ class McpEndpoint:
             return False
         method = msg["method"]
         version = _header(scope, b"mcp-protocol-version") or DEFAULT_NEGOTIATED_VERSION
+        if version in MODERN_PROTOCOL_VERSIONS and not _modern_envelope_ok(scope, msg):
+            return False
         try:
             spec.validate_client_request(method, version, params or {})
             if method == "tools/call":
@@ -147,14 +169,16 @@ class McpEndpoint:
                 out = listed.model_dump(by_alias=True, mode="json", exclude_none=True)
             else:
                 out = {}
-        except ValidationError:
-            return False  # the SDK words invalid params its own way
+        except (ValidationError, KeyError):
+            return False  # invalid params, or a method this version lacks: the SDK words it
         except MCPError as exc:
-            await _send_json(send, {"jsonrpc": "2.0", "id": rid, "error": exc.error.model_dump(
-                by_alias=True, mode="json", exclude_none=True)})
+            await _send_error(send, rid, exc, version)
             return True
-        # the SDK's per-version wire shape (drops fields the negotiated version lacks)
-        out = spec.serialize_server_result(method, version, out)
+        try:
+            out = self._shape(method, version, out)  # the SDK's per-version wire shape
+        except MCPError as exc:  # an invalid result (the SDK logged it); never run it twice
+            await _send_error(send, rid, exc, version)
+            return True
         await _send_json(send, {"jsonrpc": "2.0", "id": rid, "result": out})
         return True
 
@@ -172,6 +196,12 @@ class McpEndpoint:
                        input_schema=s.input_schema)
             for s, _ in self.gateway.tools.values()
         ])
+
+    def _input_schema(self, name: str) -> dict[str, Any] | None:
+        """For the SDK's ``Mcp-Param-*`` header checks (2026-07-28 requests); without it
+        the SDK ran the whole ``tools/list`` handler on every ``tools/call``."""
+        entry = self.gateway.tools.get(name)
+        return entry[0].input_schema if entry is not None else None
 
     async def _call_tool(self, ctx: ServerRequestContext[Any, Any],
                          params: types.CallToolRequestParams) -> types.CallToolResult:
@@ -207,7 +237,21 @@ def _fast_eligible(scope: Scope) -> bool:
     if _header(scope, b"content-type").split(";")[0].strip().lower() != "application/json":
         return False
     version = _header(scope, b"mcp-protocol-version")
-    return not version or version in HANDSHAKE_PROTOCOL_VERSIONS
+    return (not version or version in HANDSHAKE_PROTOCOL_VERSIONS
+            or version in MODERN_PROTOCOL_VERSIONS)
+
+
+def _modern_envelope_ok(scope: Scope, msg: dict[str, Any]) -> bool:
+    """A 2026-07-28 request the SDK would dispatch: routing headers given once and matching
+    the body, a valid ``_meta`` envelope, and no ``Mcp-Param-*`` headers (their checks
+    against the tool's schema stay the SDK's)."""
+    raw = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in scope["headers"]]
+    prefix = MCP_PARAM_HEADER_PREFIX.lower()
+    if find_duplicated_routing_header(raw) is not None or any(
+            k.startswith(prefix) for k, _ in raw):
+        return False
+    return not isinstance(classify_inbound_request(msg, headers=dict(raw)),
+                          InboundLadderRejection)
 
 
 async def _read_body(receive: Receive, limit: int) -> tuple[list[Message], bool]:
@@ -238,11 +282,19 @@ def _replay(messages: list[Message], receive: Receive) -> Receive:
     return replay
 
 
-async def _send_json(send: Send, payload: dict[str, Any]) -> None:
+async def _send_error(send: Send, rid: int | str, exc: MCPError, version: str) -> None:
+    """A JSON-RPC error; 2026-07-28 answers carry the SDK's HTTP status for its code."""
+    status = (ERROR_CODE_HTTP_STATUS.get(exc.error.code, 200)
+              if version in MODERN_PROTOCOL_VERSIONS else 200)
+    await _send_json(send, {"jsonrpc": "2.0", "id": rid, "error": exc.error.model_dump(
+        by_alias=True, mode="json", exclude_none=True)}, status)
+
+
+async def _send_json(send: Send, payload: dict[str, Any], status: int = 200) -> None:
     try:
         body = orjson.dumps(payload)
     except TypeError:
         body = orjson.dumps({"jsonrpc": "2.0", "id": payload.get("id"), "error": {
             "code": INTERNAL, "message": "tool result is not JSON-serialisable"}})
-    await send({"type": "http.response.start", "status": 200, "headers": JSON_HEADERS})
+    await send({"type": "http.response.start", "status": status, "headers": JSON_HEADERS})
     await send({"type": "http.response.body", "body": body})

@@ -24,9 +24,12 @@ from mcp import Client
 from mcp.client.stdio import StdioServerParameters, stdio_client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
+from mcp.shared.inbound import X_MCP_HEADER_KEY
+from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 
 from keel.errors import ConfigError, ToolFailed
 from keel.redaction import Redactor
+from keel.tools.mcp_http import ModernHttpCaller
 from keel.tools.settings import HttpToolSettings, McpServerSettings
 
 # the x402 MCP transport's _meta keys; HTTP tools speak x402 headers and are mapped onto them
@@ -59,6 +62,8 @@ class McpUpstream:
         self.name = cfg.name
         self.cfg = cfg
         self._client: Client | None = None
+        self._direct: ModernHttpCaller | None = None  # 2026-07-28 HTTP servers
+        self._direct_tools: frozenset[str] = frozenset()
         self._redact = Redactor(v.get_secret_value() for v in cfg.headers.values())
 
     def __repr__(self) -> str:  # never show headers (they may carry tokens)
@@ -92,6 +97,16 @@ class McpUpstream:
             page = await self._client.list_tools(cursor=cursor)
             tools.extend(page.tools)
             cursor = page.next_cursor
+        if cfg.url and self._client.protocol_version in MODERN_PROTOCOL_VERSIONS:
+            session = await stack.enter_async_context(aiohttp.ClientSession(
+                timeout=aiohttp.ClientTimeout(total=cfg.timeout_s),
+                headers={k: v.get_secret_value() for k, v in cfg.headers.items()}))
+            self._direct = ModernHttpCaller(self.name, cfg.url, self._client.protocol_version,
+                                            session)
+            # arguments mapped to Mcp-Param-* headers: the SDK derives those
+            self._direct_tools = frozenset(
+                t.name for t in tools if X_MCP_HEADER_KEY.encode() not in orjson.dumps(
+                    t.input_schema))
         return [ToolSpec(t.name, self.name, t.description or "", dict(t.input_schema),
                          cfg.spend_args.get(t.name)) for t in tools]
 
@@ -100,6 +115,8 @@ class McpUpstream:
         if self._client is None:
             raise ToolFailed(f"tool server {self.name!r} is not connected")
         try:
+            if self._direct is not None and tool in self._direct_tools:
+                return await self._direct.call(tool, arguments, meta)
             return await self._client.call_tool(tool, arguments, meta=meta)  # type: ignore[arg-type]
         except MCPError as exc:
             raise ToolFailed(f"tool server {self.name!r} refused {tool!r}: "
