@@ -90,5 +90,6 @@ class ToolRoutes:
 def install(app: FastAPI, svc: Services, gateway: ToolGateway) -> None:
     """Mount ``/mcp`` and the tool routes."""
     app.include_router(ToolRoutes(svc, gateway).router())
-    # A plain Route (not a Mount): "/mcp" itself must match without a slash redirect.
-    app.router.routes.append(Route("/mcp", endpoint=McpEndpoint(svc, gateway)))
+    # A plain Route (not a Mount): "/mcp" itself must match without a slash redirect. First
+    # in the table: matching it after every included router cost ~0.2 ms per MCP message.
+    app.router.routes.insert(0, Route("/mcp", endpoint=McpEndpoint(svc, gateway)))
