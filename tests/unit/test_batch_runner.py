@@ -5,6 +5,7 @@ cancel. The real model and real workers are covered in tests/integration."""
 from __future__ import annotations
 
 import asyncio
+import os
 from pathlib import Path
 from typing import Any
 
@@ -175,3 +176,22 @@ def test_workers_get_a_one_thread_embedder_unless_configured(tmp_path: Path) -> 
     assert ModelRegistry(worker_settings).embedder().threads == 1  # type: ignore[attr-defined]
     mine = load_settings(None, data_dir=str(tmp_path), local={"embedder_threads": 3})
     assert worker_env(mine)["KEEL_LOCAL__EMBEDDER_THREADS"] == "3"
+
+
+def test_workers_embed_in_int8_unless_told_otherwise(tmp_path: Path) -> None:
+    """The firewall screens every document in a worker; int8 halves that CPU (which comes
+    out of llama.cpp's decoding). "inherit" leaves [local] embedder_precision to decide."""
+    from keel.batch.scaler import worker_env
+    from keel.providers.registry import ModelRegistry
+
+    env = worker_env(load_settings(None, data_dir=str(tmp_path)))
+    assert env["KEEL_LOCAL__EMBEDDER_PRECISION"] == "int8"
+    worker = load_settings(None, data_dir=str(tmp_path), local={"embedder_precision": "int8"})
+    assert ModelRegistry(worker).embedder().precision == "int8"  # type: ignore[attr-defined]
+    fp32 = load_settings(None, data_dir=str(tmp_path), batch={"worker_embedder_precision": "fp32"})
+    assert worker_env(fp32)["KEEL_LOCAL__EMBEDDER_PRECISION"] == "fp32"
+    inherit = load_settings(None, data_dir=str(tmp_path),
+                            batch={"worker_embedder_precision": "inherit"})
+    assert "KEEL_LOCAL__EMBEDDER_PRECISION" not in worker_env(inherit) or \
+        worker_env(inherit)["KEEL_LOCAL__EMBEDDER_PRECISION"] == os.environ.get(
+            "KEEL_LOCAL__EMBEDDER_PRECISION")

@@ -218,6 +218,8 @@ async def test_int8_graph_is_cached_apart_and_stays_close_to_the_reference(
     # both graphs live side by side: switching precision back and forth rebuilds nothing
     stems = {p.name.split(".")[0] for p in cache_dir.glob("*.onnx")}
     assert stems == {MODEL_NAME, f"{MODEL_NAME}-int8"}
+    # its own name, so the cache and RAG keep int8 vectors in indexes of their own
+    assert int8.name == f"{MODEL_NAME}-int8" != MiniLMEmbedder(cache_dir).name
     expected = np.asarray(reference["embeddings"], dtype=np.float32)
     np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-5)
     cosine = np.sum(got * expected, axis=1)

@@ -55,6 +55,8 @@ def worker_env(settings: Settings, config: Path | None = None) -> dict[str, str]
     # llama.cpp's threads fill the worker's cores: an embedder thread pool as wide as the
     # machine would preempt them mid-step (both pools wait on their own barriers)
     env["KEEL_LOCAL__EMBEDDER_THREADS"] = str(settings.local.embedder_threads or 1)
+    if b.worker_embedder_precision != "inherit":
+        env["KEEL_LOCAL__EMBEDDER_PRECISION"] = b.worker_embedder_precision
     env["KEEL_LOCAL__IDLE_UNLOAD_S"] = "0"  # the worker's own exit frees the model
     env.setdefault("PYTHONUNBUFFERED", "1")
     return env

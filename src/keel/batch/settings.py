@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field
 
 from keel.settings_section import Section
@@ -26,5 +28,10 @@ class BatchSettings(Section):
     worker_threads: int = Field(default=0, ge=0)  # llama.cpp threads per worker; 0: cores
     worker_slots: int = Field(default=4, ge=1, le=64)  # lines one worker decodes together
     worker_nice: int = Field(default=10, ge=0, le=19)  # interactive chat keeps the CPU
+    # the built-in embedder in workers (the firewall's semantic layer screens every document
+    # there): int8 halves its CPU, which on a saturated machine comes out of llama.cpp's
+    # decoding, and leaves the firewall's decisions as they are (docs/batch.md); "inherit"
+    # uses [local] embedder_precision like the gateway
+    worker_embedder_precision: Literal["int8", "fp32", "inherit"] = "int8"
     # the local model's price for the cost comparison: CPU-seconds x this (a cloud vCPU)
     cpu_usd_per_hour: float = Field(default=0.045, ge=0)

@@ -365,7 +365,9 @@ class MiniLMEmbedder:
             raise ConfigError(f"max_batch must be at least 1, got {max_batch}")
         if threads < 0:
             raise ConfigError(f"threads must be 0 (all cores) or more, got {threads}")
-        self.name = MODEL_NAME
+        # int8 vectors are close to float32 ones but not the same: a name of their own keeps
+        # them in indexes of their own (the cache's, RAG's), never compared with float32 ones
+        self.name = _stem(precision)
         self.dim = DIM
         self.max_batch = max_batch
         self.threads = threads
