@@ -30,7 +30,11 @@ graph. ``bench/embedder_quality.py`` compares it with float32 on the shipped dat
 2x faster at batch 1 on one core, but each vector's cosine with its float32 twin is only
 0.98-0.99 (mean 0.994) and pair similarities move by 0.01 on average (0.03 at p99), so
 cache decisions near a threshold change (support-paraphrase recall 0.445 -> 0.402 at the
-balanced profile). Float32 stays the default; int8 is for operators who accept that.
+balanced profile). Float32 stays the gateway's default; int8 is for operators who accept
+that, and for batch workers, where the firewall's semantic layer (whose decisions int8
+leaves unchanged on the evaluation set) screens every document while llama.cpp needs the
+cores. An int8 embedder is named ``all-minilm-l6-v2-int8``, so its vectors are kept in
+indexes of their own.
 """
 
 from __future__ import annotations

@@ -228,7 +228,8 @@ def resolve_model_path(spec: ModelSpec, settings: Settings, *, progress: bool = 
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m keel.providers.model_files <dir>``: assemble the default model and build
-    the embedding graph, so the first request does not wait for either."""
+    the embedding graphs (float32 for the gateway, int8 for batch workers), so the first
+    request or batch does not wait for either."""
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 1 or args[0] in {"-h", "--help"}:
         print("usage: python -m keel.providers.model_files <model_dir>", file=sys.stderr)
@@ -237,7 +238,8 @@ def main(argv: list[str] | None = None) -> int:
         path = ensure_default_model(Path(args[0]), progress=True)
         from keel.providers.embeddings import graph_path, model_dir
 
-        print(graph_path(Path(args[0]), model_dir()))
+        for precision in ("fp32", "int8"):
+            print(graph_path(Path(args[0]), model_dir(), precision))
     except ModelFileError as exc:
         print(f"error: {exc.message}", file=sys.stderr)
         return 1
