@@ -214,10 +214,18 @@ class FirewallState:
         return w
 
     async def within_rate(self, subject: str, per_minute: int) -> bool:
-        """Count one request of a watched subject in the current minute; False past the limit."""
-        minute = int(time.time() // 60)
+        """Count one request of a watched subject; False past ``per_minute`` in the last
+        60 s. A sliding window: this minute's count plus the previous minute's, weighted by
+        how much of it is still inside the last 60 s (a plain per-minute counter let twice
+        the limit through around each minute boundary)."""
+        now = time.time()
+        minute = int(now // 60)
         n = await self.kv.incr(f"{RATE}{subject}:{minute}", 1, ttl_s=120)
-        return n <= per_minute
+        if n > per_minute:
+            return False
+        before = await self.kv.get(f"{RATE}{subject}:{minute - 1}")
+        carried = int(before) * (1.0 - (now % 60) / 60) if before else 0.0
+        return n + carried <= per_minute
 
     async def ban(self, client: str, reason: str, duration_s: float | None) -> Ban:
         now = time.time()
