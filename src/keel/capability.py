@@ -26,7 +26,7 @@ entry-point group.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import IntEnum
 from typing import TYPE_CHECKING, ClassVar, TypeVar
@@ -45,6 +45,7 @@ if TYPE_CHECKING:
     from keel.gateway.services import Services
     from keel.metering.metrics import GatewayMetrics
     from keel.ports.kv import KV
+    from keel.ports.provider import ChatProvider
     from keel.providers.registry import ModelRegistry
     from keel.storage.migrations import Migration
     from keel.storage.sql import Database
@@ -141,6 +142,14 @@ class Capability:
         """The job queues this capability declares on the runtime with these settings
         (a ``keel worker`` serving one of them builds this capability)."""
         return ()
+
+    @classmethod
+    async def prepare_worker(cls, settings: Settings,
+                             queues: Sequence[str]) -> Mapping[str, ChatProvider]:
+        """In a ``keel worker`` serving ``queues``, before it builds its services: start
+        what this capability's first jobs need (a model load) and return the providers
+        the build is to use, which keep what was started. Default: nothing."""
+        return {}
 
     @classmethod
     def cli_groups(cls) -> Sequence[CliGroup]:

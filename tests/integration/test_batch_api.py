@@ -247,3 +247,43 @@ def test_cli_submit_list_cancel_results(batch_settings: Settings, tmp_path: Path
         assert r.exit_code == 0 and "cancelled" in r.output
         r = run("results", batch_id)
         assert r.exit_code == 1 and "no output file" in r.output
+
+
+@pytest.mark.model
+def test_a_starting_worker_loads_the_queued_model_and_grammar_before_its_build(
+    batch_settings: Settings,
+) -> None:
+    import asyncio
+
+    from keel.batch.warm import preload_queued
+    from keel.providers.local import LocalProvider
+
+    batch_settings.batch.autoscale = False  # nobody serves the queue: lines stay queued
+    svc = build_services(batch_settings)
+    key = svc.keys.create("acme").secret
+    with serve_app(create_app(batch_settings, services=svc)) as base:
+        client = openai.OpenAI(base_url=base + "/v1", api_key=key, max_retries=0)
+        f = client.files.create(file=jsonl(sentiment("s1", "Lovely cafe, cheap coffee.")),
+                                purpose="batch")
+        client.batches.create(input_file_id=f.id, endpoint="/v1/chat/completions",
+                              completion_window="24h")
+
+    async def start() -> None:
+        providers = await preload_queued(batch_settings)
+        local = providers["local"]
+        assert isinstance(local, LocalProvider)
+        spec = svc.models.find("gemma-3-270m")
+        try:
+            assert local.is_loaded(spec)
+            # the grammar request is with llama.cpp, not awaited: the worker goes on
+            assert local.in_flight == 1
+            out = await local.chat({"model": spec.name, "temperature": 0, "max_tokens": 12,
+                                    "messages": [{"role": "user", "content": "Great!"}],
+                                    "response_format": {"type": "json_schema", "json_schema": {
+                                        "name": "s", "schema": SCHEMA}}}, spec)
+            assert output_valid(SCHEMA, out["choices"][0]["message"]["content"])
+            assert local.in_flight == 0
+        finally:
+            await local.aclose()
+
+    asyncio.run(start())

@@ -89,3 +89,40 @@ def test_worker_for_one_queue_builds_its_owner(tmp_path: Path, queue: str) -> No
              "keel.reasoning.deep": "reasoning"}[queue]
     assert owner in names
     assert "approvals" not in names  # nothing here uses it
+
+
+def test_a_worker_prepares_its_capabilities_before_it_builds_and_keeps_their_providers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import asyncio
+
+    import keel.app
+    from keel.jobs.worker import serve
+
+    events: list[Any] = []
+    sentinel = object()
+
+    class Prepared(Capability):
+        name = "prepared"
+
+        @classmethod
+        def job_queues(cls, settings: Settings) -> list[str]:
+            return ["test.prepared"]
+
+        @classmethod
+        async def prepare_worker(cls, settings: Settings, queues: Any) -> dict[str, Any]:
+            events.append(("prepare", list(queues)))
+            return {"local": sentinel}
+
+    class Stop(Exception):
+        pass
+
+    def build(settings: Settings, **kw: Any) -> Any:
+        events.append(("build", kw.get("providers")))
+        raise Stop
+
+    monkeypatch.setattr(keel.app, "build_services", build)
+    with pytest.raises(Stop):
+        asyncio.run(serve(make_settings(tmp_path), queues=["test.prepared"],
+                          capabilities=[Prepared]))
+    assert events == [("prepare", ["test.prepared"]), ("build", {"local": sentinel})]

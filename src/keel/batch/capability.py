@@ -7,7 +7,7 @@ import asyncio
 import contextlib
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from keel.batch.scaler import Scaler
     from keel.config import Settings
     from keel.gateway.services import Services
+    from keel.ports.provider import ChatProvider
     from keel.storage.migrations import Migration
 
 
@@ -46,6 +47,17 @@ class BatchCapability(Capability):
         from keel.batch import store
 
         return store.MIGRATIONS
+
+    @classmethod
+    async def prepare_worker(cls, settings: Settings,
+                             queues: Sequence[str]) -> Mapping[str, ChatProvider]:
+        # a tuned model's serving version (its adapter) resolves through the version
+        # registry, which exists once the services are built: start() warms those
+        if QUEUE not in queues or settings.tuning.enabled:
+            return {}
+        from keel.batch.warm import preload_queued
+
+        return await preload_queued(settings)
 
     @classmethod
     def cli_groups(cls) -> Sequence[CliGroup]:

@@ -1,16 +1,23 @@
 """Warm-up of a batch worker: load what the first line needs while the worker starts.
 
 A worker exists because lines are queued. Its start-up (imports, services, DBOS launch,
-the first claim) and the first line's lazy loads (the local model, the firewall's
-embedder session) used to run one after the other; started here, right after the
-services are built, the loads run on other threads while DBOS launches, so the first
-line finds them ready. The models are those of the queued lines, resolved the way the
-pipeline will (a promoted fine-tuned version brings its adapter), and only local ones are
-loaded: an upstream model has nothing to load. When the first line asks for
-``json_schema`` output, one constrained token is generated too: llama.cpp's grammar
-engine (llguidance) builds a trie of the model's vocabulary on its first use in a
-process, about 1.8 CPU-s for Gemma 3's 262k tokens (measured). A failed warm-up changes
-nothing: the line loads what it needs itself and reports the error there.
+the first claim) and the first line's lazy loads (the local model, llama.cpp's grammar
+engine, the firewall's embedder session) used to run one after the other. Two steps now:
+
+* :func:`preload_queued`, before the worker builds its services: read the queued lines'
+  models and load the local ones. Loading holds the GIL (xllamacpp's constructor), so
+  nothing else of the worker could run meanwhile anyway; but when the first line asks
+  for ``json_schema`` output, the one-token request that makes llama.cpp build its
+  grammar engine's token trie (on its first use in a process, ~1.5 s for Gemma 3's
+  262k-token vocabulary, on llama.cpp's thread without the GIL) then runs while the
+  worker builds its services and launches DBOS, instead of after them.
+* :func:`warm_up`, once the services run: whatever the first step did not load (models
+  of a tuned version, which resolve through the version registry) and the embedder.
+
+The models are those of the queued lines, resolved the way the pipeline will (a promoted
+fine-tuned version brings its adapter), and only local ones are loaded: an upstream model
+has nothing to load. A failed warm-up changes nothing: the line loads what it needs
+itself and reports the error there.
 """
 
 from __future__ import annotations
@@ -21,13 +28,12 @@ import time
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from keel.config import ModelSpec
+    from keel.config import ModelSpec, Settings
     from keel.gateway.services import Services
+    from keel.ports.provider import ChatProvider
 
 log = logging.getLogger("keel.batch")
 WARM_TEXT = "warm-up"
-WARM_SCHEMA = {"type": "object", "properties": {"ok": {"type": "boolean"}},
-               "required": ["ok"], "additionalProperties": False}
 
 
 async def _serving_spec(svc: Services, spec: ModelSpec) -> ModelSpec:
@@ -40,22 +46,68 @@ async def _serving_spec(svc: Services, spec: ModelSpec) -> ModelSpec:
     return spec.model_copy(update={"lora": v.adapter}) if v is not None else spec
 
 
-async def _load(provider: Any, spec: ModelSpec, constrained: bool) -> None:
-    await provider.preload(spec)
-    if constrained:  # llama.cpp builds its grammar engine's token trie on the first one
-        await provider.chat({"model": spec.name, "max_tokens": 1, "temperature": 0,
-                             "messages": [{"role": "user", "content": WARM_TEXT}],
-                             "response_format": {"type": "json_schema", "json_schema": {
-                                 "name": "warm", "schema": WARM_SCHEMA}}}, spec)
+def _merged(models: list[tuple[str, bool]]) -> list[tuple[str, bool]]:
+    """One entry per model, constrained when any of its lines is (batch order kept)."""
+    out: dict[str, bool] = {}
+    for name, constrained in models:
+        out[name] = out.get(name, False) or constrained
+    return list(out.items())
+
+
+async def preload_queued(settings: Settings) -> dict[str, ChatProvider]:
+    """Load the queued lines' local models (and start llama.cpp's grammar engine for
+    those whose first line asks for ``json_schema``) before the services exist; returns
+    the provider that holds them, for the worker's build to use."""
+    from keel.batch import store
+    from keel.providers.local import LocalProvider
+    from keel.providers.registry import ModelRegistry
+    from keel.storage.sql import Database
+
+    started = time.perf_counter()
+    try:
+        db = Database(settings.db_url)
+        try:
+            models = await db.run(store.queued_models)
+        finally:
+            db.dispose()
+    except Exception as exc:  # nothing lost: the first line loads what it needs
+        log.warning("batch warm-up: could not read the queued lines: %s", exc)
+        return {}
+    registry = ModelRegistry(settings)
+    local: LocalProvider | None = None
+    names: list[str] = []
+    for name, constrained in _merged(models):
+        if name not in registry:
+            continue
+        spec = registry.find(name)
+        if spec.provider != "local" or spec.kind != "chat":
+            continue
+        provider = registry.provider(spec)
+        if not isinstance(provider, LocalProvider):
+            continue
+        local = provider
+        try:
+            await provider.warm(spec, grammar=constrained)
+        except Exception as exc:
+            log.warning("batch warm-up of %s failed (the first line loads it): %s", name, exc)
+            continue
+        names.append(f"{name} (+ grammar, building)" if constrained else name)
+    if names:
+        log.info("batch warm-up before the build: %s in %.2f s", ", ".join(names),
+                 time.perf_counter() - started)
+    return {"local": local} if local is not None else {}
 
 
 async def warm_up(svc: Services, models: list[tuple[str, bool]]) -> list[str]:
-    """Load the local models of ``(model, constrained)`` (and, for constrained output,
-    llama.cpp's grammar engine) and the built embedder; returns what was warmed."""
+    """Load the local models of ``(model, constrained)`` that are not loaded yet (and,
+    for constrained output, start llama.cpp's grammar engine) and the built embedder;
+    returns what was warmed."""
+    from keel.providers.local import LocalProvider
+
     started = time.perf_counter()
     jobs: list[Any] = []
     names: list[str] = []
-    for name, constrained in models:
+    for name, constrained in _merged(models):
         if name not in svc.models:
             continue
         spec = svc.models.find(name)
@@ -63,9 +115,9 @@ async def warm_up(svc: Services, models: list[tuple[str, bool]]) -> list[str]:
             continue
         spec = await _serving_spec(svc, spec)
         provider = svc.models.provider(spec)
-        if hasattr(provider, "preload"):
-            jobs.append(_load(provider, spec, constrained))
-            names.append(f"{name} (+ grammar)" if constrained else name)
+        if isinstance(provider, LocalProvider) and not provider.is_loaded(spec):
+            jobs.append(provider.warm(spec, grammar=constrained))
+            names.append(f"{name} (+ grammar, building)" if constrained else name)
     embedder = svc.models.built_embedder
     if embedder is not None:
         jobs.append(embedder.embed([WARM_TEXT]))

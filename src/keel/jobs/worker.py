@@ -21,6 +21,7 @@ from keel.jobs.runtime import JobRuntime
 
 if TYPE_CHECKING:
     from keel.capability import Capability
+    from keel.ports.provider import ChatProvider
 
 ACTIVE = ["ENQUEUED", "PENDING"]
 log = logging.getLogger("keel.jobs")
@@ -70,15 +71,24 @@ async def serve(settings: Settings, *, queues: Sequence[str] | None = None,
     from keel.app import build_services, running
 
     extra = tuple(capabilities)
+    available = capabilities_mod.available(extra)
     only = None
     if queues is not None:  # build what these queues' jobs need, not every capability
-        only = {c.name for c in capabilities_mod.for_queues(
-            capabilities_mod.available(extra), settings, queues)}
+        picked = capabilities_mod.for_queues(available, settings, queues)
+        only = {c.name for c in picked}
+    else:
+        picked = [c for c in available if c.enabled(settings)]
     age = process_age_s()
     runtime = JobRuntime(settings, worker=True, queues=queues)
     t0 = time.monotonic()
     reason = "stopped"
-    svc = build_services(settings, jobs=runtime, capabilities=extra, only=only)
+    wanted = list(queues) if queues is not None else [
+        q for c in picked for q in c.job_queues(settings)]
+    providers: dict[str, ChatProvider] = {}
+    for cap in picked:  # e.g. a model load the first jobs need, started before the build
+        providers.update(await cap.prepare_worker(settings, wanted))
+    svc = build_services(settings, jobs=runtime, capabilities=extra, only=only,
+                         providers=providers or None)
     built = time.monotonic()
     async with running(svc):
         await runtime.ensure_started()
