@@ -4,7 +4,9 @@ For namespaces with a ``judge`` (a chat model from the model table), a semantic 
 that passes the balanced profile (cosine and contradiction checks) but not the strict one is
 served only when the judge answers "yes" to "do these two questions ask for the same
 answer?". The verdict is kept in the KV (both orders of the pair share it, for ``ttl_s``), so
-each pair is judged once; the judge call's cost is reported and subtracted from the savings.
+each pair is judged once per tenant: a verdict remembered across tenants would tell one
+tenant which questions another asked ("yes (remembered)"). The judge call's cost is reported
+and subtracted from the savings.
 A judge that fails or answers anything but yes/no counts as "no": the request is a miss.
 """
 
@@ -40,16 +42,16 @@ class Judge:
         self.ttl_s = ttl_s
 
     @staticmethod
-    def _key(model: str, a: str, b: str) -> str:
+    def _key(tenant: str, model: str, a: str, b: str) -> str:
         x, y = sorted((a, b))
         h = hashlib.blake2b(digest_size=16)
-        for part in (model, x, y):
+        for part in (tenant, model, x, y):
             h.update(len(part.encode()).to_bytes(4, "big"))
             h.update(part.encode())
         return _PREFIX + h.hexdigest()
 
-    async def same(self, model: str, query: str, cached: str) -> Verdict:
-        key = self._key(model, query, cached)
+    async def same(self, tenant: str, model: str, query: str, cached: str) -> Verdict:
+        key = self._key(tenant, model, query, cached)
         known = await self.kv.get(key)
         if known in ("yes", "no"):
             return Verdict(known == "yes", 0.0, True)

@@ -33,6 +33,13 @@ class NamespaceSettings(Section):
             raise ValueError(f"threshold must be a cosine similarity in [0.5, 1], got {v}")
         return v
 
+    @field_validator("ttl_s")
+    @classmethod
+    def _ttl(cls, v: float | None) -> float | None:
+        if v is not None and v <= 0:  # entries would expire as they are written
+            raise ValueError(f"ttl_s must be positive, got {v}")
+        return v
+
 
 class CacheSettings(Section):
     enabled: bool = True

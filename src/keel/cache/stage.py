@@ -180,7 +180,8 @@ class CacheStage:
             if (reason is None and judge and self.judge is not None
                     and cand.entry.query is not None
                     and not self._strict_accepts(key.query, cand.entry.query, cand.similarity)):
-                verdict = await self.judge.same(judge, key.query, cand.entry.query)
+                verdict = await self.judge.same(plan.tenant, judge, key.query,
+                                                cand.entry.query)
                 judge_usd += verdict.usd
                 ctx.response_headers["x-keel-cache-judge"] = (
                     ("yes" if verdict.same else "no") + (" (remembered)" if verdict.cached else ""))
