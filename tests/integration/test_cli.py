@@ -285,3 +285,25 @@ def test_cache_eval_profiles_on_the_support_set(config: Path) -> None:
     assert code == 0 and "95% intervals: recall" in out, out
     code, out = run(config, "cache", "eval", str(pairs), "--profile", "[loose]")
     assert code == 1 and "--profile must be one of: strict, balanced" in out and "[loose]" in out
+
+
+def test_serve_takes_config_and_a_setting_only_the_build_checks_is_a_clean_error(
+    tmp_path: Path,
+) -> None:
+    import socket
+    import subprocess
+    import sys
+
+    config = tmp_path / "keel.toml"
+    config.write_text(f'data_dir = "{tmp_path / "data"}"\n'
+                      "[firewall]\nsemantic = false\n[cache]\njudge = \"nope\"\n")
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]
+    proc = subprocess.run(
+        [sys.executable, "-m", "keel.cli.main", "serve", "--config", str(config),
+         "--host", "127.0.0.1", "--port", str(port)],
+        capture_output=True, text=True, timeout=120, env={**os.environ, "COLUMNS": "200"})
+    assert proc.returncode == 1, proc.stderr
+    assert "error: cache judge 'nope' must be a chat model" in proc.stderr
+    assert "Traceback" not in proc.stderr and "│" not in proc.stderr + proc.stdout

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import typer
 
@@ -14,10 +15,16 @@ from keel.storage.private_files import private_dir
 
 def factory() -> object:
     """uvicorn app factory: every worker builds its own app from the same settings."""
+    import sys
+
     from keel.app import create_app
     from keel.config import load_settings
 
-    app = create_app(load_settings())
+    try:
+        app = create_app(load_settings())
+    except KeelError as exc:  # a setting only the build can check (a model name, a URL)
+        print(f"error: {exc.message}", file=sys.stderr, flush=True)
+        raise SystemExit(1) from None
     _tune_runtime()
     return app
 
@@ -91,8 +98,12 @@ def register(app: typer.Typer) -> None:
                                            help="Worker processes (state is shared via "
                                                 "SQLite/Redis)."),
         log_level: str = typer.Option("info", "--log-level"),
+        config: Path | None = typer.Option(None, "--config", "-c", dir_okay=False,
+                                           help="Path to keel.toml (as `keel --config`)."),
     ) -> None:
         """Run the OpenAI-compatible gateway."""
+        if config is not None:
+            ctx.obj = {**(ctx.obj or {}), "config": config}
         overrides = {"server.host": host, "server.port": port, "server.workers": workers}
         settings = settings_from(ctx, strict_env=True, **overrides)
         busy = port_in_use(settings.server.host, settings.server.port)
@@ -113,7 +124,7 @@ def register(app: typer.Typer) -> None:
         import uvicorn
 
         s = settings.server
-        console.print(f"keel gateway on http://{s.host}:{s.port} "
+        console.print(f"starting the keel gateway on http://{s.host}:{s.port} "
                       f"(workers={s.workers}, console: /console, API: /v1)")
         uvicorn.run(
             "keel.cli.serve:factory", factory=True, host=s.host, port=s.port,
