@@ -285,6 +285,9 @@ def test_cache_eval_profiles_on_the_support_set(config: Path) -> None:
     assert code == 0 and "95% intervals: recall" in out, out
     code, out = run(config, "cache", "eval", str(pairs), "--profile", "[loose]")
     assert code == 1 and "--profile must be one of: strict, balanced" in out and "[loose]" in out
+    for bad in ("1.5", "-3"):  # "precision 1.000" over 0 hits said nothing useful
+        code, out = run(config, "cache", "eval", str(pairs), "--threshold", bad)
+        assert code == 1 and "--threshold must be a cosine similarity in [0.5, 1]" in out
 
 
 def test_serve_takes_config_and_a_setting_only_the_build_checks_is_a_clean_error(

@@ -106,6 +106,8 @@ def build() -> typer.Typer:
 
             fail(f"--profile must be one of: {', '.join(DEFAULT_THRESHOLD)} "
                  f"(got {escape(repr(profile))})")
+        if threshold is not None and not 0.5 <= threshold <= 1.0:  # as the config allows
+            fail(f"--threshold must be a cosine similarity in [0.5, 1], got {threshold}")
         ns = NamespaceSettings.model_validate({"profile": profile})
         prof = settings.cache.profile_for(ns)
         th = settings.cache.threshold_for(ns) if threshold is None else threshold
