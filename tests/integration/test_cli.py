@@ -84,6 +84,7 @@ def test_chat_against_running_gateway_streams(config: Path, fake_upstream: FakeU
         code, out = run(config, "chat", "hi", "--model", "fake-gpt", "--url", base)
     assert code == 0, out
     assert fake_upstream.reply in out
+    assert "tokens in," in out and "usage None" not in out  # the stream's token counts
     code, out = run(config, "chat", "hi", "--url", "http://127.0.0.1:9")
     assert code == 1 and "no keel gateway" in out
 

@@ -63,6 +63,8 @@ def register(app: typer.Typer) -> None:
             + [{"role": "user", "content": prompt}],
             "max_tokens": max_tokens, "temperature": temperature, "stream": not no_stream,
         }
+        if not no_stream:  # the last chunk then carries the token counts for the footer
+            body["stream_options"] = {"include_usage": True}
         with contextlib.ExitStack() as stack:
             if not _reachable(base):
                 if url:
@@ -116,4 +118,11 @@ def _check(r: httpx.Response) -> None:
 
 def _footer(headers: httpx.Headers, usage: object) -> None:
     rid = headers.get("x-keel-request-id", "?")
-    err_console.print(styled((f"request {rid} · usage {usage}", "dim")))
+    line = f"request {rid}"
+    if isinstance(usage, dict):
+        line += (f" · {usage.get('prompt_tokens', '?')} tokens in, "
+                 f"{usage.get('completion_tokens', '?')} out")
+    cache = headers.get("x-keel-cache")
+    if cache:
+        line += f" · cache {cache}"
+    err_console.print(styled((line, "dim")))
