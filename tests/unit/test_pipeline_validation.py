@@ -84,6 +84,8 @@ def test_duplicate_stage_names_rejected() -> None:
           "response_format": {"type": "json_schema"}}, InvalidRequest, "schema"),
         ({"model": "m", "messages": [{"role": "user", "content": "x"}], "max_tokens": True},
          WrongType, "integer"),
+        ({"model": "m", "messages": [{"role": "user", "content": "x"}], "max_tokens": 1e20},
+         WrongType, "100000000000000000000, which is too large"),
     ],
 )
 def test_chat_validation_messages(body: dict, exc: type[KeelError], needle: str) -> None:

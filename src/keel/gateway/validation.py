@@ -83,9 +83,12 @@ def check(body: JSON, name: str, typ: type, *, where: str = "") -> Any:
     if typ is float and isinstance(v, int) and not isinstance(v, bool):
         ok = True
     if not ok:
+        got = _type_name(v)
+        if typ is int and isinstance(v, float) and v.is_integer():
+            # JSON parsers read integers beyond 64 bits as floats
+            got = f"{v:.0f}, which is too large (or written with a decimal point)"
         raise WrongType(
-            f"field '{where}{name}' must be {_TYPES.get(typ, typ.__name__)}, "
-            f"got {_type_name(v)}",
+            f"field '{where}{name}' must be {_TYPES.get(typ, typ.__name__)}, got {got}",
             param=where + name,
         )
     return v
