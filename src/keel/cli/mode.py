@@ -72,8 +72,9 @@ def build() -> typer.Typer:
         settings = settings_from(ctx)
 
         async def go(dg: Any) -> Any:
-            if settings.degrade.alarms:
-                dg.breaker.values = await dg.breaker.compute(time.time())
+            # the service's own alarms: a ladder set at run time may bring alarms keel.toml
+            # does not have
+            dg.breaker.values = await dg.breaker.compute(time.time())
             return dg.status()
 
         status = _run(settings, go)
@@ -87,6 +88,8 @@ def build() -> typer.Typer:
             until = "until `keel mode auto`" if ov["until"] is None else \
                 time.strftime("until %H:%M:%S", time.localtime(ov["until"]))
             console.print(f"override: {ov['mode']} {until} by {ov['actor']}")
+        for tenant, level in sorted(status.get("tenants", {}).items()):
+            console.print(f"tenant {tenant}: {level} (its own breaker)")
         table = new_table("alarm", "scope", "value", "threshold", "recover below")
         for a in status["alarms"]:
             for scope, value in sorted(a["values"].items()) or [("*", 0.0)]:
