@@ -99,7 +99,8 @@ def test_the_lane_column_is_added_to_a_database_from_before_lanes(db: Database) 
         "CREATE TABLE keel_migrations (id VARCHAR(128) PRIMARY KEY, applied_at FLOAT)")))
     db.transaction(lambda c: c.execute(text(
         "INSERT INTO keel_migrations VALUES ('reasoning/0001_tables', 0)")))
-    assert migrate(db, MIGRATIONS) == ["reasoning/0002_sample_lane"]
+    assert migrate(db, MIGRATIONS) == ["reasoning/0002_sample_lane",
+                                       "reasoning/0003_run_end_user"]
     cols = db.transaction(lambda c: {x["name"] for x in inspect(c).get_columns(
         "reasoning_samples")})
     assert "lane" in cols
@@ -113,8 +114,26 @@ def test_a_fresh_database_gets_the_lane_column_from_the_first_migration(db: Data
     from keel.reasoning.store import MIGRATIONS
     from keel.storage.migrations import migrate
 
-    assert migrate(db, MIGRATIONS) == ["reasoning/0001_tables", "reasoning/0002_sample_lane"]
+    assert migrate(db, MIGRATIONS) == ["reasoning/0001_tables", "reasoning/0002_sample_lane",
+                                       "reasoning/0003_run_end_user"]
     cols = db.transaction(lambda c: {x["name"] for x in inspect(c).get_columns(
         "reasoning_samples")})
     assert "lane" in cols
+    db.dispose()
+
+
+def test_the_end_user_column_is_added_to_runs_from_before_it(db: Database) -> None:
+    from sqlalchemy import inspect, text
+
+    from keel.reasoning.store import MIGRATIONS
+    from keel.storage.migrations import migrate
+
+    assert migrate(db, MIGRATIONS[:2]) == ["reasoning/0001_tables",
+                                           "reasoning/0002_sample_lane"]
+    db.transaction(lambda c: c.execute(text(  # runs as they were before end users
+        "ALTER TABLE reasoning_runs DROP COLUMN end_user")))
+    assert migrate(db, MIGRATIONS) == ["reasoning/0003_run_end_user"]
+    cols = db.transaction(lambda c: {x["name"] for x in inspect(c).get_columns(
+        "reasoning_runs")})
+    assert "end_user" in cols
     db.dispose()

@@ -12,6 +12,9 @@ The key and the socket address are struck only when the operator lists them in
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,18 +41,26 @@ def _clean_id(raw: str) -> str | None:
     return text
 
 
+def end_user_id(settings: FirewallSettings, body: dict[str, Any],
+                headers: dict[str, str]) -> tuple[str | None, str]:
+    """The end user's id (the configured header, else the OpenAI ``user`` field), cleaned
+    like a strike subject, and where it came from; ``(None, "none")`` when neither is set.
+    ``headers`` have lower-case names."""
+    header = settings.end_user_header.lower()
+    raw = headers.get(header) if header else None
+    who = _clean_id(raw) if raw else None
+    if who is not None:
+        return who, f"header {header}"
+    user = body.get("user")
+    if isinstance(user, str) and (who := _clean_id(user)) is not None:
+        return who, "user field"
+    return None, "none"
+
+
 def resolve(settings: FirewallSettings, *, tenant: str, key_id: str, body: dict[str, Any],
             headers: dict[str, str], client_ip: str, forwarded_ip: str | None) -> Identity:
     subjects: list[str] = []
-    source = "none"
-    header = settings.end_user_header.lower()
-    raw = headers.get(header) if header else None
-    user = body.get("user")
-    who = _clean_id(raw) if raw else None
-    if who is not None:
-        source = f"header {header}"
-    elif isinstance(user, str) and (who := _clean_id(user)) is not None:
-        source = "user field"
+    who, source = end_user_id(settings, body, headers)
     if who is not None:
         subjects.append(f"user:{tenant}:{who}")
     elif forwarded_ip:
@@ -79,3 +90,30 @@ def mode_for(settings: FirewallSettings, tenant: str, route: str) -> FirewallMod
             if mode is not None:
                 return mode
     return settings.mode
+
+
+@dataclass(frozen=True, slots=True)
+class InternalCall:
+    """A model call keel makes itself on behalf of a request the firewall already admitted
+    (a reasoning run's samples and judges): its prompt is the already-checked question or
+    keel-authored text quoting it, so the firewall does not scan it (nor strike anyone for
+    it) and only refuses the call when the end user or the key has been banned since."""
+
+    end_user: str | None  # the admitted request's end user (see :func:`end_user_id`)
+    purpose: str  # e.g. "sample-3", "judge-final", for the request log
+
+
+# Set only by keel's own code around an in-process pipeline call, never from a client's
+# headers or body, so a client cannot claim to be an internal call.
+INTERNAL_CALL: ContextVar[InternalCall | None] = ContextVar("keel_firewall_internal_call",
+                                                            default=None)
+
+
+@contextmanager
+def internal_call(end_user: str | None, purpose: str) -> Iterator[None]:
+    """Mark the pipeline calls made inside this block as :class:`InternalCall` s."""
+    token = INTERNAL_CALL.set(InternalCall(end_user, purpose))
+    try:
+        yield
+    finally:
+        INTERNAL_CALL.reset(token)

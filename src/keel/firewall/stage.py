@@ -5,6 +5,11 @@ user's identity (:mod:`keel.firewall.identity`), bans, then the judged texts (us
 tool results; never system prompts or earlier assistant turns) minus allow-listed ones.
 A block is a strike against the end user; ``flag`` answers normally and marks the request
 (``x-keel-firewall`` header, a ``flag`` decision in the request log, a metric).
+
+keel's own calls for an admitted request (:class:`~keel.firewall.identity.InternalCall`,
+e.g. a reasoning run's samples and judges) are not scanned: the question was judged once
+at the front, and the judge prompts are keel's text quoting it and the samples. They only
+meet the ban check, as the run's end user; they are never struck or rate-limited.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 from keel.errors import ClientBanned, PayloadTooLarge, PromptBlocked, RateLimited
 from keel.firewall.engine import Firewall
 from keel.firewall.extract import ScanItem, extract_items
-from keel.firewall.identity import Identity, mode_for, resolve
+from keel.firewall.identity import INTERNAL_CALL, Identity, InternalCall, mode_for, resolve
 from keel.firewall.state import Ban, FirewallState, describe, iso
 from keel.firewall.verdict import Verdict
 from keel.gateway.context import RequestContext
@@ -91,6 +96,10 @@ class FirewallStage:
         if mode == "off":
             await call_next(ctx)
             return
+        internal = INTERNAL_CALL.get()
+        if internal is not None:
+            await self._internal(ctx, internal, mode, call_next)
+            return
         who = resolve(self.settings, tenant=tenant, key_id=ctx.principal.key_id,
                       body=ctx.body, headers=ctx.headers, client_ip=ctx.client_ip,
                       forwarded_ip=ctx.forwarded_ip)
@@ -128,6 +137,19 @@ class FirewallStage:
             self.metrics.canary_leaks.inc()
             log.warning("firewall: request %s of tenant %s carries an assistant turn with the "
                         "canary token (the system prompt leaked)", ctx.id, ctx.principal.tenant)
+
+    async def _internal(self, ctx: RequestContext, call: InternalCall, mode: str,
+                        call_next: Next) -> None:
+        """An internal call: refused only when its end user or key is banned."""
+        if mode == "block":
+            tenant = ctx.principal.tenant
+            checks = [f"user:{tenant}:{call.end_user}"] if call.end_user else []
+            ban = self.state.banned([*checks, f"key:{ctx.principal.key_id}"])
+            if ban is not None:
+                ctx.decide(self.name, "banned", ban.client)
+                raise banned_error(ban)
+        ctx.decide(self.name, "internal", f"{call.purpose}: not scanned")
+        await call_next(ctx)
 
     async def _admit(self, ctx: RequestContext, who: Identity) -> None:
         """Refuse banned end users; rate-limit anonymous traffic of a watched key."""

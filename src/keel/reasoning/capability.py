@@ -95,12 +95,16 @@ class ReasoningCapability(Capability):
 
         # right after the firewall (which scans the question once) and before the cache
         # and the ladder, which apply to each sample and judge call instead
-        return [StageSlot(ReasonerStage(self.service), Slot.CACHE - 10)]
+        return [StageSlot(ReasonerStage(self.service, self.ctx.settings.firewall),
+                          Slot.CACHE - 10)]
 
     def install(self, app: FastAPI, svc: Services) -> None:
+        from keel.firewall.stage import FirewallStage
         from keel.reasoning.routes import ReasoningRoutes
 
-        app.include_router(ReasoningRoutes(svc, self.service).router())
+        # a run's question meets the firewall before it is queued, as a chat request would
+        firewall = self.ctx.components.find(FirewallStage)
+        app.include_router(ReasoningRoutes(svc, self.service, firewall).router())
 
     def console_pages(self) -> Sequence[PageFactory]:
         from keel.web.reasoning_page import ReasoningPage
@@ -129,7 +133,7 @@ class _LateCaller:
         self._target: ModelCaller | None = None
 
     async def __call__(self, principal: Principal, body: JSON, run_id: str,
-                       purpose: str) -> Reply:
+                       purpose: str, end_user: str | None = None) -> Reply:
         if self._target is None:
             from keel.gateway.services import Services
             from keel.reasoning.calls import InternalCaller
@@ -137,4 +141,4 @@ class _LateCaller:
             if self.components is None or self.components.find(Services) is None:
                 raise ConfigError("reasoning: model calls are not wired (no app services)")
             self._target = InternalCaller(self.components.get(Services))
-        return await self._target(principal, body, run_id, purpose)
+        return await self._target(principal, body, run_id, purpose, end_user)

@@ -112,9 +112,11 @@ class ReasoningEngine:
         return n
 
     def plan(self, principal: Principal, name: str, messages: list[JSON],
-             n: int | None = None, budget_usd: float | None = None) -> Run:
+             n: int | None = None, budget_usd: float | None = None,
+             end_user: str | None = None) -> Run:
         """Validate a request and build its run; every refusal happens here, before any
-        model call."""
+        model call. ``end_user``: who asked (the firewall's end-user id), carried into
+        every sample and judge call."""
         spec = self.reasoner(name)
         if n is None:
             n = spec.n
@@ -150,7 +152,7 @@ class ReasoningEngine:
                    budget_usd=float(budget), status="queued", phase="sampling", answer=None,
                    citations=[], error=None, cost_usd=0.0, prompt_tokens=0,
                    completion_tokens=0, judge_calls=0, created_at=time.time(),
-                   finished_at=None)
+                   finished_at=None, end_user=end_user)
 
     async def create(self, run: Run) -> None:
         spec = self.reasoner(run.reasoner)
@@ -268,7 +270,8 @@ class ReasoningEngine:
             attempt += 1
             try:
                 async with asyncio.timeout(spec.sample_timeout_s):
-                    reply = await self.call(principal, body, run.id, f"sample-{index}")
+                    reply = await self.call(principal, body, run.id, f"sample-{index}",
+                                            run.end_user)
                 break
             except Exception as exc:
                 message = exc.message if isinstance(exc, KeelError) else (
@@ -442,7 +445,8 @@ class ReasoningEngine:
                       "max_tokens": spec.judge_max_tokens,
                       "response_format": {"type": "json_schema", "json_schema": {
                           "name": "verdict", "schema": schema}}}
-        reply: Reply = await self.call(principal, body, run.id, f"judge-{key}")
+        reply: Reply = await self.call(principal, body, run.id, f"judge-{key}",
+                                       run.end_user)
         data = {"key": key, "model": model, "text": reply.text,
                 "request_id": reply.request_id, "cost_usd": reply.cost_usd,
                 "prompt_tokens": reply.prompt_tokens,

@@ -1,7 +1,15 @@
-"""``/v1/reasoning/runs``: start a run (202), list, read one, follow its events (SSE)."""
+"""``/v1/reasoning/runs``: start a run (202), list, read one, follow its events (SSE).
+
+Starting a run meets the same front checks as ``/v1/chat/completions`` with a
+``reasoner/<name>`` model: the firewall stage refuses banned end users, rate-limits watched
+keys and judges the question (a block is a strike against the end user, a 403 before
+anything is queued). The end user (the firewall's header or the ``user`` field) is kept
+on the run and carried into its sample and judge calls.
+"""
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import AsyncIterator
 
 import orjson
@@ -10,19 +18,34 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
 from keel.errors import InvalidRequest, KeelError, NotFound
-from keel.gateway.context import Principal
-from keel.gateway.http import ORJSONResponse, error_response, read_body
+from keel.firewall.identity import end_user_id
+from keel.gateway.context import JSON, Principal, RequestContext
+from keel.gateway.http import (
+    ORJSONResponse,
+    client_ip,
+    error_response,
+    forwarded_ip,
+    read_body,
+)
+from keel.gateway.pipeline import Stage
 from keel.gateway.routes import authenticate
 from keel.gateway.services import Services
 from keel.gateway.validation import parse_json
 from keel.reasoning.service import ReasoningService
+from keel.reasoning.stage import PREFIX
 from keel.reasoning.store import Run
 
 
+async def _admitted(ctx: RequestContext) -> None:
+    """The end of the front check: the run is queued by the route, not a pipeline."""
+
+
 class ReasoningRoutes:
-    def __init__(self, svc: Services, service: ReasoningService) -> None:
+    def __init__(self, svc: Services, service: ReasoningService,
+                 firewall: Stage | None = None) -> None:
         self.svc = svc
         self.service = service
+        self.firewall = firewall  # the gateway's firewall stage (None: firewall disabled)
 
     def router(self) -> APIRouter:
         r = APIRouter()
@@ -40,12 +63,40 @@ class ReasoningRoutes:
         try:
             principal = await authenticate(self.svc, request)
             body = parse_json(await read_body(request, self.svc.settings.server.max_body_bytes))
-            reasoner, messages, n, budget = _parse(body)
-            run = await self.service.submit(principal, reasoner, messages, n, budget)
+            reasoner, messages, n, budget, user = _parse(body)
+            self.service.engine.reasoner(reasoner)  # an unknown reasoner: 404 first
+            chat: JSON = {"model": PREFIX + reasoner, "messages": messages}
+            if user is not None:
+                chat["user"] = user
+            headers = dict(request.headers)
+            await self._front_check(request, principal, chat, headers)
+            end_user, _ = end_user_id(self.svc.settings.firewall, chat, headers)
+            run = await self.service.submit(principal, reasoner, messages, n, budget,
+                                            end_user)
         except KeelError as exc:
             return error_response(exc)
         return ORJSONResponse(run.public(), status_code=202,
                               headers={"location": f"/v1/reasoning/runs/{run.id}"})
+
+    async def _front_check(self, request: Request, principal: Principal, chat: JSON,
+                           headers: dict[str, str]) -> None:
+        """The firewall stage on the run's question, as for a chat request of the reasoner
+        model; a refusal is logged like one (request log, metrics) and raised."""
+        if self.firewall is None:
+            return
+        svc = self.svc
+        ctx = RequestContext(
+            id="req_" + secrets.token_hex(10), route="chat", body=chat,
+            model=svc.models.get(chat["model"]), principal=principal,
+            client_ip=client_ip(request, svc.trusted_proxies), headers=headers,
+            forwarded_ip=forwarded_ip(request, svc.trusted_proxies))
+        try:
+            await self.firewall(ctx, _admitted)
+        except KeelError as exc:
+            ctx.error, ctx.status = exc, exc.http_status
+            ctx.latency_ms = ctx.elapsed_ms()
+            svc.finish(ctx)
+            raise
 
     async def list(self, request: Request) -> Response:
         try:
@@ -89,13 +140,18 @@ class ReasoningRoutes:
                                  headers={"cache-control": "no-cache"})
 
 
-def _parse(body: object) -> tuple[str, list[dict[str, object]], int | None, float | None]:
+def _parse(body: object) -> tuple[str, list[dict[str, object]], int | None, float | None,
+                                  str | None]:
     if not isinstance(body, dict):
         raise InvalidRequest("the body must be a JSON object")
-    unknown = set(body) - {"reasoner", "question", "messages", "n", "budget_usd"}
+    unknown = set(body) - {"reasoner", "question", "messages", "n", "budget_usd", "user"}
     if unknown:
         raise InvalidRequest(f"unknown fields: {', '.join(sorted(unknown))} (allowed: "
-                             "reasoner, question or messages, n, budget_usd)")
+                             "reasoner, question or messages, n, budget_usd, user)")
+    user = body.get("user")
+    if user is not None and not isinstance(user, str):
+        raise InvalidRequest("field 'user' (the end user's id, as in the OpenAI API) must be "
+                             "a string", param="user")
     reasoner = body.get("reasoner")
     if not isinstance(reasoner, str) or not reasoner:
         raise InvalidRequest("field 'reasoner' (a configured reasoner name) is required",
@@ -114,4 +170,4 @@ def _parse(body: object) -> tuple[str, list[dict[str, object]], int | None, floa
 
         validate_chat({"model": "-", "messages": messages})
     assert isinstance(messages, list)
-    return reasoner, messages, body.get("n"), body.get("budget_usd")
+    return reasoner, messages, body.get("n"), body.get("budget_usd"), user

@@ -48,9 +48,11 @@ class ReasoningService:
         task.add_done_callback(self._tasks.discard)
 
     async def submit(self, principal: Principal, reasoner: str, messages: list[JSON],
-                     n: int | None = None, budget_usd: float | None = None) -> Run:
-        """Validate (4xx before any model call), record and start a run."""
-        run = self.engine.plan(principal, reasoner, messages, n, budget_usd)
+                     n: int | None = None, budget_usd: float | None = None,
+                     end_user: str | None = None) -> Run:
+        """Validate (4xx before any model call), record and start a run. The caller has
+        already let the firewall judge the question (and refuse banned end users)."""
+        run = self.engine.plan(principal, reasoner, messages, n, budget_usd, end_user)
         await self.engine.create(run)
         await self.launcher(run.id)
         fresh = await self.store.get(run.id)

@@ -14,7 +14,9 @@ import time
 from collections.abc import AsyncGenerator
 from typing import Any, Final
 
+from keel.config import FirewallSettings
 from keel.errors import InvalidRequest
+from keel.firewall.identity import end_user_id
 from keel.gateway.context import RequestContext
 from keel.gateway.pipeline import Next
 from keel.reasoning.engine import RunFailed
@@ -33,9 +35,13 @@ def options(body: JSON) -> tuple[int | None, float | None]:
     opts = body.get("keel_reasoning")
     if opts is None:
         return None, None
-    if not isinstance(opts, dict) or set(opts) - {"n", "budget_usd"}:
+    if not isinstance(opts, dict):
         raise InvalidRequest("field 'keel_reasoning' must be an object with optional 'n' "
                              "and 'budget_usd'", param="keel_reasoning")
+    unknown = sorted(str(k) for k in set(opts) - {"n", "budget_usd"})
+    if unknown:
+        raise InvalidRequest(f"unknown fields in 'keel_reasoning': {', '.join(unknown)} "
+                             "(allowed: n, budget_usd)", param="keel_reasoning")
     return opts.get("n"), opts.get("budget_usd")
 
 
@@ -48,8 +54,9 @@ def summary(run: Run) -> JSON:
 class ReasonerStage:
     name = "reasoning"
 
-    def __init__(self, service: ReasoningService) -> None:
+    def __init__(self, service: ReasoningService, firewall: FirewallSettings) -> None:
         self.service = service
+        self.firewall = firewall  # where the end user's id comes from
 
     async def __call__(self, ctx: RequestContext, call_next: Next) -> None:
         if ctx.model.provider != PROVIDER or not ctx.model.name.startswith(PREFIX):
@@ -65,8 +72,11 @@ class ReasonerStage:
             raise InvalidRequest("a reasoner returns one choice: leave 'n' out (set the "
                                  "number of samples with keel_reasoning.n)", param="n")
         n, budget = options(ctx.body)
+        # the firewall stage (before this one) judged the question and checked bans; the
+        # run's calls carry the end user so they stay theirs, never the whole key's
+        end_user, _ = end_user_id(self.firewall, ctx.body, ctx.headers)
         run = await self.service.submit(ctx.principal, ctx.model.name[len(PREFIX):],
-                                        ctx.body["messages"], n, budget)
+                                        ctx.body["messages"], n, budget, end_user)
         ctx.decide("reasoning", "run", run.id)
         ctx.response_headers["x-keel-reasoning-run"] = run.id
         if ctx.stream:

@@ -61,6 +61,8 @@ runs = Table(
     Column("judge_calls", Integer, nullable=False, default=0),
     Column("created_at", Float, nullable=False),
     Column("finished_at", Float),
+    # who asked (the firewall's end-user id): every sample and judge call runs as them
+    Column("end_user", String(200)),
     Index("ix_reasoning_runs_tenant", "tenant", "created_at"),
 )
 samples = Table(
@@ -100,10 +102,18 @@ def _add_lane(c: Connection) -> None:
         c.execute(text("ALTER TABLE reasoning_samples ADD COLUMN lane INTEGER"))
 
 
+def _add_end_user(c: Connection) -> None:
+    insp = inspect(c)
+    if insp.has_table("reasoning_runs") and "end_user" not in {
+            col["name"] for col in insp.get_columns("reasoning_runs")}:
+        c.execute(text("ALTER TABLE reasoning_runs ADD COLUMN end_user VARCHAR(200)"))
+
+
 MIGRATIONS = [
     Migration("reasoning/0001_tables",
               lambda c: meta.create_all(c, tables=[runs, samples, events])),
     Migration("reasoning/0002_sample_lane", _add_lane),
+    Migration("reasoning/0003_run_end_user", _add_end_user),
 ]
 
 TERMINAL = ("succeeded", "failed")
@@ -175,6 +185,7 @@ class Run:
     created_at: float
     finished_at: float | None
     samples: list[dict[str, Any]] = field(default_factory=list)
+    end_user: str | None = None  # who asked; every sample and judge call runs as them
 
     @property
     def done(self) -> bool:
@@ -191,7 +202,7 @@ class Run:
                       "total_tokens": self.prompt_tokens + self.completion_tokens},
             "cost_usd": round(self.cost_usd, 10), "judge_calls": self.judge_calls,
             "created_at": self.created_at, "finished_at": self.finished_at,
-            "tenant": self.tenant,
+            "tenant": self.tenant, "end_user": self.end_user,
         }
         counts: dict[str, int] = {}
         for s in self.samples:
@@ -211,7 +222,7 @@ def _run(row: Any) -> Run:
                prompt_tokens=row.prompt_tokens or 0,
                completion_tokens=row.completion_tokens or 0,
                judge_calls=row.judge_calls or 0, created_at=row.created_at,
-               finished_at=row.finished_at)
+               finished_at=row.finished_at, end_user=row.end_user)
 
 
 def _sample(row: Any) -> dict[str, Any]:
@@ -237,7 +248,7 @@ class RunStore:
                 key_id=run.key_id, messages=orjson.dumps(run.messages).decode(), n=run.n,
                 budget_usd=run.budget_usd, status=run.status, phase=run.phase,
                 cost_usd=0.0, prompt_tokens=0, completion_tokens=0, judge_calls=0,
-                created_at=run.created_at))
+                created_at=run.created_at, end_user=run.end_user))
             c.execute(insert(samples), [
                 {"run_id": run.id, "idx": i, "anon_id": anon_ids[i], "model": models[i],
                  "status": "pending", "attempts": 0, "prompt_tokens": 0,
