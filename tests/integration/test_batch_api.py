@@ -235,7 +235,7 @@ def test_cli_submit_list_cancel_results(batch_settings: Settings, tmp_path: Path
             return cli.invoke(build(), ["batch", *args])
 
         r = run("submit", str(bad))
-        assert r.exit_code == 1 and "line 1: method must be" in r.output
+        assert r.exit_code == 1 and "line 1: missing required field 'method'" in r.output
         r = run("submit", str(good))
         assert r.exit_code == 0, r.output
         batch_id = r.output.split()[1]
@@ -287,3 +287,114 @@ def test_a_starting_worker_loads_the_queued_model_and_grammar_before_its_build(
             await local.aclose()
 
     asyncio.run(start())
+
+
+def test_revoked_key_stops_its_batch_and_files_report_their_size(
+        batch_settings: Settings) -> None:
+    """Revocation (the CLI's `keel keys revoke`) stops the batch at its next line: nothing
+    is run or billed after it, the lines go to the error file, the batch ends failed."""
+    import asyncio
+
+    from typer.testing import CliRunner
+
+    from keel.cli.main import build
+
+    batch_settings.batch.autoscale = False  # the test runs the lines itself, no model
+    svc = build_services(batch_settings)
+    made = svc.keys.create("acme")
+    admin = svc.keys.create("acme", admin=True).secret
+    with serve_app(create_app(batch_settings, services=svc)) as base:
+        client = openai.OpenAI(base_url=base + "/v1", api_key=made.secret, max_retries=0)
+        f = client.files.create(file=jsonl(*(chat_line(f"c{i}", "hi") for i in range(3))),
+                                purpose="batch")
+        b = client.batches.create(input_file_id=f.id, endpoint="/v1/chat/completions",
+                                  completion_window="24h")
+        r = CliRunner().invoke(build(), ["keys", "revoke", made.info.id])
+        assert r.exit_code == 0, r.output
+        cap = svc.capability("batch")
+        assert isinstance(cap, BatchCapability)
+        assert asyncio.run(cap.runner().run(b.id, 1)) == "failed"
+        assert asyncio.run(cap.runner().run(b.id, 2)) == "skipped"
+        boss = openai.OpenAI(base_url=base + "/v1", api_key=admin, max_retries=0)
+        done = boss.batches.retrieve(b.id)
+        assert done.status == "failed" and done.failed_at is not None
+        assert done.errors is not None and done.errors.data
+        assert done.errors.data[0].code == "key_revoked"
+        assert done.request_counts.failed == 3 and done.request_counts.completed == 0
+        err = boss.files.content(done.error_file_id or "").content
+        assert [orjson.loads(x)["error"]["code"] for x in err.splitlines()] == \
+            ["key_revoked"] * 3
+        assert boss.files.retrieve(done.error_file_id or "").bytes == len(err)
+        assert not svc.models.local_loaded  # no model call was made
+
+
+def test_http_checks_name_what_to_fix(batch_settings: Settings) -> None:
+    batch_settings.batch.autoscale = False
+    batch_settings.batch.max_file_bytes = 20000
+    svc = build_services(batch_settings)
+    key = svc.keys.create("acme").secret
+    with serve_app(create_app(batch_settings, services=svc)) as base:
+        client = openai.OpenAI(base_url=base + "/v1", api_key=key, max_retries=0)
+        with pytest.raises(openai.APIStatusError) as big:
+            client.files.create(file=io.BytesIO(b"x" * 300_000), purpose="batch")
+        assert big.value.status_code == 413
+        assert "the file limit is 20000 bytes (set by batch.max_file_bytes)" in str(big.value)
+        with pytest.raises(openai.BadRequestError, match="`purpose` field is empty"):
+            client.files.create(file=jsonl(chat_line("a", "x")), purpose="")  # type: ignore[arg-type]
+        with pytest.raises(openai.BadRequestError, match="after='batch_nope'"):
+            client.batches.list(after="batch_nope")
+
+
+def test_upstream_lines_cost_report_and_upstream_errors(
+        tmp_path: Path, fake_upstream: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Lines on an upstream model (a scripted OpenAI-compatible server, no local model):
+    the cost report shows them as upstream spend, not local work; an upstream 401 is
+    final at once; an upstream 500 is sent max_attempts x (1 + [openai] retries) times."""
+    import asyncio
+
+    from conftest import make_settings
+
+    monkeypatch.chdir(tmp_path)
+    s = make_settings(tmp_path, fake_upstream, batch={
+        "enabled": True, "autoscale": False, "retry_backoff_s": 0.01, "max_attempts": 2})
+    svc = build_services(s)
+    key = svc.keys.create("acme").secret
+    cap = svc.capability("batch")
+    assert isinstance(cap, BatchCapability)
+
+    def run_batch(client: openai.OpenAI, n: int) -> Any:
+        f = client.files.create(file=jsonl(*(chat_line(f"u{i}", "hi", model="fake-gpt")
+                                             for i in range(n))), purpose="batch")
+        b = client.batches.create(input_file_id=f.id, endpoint="/v1/chat/completions",
+                                  completion_window="24h")
+        for i in range(1, n + 1):  # one loop: the provider's HTTP session lives in it
+            loop.run_until_complete(cap.runner().run(b.id, i))
+        return client.batches.retrieve(b.id)
+
+    loop = asyncio.new_event_loop()
+    with serve_app(create_app(s, services=svc)) as base:
+        client = openai.OpenAI(base_url=base + "/v1", api_key=key, max_retries=0)
+        done = run_batch(client, 2)
+        assert done.status == "completed" and done.request_counts.completed == 2
+        cost = openai.OpenAI(base_url=base, api_key=key).get(
+            f"/v1/batches/{done.id}/cost", cast_to=object)
+        assert isinstance(cost, dict)
+        assert cost["local"]["lines"] == 0 and cost["models"] == []
+        up = cost["upstream"]
+        assert up["lines"] == 2 and up["input_tokens"] == 22 and up["usd"] > 0
+        assert up["models"][0]["model"] == "fake-gpt"
+        assert up["usd"] == pytest.approx(cost["metered_usd"])
+
+        fake_upstream.status = 401
+        before = len(fake_upstream.calls)
+        failed = run_batch(client, 1)
+        assert len(fake_upstream.calls) - before == 1  # final at once
+        err = results(client, failed.error_file_id)
+        assert "credentials (HTTP 401)" in err[0]["error"]["message"]
+
+        fake_upstream.status = 500
+        before = len(fake_upstream.calls)
+        run_batch(client, 1)
+        assert len(fake_upstream.calls) - before == 2 * (1 + s.openai.retries)
+    loop.run_until_complete(svc.models.openai().aclose())
+    loop.close()

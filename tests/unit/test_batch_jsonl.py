@@ -77,9 +77,9 @@ def test_unknown_model_keeps_its_status(models: ModelRegistry) -> None:
 def test_stream_and_bad_body(models: ModelRegistry) -> None:
     assert "line 1: `stream` cannot be true" in error(models, line("a", stream=True)).message
     assert error(models, line("a", temperature="hot")).message.startswith("line 1:")
-    no_body = orjson.dumps({"custom_id": "a", "method": "POST",
-                            "url": "/v1/chat/completions"})
-    assert "line 1: body must be a JSON object" in error(models, no_body).message
+    list_body = orjson.dumps({"custom_id": "a", "method": "POST",
+                              "url": "/v1/chat/completions", "body": []})
+    assert "line 1: body must be a JSON object" in error(models, list_body).message
     get = {**orjson.loads(line("a")), "method": "GET"}
     assert 'method must be "POST"' in error(models, orjson.dumps(get)).message
 
@@ -92,7 +92,7 @@ def test_local_model_refusals_are_caught_at_upload(models: ModelRegistry) -> Non
 @pytest.mark.parametrize("schema, detail", [
     ({"type": "object", "properties": {"a": {"$ref": "#/defs/nope"}}}, "does not exist"),
     ({"type": "frobnicate"}, "frobnicate"),
-    ({"type": "string", "pattern": "(("}, "regex"),
+    ({"type": "string", "pattern": "(("}, "regex parse error: unclosed group in '(('"),
 ])
 def test_schema_llama_cpp_cannot_compile(models: ModelRegistry, schema: dict[str, Any],
                                          detail: str) -> None:
@@ -127,3 +127,58 @@ def test_output_validation() -> None:
     assert output_valid(SCHEMA, '{"sentiment": "pos"}')
     assert not output_valid(SCHEMA, '{"sentiment": "meh"}')
     assert not output_valid(SCHEMA, '{"sentiment": "pos"')
+
+
+def completion(cid: str = "a", **body: Any) -> bytes:
+    b = {"model": "gemma-3-270m", "prompt": "The sky is", **body}
+    return orjson.dumps({"custom_id": cid, "method": "POST", "url": "/v1/completions",
+                         "body": b})
+
+
+def test_completion_prompts_the_local_model_refuses_are_caught_at_upload(
+        models: ModelRegistry) -> None:
+    e = error(models, completion("a"), completion("b", prompt=["The sky is", "Grass is"]))
+    assert e.message.startswith("line 2:") and "`prompt` must be one string" in e.message
+    parse(models, completion("a", prompt=["one string in a list"]))
+
+
+@pytest.mark.parametrize("field, value", [("echo", True), ("best_of", 3), ("suffix", "END")])
+def test_completion_options_the_local_model_ignores_are_refused(
+        models: ModelRegistry, field: str, value: Any) -> None:
+    e = error(models, completion("a", **{field: value}))
+    assert e.message.startswith("line 1:") and f"`{field}`" in e.message
+    assert e.param == field
+
+
+def test_no_op_completion_options_are_accepted(models: ModelRegistry) -> None:
+    parse(models, completion("a", echo=False, best_of=1, suffix=None),
+          completion("b", suffix=""))
+
+
+@pytest.mark.parametrize("field", ["custom_id", "method", "url", "body"])
+def test_a_missing_field_is_named(models: ModelRegistry, field: str) -> None:
+    obj = orjson.loads(line("a"))
+    del obj[field]
+    e = error(models, orjson.dumps(obj))
+    assert e.message.startswith(f"line 1: missing required field {field!r}")
+    assert "None" not in e.message
+
+
+def test_blank_custom_id_is_refused(models: ModelRegistry) -> None:
+    assert "non-blank" in error(models, line(" ")).message
+    assert "non-blank" in error(models, line("")).message
+
+
+def test_too_large_names_the_setting_and_its_value(models: ModelRegistry) -> None:
+    e = error(models, line("a"), max_bytes=20)
+    assert "the limit is 20 bytes (set by batch.max_file_bytes)" in e.message
+
+
+def test_completion_options_refused_by_the_local_provider_itself() -> None:
+    """The interactive /v1/completions path uses the same function."""
+    from keel.providers.llama_requests import completion_prompt
+
+    for field, value in (("echo", True), ("best_of", 2), ("suffix", "END")):
+        with pytest.raises(InvalidRequest, match=f"`{field}`"):
+            completion_prompt({"prompt": "x", field: value})
+    assert completion_prompt({"prompt": "x", "echo": False, "best_of": 1, "suffix": ""}) == "x"

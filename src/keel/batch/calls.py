@@ -7,10 +7,11 @@ from __future__ import annotations
 import secrets
 from typing import TYPE_CHECKING
 
-from keel.batch.runner import JSON, CallResult
+from keel.batch.runner import JSON, CallFailed, CallResult
 from keel.errors import KeelError
 from keel.gateway.context import Principal, RequestContext
 from keel.gateway.internal import INTERNAL_IP
+from keel.gateway.validation import validate_chat
 
 if TYPE_CHECKING:
     from keel.gateway.services import Services
@@ -22,26 +23,22 @@ HEADERS = {"x-keel-source": "batch", "x-keel-cache": "bypass"}
 
 
 class PipelineCall:
-    """A :data:`~keel.batch.runner.LineCall` over one app's services: chat lines through
-    :class:`~keel.gateway.internal.InternalClient`, completion lines the same way."""
+    """A :data:`~keel.batch.runner.LineCall` over one app's services: each line is one
+    request context through the pipeline, logged like any request (as
+    :class:`~keel.gateway.internal.InternalClient` does), and the context's usage, cost
+    and served model come back with the answer or with the error."""
 
     def __init__(self, svc: Services) -> None:
-        from keel.gateway.internal import InternalClient
-
         self.svc = svc
-        self.client = InternalClient(svc)
 
     async def __call__(self, principal: Principal, endpoint: str, body: JSON) -> CallResult:
-        if endpoint == "/v1/chat/completions":
-            done = await self.client.chat(principal, body, headers=HEADERS)
-            return CallResult(done.body, done.request_id, done.usage.prompt_tokens,
-                              done.usage.completion_tokens, done.cost_usd)
-        return await self._completion(principal, body)
-
-    async def _completion(self, principal: Principal, body: JSON) -> CallResult:
         svc = self.svc
+        chat = endpoint == "/v1/chat/completions"
+        if chat:
+            body = {**body, "stream": False}
+            validate_chat(body)
         ctx = RequestContext(
-            id="req_" + secrets.token_hex(10), route="completions",
+            id="req_" + secrets.token_hex(10), route="chat" if chat else "completions",
             body=body, model=svc.models.get(body["model"]), principal=principal,
             client_ip=INTERNAL_IP, headers=dict(HEADERS))
         try:
@@ -50,8 +47,18 @@ class PipelineCall:
             ctx.error, ctx.status = exc, exc.http_status
             ctx.latency_ms = ctx.elapsed_ms()
             svc.finish(ctx)
+            raise CallFailed(exc, request_id=ctx.id, prompt_tokens=ctx.usage.prompt_tokens,
+                             completion_tokens=ctx.usage.completion_tokens,
+                             cost_usd=ctx.cost_usd, model=ctx.model.name,
+                             on_local=ctx.model.provider == "local") from exc
+        except BaseException:
+            ctx.error = KeelError(f"internal error (request id {ctx.id})")
+            ctx.status = 500
+            ctx.latency_ms = ctx.elapsed_ms()
+            svc.finish(ctx)
             raise
         svc.finish(ctx)
-        assert ctx.response is not None
+        assert ctx.response is not None, "the pipeline answers or raises"
         return CallResult(ctx.response, ctx.id, ctx.usage.prompt_tokens,
-                          ctx.usage.completion_tokens, ctx.cost_usd)
+                          ctx.usage.completion_tokens, ctx.cost_usd, model=ctx.model.name,
+                          on_local=ctx.model.provider == "local")

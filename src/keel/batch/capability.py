@@ -99,7 +99,10 @@ class BatchCapability(Capability):
             from keel.gateway.services import Services
 
             svc = self.ctx.components.get(Services)
-            self._runner = LineRunner(self.ctx.db, self.ctx.settings.batch, PipelineCall(svc))
+            # the key is checked at every line, uncached: a revocation stops the batch at
+            # its next line in every worker
+            self._runner = LineRunner(self.ctx.db, self.ctx.settings.batch, PipelineCall(svc),
+                                      key_active=svc.keys.active)
         return self._runner
 
     def install(self, app: FastAPI, svc: Services) -> None:

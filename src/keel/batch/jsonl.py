@@ -12,7 +12,7 @@ from typing import Any
 import orjson
 
 from keel.batch.schemas import check_compiles, response_schema
-from keel.errors import InvalidRequest, KeelError, MalformedJSON, PayloadTooLarge
+from keel.errors import InvalidRequest, KeelError, MalformedJSON, MissingField, PayloadTooLarge
 from keel.gateway.validation import check_depth, validate_chat, validate_completion
 from keel.providers.registry import ModelRegistry
 
@@ -43,9 +43,13 @@ def _line(n: int, raw: bytes) -> tuple[str, str, JSON]:
         raise InvalidRequest(f"line {n} must be a JSON object with custom_id, method, url "
                              "and body")
     check_depth(obj, where=f"line {n}")
-    cid, method, url, body = (obj.get(k) for k in ("custom_id", "method", "url", "body"))
-    if not isinstance(cid, str) or not cid:
-        raise InvalidRequest(f"line {n}: custom_id must be a non-empty string",
+    for field in ("custom_id", "method", "url", "body"):
+        if obj.get(field) is None:
+            raise MissingField(f"line {n}: missing required field {field!r}; a line has "
+                               "custom_id, method, url and body", param=field)
+    cid, method, url, body = (obj[k] for k in ("custom_id", "method", "url", "body"))
+    if not isinstance(cid, str) or not cid.strip():
+        raise InvalidRequest(f"line {n}: custom_id must be a non-blank string",
                              param="custom_id")
     if len(cid) > MAX_CUSTOM_ID:
         raise InvalidRequest(f"line {n}: custom_id is longer than {MAX_CUSTOM_ID} characters",
@@ -73,10 +77,16 @@ def _body(n: int, url: str, body: JSON, models: ModelRegistry, compiled: set[str
             raise InvalidRequest("`stream` cannot be true in a batch line", param="stream")
         spec = models.get(body["model"])
         if spec.provider == "local":  # what the local provider refuses, refused now
-            from keel.providers.llama_requests import chat_prompt, llama_request
+            from keel.providers.llama_requests import (
+                chat_prompt,
+                completion_prompt,
+                llama_request,
+            )
 
             if url == "/v1/chat/completions":
                 chat_prompt(body["messages"], spec.chat_format)
+            else:
+                completion_prompt(body)
             llama_request(body, "", stream=True, default_max=1, turn_stop=None)
     except KeelError as exc:
         raise _at(n, exc) from None
@@ -92,7 +102,8 @@ def parse(content: bytes, models: ModelRegistry, *, max_bytes: int, max_lines: i
           ) -> ParsedFile:
     if len(content) > max_bytes:
         raise PayloadTooLarge(f"the file is {len(content)} bytes; the limit is {max_bytes} "
-                              "bytes (batch.max_file_bytes): split it into several batches")
+                              "bytes (set by batch.max_file_bytes): split it into several "
+                              "batches")
     if content.startswith(b"\xef\xbb\xbf"):
         content = content[3:]
     out: list[tuple[int, str, str]] = []

@@ -14,7 +14,7 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
 from keel.batch.service import BatchService
-from keel.errors import InvalidRequest, MissingField, UnsupportedMediaType
+from keel.errors import InvalidRequest, MissingField, PayloadTooLarge, UnsupportedMediaType
 from keel.gateway.http import ORJSONResponse, read_body
 from keel.gateway.routes import authenticate
 from keel.gateway.validation import parse_json
@@ -66,8 +66,15 @@ class BatchRoutes:
         if not request.headers.get("content-type", "").startswith("multipart/form-data"):
             raise UnsupportedMediaType("upload the file as multipart/form-data with the "
                                        "fields `file` and `purpose`")
-        raw = await read_body(request, self.b.settings.max_file_bytes + MULTIPART_OVERHEAD,
-                              "batch.max_file_bytes")
+        limit = self.b.settings.max_file_bytes
+        try:
+            raw = await read_body(request, limit + MULTIPART_OVERHEAD, "batch.max_file_bytes")
+        except PayloadTooLarge:  # the form's own bytes are allowed on top: name the setting
+            size = request.headers.get("content-length")
+            got = f"the upload is {size} bytes; " if size and size.isdigit() else ""
+            raise PayloadTooLarge(
+                f"{got}the file limit is {limit} bytes (set by batch.max_file_bytes): "
+                "split the file into several batches") from None
         request._body = raw  # the form parser reads the body already taken
         async with request.form(max_files=1, max_fields=8) as form:
             purpose = form.get("purpose")

@@ -13,6 +13,7 @@ anyway"): a failure is counted per line, never hidden.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import orjson
@@ -47,11 +48,32 @@ def check_compiles(schema: JSON, where: str) -> None:
 
     problem = llguidance.LLMatcher.validate_grammar(llama_grammar(schema))
     if problem:
-        first = problem.strip().splitlines()[0]
-        detail = first.split(": ", 1)[-1] if "failed to compile" in first else first
+        detail = problem_reason(problem)
         raise InvalidRequest(
             f"{where}: response_format.json_schema.schema cannot be compiled by llama.cpp's "
             f"grammar engine: {detail}; fix the schema", param="response_format")
+
+
+def problem_reason(problem: str) -> str:
+    """llguidance's complaint in one line, without the grammar text it echoes. A regex
+    error spans several lines (``regex parse error:``, the pattern, a caret, ``error:
+    unclosed group``): the reason and the pattern are kept."""
+    head: list[str] = []
+    for raw in problem.strip().splitlines():
+        if re.match(r"\s*\d+ \| ", raw):  # the echoed grammar starts
+            break
+        if raw.strip():
+            head.append(raw.strip())
+    if not head:
+        return problem.strip()[:300]
+    text = re.sub(r"^at \d+\(\d+\): ", "", head[0])
+    if text.endswith(":") and len(head) > 1:
+        reasons = [h.removeprefix("error:").strip() for h in head[1:] if h.startswith("error:")]
+        shown = [h for h in head[1:] if not h.startswith("error:") and set(h) != {"^"}]
+        text = f"{text} {'; '.join(reasons) or ' '.join(head[1:])}"
+        if shown and reasons:
+            text += f" in {shown[0]!r}"
+    return text[:300]
 
 
 def preload() -> None:

@@ -14,12 +14,10 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from functools import partial
 from typing import Any
 
-import orjson
-
 from keel.batch import jsonl, store
 from keel.batch.cost import report
 from keel.batch.settings import BatchSettings
-from keel.errors import InvalidRequest, NotFound
+from keel.errors import InvalidRequest, MissingField, NotFound
 from keel.gateway.context import Principal
 from keel.providers.registry import ModelRegistry
 from keel.storage.sql import Database
@@ -27,10 +25,33 @@ from keel.storage.sql import Database
 log = logging.getLogger("keel.batch")
 JSON = dict[str, Any]
 WINDOWS = {"24h": 24 * 3600.0}
-MAX_METADATA = 16
+# OpenAI's metadata limits: 16 pairs, keys up to 64 characters, values up to 512
+MAX_METADATA, MAX_METADATA_KEY, MAX_METADATA_VALUE = 16, 64, 512
 
 # (batch id, line numbers) -> queued / dropped from the queue (keel.batch.jobs)
 Enqueue = Callable[[str, list[int]], Awaitable[None]]
+
+
+def _check_metadata(metadata: Any) -> None:
+    """OpenAI's rules: at most 16 pairs, string keys up to 64 characters, string values up
+    to 512."""
+    if metadata is None:
+        return
+    if not isinstance(metadata, dict):
+        raise InvalidRequest("metadata must be an object of string keys and string values",
+                             param="metadata")
+    if len(metadata) > MAX_METADATA:
+        raise InvalidRequest(f"metadata has {len(metadata)} pairs; the limit is "
+                             f"{MAX_METADATA}", param="metadata")
+    for k, v in metadata.items():
+        if not isinstance(v, str):
+            raise InvalidRequest(f"metadata[{k!r}] must be a string", param="metadata")
+        if len(k) > MAX_METADATA_KEY:
+            raise InvalidRequest(f"metadata key {k[:20]!r}... is {len(k)} characters; the "
+                                 f"limit is {MAX_METADATA_KEY}", param="metadata")
+        if len(v) > MAX_METADATA_VALUE:
+            raise InvalidRequest(f"metadata[{k!r}] is {len(v)} characters; the limit is "
+                                 f"{MAX_METADATA_VALUE}", param="metadata")
 
 
 class BatchService:
@@ -53,6 +74,9 @@ class BatchService:
     # -- files --------------------------------------------------------------------------
 
     async def upload(self, p: Principal, filename: str, purpose: str, content: bytes) -> JSON:
+        if not purpose.strip():
+            raise MissingField("the `purpose` field is empty; set it to \"batch\"",
+                               param="purpose")
         if purpose != "batch":
             raise InvalidRequest(f"purpose {purpose!r} is not supported; keel stores files "
                                  "for batches: use purpose \"batch\"", param="purpose")
@@ -91,16 +115,12 @@ class BatchService:
             return
         assert row.batch_id is not None
         status = store.DONE if row.kind == "output" else store.FAILED
-        after = 0
-        while True:
-            part = await self.db.run(partial(store.result_lines, batch_id=row.batch_id or "",
-                                             status=status, after=after, limit=500))
-            if not part:
-                return
-            after = part[-1].pop("_line")
-            for line in part[:-1]:
-                line.pop("_line")
-            yield b"".join(orjson.dumps(line) + b"\n" for line in part)
+        after: int | None = 0
+        while after is not None:
+            part, after = await self.db.run(partial(
+                store.render_chunk, batch_id=row.batch_id, status=status, after=after))
+            if part:
+                yield part
 
     # -- batches ------------------------------------------------------------------------
 
@@ -108,19 +128,21 @@ class BatchService:
         file_id, endpoint = body.get("input_file_id"), body.get("endpoint")
         window, metadata = body.get("completion_window", "24h"), body.get("metadata")
         if not isinstance(file_id, str) or not file_id:
-            raise InvalidRequest("input_file_id is required: the id `POST /v1/files` "
-                                 "returned", param="input_file_id")
+            raise MissingField("missing required field 'input_file_id': the id "
+                               "`POST /v1/files` returned", param="input_file_id")
+        if endpoint is None:
+            raise MissingField("missing required field 'endpoint': use "
+                               f"{' or '.join(jsonl.ENDPOINTS)}", param="endpoint")
         if endpoint not in jsonl.ENDPOINTS:
             raise InvalidRequest(f"endpoint {endpoint!r} is not supported; use "
                                  f"{' or '.join(jsonl.ENDPOINTS)}", param="endpoint")
+        if window is None:
+            raise MissingField("completion_window is null; use \"24h\" (or leave it out)",
+                               param="completion_window")
         if window not in WINDOWS:
             raise InvalidRequest(f"completion_window {window!r} is not supported; use "
                                  "\"24h\"", param="completion_window")
-        if metadata is not None and not (
-                isinstance(metadata, dict) and len(metadata) <= MAX_METADATA
-                and all(isinstance(k, str) and isinstance(v, str) for k, v in metadata.items())):
-            raise InvalidRequest(f"metadata must be an object of at most {MAX_METADATA} "
-                                 "string keys and string values", param="metadata")
+        _check_metadata(metadata)
         if self.enqueue is None:
             raise InvalidRequest("batches cannot run: the job runtime is not available")
         src = await self.file(p, file_id)
@@ -186,6 +208,13 @@ class BatchService:
         return await self.public(await self.batch(p, batch_id))
 
     async def list(self, p: Principal, after: str | None, limit: int) -> JSON:
+        """A page of batches, newest first; ``after`` is the ``last_id`` of the page
+        before. An ``after`` that names no batch of the caller's is a 400 (a silent first
+        page would make a paging client loop)."""
+        if after is not None and await self.db.run(
+                lambda c: store.get_batch(c, after, self._tenant(p))) is None:
+            raise InvalidRequest(f"after={after!r} is not the id of one of your batches; "
+                                     "pass the last_id of the previous page", param="after")
         rows = await self.db.run(lambda c: store.list_batches(c, self._tenant(p),
                                                               after=after, limit=limit + 1))
         data = [await self.public(r) for r in rows[:limit]]
@@ -217,13 +246,13 @@ class BatchService:
             return None if v is None else int(v)
 
         return {
-            "id": b.id, "object": "batch", "endpoint": b.endpoint, "errors": None,
+            "id": b.id, "object": "batch", "endpoint": b.endpoint, "errors": b.errors,
             "input_file_id": b.input_file_id, "completion_window": b.completion_window,
             "status": b.status, "output_file_id": b.output_file_id,
             "error_file_id": b.error_file_id, "created_at": int(b.created_at),
             "in_progress_at": ts(b.in_progress_at), "expires_at": ts(b.expires_at),
             "finalizing_at": ts(b.finalizing_at), "completed_at": ts(b.completed_at),
-            "failed_at": None, "expired_at": None, "cancelling_at": ts(b.cancelling_at),
+            "failed_at": ts(b.failed_at), "expired_at": None, "cancelling_at": ts(b.cancelling_at),
             "cancelled_at": ts(b.cancelled_at),
             "request_counts": {"total": b.total, "completed": n.get(store.DONE, 0),
                                "failed": n.get(store.FAILED, 0)},
@@ -239,8 +268,11 @@ class BatchService:
 
     async def cost(self, p: Principal, batch_id: str) -> JSON:
         row = await self.batch(p, batch_id)
-        t = await self.db.run(lambda c: store.totals(c, row.id))
-        stats = await self.db.run(lambda c: store.line_stats(c, row.id))
-        out = report(t, stats, self.models.specs(), self.cpu_usd_per_hour)
+        def read(c: Any) -> tuple[Any, ...]:
+            return (store.totals(c, row.id), store.totals(c, row.id, on_local=True),
+                    store.upstream_models(c, row.id), store.line_stats(c, row.id))
+
+        t, local, upstream, stats = await self.db.run(read)
+        out = report(t, local, upstream, stats, self.models.specs(), self.cpu_usd_per_hour)
         out["batch_id"] = row.id
         return out

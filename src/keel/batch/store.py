@@ -28,7 +28,9 @@ from sqlalchemy import (
     Text,
     and_,
     func,
+    inspect,
     select,
+    text,
     update,
 )
 
@@ -82,6 +84,8 @@ batches = Table(
     Column("expires_at", Float),
     Column("output_file_id", String(48)),
     Column("error_file_id", String(48)),
+    Column("failed_at", Float),
+    Column("errors", Text),  # OpenAI's batch-level errors list, when the batch failed
     Index("batches_tenant", "tenant", "created_at"),
     Index("batches_status", "status"),
 )
@@ -105,11 +109,29 @@ lines = Table(
     Column("cpu_s", Float, nullable=False, default=0.0),
     Column("wall_s", Float, nullable=False, default=0.0),
     Column("schema_ok", Integer),  # 1/0 when the line asked for a json_schema; else NULL
+    # the model that served the line (or the one it asked for when no call was made) and
+    # whether it ran on the local provider (NULL: not known, e.g. the call timed out)
+    Column("model", String(128)),
+    Column("on_local", Integer),
     Index("batch_lines_status", "batch_id", "status"),
 )
 
+
+
+def _add_columns(c: Connection) -> None:
+    """Columns added after 0001 (a database created by 0001 today has them already)."""
+    wanted = {"batches": (("failed_at", "FLOAT"), ("errors", "TEXT")),
+              "batch_lines": (("model", "VARCHAR(128)"), ("on_local", "INTEGER"))}
+    for table, cols in wanted.items():
+        have = {col["name"] for col in inspect(c).get_columns(table)}
+        for name, kind in cols:
+            if name not in have:
+                c.execute(text(f"ALTER TABLE {table} ADD COLUMN {name} {kind}"))
+
+
 MIGRATIONS = [
     Migration("batch/0001_tables", lambda c: meta.create_all(c, tables=[files, batches, lines])),
+    Migration("batch/0002_failed_batches_and_line_models", _add_columns),
 ]
 
 
@@ -220,11 +242,14 @@ class BatchRow:
     expires_at: float | None
     output_file_id: str | None
     error_file_id: str | None
+    failed_at: float | None = None
+    errors: JSON | None = None  # {"object": "list", "data": [{"code", "message", ...}]}
 
 
 def _batch(r: Any) -> BatchRow:
     m = dict(r._mapping)
     m["metadata"] = orjson.loads(m["metadata"]) if m["metadata"] else None
+    m["errors"] = orjson.loads(m["errors"]) if m.get("errors") else None
     return BatchRow(**m)
 
 
@@ -265,9 +290,10 @@ def list_batches(c: Connection, tenant: str | None, *, after: str | None, limit:
     if tenant is not None:
         q = q.where(batches.c.tenant == tenant)
     if after:
-        pivot = c.execute(select(batches.c.created_at).where(batches.c.id == after)).scalar()
-        if pivot is not None:
-            q = q.where(batches.c.created_at < pivot)
+        pivot = get_batch(c, after, tenant)
+        if pivot is None:  # the service refuses an unknown cursor before it gets here
+            return []
+        q = q.where(batches.c.created_at < pivot.created_at)
     q = q.order_by(batches.c.created_at.desc()).limit(limit)
     return [_batch(r) for r in c.execute(q)]
 
@@ -330,8 +356,30 @@ def request_cancel(c: Connection, batch_id: str) -> None:
               .values(status=CANCELLED, finished_at=now))
 
 
+def stop_batch(c: Connection, batch_id: str, *, status_code: int, error: JSON) -> bool:
+    """End a batch that must not go on (its key was revoked): every queued line goes to the
+    error file with ``error``; lines already running finish; then the batch is ``failed``
+    with ``error`` in its ``errors``. Until those lines finish it is ``cancelling`` (the
+    OpenAI status for a batch that is stopping). False: it was not in progress."""
+    now = time.time()
+    errors = {"object": "list", "data": [{**error, "param": None, "line": None}]}
+    res = c.execute(update(batches).where(and_(batches.c.id == batch_id,
+                                               batches.c.status == IN_PROGRESS))
+                    .values(status=CANCELLING, cancelling_at=now, errors=_json(errors)))
+    if not res.rowcount:
+        return False
+    body = {"error": {"type": error.get("type") or "api_error", "code": error.get("code"),
+                      "message": error.get("message"), "param": None}}
+    c.execute(update(lines).where(and_(lines.c.batch_id == batch_id, lines.c.status == QUEUED))
+              .values(status=FAILED, status_code=status_code, response=_json(body),
+                      error=_json({"code": error.get("code"), "message": error.get("message")}),
+                      finished_at=now))
+    return True
+
+
 def finalize_if_done(c: Connection, batch_id: str) -> bool:
-    """Close the batch when no line is open: completed (or cancelled), with its files."""
+    """Close the batch when no line is open: completed (cancelled, or failed when it was
+    stopped with errors), with its files."""
     b = get_batch(c, batch_id, None)
     if b is None or b.status not in ACTIVE:
         return False
@@ -339,16 +387,24 @@ def finalize_if_done(c: Connection, batch_id: str) -> bool:
     if any(n.get(s, 0) for s in OPEN):
         return False
     now = time.time()
-    values: JSON = ({"status": BATCH_CANCELLED, "cancelled_at": now}
-                    if b.status == CANCELLING else
-                    {"status": COMPLETED, "finalizing_at": now, "completed_at": now})
-    for kind, present in (("output", n.get(DONE, 0)), ("error", n.get(FAILED, 0))):
+    values: JSON
+    if b.status == CANCELLING and b.errors:
+        values = {"status": BATCH_FAILED, "failed_at": now}
+    elif b.status == CANCELLING:
+        values = {"status": BATCH_CANCELLED, "cancelled_at": now}
+    else:
+        values = {"status": COMPLETED, "finalizing_at": now, "completed_at": now}
+    for kind, status in (("output", DONE), ("error", FAILED)):
+        present = n.get(status, 0)
         if present:
+            # no line changes once none is open, so the size is the content's for good
+            size = rendered_size(c, batch_id, status)
             fid = new_id("file")
             c.execute(files.insert().values(
                 id=fid, tenant=b.tenant, purpose="batch_output",
-                filename=f"{batch_id}_{kind}.jsonl", bytes=0, created_at=now, lines=present,
-                endpoint=b.endpoint, batch_id=batch_id, kind=kind, content=None))
+                filename=f"{batch_id}_{kind}.jsonl", bytes=size, created_at=now,
+                lines=present, endpoint=b.endpoint, batch_id=batch_id, kind=kind,
+                content=None))
             values[f"{kind}_file_id"] = fid
     res = c.execute(update(batches).where(and_(batches.c.id == batch_id,
                                                batches.c.status == b.status)).values(**values))
@@ -400,7 +456,8 @@ def count_attempt(c: Connection, batch_id: str, line_no: int) -> int:
 def finish_line(c: Connection, batch_id: str, line_no: int, *, status: str, status_code: int,
                 response: JSON | None, error: JSON | None, request_id: str | None,
                 prompt_tokens: int = 0, completion_tokens: int = 0, cost_usd: float = 0.0,
-                cpu_s: float = 0.0, wall_s: float = 0.0, schema_ok: bool | None = None) -> bool:
+                cpu_s: float = 0.0, wall_s: float = 0.0, schema_ok: bool | None = None,
+                model: str | None = None, on_local: bool | None = None) -> bool:
     """Write the line's result once: only an open line takes it."""
     res = c.execute(update(lines).where(and_(lines.c.batch_id == batch_id,
                                              lines.c.line_no == line_no,
@@ -411,7 +468,9 @@ def finish_line(c: Connection, batch_id: str, line_no: int, *, status: str, stat
                             request_id=request_id, prompt_tokens=prompt_tokens,
                             completion_tokens=completion_tokens, cost_usd=cost_usd,
                             cpu_s=cpu_s, wall_s=wall_s, finished_at=time.time(),
-                            schema_ok=None if schema_ok is None else int(schema_ok)))
+                            schema_ok=None if schema_ok is None else int(schema_ok),
+                            model=model,
+                            on_local=None if on_local is None else int(on_local)))
     return bool(res.rowcount)
 
 
@@ -436,6 +495,30 @@ def result_lines(c: Connection, batch_id: str, status: str, *, after: int = 0,
     return out
 
 
+def render_chunk(c: Connection, batch_id: str, status: str, after: int = 0,
+                 limit: int = 500) -> tuple[bytes, int | None]:
+    """Up to ``limit`` lines of the output (done) or error (failed) file after line number
+    ``after``, as the file's bytes, and the line number to go on from (None: the end)."""
+    part = result_lines(c, batch_id, status, after=after, limit=limit)
+    if not part:
+        return b"", None
+    last = int(part[-1]["_line"])
+    for line in part:
+        line.pop("_line")
+    return b"".join(orjson.dumps(line) + b"\n" for line in part), last
+
+
+def rendered_size(c: Connection, batch_id: str, status: str) -> int:
+    """The size in bytes of the output (done) or error (failed) file."""
+    size, after = 0, 0
+    while True:
+        part, nxt = render_chunk(c, batch_id, status, after, limit=2000)
+        size += len(part)
+        if nxt is None:
+            return size
+        after = nxt
+
+
 @dataclass(frozen=True)
 class Totals:
     lines_done: int
@@ -456,8 +539,13 @@ class Totals:
         return max(0.0, self.last_finish - self.first_start)
 
 
-def totals(c: Connection, batch_id: str) -> Totals:
+def totals(c: Connection, batch_id: str, *, on_local: bool | None = None) -> Totals:
+    """Every line of the batch (``on_local`` None), or only the lines that ran on the local
+    provider (True) or on an upstream (False). Failed lines count too: a line whose model
+    call ran and then failed (``output_truncated``) was billed and used the CPU."""
     w = lines.c.batch_id == batch_id
+    if on_local is not None:
+        w = and_(w, lines.c.on_local == int(on_local))
     r = c.execute(select(
         func.sum((lines.c.status == DONE).cast(Integer)),
         func.sum((lines.c.status == FAILED).cast(Integer)),
@@ -474,7 +562,19 @@ def totals(c: Connection, batch_id: str) -> Totals:
 
 
 def line_stats(c: Connection, batch_id: str) -> list[tuple[int, int, float]]:
-    """(prompt_tokens, completion_tokens, cpu_s) of each successful line (cost fitting)."""
+    """(prompt_tokens, completion_tokens, cpu_s) of each local line whose model call ran,
+    done or failed (cost fitting)."""
     q = (select(lines.c.prompt_tokens, lines.c.completion_tokens, lines.c.cpu_s)
-         .where(and_(lines.c.batch_id == batch_id, lines.c.status == DONE)))
+         .where(and_(lines.c.batch_id == batch_id, lines.c.on_local == 1,
+                     lines.c.prompt_tokens + lines.c.completion_tokens > 0)))
     return [(int(a), int(b), float(s)) for a, b, s in c.execute(q)]
+
+
+def upstream_models(c: Connection, batch_id: str) -> list[tuple[str, int, int, int, float]]:
+    """(model, lines, prompt_tokens, completion_tokens, metered USD) per upstream model."""
+    q = (select(lines.c.model, func.count(), func.coalesce(func.sum(lines.c.prompt_tokens), 0),
+                func.coalesce(func.sum(lines.c.completion_tokens), 0),
+                func.coalesce(func.sum(lines.c.cost_usd), 0.0))
+         .where(and_(lines.c.batch_id == batch_id, lines.c.on_local == 0))
+         .group_by(lines.c.model).order_by(lines.c.model))
+    return [(str(m or ""), int(n), int(p), int(o), float(u)) for m, n, p, o, u in c.execute(q)]

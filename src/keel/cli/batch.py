@@ -155,22 +155,36 @@ def build() -> typer.Typer:
         if as_json:
             console.print_json(orjson.dumps(r).decode())
             return
+        loc, up = r["local"], r["upstream"]
         console.print(
-            f"{r['lines_done']} documents, {r['input_tokens']} tokens in / "
-            f"{r['output_tokens']} out, {r['cpu_s']} CPU-s over {r['wall_s']} s "
-            f"({r['cpu_s_per_document']} CPU-s per document); local at "
-            f"${r['local']['cpu_usd_per_hour']}/CPU-hour: ${r['local']['usd']:.6f} "
-            f"(${r['local']['usd_per_document']:.8f} per document)",
-            markup=False, highlight=False)
-        t = new_table("model", "same tokens", "per document", "local cheaper",
+            f"{r['lines_done']} lines done, {r['lines_failed']} failed; "
+            f"{r['input_tokens']} tokens in / {r['output_tokens']} out, {r['cpu_s']} CPU-s "
+            f"over {r['wall_s']} s", markup=False, highlight=False)
+        console.print(
+            f"local model: {loc['lines']} lines, {loc['input_tokens']} tokens in / "
+            f"{loc['output_tokens']} out, {loc['cpu_s']} CPU-s "
+            f"({r['cpu_s_per_document']} CPU-s per line); at "
+            f"${loc['cpu_usd_per_hour']}/CPU-hour: ${loc['usd']:.6f} "
+            f"(${loc['usd_per_document']:.8f} per line)", markup=False, highlight=False)
+        if up["lines"]:
+            per_model = ", ".join(f"{m['model']} {m['lines']} lines ${m['usd']:.6f}"
+                                  for m in up["models"])
+            console.print(
+                f"upstream models (paid to the upstream, not in the comparison): "
+                f"{up['lines']} lines, {up['input_tokens']} tokens in / "
+                f"{up['output_tokens']} out, ${up['usd']:.6f} metered ({per_model})",
+                markup=False, highlight=False)
+        t = new_table("model", "local lines' tokens", "per line", "local cheaper",
                       "break-even input tokens")
+        why = r.get("break_even_unavailable") or "n/a"
         for m in r["models"]:
             be = m["break_even_input_tokens"]
             t.add_row(m["model"], f"${m['usd']:.6f}", f"${m['usd_per_document']:.8f}",
                       "yes" if m["local_is_cheaper"] else "no",
-                      "n/a (lines all of one shape)" if be is None else str(be))
+                      f"n/a ({why})" if be is None else str(be))
         if not r["models"]:
-            t.add_row("(no priced models in [[models]])", "", "", "", "")
+            t.add_row("(no local lines)" if not loc["lines"] else
+                      "(no priced models in [[models]])", "", "", "", "")
         console.print(t)
 
     return app

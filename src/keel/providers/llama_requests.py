@@ -286,7 +286,25 @@ def llama_request(
     return req
 
 
+def _refuse_completion_options(body: JSON) -> None:
+    """``/v1/completions`` options the local provider cannot honour are a 400 too: a client
+    that asks for ``echo`` expects the prompt back, ``best_of`` a choice among several, a
+    ``suffix`` an insertion. Their no-op values are accepted."""
+    if body.get("echo") not in (None, False):
+        raise InvalidRequest("the local provider does not echo the prompt; drop `echo` or "
+                             "set it to false", param="echo")
+    if body.get("best_of") not in (None, 1):
+        raise InvalidRequest("the local provider generates one completion; drop `best_of` "
+                             "or set it to 1", param="best_of")
+    if body.get("suffix") not in (None, ""):
+        raise InvalidRequest("the local provider does not insert text before a `suffix`; "
+                             "drop `suffix`", param="suffix")
+
+
 def completion_prompt(body: JSON) -> Any:
+    """The prompt of a ``/v1/completions`` body as llama.cpp takes it (one string or one
+    list of token ids); options that cannot be honoured are refused here."""
+    _refuse_completion_options(body)
     prompt = body.get("prompt")
     if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
         prompt = prompt[0]
