@@ -117,12 +117,47 @@ async def test_high_risk_waits_then_approve_runs_action_once(
 
 
 async def test_low_risk_runs_without_waiting(
-    client: httpx.AsyncClient, user_key: str, actions: ActionLog
+    client: httpx.AsyncClient, services: Services, actions: ActionLog
 ) -> None:
-    a = await propose(client, user_key, risk_level="low", amount=5.0)
+    orchestrator = services.keys.create("acme").secret  # a tenant key without an agent
+    a = await propose(client, orchestrator, risk_level="low", amount=5.0,
+                      arguments={"to": "acme", "cents": 500})
     assert a["status"] == "auto_approved" and a["policy"] == "low-risk-runs"
-    done = (await client.get(f"/v1/approvals/{a['id']}?wait=10", headers=H(user_key))).json()
+    done = (await client.get(f"/v1/approvals/{a['id']}?wait=10", headers=H(orchestrator))
+            ).json()
     assert done["outcome"] == "executed" and len(actions.runs()) == 1
+
+
+async def test_an_agent_cannot_route_itself_past_a_human(
+    client: httpx.AsyncClient, services: Services, user_key: str, actions: ActionLog
+) -> None:
+    # the agent's own key says "low": no auto rule applies to it by default
+    a = await propose(client, user_key, risk_level="low", amount=None,
+                      arguments={"order_id": "o1", "amount": 50000})
+    assert a["status"] == "pending" and a["policy"] == "large-amount-waits"
+    small = await propose(client, user_key, risk_level="low", amount=None,
+                          arguments={"order_id": "o1", "amount": 5})
+    assert small["status"] == "pending" and small["policy"].startswith("default")
+    # hiding the amount in the arguments does not dodge the amount rule for anyone
+    orchestrator = services.keys.create("acme").secret
+    for args in ({"order_id": "o1", "amount": 50000}, {"refund": {"amount_cents": 500000}},
+                 {"total": "50000.00"}):
+        hidden = await propose(client, orchestrator, risk_level="low", amount=None,
+                               arguments=args)
+        assert hidden["status"] == "pending" and hidden["policy"] == "large-amount-waits"
+    await asyncio.sleep(0.3)
+    assert actions.runs() == []
+
+
+async def test_an_operator_can_let_agent_requests_run(
+    client: httpx.AsyncClient, settings: Settings, user_key: str, actions: ActionLog
+) -> None:
+    from keel.approvals.settings import RiskRule
+
+    settings.approvals.rules = [RiskRule(name="agents-may-ping", route="auto",
+                                         actions=["pay"], agent_requests=True)]
+    a = await propose(client, user_key, risk_level="low", amount=1.0)
+    assert a["status"] == "auto_approved" and a["policy"] == "agents-may-ping"
 
 
 async def test_timeout_auto_denies_after_reminders(

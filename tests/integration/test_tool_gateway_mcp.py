@@ -134,7 +134,7 @@ async def _refund_example(mcp: Client, stack: Stack) -> None:
     assert mine[-4]["policy_ids"] == '["no-refunds-over-50"]' and mine[-4]["latency_us"] > 0
     assert mine[-5]["outcome"] == "ok" and len(mine[-5]["args_hash"]) == 64
     # the allowed refund counted towards the session's spend
-    assert await stack.svc.get(ToolGateway).spend.spent_cents("acme", "sess-1") >= 4999
+    assert await stack.svc.get(ToolGateway).spend.spent_cents("acme", "s:sess-1") >= 4999
 
     # shadow: a stricter candidate would flip the allowed $49.99 refund
     candidate = stack.svc.get(ToolGateway).authorizer.validate(POLICY.replace("> 5000", "> 1000"))

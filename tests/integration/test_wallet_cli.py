@@ -38,8 +38,12 @@ def test_wallet_cli_round_trip(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     assert code == 1 and "micro-dollar" in out
     for huge in ("9000000000000", "1e30"):  # used to overflow the books or print a traceback
         code, out = run(cfg, "wallet", "fund", "-t", "acme", "-a", "bot", huge)
-        assert code == 1 and "at most $1000000000.00 per amount" in out, out
+        assert code == 1 and ("at most $1000000000.00 per amount" in out
+                              or "plain decimal" in out), out
         assert "Traceback" not in out
+    for odd in ("\u0663", "1e2", "1_000", "\uff13"):  # Arabic-Indic / fullwidth 3, exponent
+        code, out = run(cfg, "wallet", "fund", "-t", "acme", "-a", "bot", odd)
+        assert code == 1 and "plain decimal" in out, out
     code, out = run(cfg, "wallet", "balance", "-t", "acme", "--json")
     assert json.loads(out) == [{"agent": "bot", "address": address, "available": 2_500_000,
                                 "held": 0}]

@@ -193,6 +193,8 @@ async def test_an_expired_session_is_refused(stack: Stack) -> None:
     ({"agent": "bot", "budget_usd": "0.0000001"}, 400, "budget_usd"),
     ({"agent": "bot", "budget_usd": "-1"}, 400, "budget_usd"),
     ({"agent": "bot", "budget_usd": "NaN"}, 400, "budget_usd"),
+    ({"agent": "bot", "budget_usd": "\u0663"}, 400, "budget_usd"),  # Arabic-Indic 3
+    ({"agent": "bot", "budget_usd": "1e2"}, 400, "budget_usd"),
     ({"agent": "bot", "budget_usd": True}, 400, "budget_usd"),
     ({"agent": "bot", "ttl_s": 10**9}, 400, "ttl_s"),
     ({"agent": "bot", "ttl_s": "soon"}, 400, "ttl_s"),

@@ -247,7 +247,7 @@ BAD_402 = {
                         "network not enabled"),
     "bad-amount": ({"PAYMENT-REQUIRED": _b64({"x402Version": 2,
                                               "accepts": [_req(amount="-5")]})},
-                   "amount must be positive"),
+                   "amount must be positive|not a plain integer"),
 }
 
 

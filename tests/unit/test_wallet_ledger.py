@@ -41,7 +41,7 @@ def test_money_is_exact_integer_micro_usd() -> None:
 @pytest.mark.parametrize("amount", ["1e30", "9000000000000", "Infinity", "NaN", "-1e30",
                                     "1000000000.000001"])
 def test_amounts_that_would_not_fit_the_books_are_refused(amount: str) -> None:
-    with pytest.raises(ValueError, match="at most"):
+    with pytest.raises(ValueError, match=r"at most|plain decimal"):
         usd_to_micros(amount)
 
 
@@ -195,3 +195,11 @@ def test_random_operation_sequences_always_balance(svc: WalletService) -> None:
             pass
         report = tx(ledger.check_books)
         assert report.balanced, (op, report)
+
+
+@pytest.mark.parametrize("text", ["\u0663", "\uff13", "1e2", "1E2", "Infinity", "NaN",
+                                  "1_000", "+2", "2 .00", ""])
+def test_usd_amounts_are_plain_ascii_decimals(text: str) -> None:
+    with pytest.raises(ValueError, match="plain decimal"):
+        usd_to_micros(text)
+    assert usd_to_micros(" $2.50 ") == 2_500_000 and usd_to_micros(".5") == 500_000

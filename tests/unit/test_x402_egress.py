@@ -149,3 +149,27 @@ def test_payment_terms_in_tool_results() -> None:
         payment_required(_error_result({**terms, "x402Version": 1}), "tool 'x'")
     with pytest.raises(PaymentRequirementsInvalid, match="malformed"):
         payment_required(_error_result({**terms, "accepts": [{"scheme": 5}]}), "tool 'x'")
+
+
+@pytest.mark.parametrize("amount", [
+    " 2000", "2000 ", "+2000", "2_000", "02000", "2e3", "-2000", "2000.0",
+    "\u0662\u0660\u0660\u0660", "\uff12\uff10\uff10\uff10",  # Arabic-Indic, fullwidth
+])
+def test_only_canonical_ascii_amounts_are_paid(amount: str) -> None:
+    from x402.schemas import PaymentRequired
+
+    from keel.wallets.settings import X402ClientSettings
+    from keel.x402.requirements import choose
+
+    def offer(value: str) -> PaymentRequired:
+        return PaymentRequired.model_validate({
+            "x402Version": 2, "resource": {"url": "https://api.example.com/r"},
+            "accepts": [{"scheme": "exact", "network": "eip155:84532",
+                         "asset": "0x036CbD53842c5426634e7929541eC2318f3dCF7e",
+                         "amount": value, "payTo": "0x" + "1" * 40,
+                         "maxTimeoutSeconds": 60, "extra": {}}]})
+
+    assert choose(offer("2000"), X402ClientSettings(), "h").chosen.amount == "2000"
+    with pytest.raises(PaymentRequirementsInvalid, match="plain integer") as err:
+        choose(offer(amount), X402ClientSettings(), "h")
+    assert err.value.code == "payment_requirements_invalid"

@@ -134,7 +134,7 @@ class ApprovalEngine:
         if self._workflow is None:
             raise KeelError("approvals are not running in this process (DBOS not launched)")
         timeout_s = p.timeout_s or self.cfg.timeout_s
-        r = route(p, self.cfg)
+        r = route(p, self.cfg, requester)
         status = {"require": PENDING, "auto": AUTO_APPROVED, "deny": AUTO_DENIED}[r.route]
         approval_id = store.new_id()
         wid = f"approval-{approval_id}"

@@ -18,7 +18,12 @@ class RiskRule(Section):
     route: Route
     actions: list[str] = Field(default_factory=list)  # fnmatch patterns on the action name
     risk_levels: list[str] = Field(default_factory=list)  # e.g. ["HIGH", "CRITICAL"]
-    min_amount: float | None = None  # matches when amount >= min_amount
+    # matches when the proposal's amount (top-level or a money field in its arguments,
+    # keel.approvals.routing) is >= min_amount
+    min_amount: float | None = None
+    # an auto rule matches a proposal an agent filed with its own key only when true: the
+    # agent chooses its risk level, so it must not route itself past a human by default
+    agent_requests: bool = False
 
 
 def default_rules() -> list[RiskRule]:

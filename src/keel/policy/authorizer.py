@@ -19,6 +19,7 @@ are never memoised.
 
 from __future__ import annotations
 
+import difflib
 import json
 import re
 import time
@@ -38,9 +39,18 @@ from keel.policy.decimals import (
     explain,
     to_cedar,
 )
-from keel.policy.schema import ToolSignature, argument_names, build_schema, record_type
+from keel.policy.schema import (
+    ToolSignature,
+    build_schema,
+    drop_nulls,
+    null_shape,
+    record_type,
+    untyped_arguments,
+)
 
 Outcome = Literal["allow", "deny", "approval"]
+APPROVAL_KEY = "approval"
+APPROVAL_VALUES = frozenset({"required"})
 DEFAULT_DENY = "no permit policy matched (default deny)"
 MEMO_SIZE = 4096  # decisions remembered per policy snapshot
 # `now` read as a whole record (anything but `now.x`, `now["x"]` or `now has x`)
@@ -106,9 +116,39 @@ def parse_policies(text: str, version: int | None = None) -> PolicySnapshot:
     approval: set[str] = set()
     for pid, node in {**tree.static_policies, **tree.templates}.items():
         labels[pid] = node.annotations.get("id") or pid
-        if node.annotations.get("approval", "").strip().lower() == "required":
+        if approval_annotation(labels[pid], node.annotations):
             approval.add(pid)
     return PolicySnapshot(version, text, policies, labels, frozenset(approval))
+
+
+def approval_annotation(label: str, annotations: Mapping[str, str | None]) -> bool:
+    """Whether a policy's annotations hold its calls for a human (``@approval("required")``).
+
+    A misspelt approval annotation must never turn a permit meant to wait for a human into
+    a plain allow, so a key that looks like ``approval`` but is not exactly it
+    (``@Approval``, ``@aproval``, ``@approvals``) and any value other than ``"required"`` are
+    refused with what to write instead."""
+    for key in annotations:
+        if key != APPROVAL_KEY and _looks_like_approval(key):
+            raise InvalidPolicy(
+                f"policy {label!r} has the annotation @{key}(...), which keel does not know; "
+                f'write @{APPROVAL_KEY}("required") (lower case) to hold its calls for a '
+                "human's approval")
+    if APPROVAL_KEY not in annotations:
+        return False
+    value = annotations[APPROVAL_KEY]
+    if value is None or value.strip().lower() not in APPROVAL_VALUES:
+        raise InvalidPolicy(
+            f"policy {label!r} has @{APPROVAL_KEY}({json.dumps(value or '')}); the only "
+            f'supported value is @{APPROVAL_KEY}("required") (hold the call for a human); '
+            "to allow without approval, remove the annotation")
+    return True
+
+
+def _looks_like_approval(key: str) -> bool:
+    k = key.strip().lower()
+    return k.startswith("approv") or k.startswith("aprov") or \
+        difflib.SequenceMatcher(None, k, APPROVAL_KEY).ratio() >= 0.75
 
 
 def unusable(version: int | None, text: str, problem: str) -> PolicySnapshot:
@@ -125,14 +165,11 @@ class Authorizer:
         self.tools = {t.name: t for t in tools}
         self.schema, self.schema_text = build_schema(tools)
         self.roles = {k: list(v) for k, v in (roles or {}).items()}
-        # arguments Cedar cannot type (e.g. untyped arrays): dropped before the context is
-        # built; and where each tool's decimals (JSON numbers) sit in its arguments
+        # per tool: the arguments Cedar cannot type (a call sending one is denied: no
+        # policy could see it), where nulls mean "absent", and where decimals sit
         self._decimals = {t.name: decimal_shape(record_type(t.input_schema)) for t in tools}
-        self._untyped = {
-            t.name: frozenset(t.input_schema.get("properties") or {})
-            - argument_names(t.input_schema)
-            for t in tools
-        }
+        self._untyped = {t.name: untyped_arguments(t.input_schema) for t in tools}
+        self._nulls = {t.name: null_shape(t.input_schema) for t in tools}
         tool_entities = [{"uid": {"type": "Tool", "id": t.name},
                           "attrs": {"server": t.server}, "parents": []} for t in tools]
         self._base = cedarpy.Entities.from_json_str(json.dumps(tool_entities), self.schema)
@@ -196,8 +233,13 @@ class Authorizer:
             return f"unknown tool {req.tool!r}"
         if not isinstance(req.arguments, dict):
             return "tool arguments must be a JSON object"
-        drop = self._untyped[req.tool]
-        ctx = {k: v for k, v in req.arguments.items() if k not in drop}
+        untyped = sorted(k for k in req.arguments if k in self._untyped[req.tool])
+        if untyped:  # never dropped: the tool would get a value no policy has seen
+            return (f"argument {untyped[0]!r} of {req.tool!r} has a JSON schema type that "
+                    "Cedar policies cannot see (e.g. a union of types or no type), so the "
+                    "call is denied; give the argument one type (X or X | null) in the "
+                    "tool's input schema, or leave it out of the call")
+        ctx: dict[str, Any] = drop_nulls(self._nulls[req.tool], dict(req.arguments))
         shape = self._decimals[req.tool]
         if shape is not None:
             try:

@@ -29,9 +29,9 @@ class ToolsCapability(Capability):
     @classmethod
     def migrations(cls) -> Sequence[Migration]:
         from keel.policy import store
-        from keel.tools import decision_log
+        from keel.tools import decision_log, spend
 
-        return [*store.MIGRATIONS, *decision_log.MIGRATIONS]
+        return [*store.MIGRATIONS, *decision_log.MIGRATIONS, *spend.MIGRATIONS]
 
     @classmethod
     def cli_groups(cls) -> Sequence[CliGroup]:

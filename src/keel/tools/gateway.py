@@ -1,8 +1,10 @@
 """The tool gateway: every agent tool call is authorized by Cedar before the tool runs.
 
 ``ToolGateway.call`` is the one path shared by ``/mcp`` and ``POST /v1/tools/{name}``:
-size check -> Cedar decision (fail closed) -> [approval hook] -> the tool -> session spend,
-and every decision goes to the decision log. Denials raise :class:`PolicyDenied` carrying the
+size check -> Cedar decision (fail closed) and, for a spending tool, the amount reserved
+against the session's spend in the same step -> [approval hook] -> the tool -> the
+reservation committed (or released when the call did not succeed), and every decision goes
+to the decision log. Denials raise :class:`PolicyDenied` carrying the
 deciding policy ids; the tool is never called for them.
 """
 
@@ -13,6 +15,7 @@ import itertools
 import logging
 import os
 import time
+import weakref
 from collections.abc import Callable
 from contextlib import AsyncExitStack
 from datetime import datetime
@@ -42,7 +45,6 @@ from keel.tools.decision_log import DecisionLog, args_hash
 from keel.tools.ports import (
     PAYMENT_RECEIPT_META,
     ApprovalHook,
-    MemorySessionSpend,
     SessionCheck,
     SessionSpend,
     ToolCall,
@@ -50,11 +52,15 @@ from keel.tools.ports import (
     ToolScanner,
 )
 from keel.tools.settings import ToolSettings
+from keel.tools.spend import SqlSessionSpend, session_key
 from keel.tools.upstreams import ToolSpec, Upstream, build_upstreams
 
 log = logging.getLogger("keel.tools")
 
 Clock = Callable[[], datetime]
+# how often a decision is retaken when another process changed the session's spend between
+# reading it and reserving the amount; past that the call is denied (fail closed)
+RESERVE_TRIES = 20
 
 
 def agent_id(p: Principal) -> str:
@@ -94,7 +100,11 @@ class ToolGateway:
         self.sessions: SessionCheck | None = None
         # actions that are not tools but are decided by the same policies (x402:pay)
         self.extra_actions: list[ToolSignature] = []
-        self.spend: SessionSpend = spend or MemorySessionSpend()
+        self.spend: SessionSpend = spend or SqlSessionSpend(db)
+        # one decide-and-reserve at a time per session in this process (other processes
+        # are kept honest by the compare-and-set in SessionSpend.reserve)
+        self._spend_locks: weakref.WeakValueDictionary[tuple[str, str], asyncio.Lock] = \
+            weakref.WeakValueDictionary()
         self.store = PolicyStore(db)
         self.log = DecisionLog(db)
         self.upstreams = upstreams if upstreams is not None else build_upstreams(
@@ -218,11 +228,62 @@ class ToolGateway:
 
     async def authorize(self, principal: Principal, tool: str, arguments: Any,
                         session_id: str = "") -> AuthzDecision:
-        spent = await self.spend.spent_cents(principal.tenant, session_id) if session_id else 0
+        """Cedar's decision, with the spend of the call's session (see :func:`session_key`:
+        without ``x-keel-session`` the agent's sessionless spend, never a fresh 0)."""
+        key = session_key(session_id, agent_id(principal))
+        spent = await self.spend.spent_cents(principal.tenant, key)
+        return self._authorize(principal, tool, arguments, session_id, spent)
+
+    def _authorize(self, principal: Principal, tool: str, arguments: Any, session_id: str,
+                   spent: int) -> AuthzDecision:
         return self.authorizer.authorize(AuthzRequest(
             agent=agent_id(principal), tenant=principal.tenant, tool=tool, arguments=arguments,
             now=now_record(self.clock().astimezone(self.tz)), session_id=session_id,
             spend_cents=spent))
+
+    def spend_amount(self, tool: str, arguments: Any) -> int:
+        """The cents a call of ``tool`` adds to its session (``spend_args``); a negative or
+        non-integer amount adds nothing, so it can never lower the recorded spend."""
+        found = self.tools.get(tool)
+        if found is None or not found[0].spend_arg or not isinstance(arguments, dict):
+            return 0
+        cents = arguments.get(found[0].spend_arg)
+        if isinstance(cents, bool) or not isinstance(cents, int):
+            return 0
+        return max(cents, 0)
+
+    async def _decide_and_reserve(self, principal: Principal, tool: str, arguments: Any,
+                                  session_id: str, cents: int) -> tuple[AuthzDecision, int]:
+        """Decide and, when the call may go ahead, reserve ``cents`` against the spend the
+        decision saw, atomically: concurrent calls cannot all pass a spend cap on the same
+        old value. Returns the decision and the cents reserved."""
+        if cents <= 0:
+            return await self.authorize(principal, tool, arguments, session_id), 0
+        tenant, key = principal.tenant, session_key(session_id, agent_id(principal))
+        lock = self._spend_locks.get((tenant, key))
+        if lock is None:
+            lock = self._spend_locks[(tenant, key)] = asyncio.Lock()
+        async with lock:
+            for _ in range(RESERVE_TRIES):
+                spent = await self.spend.spent_cents(tenant, key)
+                decision = self._authorize(principal, tool, arguments, session_id, spent)
+                if decision.outcome == "deny":
+                    return decision, 0
+                if await self.spend.reserve(tenant, key, cents, spent):
+                    return decision, cents
+        return AuthzDecision(
+            "deny", (), "the session's spend kept changing while the call was decided (calls "
+            "in other workers); the call is denied, retry it", 0.0, decision.version,
+            decision.context), 0
+
+    async def _settle(self, principal: Principal, session_id: str, cents: int,
+                      ok: bool) -> None:
+        if cents <= 0:
+            return
+        key = session_key(session_id, agent_id(principal))
+        done = self.spend.commit if ok else self.spend.release
+        # shielded: a cancelled request must still settle what it reserved
+        await asyncio.shield(done(principal.tenant, key, cents))
 
     async def decide(self, principal: Principal, action: str, arguments: Any,
                      session_id: str = "") -> AuthzDecision:
@@ -246,14 +307,27 @@ class ToolGateway:
         if session_id and principal.agent and self.sessions is not None:
             await self.sessions.check_session(principal.tenant, principal.agent, session_id)
         decision_id = self._next_id()
-        decision = await self.authorize(principal, tool, arguments, session_id)
+        decision, reserved = await self._decide_and_reserve(
+            principal, tool, arguments, session_id, self.spend_amount(tool, arguments))
         row = self._row(decision_id, principal, tool, arguments, session_id, decision)
         if decision.outcome == "deny":
             self._submit(row, "denied")
             raise PolicyDenied(f"tool call denied: {decision.reason}", param=tool,
                                policy_ids=list(decision.policy_ids), decision_id=decision_id)
+        ok = False
+        try:
+            result = await self._call_tool(principal, tool, arguments, session_id,
+                                           decision, decision_id, row)
+            ok = not result.is_error
+        finally:
+            await self._settle(principal, session_id, reserved, ok)
+        return decision_id, decision, result
+
+    async def _call_tool(self, principal: Principal, tool: str, args: dict[str, Any],
+                         session_id: str, decision: AuthzDecision, decision_id: str,
+                         row: dict[str, Any]) -> types.CallToolResult:
+        """The allowed (or held) call: approval, the tool, payment, the result scan."""
         spec, upstream = self.tools[tool]
-        args: dict[str, Any] = arguments
         call = ToolCall(decision_id, spec.name, spec.server, args, principal,
                         agent_id(principal), session_id, decision.version)
         if decision.outcome == "approval":
@@ -275,11 +349,7 @@ class ToolGateway:
         if isinstance(paid, dict):
             row["reason"] = f"{row['reason']}; paid {paid.get('amount')} ({paid.get('id')})"
         self._submit(row, "tool_error" if result.is_error else "ok")
-        if spec.spend_arg and not result.is_error:
-            cents = args.get(spec.spend_arg)
-            if isinstance(cents, int) and not isinstance(cents, bool) and session_id:
-                await self.spend.add(principal.tenant, session_id, cents)
-        return decision_id, decision, result
+        return result
 
     async def _approve(self, call: ToolCall, decision: AuthzDecision,
                        row: dict[str, Any]) -> None:

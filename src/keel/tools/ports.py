@@ -86,22 +86,43 @@ class SessionCheck(Protocol):
 
 
 class SessionSpend(Protocol):
+    """Per-session spend in integer cents (:class:`keel.tools.spend.SqlSessionSpend` by
+    default). ``spent_cents`` counts reservations in flight too."""
+
     async def spent_cents(self, tenant: str, session: str) -> int: ...
 
-    async def add(self, tenant: str, session: str, cents: int) -> None: ...
+    async def reserve(self, tenant: str, session: str, cents: int, seen: int) -> bool:
+        """Add ``cents`` (>= 0) as reserved, only if ``spent_cents`` is still ``seen`` (the
+        value the decision was made on); False when it changed meanwhile."""
+        ...
+
+    async def commit(self, tenant: str, session: str, cents: int) -> None:
+        """The reserved call succeeded: its reservation becomes spend."""
+        ...
+
+    async def release(self, tenant: str, session: str, cents: int) -> None:
+        """The reserved call did not run or failed: drop its reservation."""
+        ...
 
 
 class MemorySessionSpend:
-    """Per-process spend counters (integer cents), bounded in size."""
+    """Per-process spend counters (integer cents), for tests and embedding; not durable.
+    Never evicts a counter: forgetting one would reset a session's spend."""
 
-    def __init__(self, max_sessions: int = 100_000) -> None:
+    def __init__(self) -> None:
         self._spent: dict[tuple[str, str], int] = {}
-        self._max = max_sessions
 
     async def spent_cents(self, tenant: str, session: str) -> int:
         return self._spent.get((tenant, session), 0)
 
-    async def add(self, tenant: str, session: str, cents: int) -> None:
-        if len(self._spent) >= self._max and (tenant, session) not in self._spent:
-            self._spent.pop(next(iter(self._spent)))
-        self._spent[(tenant, session)] = self._spent.get((tenant, session), 0) + cents
+    async def reserve(self, tenant: str, session: str, cents: int, seen: int) -> bool:
+        if self._spent.get((tenant, session), 0) != seen:
+            return False
+        self._spent[(tenant, session)] = seen + cents
+        return True
+
+    async def commit(self, tenant: str, session: str, cents: int) -> None:
+        return None  # reserved and spent are one number here
+
+    async def release(self, tenant: str, session: str, cents: int) -> None:
+        self._spent[(tenant, session)] = self._spent.get((tenant, session), 0) - cents

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from decimal import ROUND_CEILING, Decimal, InvalidOperation
 
 MICROS_PER_USD = 1_000_000
@@ -9,11 +10,22 @@ MICROS_PER_USD = 1_000_000
 # amount is at most $1 billion, one account balance at most $100 billion either way.
 MAX_AMOUNT_MICROS = 10**15
 MAX_BALANCE_MICROS = 10**17
+# a typed amount: ASCII digits with an optional sign and point; Decimal() alone would also
+# take "1e2", "Infinity", "1_000" and non-ASCII digits ("٣")
+_PLAIN = re.compile(r"-?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)")
 
 
 def usd_to_micros(value: Decimal | str | int | float) -> int:
     """Exact conversion; a fraction of a micro-dollar is an error, never silently rounded,
-    and so is an amount over $1 billion (``MAX_AMOUNT_MICROS``) or one that is not finite."""
+    and so is an amount over $1 billion (``MAX_AMOUNT_MICROS``) or one that is not finite.
+    A string must be a plain decimal (``2``, ``2.00``, ``$2.00``): no exponent, no digit
+    separators, ASCII digits only."""
+    if isinstance(value, str):
+        text = value.strip().removeprefix("$")
+        if not _PLAIN.fullmatch(text):
+            raise ValueError(f"{value!r} is not an amount of USD: write a plain decimal "
+                             "(ASCII digits with an optional point, e.g. 2.00; no exponent, "
+                             "'+' or digit separators)")
     try:
         d = Decimal(str(value).strip().removeprefix("$"))
     except InvalidOperation:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import binascii
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -26,6 +27,7 @@ from keel.wallets.store import checked_address
 PAYMENT_REQUIRED = "payment-required"
 PAYMENT_SIGNATURE = "payment-signature"
 PAYMENT_RESPONSE = "payment-response"
+_ATOMIC = re.compile(r"0|[1-9][0-9]*")  # ASCII only: [0-9], not \d
 
 
 @dataclass(frozen=True)
@@ -101,6 +103,13 @@ def choose(required: PaymentRequired, cfg: X402ClientSettings, host: str) -> Off
         method = (req.extra or {}).get("assetTransferMethod", "eip3009")
         if method != "eip3009":
             problems.append(f"{what}: transfer method {method!r} is not supported")
+            continue
+        if not isinstance(req.amount, str) or not _ATOMIC.fullmatch(req.amount):
+            # int() would also take " 2000", "+2000", "2_000" and non-ASCII digits, and the
+            # string as sent is what gets signed: only the canonical spelling is paid
+            problems.append(f"{what}: amount {req.amount!r} is not a plain integer of "
+                            "atomic units (ASCII digits 0-9, no sign, spaces, separators or "
+                            "leading zeros)")
             continue
         try:
             amount = int(req.amount)

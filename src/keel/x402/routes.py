@@ -172,8 +172,10 @@ def _usd(raw: Any) -> int | None:
     if isinstance(raw, bool) or not isinstance(raw, str | int | float):
         raise WrongType("'budget_usd' must be a decimal string like \"2.00\"",
                         param="budget_usd")
-    text = repr(raw) if isinstance(raw, float) else str(raw)
     try:
+        # a JSON number is spelt out in plain digits (5e-05 -> 0.00005); a string must
+        # already be plain decimal ASCII (usd_to_micros refuses "1e2", "٣", "1_000")
+        text = format(Decimal(repr(raw)), "f") if isinstance(raw, float) else str(raw)
         if not Decimal(text.strip().removeprefix("$")).is_finite():
             raise ValueError("not a finite amount")
         return usd_to_micros(text)
