@@ -278,3 +278,28 @@ async def test_two_workers_share_one_cap(tmp_path: Path) -> None:
     finally:
         for gw in gws:
             await gw.aclose()
+
+
+async def test_spend_is_read_only_when_the_policy_version_reads_it(tmp_path: Path) -> None:
+    open_policy = 'permit(principal, action == Action::"refund_cents", resource);'
+    gw = await open_gateway(database(tmp_path / "keel.db"), FakeUpstream(), open_policy)
+    reads = 0
+    real = gw.spend.spent_cents
+
+    async def counted(tenant: str, session: str) -> int:
+        nonlocal reads
+        reads += 1
+        return await real(tenant, session)
+
+    gw.spend.spent_cents = counted  # type: ignore[method-assign]
+    try:
+        args = {"customer_id": "c1", "amount_cents": 1}
+        assert (await gw.authorize(BOT, "refund_cents", args)).allowed
+        assert reads == 0  # no policy reads it: one SQL round trip less per call
+        gw.store.apply(CAP_POLICY, validate=gw.authorizer.validate)
+        await gw.reload(force=True)
+        assert (await gw.authorize(BOT, "refund_cents", args)).allowed
+        assert reads == 1
+        assert await refund(gw, 3000)  # a spending tool reserves under either policy
+    finally:
+        await gw.aclose()
