@@ -6,12 +6,16 @@ never hit. This one looks only for differences that change the answer:
 
 * numbers, amounts, dates and versions (the same set on both sides);
 * negation (one side negated, the other not);
-* opposites: a word on one side whose opposite is on the other (curated pairs and derived
-  prefix morphology, :mod:`keel.cache.lexicon`);
+* opposites: a word on one side whose opposite is on the other (curated pairs, also through
+  comparatives and superlatives, and derived prefix morphology, :mod:`keel.cache.lexicon`),
+  and a few near synonyms that name different things (account / profile);
 * named entities, plan and product names, acronyms and identifiers;
 * swapped direction ("from A to B" vs "from B to A") and swapped modifiers;
 * question intent (why / who / when / how many...) and a third party (they / them) on one
   side only;
+* closed classes (:mod:`keel.cache.closed_classes`): units and conversion direction, periods,
+  weekdays and months, possessors (my / your / another), the order of personal pronouns,
+  a yes/no question's leading modal, all / some, past / future;
 * deictic references to context the text does not contain ("this order", "the file I sent");
 * and then the words that still differ: when both sides have unmatched content words (a
   substitution: "password" vs "database"), the unmatched words of each side are embedded as
@@ -28,15 +32,18 @@ texts to embed. Everything else is a pure function of the two strings.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Mapping
 
 import numpy as np
 import numpy.typing as npt
 
+from keel.cache.closed_classes import closed_class_difference
 from keel.cache.lexicon import (
     DEICTIC,
     FILLER,
     Opposites,
+    distinct_pairs,
     fold_idioms,
     rewordings,
     speaker_role_swapped,
@@ -95,6 +102,7 @@ class ContradictionVerifier:
         self.max_added = max_added
         self.opposites = Opposites()
         self.canon = {_stem(w): _stem(c) for w, c in rewordings().items()}
+        self.distinct = frozenset(frozenset(_stem(w) for w in pair) for pair in distinct_pairs())
 
     # -- what the check needs embedded ------------------------------------------------------
 
@@ -147,8 +155,8 @@ class ContradictionVerifier:
     def contradiction(self, query: str, cached: str, a: Features | None = None,
                       b: Features | None = None) -> str | None:
         """A reason when the two questions contradict each other (numbers, negation, deixis,
-        intent, person, entities, opposites, direction), else ``None``; wording differences
-        are not looked at."""
+        intent, person, closed classes, entities, opposites, direction), else ``None``;
+        wording differences are not looked at."""
         a = a or features(fold_idioms(query))
         b = b or features(fold_idioms(cached))
         if a.numbers != b.numbers:
@@ -162,16 +170,24 @@ class ContradictionVerifier:
         if (set(a.words) & _THIRD) != (set(b.words) & _THIRD) and (
                 not (set(a.words) & _THIRD) or not (set(b.words) & _THIRD)):
             return "grammatical person differs (I / they)"
+        reason = closed_class_difference(a.words, b.words)
+        if reason is not None:
+            return reason
         missing = {e for e in a.entities if _stem(e) not in b.stems and e not in b.words}
         missing |= {e for e in b.entities if _stem(e) not in a.stems and e not in a.words}
         if missing:
             return "entity or keyword differs: " + ", ".join(sorted(missing)[:3])
         only_a = set(a.words) - set(b.words)
         only_b = set(b.words) - set(a.words)
+        lowered_a, lowered_b = _lowered(a.words), _lowered(b.words)
         for x in sorted(only_a):
             for y in sorted(only_b):
+                if (x in lowered_a) != (y in lowered_b):
+                    continue  # "cheapest" / "least expensive" say the same
                 if self.opposites.opposite(x, y) or self.opposites.opposite(_stem(x), _stem(y)):
                     return f"opposites: {x} / {y}"
+                if frozenset((_stem(x), _stem(y))) in self.distinct:
+                    return f"different things: {x} / {y}"
         for left, prep, right in a.directions:
             for l2, p2, r2 in b.directions:
                 if p2 == prep and left != l2 and (left == r2 or right == l2):
@@ -184,6 +200,11 @@ class ContradictionVerifier:
         if swapped:
             return f"modifiers swapped: {swapped}"
         return None
+
+
+def _lowered(words: tuple[str, ...]) -> frozenset[str]:
+    """Words after "less" / "least", whose sense is turned round ("least expensive")."""
+    return frozenset(w for prev, w in itertools.pairwise(words) if prev in ("less", "least"))
 
 
 def _order_swapped(a: Features, b: Features) -> bool:

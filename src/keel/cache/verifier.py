@@ -11,6 +11,9 @@ the new one are compared on cheap lexical signals; any mismatch rejects the hit:
 * antonyms (enable/disable, increase/decrease, buy/sell, before/after...) must not split;
 * the question's intent word (why / when / where / who / how many) must agree;
 * direction must not swap ("convert A to B" vs "convert B to A");
+* closed classes must agree (:mod:`keel.cache.closed_classes`): units and which one is
+  converted to, periods, weekdays and months, possessors, the order of personal pronouns
+  ("Can you call me" / "Can I call you"), leading modal, all / some, past / future;
 * content words: an unmatched content word on either side is allowed only when the other
   side has a word with the same stem or a known synonym; more than ``max_unmatched``
   unmatched content words reject the hit.
@@ -32,6 +35,7 @@ from typing import Protocol
 import numpy as np
 import numpy.typing as npt
 
+from keel.cache.closed_classes import closed_class_difference
 from keel.cache.lexicon import DEICTIC, speaker_role_swapped
 
 _WORD = re.compile(r"[A-Za-z][A-Za-z'\u2019\-]*|\$?\d[\d,]*(?:\.\d+)?[A-Za-z%]*|\"[^\"]{1,80}\"")
@@ -138,7 +142,13 @@ def _fold(text: str) -> str:
     text = re.sub(r"(\w)n't\b", r"\1 not", text)
     text = re.sub(r"(\w)'(re|ve|ll|d|m)\b",
                   lambda m: m.group(1) + " " + _CONTRACTIONS[m.group(2).lower()], text)
-    return re.sub(r"(\w)'s\b", r"\1", text)  # what's -> what, Trump's -> Trump
+    text = re.sub(r"(\w)'s\b", r"\1", text)  # what's -> what, Trump's -> Trump
+    # non-refundable -> nonrefundable, un-archive -> unarchive: one word, so the negation and
+    # prefix checks see it
+    return _HYPHENATED_PREFIX.sub(r"\1", text)
+
+
+_HYPHENATED_PREFIX = re.compile(r"\b(non|un|anti|dis|de|mis)-(?=[A-Za-z])", re.IGNORECASE)
 
 
 _CONTRACTIONS = {"re": "are", "ve": "have", "ll": "will", "d": "would", "m": "am"}
@@ -312,6 +322,9 @@ class HitVerifier:
             return "direction swapped (who does what to whom)"
         if a.intent != b.intent:
             return "question intent differs"
+        reason = closed_class_difference(a.words, b.words)
+        if reason is not None:
+            return reason
         missing = {e for e in a.entities if _stem(e) not in b.stems and e not in b.words}
         missing |= {e for e in b.entities if _stem(e) not in a.stems and e not in a.words}
         if missing:
