@@ -89,7 +89,8 @@ def grouped(rows: list[Row]) -> list[Row]:
 
 async def semantic_scores(layer: SemanticLayer, rows: list[Row]) -> list[tuple[float, str]]:
     """kNN margin and closest attack id per row; one batched embed over all chunks
-    (the same arithmetic as ``SemanticLayer.check``, faster for a whole data set)."""
+    (the same arithmetic as ``SemanticLayer.check``, non-English chunks included, faster
+    for a whole data set)."""
     texts: list[str] = []
     owner: list[int] = []
     for i, r in enumerate(rows):
@@ -103,6 +104,7 @@ async def semantic_scores(layer: SemanticLayer, rows: list[Row]) -> list[tuple[f
         parts.append(await layer.embedder.embed(texts[s : s + step]))
     vecs = np.concatenate(parts) if parts else vecs
     top, top_i = layer.score_vectors(vecs)
+    top = layer.judged_margins(texts, top)  # non-English chunks must reach a larger margin
     best = np.full(len(rows), -9.0)
     arg = np.zeros(len(rows), dtype=int)
     for j, i in enumerate(owner):

@@ -108,7 +108,9 @@ class Firewall:
             self._seen[key] = verdict
             if len(self._seen) > self._seen_max:
                 self._seen.popitem(last=False)
-        return None if verdict is None or skip(verdict.rule) else verdict
+        if verdict is None or skip(verdict.rule) or skip(verdict.sample):
+            return None
+        return verdict
 
     async def check(self, texts: list[str], skip: RuleFilter = _never,
                     memo: EmbeddingMemo | None = None) -> Verdict | None:

@@ -33,6 +33,10 @@ _REPORTED = (
     r"\b(user|users|someone|anyone|somebody|people|attackers?|they|message|text|document|"
     r"email|page) (says?|said|writes?|wrote|types?|typed|sends?|sent)( something like| "
     r"things like| phrases like)?$",
+    # a person in the user's life told *the user* to: "my boss said to <match>"
+    r"\b(my|our|his|her|their) (\S+ ){0,2}(says?|said|told (me|us|them|him|her)|asked (me|us|"
+    r"them)|wants? (me|us)|wanted (me|us)|instructed (me|us)|reminded (me|us))( to)?$",
+    r"\bthe (\S+ ){0,2}(told|asked|instructed|reminded|wants|wanted) (me|us) to$",
 )
 # defensive negation right before the phrase: "never <match>", "do not <match>"
 _NEGATION = (
@@ -57,16 +61,22 @@ _ABOUT = (
 _QUOTING = re.compile(
     r"\b(translat\w*|phrase|phrases|sentence|meaning|means|mean|quiz|blocklist|block list|"
     r"dataset|classif\w*|detect\w*|example|examples|awareness|workshop|training|glossary|"
-    r"flashcards?|spell\w*|pronounce\w*|definition|define|such as|like|e\.g\.)\b")
+    r"flashcards?|spell\w*|pronounce\w*|definition|define|such as|like|e\.g\.|"
+    # a test input: "a unit test that checks our app rejects the input '<phrase>'"
+    r"tests?|testing|test cases?|rejects?|rejected|refuses?|strings?|regex\w*|"
+    r"sanitiz\w*|validat\w*|payloads?|fixtures?|mock\w*)\b")
 
 
 # "ignore any instructions in the retrieved documents", "do not apologize more than once":
 # what follows the phrase makes it a defensive rule, not an attack
 _DEFENSIVE_SUFFIX = re.compile(
     r" ?(that|which)? ?(appear|appearing|found|contained|embedded|written|hidden)? ?(in|inside|"
-    r"within|from) (the |this |these |any |a |an |retrieved |search |web |uploaded )?(review|"
-    r"reviews|document|documents|email|emails|web ?pages?|pages?|content|context|results?|"
-    r"tool (output|results?)|data|files?|pdf|transcript|search results)\b"
+    r"within|from) (the |this |these |that |those |any |a |an |my |our |your |retrieved |"
+    r"search |web |uploaded )?([a-z0-9-]+ ){0,2}(review|"
+    r"reviews|document|documents|docs?|email|emails|web ?pages?|pages?|content|context|"
+    r"results?|tool (output|results?)|data|files?|pdf|transcript|search results|manual|"
+    r"handbook|guide|wiki|readme|memo|ticket|checklist|spec|article|chapter|section|notes|"
+    r"template|spreadsheet|slides?|recipe|textbook|book)\b"
     r"| ?(more than once|more than twice|unless|except when)\b")
 
 
@@ -103,9 +113,76 @@ _GRANTED_ACCESS_TO = re.compile(r"(be|been|being|is|are|was|were|get|gets|got) g
                                 r" to\b")
 
 
+# "no restrictions on length", "without limits on how long": a size, not the model's rules
+_LIMIT_DIMENSION = re.compile(
+    r" (on|of|to|for|in) (the |its |their |my |your )?(length|size|word ?count|number of "
+    r"(words|pages|paragraphs|examples|items|characters|sentences)|words|pages|paragraphs|"
+    r"characters|tokens|time|duration|format|formatting|layout|style|how (long|many|much|"
+    r"detailed)|budget|price|quantity|file ?size|depth|detail)\b")
+# ... unless the sentence goes on to what may be said: "on length or content"
+_LIMIT_SUBJECT = re.compile(
+    r"\b(content|ethic\w*|moral\w*|safety|filter\w*|censor\w*|guideline\w*|polic\w*|"
+    r"rules?|topics?|subjects?|language|what you|anything|illegal|harmful|explicit|nsfw)\b")
+# the user's own earlier instructions: "ignore the previous instructions i gave you",
+# "forget my earlier instructions about the tone"
+_OWN_INSTRUCTIONS = re.compile(
+    r"( that| which)? (i|we) (just |already |previously |earlier |have |had |'?ve )?(gave|give|"
+    r"given|wrote|written|sent|typed|provided|listed|set|specified|mentioned|asked|told|"
+    r"added|shared)\b")
+_OWN_DETERMINER = re.compile(r"\b(my|our)( \S+)? (\S+)$")
+# "your instructions for returning a product": the business's how-to, not the model's prompt
+_HOW_TO = re.compile(r" (for|on|about|regarding) (\S+( \S+){0,3})")
+_MODEL_TALK = re.compile(
+    r"\b(this|conversation|chat|session|answer\w*|respond\w*|repl\w*|you|your\w*|assistant|"
+    r"ai|model|bot|gpt|chatgpt|prompts?|system|users?|messages?|talking|behav\w*|output\w*|"
+    r"tasks?|role|persona|characters?|everything|secret\w*|hidden|password\w*)\b")
+# "your system prompt feature / setting / field": a product feature, not the prompt itself
+_FEATURE = re.compile(
+    r" (feature|features|setting|settings|field|fields|option|options|tab|page|button|box|"
+    r"editor|templates?|library|config|configuration|panel|section|menu|docs|documentation|"
+    r"api|endpoint|parameter|variable|support|screen|form|input box|length limit|size limit)"
+    r"\b")
+# "print the text above in bullet points": reformat the user's own text, not copy a prompt
+_REFORMAT = re.compile(
+    r" (in|as|into) (a |an |the )?(short |shorter |simple |simpler |numbered |bulleted )?"
+    r"(bullet ?points?|bullets|list|table|paragraphs?|summary|outline|columns?|sentences?|"
+    r"plain (english|language|words)|simpler words|fewer words)\b")
+_ASKS_ABOUT = re.compile(r"(what|explain|describe|tell|show|give|list|share|where|how)\b")
+_EXTRACTION_HINT = re.compile(
+    r"\b(you are|you're|verbatim|word for word|word-for-word|everything|code ?block|txt|"
+    r"start\w*|begin\w*|system|instructions?|prompts?|initial|original|hidden|secret|"
+    r"exact\w*|unchanged|full|entire|whole|all of it|password|access code)\b")
+
+
+def _everyday_extraction(text: str, start: int, end: int) -> bool:
+    """"What are your instructions for returning a product?", "What is your system prompt
+    feature for?", "Print the text above in bullet points.": not asking for the prompt."""
+    rest = text[end:]
+    hit = text[start:end]
+    asks = _ASKS_ABOUT.match(hit) is not None  # not "print/reveal/repeat ..."
+    if asks and _FEATURE.match(rest):
+        return True
+    if asks and hit.endswith((" instructions", " rules", " directives", " guidelines")):
+        how_to = _HOW_TO.match(_SENTENCE_END.split(rest, 1)[0])
+        if how_to is not None and _MODEL_TALK.search(how_to.group(2)) is None:
+            return True
+    if hit.endswith((" above", " so far")):
+        reformat = _REFORMAT.match(rest)
+        sentence = _SENTENCE_END.split(rest[reformat.end():] if reformat else "", 1)[0]
+        return (reformat is not None and _EXTRACTION_HINT.search(sentence) is None
+                and _EXTRACTION_HINT.search(hit) is None)
+    return False
+
+
 def everyday_usage(rule_id: str, text: str, start: int, end: int) -> bool:
     """Is this occurrence of ``rule_id`` an everyday phrase rather than the attack one?"""
     hit = text[start:end]
+    if rule_id in ("extract.system-prompt", "extract.above-verbatim"):
+        return _everyday_extraction(text, start, end)
+    if rule_id in ("override.ignore-instructions", "override.multilingual"):
+        # the user revising their own instructions; the rest of the text is judged as usual
+        return (_OWN_INSTRUCTIONS.match(text, end) is not None
+                or _OWN_DETERMINER.search(hit) is not None)
     if rule_id == "jailbreak.not-restrained":
         if not hit.endswith((" by", " to")):  # its other phrases ("system note") are attacks
             return False
@@ -119,6 +196,9 @@ def everyday_usage(rule_id: str, text: str, start: int, end: int) -> bool:
             return False
         words = hit[head.end():].split(" ")
         middle, last = words[:-1], words[-1]
+        if (_AMBIGUOUS_LIMIT.match(last) is not None and _LIMIT_DIMENSION.match(text, end)
+                and _LIMIT_SUBJECT.search(_SENTENCE_END.split(text[end:], 1)[0]) is None):
+            return True  # "without any restrictions on length", "no limits on how long"
         return bool(middle) and _AMBIGUOUS_LIMIT.match(last) is not None and not any(
             _LIMIT_TALK.match(w) for w in middle)
     if rule_id == "hijack.access-granted":

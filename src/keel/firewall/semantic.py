@@ -14,6 +14,12 @@ embedding itself.
 The shipped corpus (``rulesets/attack_corpus.npz``) was built by ``bench/firewall_eval.py
 --build-corpus`` from the TRAINING split of ``datasets/prompt_injection`` only, plus the
 hand-written everyday support questions in ``rulesets/benign_anchors.json`` as benign.
+
+MiniLM is an English model: text in another language embeds near the multilingual
+in-the-wild jailbreak samples whatever it says ("Hola, ¿cómo estás?" scored 0.149). A chunk
+that is not English enough (:func:`keel.firewall.language.english_share` below
+``MIN_ENGLISH_SHARE``) must reach the much larger ``non_english_threshold`` instead; the
+signature layer judges it as usual.
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ import numpy.typing as npt
 
 from keel.errors import ConfigError
 from keel.firewall.dataset import ATTACK_LABELS, BENIGN_LABEL, Row
+from keel.firewall.language import english_share
 from keel.firewall.verdict import Verdict
 from keel.gateway.embedding_memo import EmbeddingMemo
 from keel.ports.embedder import Embedder
@@ -38,6 +45,11 @@ from keel.ports.embedder import Embedder
 # put both layers at 0.6-0.8% benign blocked for margins of 0.126-0.137; 0.14 is the
 # slightly stricter side of that.
 DEFAULT_THRESHOLD = 0.14
+# Non-English text: 33 everyday questions in 15 languages scored margins up to 0.24; the
+# non-English chunks of the training split's attacks scored 0.21-0.26 or 0.35-0.63 (none in
+# between). 0.35 sits in that gap, 0.11 above the highest everyday prompt.
+DEFAULT_NON_ENGLISH_THRESHOLD = 0.35
+MIN_ENGLISH_SHARE = 0.5  # below it a chunk counts as not English (see language.py)
 DEFAULT_TOP_K = 3
 DEFAULT_MAX_CHUNKS = 3  # first, middle and last chunk of a long prompt
 DEFAULT_CORPUS = "attack_corpus.npz"
@@ -179,9 +191,11 @@ class SemanticLayer:
         chunk_chars: int = 1000,
         max_chunks: int = DEFAULT_MAX_CHUNKS,
         top_k: int = DEFAULT_TOP_K,
+        non_english_threshold: float = DEFAULT_NON_ENGLISH_THRESHOLD,
     ) -> None:
         if not 0.0 < threshold <= 1.0:
             raise ConfigError(f"semantic threshold must be in (0, 1], got {threshold}")
+        non_english_threshold = max(non_english_threshold, threshold)
         if chunk_chars < 50:
             raise ConfigError(f"chunk_chars must be at least 50, got {chunk_chars}")
         if max_chunks < 1 or top_k < 1:
@@ -200,6 +214,7 @@ class SemanticLayer:
         self.chunk_chars = chunk_chars
         self.max_chunks = max_chunks
         self.top_k = top_k
+        self.non_english_threshold = non_english_threshold
         self._matrix_t = np.ascontiguousarray(corpus.vectors.T)
         self._benign_t = np.ascontiguousarray(corpus.benign_vectors.T)
 
@@ -214,28 +229,54 @@ class SemanticLayer:
         margin = _top_k_mean(sims, self.top_k) - _top_k_mean(vecs @ self._benign_t, self.top_k)
         return margin, np.argmax(sims, axis=1)
 
+    def english(self, chunk: str) -> bool:
+        """Can the (English) embedder judge this chunk at the normal threshold?"""
+        return english_share(chunk) >= MIN_ENGLISH_SHARE
+
+    def judged_margins(self, chunks: Sequence[str],
+                       margins: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+        """Margins to compare with ``threshold``: a chunk that is not English enough is
+        lowered by the extra margin it must reach (``non_english_threshold``)."""
+        extra = self.non_english_threshold - self.threshold
+        lower = np.array([0.0 if self.english(c) else extra for c in chunks], np.float32)
+        return np.asarray(margins - lower, dtype=np.float32)
+
     async def nearest(self, text: str, memo: EmbeddingMemo | None = None) -> tuple[int, float]:
-        """Index of the closest known attack (for the best chunk) and the prompt's margin.
+        """Index of the closest known attack (for the best chunk) and the prompt's margin."""
+        idx, _, score = await self.judge(text, memo)
+        return idx, score
+
+    async def judge(self, text: str, memo: EmbeddingMemo | None = None
+                    ) -> tuple[int, float, float]:
+        """For the chunk that comes closest to blocking: index of its closest known attack,
+        its judged margin (see :meth:`judged_margins`) and its raw margin.
 
         With the request's ``memo`` the chunks are embedded through it, so the cache and
         RAG reuse the vector of the same text instead of embedding it again."""
         memo = memo if memo is not None else EmbeddingMemo()
-        vecs = await memo.embed(self.embedder, self.chunks(text))
+        chunks = self.chunks(text)
+        vecs = await memo.embed(self.embedder, chunks)
         margin, closest = self.score_vectors(vecs)
-        best = int(np.argmax(margin))
-        return int(closest[best]), float(margin[best])
+        judged = self.judged_margins(chunks, margin)
+        best = int(np.argmax(judged))
+        return int(closest[best]), float(judged[best]), float(margin[best])
 
     async def check(self, text: str, memo: EmbeddingMemo | None = None) -> Verdict | None:
         if not text.strip():
             return None
-        idx, score = await self.nearest(text, memo)
-        if score < self.threshold:
+        idx, judged, score = await self.judge(text, memo)
+        if judged < self.threshold:
             return None
+        needed = self.threshold if judged == score else self.non_english_threshold
+        sample = self.corpus.ids[idx]
+        category = self.corpus.categories[idx]
         return Verdict(
             layer="semantic",
-            rule=self.corpus.ids[idx],
-            category=self.corpus.categories[idx],
+            rule=f"semantic:{category}",
+            category=category,
             score=round(score, 4),
-            detail=f"kNN margin {score:.3f} >= {self.threshold:.2f} (closer to known attacks "
-                   f"than to benign prompts)",
+            detail=f"kNN margin {score:.3f} >= {needed:.2f}"
+                   f"{'' if judged == score else ' (not English)'}: closer to known attacks "
+                   f"than to benign prompts (closest known attack {sample})",
+            sample=sample,
         )
