@@ -76,6 +76,7 @@ NEAR_MISSES = [
     ("Do I have to enter a card for the trial?", "Can I enter a card for the trial?",
      "modality"),
     ("Can I export all my contacts?", "Can I export some of my contacts?", "quantifier"),
+    ("How do I archive all my chats?", "How do I archive one chat?", "quantifier"),
     ("Does the refund cover the whole order?", "Does the refund cover part of the order?",
      "quantifier"),
     ("Was my card charged?", "Will my card be charged?", "tense"),

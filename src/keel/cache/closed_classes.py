@@ -95,7 +95,9 @@ _FUNCTION = frozenset({
 _MODALS = {"should": "should", "must": "should", "ought": "should",
            "can": "can", "could": "can", "may": "can", "cannot": "can"}
 _UNIVERSAL = frozenset({"all", "every", "everything", "entire", "whole", "each"})
-_EXISTENTIAL = frozenset({"some", "any", "few", "several", "part", "partial", "partially"})
+_EXISTENTIAL = frozenset({"some", "any", "few", "several", "part", "partial", "partially",
+                          # one of many: "delete all my emails" / "delete one email"
+                          "one", "single", "individual", "particular", "specific"})
 # "any way to", "any tips", "each other", "at all": not a quantity of the thing asked about
 _NOT_QUANTITY_AFTER = frozenset({"way", "ways", "chance", "idea", "ideas", "tips", "advice",
                                  "reason", "suggestions", "other", "right"})
