@@ -21,7 +21,7 @@ from keel.batch.runner import CallFailed, CallResult, LineRunner
 from keel.batch.settings import BatchSettings
 from keel.config import ModelSpec, load_settings
 from keel.errors import InvalidRequest, KeelError, UpstreamError
-from keel.gateway.context import Principal
+from keel.gateway.context import ANONYMOUS, Principal
 from keel.storage.sql import Database
 
 SCHEMA = {"type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"]}
@@ -347,3 +347,13 @@ def test_upstream_4xx_is_final_5xx_and_429_retried_fake_llm(
     got = asyncio.run(runner(db, call).run(bid, 1))
     assert call.calls == (["a", "a"] if retried else ["a"])
     assert got == (store.DONE if retried else store.FAILED)
+
+
+async def test_a_batch_made_without_auth_runs_fake_llm(db: Database) -> None:
+    # auth_required = false: the batch belongs to the anonymous principal, which has no
+    # key to revoke; its lines must run, not fail as "key_revoked"
+    bid = make_batch(db, ["a", "b"], key_id=ANONYMOUS.key_id)
+    call = ScriptedCall({"a": ["ok"], "b": ["ok"]})
+    r = runner(db, call)
+    assert await r.run(bid, 1) == store.DONE and await r.run(bid, 2) == store.DONE
+    assert call.calls == ["a", "b"]

@@ -36,7 +36,7 @@ from keel.batch import store
 from keel.batch.schemas import output_valid, response_schema
 from keel.batch.settings import BatchSettings
 from keel.errors import KeelError, UpstreamError
-from keel.gateway.context import Principal
+from keel.gateway.context import ANONYMOUS, Principal
 from keel.storage.sql import Database
 
 log = logging.getLogger("keel.batch")
@@ -229,6 +229,8 @@ class LineRunner:
 
     async def _stop_if_key_revoked(self, b: store.BatchRow) -> JSON | None:
         """None while the batch's key is active; else stop the batch, return the error."""
+        if b.key_id == ANONYMOUS.key_id:  # created with auth_required = false: no key
+            return None
         p = await asyncio.to_thread(self.key_active, b.key_id)
         if p is not None and p.tenant == b.tenant:
             return None
