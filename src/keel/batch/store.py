@@ -315,13 +315,13 @@ def open_lines(c: Connection) -> int:
     return int(c.execute(q).scalar_one())
 
 
-def queued_models(c: Connection, limit: int = 8) -> list[tuple[str, bool]]:
-    """``(model, constrained)`` for the next open line of every active batch (at most
-    ``limit``, in batch order; ``constrained``: it asks for ``json_schema`` output): what a
-    worker that starts now will be asked to run first."""
+def queued_models(c: Connection, limit: int = 8) -> list[tuple[str, JSON | None]]:
+    """``(model, response_format)`` for the next open line of every active batch (at most
+    ``limit``, in batch order; ``response_format`` when it asks for ``json_schema`` output,
+    else None): what a worker that starts now will be asked to run first."""
     q = (select(batches.c.id).where(batches.c.status.in_(ACTIVE))
          .order_by(batches.c.created_at).limit(limit))
-    out: list[tuple[str, bool]] = []
+    out: list[tuple[str, JSON | None]] = []
     for batch_id in c.execute(q).scalars():
         body = c.execute(select(lines.c.body).where(and_(
             lines.c.batch_id == batch_id, lines.c.status.in_(OPEN)))
@@ -333,7 +333,8 @@ def queued_models(c: Connection, limit: int = 8) -> list[tuple[str, bool]]:
         if not isinstance(doc, dict) or not isinstance(doc.get("model"), str):
             continue
         fmt = doc.get("response_format")
-        item = (doc["model"], isinstance(fmt, dict) and fmt.get("type") == "json_schema")
+        item = (doc["model"],
+                fmt if isinstance(fmt, dict) and fmt.get("type") == "json_schema" else None)
         if item not in out:
             out.append(item)
     return out

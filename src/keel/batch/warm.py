@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from keel.ports.provider import ChatProvider
 
 log = logging.getLogger("keel.batch")
+JSON = dict[str, Any]
 WARM_TEXT = "warm-up"
 
 
@@ -46,11 +47,13 @@ async def _serving_spec(svc: Services, spec: ModelSpec) -> ModelSpec:
     return spec.model_copy(update={"lora": v.adapter}) if v is not None else spec
 
 
-def _merged(models: list[tuple[str, bool]]) -> list[tuple[str, bool]]:
-    """One entry per model, constrained when any of its lines is (batch order kept)."""
-    out: dict[str, bool] = {}
-    for name, constrained in models:
-        out[name] = out.get(name, False) or constrained
+def _merged(models: list[tuple[str, JSON | None]]) -> list[tuple[str, JSON | None]]:
+    """One entry per model with the first ``json_schema`` format its lines ask for (batch
+    order: the line a worker runs first)."""
+    out: dict[str, JSON | None] = {}
+    for name, fmt in models:
+        if out.get(name) is None:
+            out[name] = fmt
     return list(out.items())
 
 
@@ -76,7 +79,7 @@ async def preload_queued(settings: Settings) -> dict[str, ChatProvider]:
     registry = ModelRegistry(settings)
     local: LocalProvider | None = None
     names: list[str] = []
-    for name, constrained in _merged(models):
+    for name, fmt in _merged(models):
         if name not in registry:
             continue
         spec = registry.find(name)
@@ -87,27 +90,28 @@ async def preload_queued(settings: Settings) -> dict[str, ChatProvider]:
             continue
         local = provider
         try:
-            await provider.warm(spec, grammar=constrained)
+            await provider.warm(spec, grammar=fmt)
         except Exception as exc:
             log.warning("batch warm-up of %s failed (the first line loads it): %s", name, exc)
             continue
-        names.append(f"{name} (+ grammar, building)" if constrained else name)
+        names.append(f"{name} (+ grammar, building)" if fmt else name)
     if names:
         log.info("batch warm-up before the build: %s in %.2f s", ", ".join(names),
                  time.perf_counter() - started)
     return {"local": local} if local is not None else {}
 
 
-async def warm_up(svc: Services, models: list[tuple[str, bool]]) -> list[str]:
-    """Load the local models of ``(model, constrained)`` that are not loaded yet (and,
-    for constrained output, start llama.cpp's grammar engine) and the built embedder;
+async def warm_up(svc: Services, models: list[tuple[str, JSON | None]]) -> list[str]:
+    """Load the local models of ``(model, response_format)`` that are not loaded yet
+    (and, for ``json_schema`` output, start llama.cpp's grammar engine on that schema) and
+    the built embedder;
     returns what was warmed."""
     from keel.providers.local import LocalProvider
 
     started = time.perf_counter()
     jobs: list[Any] = []
     names: list[str] = []
-    for name, constrained in _merged(models):
+    for name, fmt in _merged(models):
         if name not in svc.models:
             continue
         spec = svc.models.find(name)
@@ -116,8 +120,8 @@ async def warm_up(svc: Services, models: list[tuple[str, bool]]) -> list[str]:
         spec = await _serving_spec(svc, spec)
         provider = svc.models.provider(spec)
         if isinstance(provider, LocalProvider) and not provider.is_loaded(spec):
-            jobs.append(provider.warm(spec, grammar=constrained))
-            names.append(f"{name} (+ grammar, building)" if constrained else name)
+            jobs.append(provider.warm(spec, grammar=fmt))
+            names.append(f"{name} (+ grammar, building)" if fmt else name)
     embedder = svc.models.built_embedder
     if embedder is not None:
         jobs.append(embedder.embed([WARM_TEXT]))

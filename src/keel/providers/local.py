@@ -53,12 +53,10 @@ from keel.providers.model_files import resolve_model_path
 JSON = dict[str, Any]
 Sink = Callable[[JSON | None], None]  # gets each parsed chunk, then None when the call ends
 log = logging.getLogger("keel.local")
-# the request :meth:`LocalProvider.warm` builds llama.cpp's grammar engine with
+# the request :meth:`LocalProvider.warm` builds llama.cpp's grammar engine with (plus the
+# response_format to warm)
 WARM_GRAMMAR_BODY: JSON = {
-    "max_tokens": 1, "temperature": 0, "messages": [{"role": "user", "content": "warm-up"}],
-    "response_format": {"type": "json_schema", "json_schema": {"name": "warm", "schema": {
-        "type": "object", "properties": {"ok": {"type": "boolean"}}, "required": ["ok"],
-        "additionalProperties": False}}}}
+    "max_tokens": 1, "temperature": 0, "messages": [{"role": "user", "content": "warm-up"}]}
 
 def _upstream_error(err: Any, spec: ModelSpec) -> KeelError:
     if not isinstance(err, dict):
@@ -230,17 +228,19 @@ class LocalProvider:
         eng = await self._acquire(model)
         self._release(eng)
 
-    async def warm(self, model: ModelSpec, *, grammar: bool = False) -> None:
-        """Load ``model``; with ``grammar``, also hand llama.cpp a one-token request with
-        a JSON schema and return without waiting for it. llama.cpp's grammar engine
-        builds a token trie of the vocabulary on its first use in a process (~1.5 s for
-        Gemma 3's 262k tokens) on its own thread, without the GIL: started here, the
-        trie is built while the caller goes on (a worker: imports, services, DBOS)."""
+    async def warm(self, model: ModelSpec, *, grammar: JSON | None = None) -> None:
+        """Load ``model``; with ``grammar`` (a ``json_schema`` ``response_format``), also
+        hand llama.cpp a one-token request constrained by it and return without waiting.
+        llama.cpp's grammar engine builds a token trie of the vocabulary on its first use
+        in a process (~1.5 s for Gemma 3's 262k tokens) and compiles each new schema
+        (~0.5 s more, then cached), on its own thread, without the GIL: started here with
+        the schema the first request will use, both happen while the caller goes on (a
+        worker: imports, services, DBOS)."""
         eng = await self._acquire(model)
-        if not grammar:
+        if grammar is None:
             self._release(eng)
             return
-        req = self._chat_request(WARM_GRAMMAR_BODY, model)
+        req = self._chat_request({**WARM_GRAMMAR_BODY, "response_format": grammar}, model)
         collect = _Collect()
         fut = self._submit(eng, {**req, "stream": True}, collect, threading.Event())
 
