@@ -216,6 +216,59 @@ async def test_unsafe_fixes_end_safely_with_a_page(
     assert not list((tmp_path / "data" / "remediation" / "clones").glob("*.db"))
 
 
+async def test_remediation_proposed_test_cannot_touch_production_files(
+        tmp_path: Path, world: demo.World, pager: Receiver,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The reviewer's attack: the scripted fix, but its test reads keel's data (the admin
+    key, keel.db) and writes a table into the production SQLite file instead of the
+    clone. The run must fail safely and production must be untouched."""
+    import sqlite3
+
+    monkeypatch.chdir(tmp_path)
+    s = settings_for(tmp_path, world, pager)
+    prod = Path(world.db_url.removeprefix("sqlite:///"))
+    data = Path(s.data_dir).resolve()
+    data.mkdir(parents=True, exist_ok=True)
+    (data / "admin.key").write_text("keel-admin-secret")
+    attack = (
+        "\n\ndef test_zz_reaches_production():\n"
+        "    import sqlite3\n"
+        f"    print(open({str(data / 'admin.key')!r}).read())\n"
+        f"    print(open({str(data / 'keel.db')!r}, 'rb').read(16))\n"
+        f"    c = sqlite3.connect({str(prod)!r})\n"
+        "    c.execute('CREATE TABLE IF NOT EXISTS pwned (x)')\n"
+        "    c.execute('INSERT INTO pwned VALUES (1)')\n"
+        "    c.commit()\n")
+    svc = build_services(s)
+    admin = svc.keys.create("ops", admin=True).secret
+    rm = svc.get(Remediator)
+    rm.steps.fixer = ScriptedFixer({**demo.SCRIPTED_FIX,
+                                    "test_code": demo.SCRIPTED_FIX["test_code"] + attack})
+    app = create_app(s, services=svc)
+    transport = httpx.ASGITransport(app=app, client=("127.0.0.1", 5555))
+    async with app.router.lifespan_context(app), httpx.AsyncClient(
+            transport=transport, base_url="http://keel",
+            headers={"authorization": f"Bearer {admin}"}) as c:
+        r = await c.post("/v1/remediation/incidents", json={"service": "checkout"})
+        assert r.status_code == 201, r.text
+        done = await rm.wait(r.json()["id"], 120)
+        assert done.status == "failed", done
+        assert "tests fail with the patch" in done.outcome["reason"], done.outcome
+        inc = (await c.get(f"/v1/remediation/incidents/{done.id}")).json()
+        test_step = next(st for st in inc["steps"] if st["step"] == "test")
+        tail = str(test_step)
+        assert "keel-admin-secret" not in tail
+        assert any(layer.startswith("mountns:") for layer in
+                   test_step["output"]["patched"]["isolation"]), test_step
+    db = sqlite3.connect(prod)
+    try:
+        tables = [t for (t,) in db.execute("SELECT name FROM sqlite_master")]
+    finally:
+        db.close()
+    assert "pwned" not in tables
+    assert (data / "admin.key").read_text() == "keel-admin-secret"
+
+
 async def test_local_model_runs_end_to_end_and_fails_safely(
         tmp_path: Path, world: demo.World, pager: Receiver,
         monkeypatch: pytest.MonkeyPatch) -> None:

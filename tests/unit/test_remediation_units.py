@@ -176,6 +176,118 @@ def test_sandbox_refuses_network_and_processes_and_scrubs_secrets(tmp_path: Path
     assert r.cpu_s > 0
 
 
+def _production_layout(tmp_path: Path) -> tuple[Path, Path, Path, Path]:
+    """A production SQLite database, keel's data dir with its admin key, a worktree and a
+    clone inside the data dir (where keel puts them)."""
+    import sqlite3
+
+    prod, data = tmp_path / "prod", tmp_path / "data"
+    wt, clones = data / "remediation" / "worktrees" / "inc_1", data / "remediation" / "clones"
+    for d in (prod, wt, clones):
+        d.mkdir(parents=True)
+    (data / "admin.key").write_text("keel-admin-secret")
+    for db in (prod / "prod.db", clones / "c.db"):
+        with sqlite3.connect(db) as c:
+            c.execute("CREATE TABLE orders (id INTEGER)")
+        c.close()
+    return prod / "prod.db", data / "admin.key", wt, clones / "c.db"
+
+
+def _tables(db: Path) -> list[str]:
+    import sqlite3
+
+    c = sqlite3.connect(db)
+    try:
+        return [r[0] for r in c.execute("SELECT name FROM sqlite_master")]
+    finally:
+        c.close()
+
+
+@pytest.mark.parametrize("hide", [True, False], ids=["mount-namespace", "audit-hook-only"])
+def test_remediation_sandbox_test_cannot_touch_production_files(tmp_path: Path,
+                                                                 hide: bool) -> None:
+    """The reviewer's attack: a proposed test opens the production SQLite file (and the
+    admin key) directly instead of the clone. Only the clone is writable."""
+    prod, key, wt, clone = _production_layout(tmp_path)
+    (wt / "test_attack.py").write_text(
+        "import os, sqlite3, pytest\n"
+        "def test_clone_is_writable():\n"
+        "    c = sqlite3.connect(os.environ['DB'])\n"
+        "    c.execute('INSERT INTO orders VALUES (1)')\n"
+        "    c.commit()\n"
+        f"def test_production_db():\n"
+        f"    with pytest.raises((PermissionError, sqlite3.OperationalError)):\n"
+        f"        c = sqlite3.connect({str(prod)!r})\n"
+        f"        c.execute('CREATE TABLE pwned (x)')\n"
+        f"        c.execute('INSERT INTO pwned VALUES (1)')\n"
+        f"        c.commit()\n"
+        f"def test_production_db_by_uri_and_attach():\n"
+        f"    with pytest.raises((PermissionError, sqlite3.OperationalError)):\n"
+        f"        sqlite3.connect('file:{prod}?mode=rw', uri=True)\n"
+        f"    c = sqlite3.connect(os.environ['DB'])\n"
+        f"    with pytest.raises((PermissionError, sqlite3.OperationalError)):\n"
+        f"        c.execute(\"ATTACH {prod} AS p\")\n"
+        f"        c.execute('CREATE TABLE p.pwned (x)')\n"
+        f"def test_admin_key_and_data_dir():\n"
+        f"    with pytest.raises(OSError):\n"
+        f"        open({str(key)!r}).read()\n"
+        f"    with pytest.raises(OSError):\n"
+        f"        os.open({str(key)!r}, os.O_RDONLY)\n"
+        f"    with pytest.raises(OSError):\n"
+        f"        open({str(key.parent / 'planted')!r}, 'w').write('x')\n")
+    if hide and not sandbox._can_unshare("-rm"):
+        with pytest.raises(sandbox.SandboxUnavailable):  # fail closed
+            sandbox.run_sync(["{python}", "-c", "pass"], wt, {}, sandbox.Limits(),
+                             hide=[prod.parent, key.parent], writable=[clone])
+        pytest.skip("no unprivileged mount namespace here: the run is refused")
+    r = sandbox.run_sync(["{python}", "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                          "test_attack.py"], wt, {"DB": str(clone)},
+                         sandbox.Limits(timeout_s=120),
+                         hide=[prod.parent, key.parent] if hide else [], writable=[clone])
+    assert r.passed, r.output
+    assert _tables(prod) == ["orders"]
+    assert key.read_text() == "keel-admin-secret"
+    assert not (key.parent / "planted").exists()
+    assert any(layer.startswith("mountns:") for layer in r.isolation) is hide
+
+
+def test_remediation_sandbox_mount_namespace_holds_without_the_hook(tmp_path: Path) -> None:
+    """Native code does not pass the audit hook (simulated: ``python -S`` skips it): the
+    mount namespace alone must keep production out of reach."""
+    if not sandbox._can_unshare("-rm"):
+        pytest.skip("no unprivileged mount namespace here (runs are refused instead)")
+    prod, key, wt, clone = _production_layout(tmp_path)
+    code = ("import os, sqlite3\n"
+            "c = sqlite3.connect(os.environ['DB']); c.execute('INSERT INTO orders VALUES (2)')\n"
+            "c.commit()\n"
+            f"for f in ({str(prod)!r}, {str(key)!r}):\n"
+            "    try:\n"
+            "        print('READ', f, len(open(f, 'rb').read()))\n"
+            "    except OSError as e:\n"
+            "        print('HIDDEN', f, e.errno)\n"
+            "try:\n"
+            f"    c.execute(\"ATTACH '{prod}' AS p\"); c.execute('CREATE TABLE p.pwned (x)')\n"
+            "    c.commit(); print('WROTE production')\n"
+            "except sqlite3.Error as e:\n"
+            "    print('ATTACH failed', e)\n"
+            "print('PARENT', sorted(os.listdir('..')))\n")
+    r = sandbox.run_sync(["{python}", "-S", "-c", code], wt, {"DB": str(clone)},
+                         sandbox.Limits(timeout_s=60), hide=[prod.parent, key.parent],
+                         writable=[clone])
+    assert r.passed, r.output
+    assert "READ" not in r.output and "WROTE" not in r.output, r.output
+    assert r.output.count("HIDDEN") == 2, r.output
+    assert "PARENT ['inc_1']" in r.output, r.output  # siblings in the data dir are gone
+    assert _tables(prod) == ["orders"]
+    assert _tables(clone) == ["orders"]
+
+
+def test_remediation_sandbox_refuses_hiding_system_paths(tmp_path: Path) -> None:
+    with pytest.raises(sandbox.SandboxUnavailable):
+        sandbox.run_sync(["{python}", "-c", "pass"], tmp_path, {}, sandbox.Limits(),
+                         hide=[Path("/")])
+
+
 def test_sandbox_kills_on_timeout(tmp_path: Path) -> None:
     r = sandbox.run_sync(["{python}", "-c", "import time; time.sleep(60)"], tmp_path, {},
                          sandbox.Limits(timeout_s=1))

@@ -47,7 +47,11 @@ class Remediator:
         self.router = TrafficRouter(self.cfg.services)
         self.deployer = Deployer()
         self.work_dir = Path(self.cfg.work_dir or Path(settings.data_dir) / "remediation")
-        self.steps = Steps(self.cfg, db, self.router, self.deployer, self.work_dir)
+        keel_paths = [Path(settings.data_dir)]
+        if settings.db_url.startswith("sqlite:///"):
+            keel_paths.append(Path(settings.db_url.removeprefix("sqlite:///")).parent)
+        self.steps = Steps(self.cfg, db, self.router, self.deployer, self.work_dir,
+                           keel_paths)
         self.detectors = {s.name: Detector(self.cfg.detection) for s in self.cfg.services}
         # starts a run: a DBOS workflow when the job runtime is there, else a task
         self.launcher: Callable[[str, str], Awaitable[None]] = self._launch_task

@@ -43,7 +43,8 @@ def clone_name(service: str, incident_id: str) -> str:
 
 class Steps:
     def __init__(self, cfg: RemediationSettings, db: Database, router: TrafficRouter,
-                 deployer: Deployer, work_dir: Path) -> None:
+                 deployer: Deployer, work_dir: Path, keel_paths: list[Path] | None = None
+                 ) -> None:
         self.cfg = cfg
         self.db = db
         self.router = router
@@ -52,6 +53,8 @@ class Steps:
         self.fixer: Fixer | None = None
         self.approvals: ApprovalsService | None = None
         self.clone_urls: dict[str, str] = {}  # incident -> clone URL (never audited)
+        # keel's own directories (data dir, its SQLite database's): hidden from the sandbox
+        self.keel_paths = [*(keel_paths or []), work_dir]
 
     def spec(self, service: str) -> ServiceSpec:
         return self.router.route(service).spec
@@ -141,16 +144,45 @@ class Steps:
             allow.append(f"{u.hostname}:{u.port or 5432}")
         return env, allow
 
+    def _sandbox_files(self, spec: ServiceSpec, clone_url: str) -> tuple[list[Path],
+                                                                         list[Path]]:
+        """(directories hidden from the sandbox, files it may write besides the worktree).
+        Hidden: keel's data, and for every routed service its repository (the production
+        checkout), its SQLite database's directory and its log's directory. Refuses a
+        clone that is not isolated from production (fail closed)."""
+        hide = list(self.keel_paths)
+        for s in self.cfg.services:
+            hide.append(Path(s.repo))
+            if s.database_url.startswith("sqlite:///"):
+                hide.append(Path(s.database_url.removeprefix("sqlite:///")).parent)
+            if s.log_path:
+                hide.append(Path(s.log_path).parent)
+        writable: list[Path] = []
+        if clone_url.startswith("sqlite:///"):
+            path = Path(clone_url.removeprefix("sqlite:///"))
+            prod = spec.database_url.removeprefix("sqlite:///")
+            if (not spec.database_url.startswith("sqlite:///")
+                    or path.resolve() == Path(prod).resolve()):
+                raise StepFailed("the clone is not isolated from the production database; "
+                                 "refusing to run the tests")
+            writable.append(path)
+        elif spec.database_url and clone_url == spec.database_url:
+            raise StepFailed("the clone is the production database; refusing to run the tests")
+        return hide, writable
+
     async def step_test(self, incident_id: str, service: str, clone: str, test: str,
                         fix: dict[str, Any]) -> dict[str, Any]:
         """The service's tests plus the new one must pass on the patched code, and the new
         test must fail on the current code (else it proves nothing)."""
         spec = self.spec(service)
         wt = self.worktree(incident_id)
-        env, allow = self._sandbox_env(spec, self.clone_url(incident_id, spec, clone))
+        clone_url = self.clone_url(incident_id, spec, clone)
+        env, allow = self._sandbox_env(spec, clone_url)
+        hide, writable = self._sandbox_files(spec, clone_url)
         limits = sandbox.Limits(timeout_s=self.cfg.sandbox_timeout_s, cpu_s=self.cfg.sandbox_cpu_s,
                                 memory_mb=self.cfg.sandbox_memory_mb)
-        patched = await sandbox.run(spec.test, wt, env, limits, allow=allow)
+        patched = await sandbox.run(spec.test, wt, env, limits, allow=allow, hide=hide,
+                                    writable=writable)
         out: dict[str, Any] = {"patched": patched.public(), "cpu_s": patched.cpu_s}
         if not patched.passed:
             out["verdict"] = "tests fail with the patch"
@@ -158,7 +190,8 @@ class Steps:
         patch = FixProposal.model_validate(fix).patch
         await patching.apply(wt, patch, reverse=True)
         try:
-            old = await sandbox.run([*spec.test, test], wt, env, limits, allow=allow)
+            old = await sandbox.run([*spec.test, test], wt, env, limits, allow=allow,
+                                    hide=hide, writable=writable)
         finally:
             await patching.apply(wt, patch)
         out["unpatched_new_test"] = old.public()
