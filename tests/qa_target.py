@@ -46,6 +46,7 @@ class QaTarget:
     by_prompt_calls: dict[str, int] = field(default_factory=dict)  # target requests per prompt
     judge_calls: int = 0
     generator_inputs: list[str] = field(default_factory=list)
+    authorizations: set[str] = field(default_factory=set)  # Authorization headers seen
     rng: random.Random = field(default_factory=random.Random)
 
     def __post_init__(self) -> None:
@@ -99,6 +100,7 @@ class QaTarget:
 
     async def chat(self, request: web.Request) -> web.Response:
         body = await request.json()
+        self.authorizations.add(request.headers.get("Authorization", ""))
         if not str(body.get("model", "")).startswith(("judge", "gen")):
             prompt = str((body.get("messages") or [{}])[-1].get("content", ""))
             self.by_prompt_calls[prompt] = self.by_prompt_calls.get(prompt, 0) + 1

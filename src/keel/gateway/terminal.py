@@ -1,4 +1,10 @@
-"""The terminal stage: hand the request to the model's provider."""
+"""The terminal stage: hand the request to the model's provider.
+
+Every answer leaves here with keel's own configured secrets (upstream API keys of the
+model table, tool headers, tokens) masked: an upstream that echoes the Authorization
+header it received must not hand the key to the client, and this happens before any
+later stage caches or logs the answer.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +14,7 @@ from typing import Any
 from keel.errors import InvalidRequest
 from keel.gateway.context import RequestContext
 from keel.providers.registry import ModelRegistry
+from keel.redaction import AnswerStreamRedactor, Redactor, configured_secrets, redact_answer
 
 
 class ProviderCall:
@@ -15,6 +22,10 @@ class ProviderCall:
 
     def __init__(self, models: ModelRegistry) -> None:
         self.models = models
+        secrets = configured_secrets(models.settings, models.specs())
+        redactor = Redactor(secrets)
+        # nothing configured: answers pass through untouched, at no cost
+        self._redactor = redactor if redactor.active else None
 
     async def __call__(self, ctx: RequestContext) -> None:
         spec = ctx.model
@@ -31,6 +42,11 @@ class ProviderCall:
             ctx.chunks = provider.complete_stream(ctx.body, spec)
         else:
             ctx.response = await provider.complete(ctx.body, spec)
+        if self._redactor is not None:
+            if ctx.chunks is not None:
+                ctx.chunks = AnswerStreamRedactor(self._redactor).wrap(ctx.chunks)
+            if ctx.response is not None:
+                ctx.response = redact_answer(ctx.response, self._redactor)
 
     async def _embed(self, ctx: RequestContext) -> dict[str, Any]:
         spec = ctx.model

@@ -8,14 +8,17 @@ request log and the firewall apply and the cost comes from keel's own meter.
 
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
+from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 import aiohttp
 import orjson
 
 from keel.errors import InvalidRequest, KeelError, UpstreamError
+from keel.redaction import safe_url
 
 if TYPE_CHECKING:
     from keel.gateway.context import Principal
@@ -46,13 +49,42 @@ class TargetUnusable(KeelError):
     code = "qa_target_unusable"
 
 
+# query parameter names that carry credentials (api_key, token, sig, X-Amz-Credential...)
+_SECRET_PARAM = re.compile(r"key|token|secret|passw|auth|sig|credential|session",
+                           re.IGNORECASE)
+
+
 def completions_url(base: str) -> str:
-    base = base.rstrip("/")
+    """The chat completions endpoint under ``base``; the path is extended before any
+    query string (``https://h/v1?api-version=2`` -> ``https://h/v1/chat/completions?...``)."""
+    base = base.strip()
     if not base.startswith(("http://", "https://")):
-        raise InvalidRequest(f"{base!r}: the target must be an http(s) URL")
-    if base.endswith("/chat/completions"):
-        return base
-    return base + ("/chat/completions" if base.endswith("/v1") else "/v1/chat/completions")
+        raise InvalidRequest(f"{safe_url(base)!r}: the target must be an http(s) URL")
+    try:
+        parts = urlsplit(base)
+    except ValueError as exc:
+        raise InvalidRequest(f"{safe_url(base)!r}: not a valid URL ({exc})") from None
+    path = parts.path.rstrip("/")
+    if not path.endswith("/chat/completions"):
+        path += "/chat/completions" if path.endswith("/v1") else "/v1/chat/completions"
+    return urlunsplit((parts.scheme, parts.netloc, path, parts.query, ""))
+
+
+def check_url(url: str, what: str, key_env: str) -> None:
+    """Refuse a URL that carries credentials (user info, a secret-looking query
+    parameter): URLs are stored with the run (and in a durable run's workflow inputs),
+    keys must not be. The key belongs in ``$key_env``, which is only read at call time."""
+    completions_url(url)  # the scheme and syntax, with their own messages
+    parts = urlsplit(url.strip())
+    hint = f"pass the key in ${key_env} instead (it is never stored)"
+    if parts.username is not None or parts.password is not None:
+        raise InvalidRequest(f"{what} {safe_url(url)} has credentials in it "
+                             f"(user:password@host): {hint}")
+    names = sorted({k for k, _ in parse_qsl(parts.query, keep_blank_values=True)
+                    if _SECRET_PARAM.search(k)})
+    if names:
+        raise InvalidRequest(f"{what} {safe_url(url)} has credentials in its query "
+                             f"({', '.join(names)}): {hint}")
 
 
 def _context_of(body: dict[str, Any]) -> str:
@@ -69,7 +101,7 @@ class HttpChat:
     def __init__(self, base_url: str, *, api_key: str | None = None, timeout_s: float = 60.0,
                  connections: int = 256) -> None:
         self.url = completions_url(base_url)
-        self.name = self.url
+        self.name = safe_url(self.url)  # for messages: no user info or query
         self._headers = {"content-type": "application/json"}
         if api_key:
             self._headers["authorization"] = f"Bearer {api_key}"
@@ -92,21 +124,24 @@ class HttpChat:
                 raw = await resp.read()
                 status = resp.status
                 cost = resp.headers.get("x-keel-cost-usd")
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            raise UpstreamError(f"{self.url}: {type(exc).__name__}: {exc}"[:300]) from None
+        except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+            # ValueError: aiohttp refusing the URL or headers (a key both in the URL and
+            # in Authorization): a failed call, not a crash
+            raise UpstreamError(f"{self.name}: {type(exc).__name__}: "
+                                f"{exc}"[:300]) from None
         latency = (time.perf_counter() - t0) * 1000
         try:
             doc = orjson.loads(raw)
         except orjson.JSONDecodeError:
-            raise UpstreamError(f"{self.url} answered HTTP {status} with non-JSON "
+            raise UpstreamError(f"{self.name} answered HTTP {status} with non-JSON "
                                 f"({raw[:80]!r})") from None
         if status != 200 or not isinstance(doc, dict):
             msg = doc.get("error", {}) if isinstance(doc, dict) else doc
-            raise UpstreamError(f"{self.url} answered HTTP {status}: {msg}"[:300])
+            raise UpstreamError(f"{self.name} answered HTTP {status}: {msg}"[:300])
         try:
             text = doc["choices"][0]["message"]["content"] or ""
         except (KeyError, IndexError, TypeError):
-            raise UpstreamError(f"{self.url}: not an OpenAI chat completion "
+            raise UpstreamError(f"{self.name}: not an OpenAI chat completion "
                                 "(no choices[0].message.content)") from None
         try:
             cost_usd = float(cost) if cost else 0.0

@@ -14,10 +14,16 @@ flight at the kill are).
 In a durable run the judge is called over HTTP (``--judge-url``; point it at this keel's
 own gateway so metering and budgets apply): a queue worker has no app to call a model
 in-process.
+
+The target's and the judge's API keys are never part of a workflow's inputs (DBOS stores
+those in its system database): each batch reads them from ``$KEEL_QA_TARGET_KEY`` and
+``$KEEL_QA_JUDGE_KEY`` of the process that runs it, so a worker or a restarted keel that
+recovers a run needs the same environment variables.
 """
 
 from __future__ import annotations
 
+import os
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -32,6 +38,8 @@ if TYPE_CHECKING:
     from keel.storage.sql import Database
 
 SWARM_QUEUE = "keel.qa.swarm"
+TARGET_KEY_ENV = "KEEL_QA_TARGET_KEY"
+JUDGE_KEY_ENV = "KEEL_QA_JUDGE_KEY"
 BATCH = 25
 
 
@@ -99,14 +107,15 @@ class DurableRuns:
         async def store(r: PromptResult) -> None:
             await self.db.run(lambda c: runs.upsert_results(c, run_id, [r]))
 
-        target = HttpChat(spec["target"], api_key=spec.get("target_key"),
+        # keys come from this process's environment at run time, never from the spec
+        target = HttpChat(spec["target"], api_key=os.environ.get(TARGET_KEY_ENV),
                           connections=spec["concurrency"])
         judge_backend = None
         judge = None
         try:
             if spec.get("judge"):
                 j = spec["judge"]
-                judge_backend = HttpChat(j["url"], api_key=j.get("key"))
+                judge_backend = HttpChat(j["url"], api_key=os.environ.get(JUDGE_KEY_ENV))
                 judge = Judge(judge_backend, j["model"], j["rubric"])
             swarm = Swarm(target, spec["model"], checks=CheckConfig(**spec["checks"]),
                           judge=judge, concurrency=spec["concurrency"])

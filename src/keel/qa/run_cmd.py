@@ -18,7 +18,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from keel.cli.common import console, settings_from, styled
 from keel.config import Settings
 from keel.errors import InvalidRequest, KeelError
-from keel.qa.chat import ChatBackend, HttpChat, KeelChat, TargetUnusable
+from keel.qa.chat import ChatBackend, HttpChat, KeelChat, TargetUnusable, check_url
 from keel.qa.checks import CheckConfig
 from keel.qa.judge import DEFAULT_RUBRIC, Judge
 from keel.qa.runner import GateConfig, PromptResult, RunOutcome, Swarm, sample
@@ -102,11 +102,40 @@ async def preflight_judge(judge: Judge) -> None:
         raise TargetUnusable(f"the judge model {judge.model!r} is unusable: {v.reasons}")
 
 
+def check_writable(path: Path, what: str) -> None:
+    """Fail before the swarm, not after it: a report that cannot be written would turn a
+    finished gate into a crash."""
+    if path.is_dir():
+        raise InvalidRequest(f"{what} {path} is a directory: give a file path")
+    if path.exists():
+        if not os.access(path, os.W_OK):
+            raise InvalidRequest(f"{what} {path} is not writable")
+        return
+    parent = path.parent.resolve()
+    while not parent.exists():  # missing folders are created when the report is written
+        parent = parent.parent
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise InvalidRequest(f"{what} {path}: cannot create it ({parent} is not a "
+                             "writable folder)")
+
+
+def check_request(req: RunRequest, judge_url: str | None) -> None:
+    """Everything about the command line that can be refused before a run exists."""
+    check_url(req.target, "--target", "KEEL_QA_TARGET_KEY")
+    if judge_url:
+        check_url(judge_url, "--judge-url", "KEEL_QA_JUDGE_KEY")
+    if req.junit is not None:
+        check_writable(req.junit, "--junit")
+    if req.report is not None:
+        check_writable(req.report, "--report")
+
+
 async def execute(settings: Settings, req: RunRequest) -> int:
     from keel.app import open_database
     from keel.qa import runs, suites
 
     prof = _profile(settings, req.profile)
+    check_request(req, req.judge_url or prof.judge_url)
     size = prof.sample if req.sample == "profile" else req.sample
     assert not isinstance(size, str)
     db = open_database(settings)
@@ -151,9 +180,14 @@ async def execute(settings: Settings, req: RunRequest) -> int:
                 c, run_id, suite=name, version=version, target=req.target,
                 profile=req.profile, rubric_version=judge.version if judge else None,
                 settings=settings_view))
-            if judge:
-                db.transaction(lambda c: runs.save_rubric(c, judge.version, rubric))
-            outcome = await _run_with_progress(swarm, chosen, req.quiet)
+            try:
+                if judge:
+                    db.transaction(lambda c: runs.save_rubric(c, judge.version, rubric))
+                outcome = await _run_with_progress(swarm, chosen, req.quiet)
+            except BaseException as exc:  # never leave a run at "running" forever
+                error = {"error": f"the run did not finish: {type(exc).__name__}"}
+                db.transaction(lambda c: runs.finish_run(c, run_id, "error", error))
+                raise
         if outcome.n and all(r.findings and r.findings[0].check == "target_error"
                              for r in outcome.results):
             detail = outcome.results[0].findings[0].detail
@@ -206,15 +240,14 @@ async def _durable(settings: Settings, req: RunRequest, run_id: str, name: str,
     settings.qa.enabled = True  # this process registers the QA workflows
     judge_spec = None
     if judge_model and judge_url:
-        judge_spec = {"model": judge_model, "url": judge_url, "rubric": rubric,
-                      "key": os.environ.get("KEEL_QA_JUDGE_KEY")}
-        probe = HttpChat(judge_url, api_key=judge_spec["key"])
+        # no keys in the spec: DBOS stores workflow inputs; batches read the env
+        judge_spec = {"model": judge_model, "url": judge_url, "rubric": rubric}
+        probe = HttpChat(judge_url, api_key=os.environ.get("KEEL_QA_JUDGE_KEY"))
         try:
             await preflight_judge(Judge(probe, judge_model, rubric))
         finally:
             await probe.aclose()
-    spec = {"target": req.target, "target_key": os.environ.get("KEEL_QA_TARGET_KEY"),
-            "model": req.model, "concurrency": min(concurrency, 100),
+    spec = {"target": req.target, "model": req.model, "concurrency": min(concurrency, 100),
             "checks": {"canary": checks.canary,
                        "latency_budget_ms": checks.latency_budget_ms},
             "judge": judge_spec,
