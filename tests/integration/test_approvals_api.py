@@ -342,3 +342,55 @@ async def test_console_lists_pending_and_decides(
     assert r.status_code == 303 and "approved" in r.headers["location"]
     done = (await client.get(f"/v1/approvals/{a['id']}?wait=10", headers=H(user_key))).json()
     assert done["decided_via"] == "console" and done["outcome"] == "executed"
+
+
+async def test_another_tenants_idempotency_key_neither_blocks_nor_leaks(
+    client: httpx.AsyncClient, services: Services, admin_key: str, actions: ActionLog
+) -> None:
+    globex = services.keys.create("globex").secret  # tenant keys without an agent
+    acme = services.keys.create("acme").secret
+    g = await propose(client, globex, risk_level="low", amount=5.0,
+                      arguments={"to": "GLOBEX-SECRET-ORDER", "cents": 500},
+                      idempotency_key="order-42")
+    assert g["status"] == "auto_approved"
+    g = (await client.get(f"/v1/approvals/{g['id']}?wait=10", headers=H(globex))).json()
+    assert g["outcome"] == "executed"
+    a = await propose(client, acme, arguments={"to": "acme-o9", "cents": 5000},
+                      idempotency_key="order-42")
+    assert a["status"] == "pending"
+    r = await client.post(f"/v1/approvals/{a['id']}/decision", json={"decision": "approve"},
+                          headers=H(admin_key))
+    assert r.status_code == 200, r.text
+    done = (await client.get(f"/v1/approvals/{a['id']}?wait=10", headers=H(acme))).json()
+    # acme's own refund ran, and acme never sees globex's order
+    assert done["outcome"] == "executed" and done["result"] == {"paid": "acme-o9"}
+    assert "GLOBEX" not in str(done)
+    assert sorted(orjson.loads(run[2])["to"] for run in actions.runs()) == [
+        "GLOBEX-SECRET-ORDER", "acme-o9"]
+    trail = (await client.get(f"/v1/approvals/{a['id']}/audit", headers=H(admin_key))).json()
+    assert not any("already executed" in (t["detail"] or "") for t in trail["data"])
+
+
+async def test_reusing_an_idempotency_key_for_another_request_is_refused(
+    client: httpx.AsyncClient, services: Services, actions: ActionLog
+) -> None:
+    acme = services.keys.create("acme").secret
+    first = await propose(client, acme, risk_level="low", amount=5.0,
+                          arguments={"to": "acme", "cents": 500}, idempotency_key="k-1")
+    assert (await client.get(f"/v1/approvals/{first['id']}?wait=10", headers=H(acme))
+            ).json()["outcome"] == "executed"
+    for changed in ({"arguments": {"to": "acme", "cents": 99999}},
+                    {"action": "other_action"}):
+        body = {"action": "pay", "arguments": {"to": "acme", "cents": 500},
+                "risk_level": "low", "amount": 5.0, "idempotency_key": "k-1", **changed}
+        r = await client.post("/v1/approvals", json=body, headers=H(acme))
+        assert r.status_code == 409, r.text
+        err = r.json()["error"]
+        assert err["param"] == "idempotency_key" and "already used" in err["message"]
+        assert first["id"] in err["message"]
+    # the same request again is a retry: it does not run twice and reports the first run
+    again = await propose(client, acme, risk_level="low", amount=5.0,
+                          arguments={"to": "acme", "cents": 500}, idempotency_key="k-1")
+    done = (await client.get(f"/v1/approvals/{again['id']}?wait=10", headers=H(acme))).json()
+    assert done["outcome"] == "executed" and done["result"] == {"paid": "acme"}
+    assert len(actions.runs()) == 1

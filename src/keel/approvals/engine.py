@@ -16,6 +16,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
+
 from keel.approvals import store
 from keel.approvals.handlers import HandlerContext, HandlerRegistry, call
 from keel.approvals.models import (
@@ -34,6 +36,7 @@ from keel.approvals.routing import route
 from keel.config import Settings
 from keel.errors import (
     ApprovalAlreadyDecided,
+    Conflict,
     InvalidRequest,
     KeelError,
     NotFound,
@@ -141,6 +144,15 @@ class ApprovalEngine:
         now = time.time()
 
         def create(c: Any) -> Approval:
+            # An idempotency key names one request: reusing it (in this tenant) for another
+            # action or other arguments is refused, never answered with the first's result.
+            other = store.key_used_for_other(c, p)
+            if other is not None:
+                raise Conflict(
+                    f"idempotency_key {p.idempotency_key!r} was already used for another "
+                    f"request (approval {other.id}, action {other.action!r}, other "
+                    "arguments or action); send a new idempotency_key for a new request, or "
+                    "repeat the same action and arguments to retry", param="idempotency_key")
             store.insert(c, p, approval_id=approval_id, workflow_id=wid, kind="action",
                          policy=r.policy, status=status, timeout_s=timeout_s, now=now)
             detail = f"policy={r.policy} route={r.route} args_hash={p.arguments_hash()}"
@@ -314,17 +326,28 @@ class ApprovalEngine:
             # No handler: the requester (e.g. the tool gateway) runs the action itself.
             return await self._finish(a, "approved", None, "approved; run by the requester")
         key = await self.db.run(lambda c: store.idempotency_key(c, approval_id))
-        prior = await self.db.run(
-            lambda c: store.ledger_begin(c, key, approval_id, a.action, time.time()))
-        if prior is not None:
-            return await self._finish(a, "executed", prior["result"], "already executed")
+        # The ledger is scoped by tenant: another tenant's key of the same name is another
+        # entry, so it can neither block this run nor hand its result to this approval.
+        claim = await self.db.run(lambda c: store.ledger_begin(
+            c, a.tenant, key, approval_id, a.action, a.args_hash, time.time()))
+        if claim.mismatch:
+            # Fail closed: the key ran another request; neither run this one under it nor
+            # report the other's result (creation refuses such reuse; this is a backstop).
+            reused = (f"idempotency key {key!r} was already used for another request of "
+                      "this tenant; the action did not run")
+            return await self._finish(a, "failed", {"error": reused}, reused)
+        if claim.prior is not None:
+            raw = claim.prior["result"]  # stored as JSON text: decode, not wrap in a string
+            return await self._finish(a, "executed", orjson.loads(raw) if raw else None,
+                                      "already executed")
         ctx = HandlerContext(approval_id=a.id, idempotency_key=key)
         try:
             result = await call(self.registry.get(a.action), dict(a.arguments), ctx)
             error = None
         except Exception as exc:  # the action's failure is the outcome, not a crash
             result, error = None, f"{type(exc).__name__}: {exc}"
-        await self.db.run(lambda c: store.ledger_end(c, key, result, error, time.time()))
+        await self.db.run(lambda c: store.ledger_end(c, a.tenant, key, result, error,
+                                                     time.time()))
         if error is not None:
             return await self._finish(a, "failed", {"error": error}, error)
         return await self._finish(a, "executed", result, "action ran")

@@ -90,9 +90,12 @@ class OneShotApprovals:
         def claim(c: Connection) -> bool:
             ledger_key = f"{a.id}:consumed"
             now = time.time()
-            if store.ledger_begin(c, ledger_key, a.id, a.action, now) is not None:
+            claim = store.ledger_begin(c, a.tenant, ledger_key, a.id, a.action, a.args_hash,
+                                       now)
+            if claim.prior is not None or claim.mismatch:
                 return False
-            store.ledger_end(c, ledger_key, {"consumed_by": self.consumer}, None, now)
+            store.ledger_end(c, a.tenant, ledger_key, {"consumed_by": self.consumer}, None,
+                             now)
             return True
 
         return bool(await self.service.engine.db.run(claim))
@@ -101,7 +104,13 @@ class OneShotApprovals:
         """Undo :meth:`ask`'s claim: the approved request did not go through after all
         (e.g. the wallet could not cover it), so the next repeat may still use it."""
         key = f"{approval_id}:consumed"
-        await self.service.engine.db.run(lambda c: store.ledger_forget(c, key))
+
+        def forget(c: Connection) -> None:
+            a = store.get(c, approval_id)
+            if a is not None:
+                store.ledger_forget(c, a.tenant, key)
+
+        await self.service.engine.db.run(forget)
 
     @staticmethod
     def _pending(a: Approval, hint: str) -> ApprovalOutcome:

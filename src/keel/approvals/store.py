@@ -86,8 +86,28 @@ audit = Table(
     Column("detail", Text),
     Index("approval_audit_approval", "approval_id", "at"),
 )
+# The action ledger: one row per (tenant, idempotency key) an action ran (or is running)
+# under. The tenant is part of the key so one tenant's key can never find, block or reveal
+# another tenant's run; action and args_hash say which request the key was claimed for.
 ledger = Table(
     "approval_actions", meta,
+    Column("tenant", String(128), primary_key=True),
+    Column("idempotency_key", String(200), primary_key=True),
+    Column("approval_id", String(40), nullable=False),
+    Column("action", String(200), nullable=False),
+    Column("args_hash", String(64)),  # NULL only for rows older than the tenant scoping
+    Column("started_at", Float, nullable=False),
+    Column("attempts", Integer, nullable=False),
+    Column("finished_at", Float),
+    Column("result", Text),
+    Column("error", Text),
+)
+
+# The ledger as approvals/0001 created it (keyed by idempotency key alone); only the
+# migrations use it.
+_v1_meta = MetaData()
+_ledger_v1 = Table(
+    "approval_actions", _v1_meta,
     Column("idempotency_key", String(200), primary_key=True),
     Column("approval_id", String(40), nullable=False),
     Column("action", String(200), nullable=False),
@@ -98,9 +118,34 @@ ledger = Table(
     Column("error", Text),
 )
 
+# Tenant given to ledger rows whose approval no longer exists: no request is filed under
+# the empty tenant, so such a row can never match (or block) a new run.
+UNKNOWN_TENANT = ""
+
+
+def _create_v1(c: Connection) -> None:
+    meta.create_all(c, tables=[approvals, refs, audit])
+    _v1_meta.create_all(c, tables=[_ledger_v1])
+
+
+def _tenant_scoped_ledger(c: Connection) -> None:
+    """Rebuild the ledger keyed by (tenant, idempotency key). Each old row takes the tenant
+    and arguments hash of the approval that claimed it (the empty tenant when that approval
+    is gone). The rows are read first and the old table dropped before the new one is made,
+    so no constraint name of the old table is left behind to collide with (PostgreSQL)."""
+    old = [dict(r._mapping) for r in c.execute(select(_ledger_v1))]
+    owners = {r[0]: (r[1], r[2]) for r in c.execute(
+        select(approvals.c.id, approvals.c.tenant, approvals.c.args_hash))}
+    c.exec_driver_sql("DROP TABLE approval_actions")
+    meta.create_all(c, tables=[ledger])
+    for r in old:
+        tenant, args_hash = owners.get(r["approval_id"], (UNKNOWN_TENANT, None))
+        c.execute(ledger.insert().values(tenant=tenant, args_hash=args_hash, **r))
+
+
 MIGRATIONS = [
-    Migration("approvals/0001_tables",
-              lambda c: meta.create_all(c, tables=[approvals, refs, audit, ledger])),
+    Migration("approvals/0001_tables", _create_v1),
+    Migration("approvals/0002_tenant_scoped_ledger", _tenant_scoped_ledger),
 ]
 
 
@@ -275,26 +320,57 @@ def audit_rows(c: Connection, approval_id: str | None = None, limit: int = 200
     return [_plain(r) for r in c.execute(q)]
 
 
-def ledger_begin(c: Connection, key: str, approval_id: str, action: str, now: float
-                 ) -> dict[str, Any] | None:
-    """Claim ``key`` for a run. Returns the finished entry when the action already ran."""
-    r = c.execute(select(ledger).where(ledger.c.idempotency_key == key)).first()
+@dataclass(frozen=True)
+class LedgerClaim:
+    """What :func:`ledger_begin` found: ``prior`` is the finished entry when the action
+    already ran for this request; ``mismatch`` says the key was claimed for another
+    request (another action or other arguments), which must neither run nor reuse it."""
+
+    prior: dict[str, Any] | None = None
+    mismatch: bool = False
+
+
+def _ledger_row(tenant: str, key: str) -> Any:
+    return (ledger.c.tenant == tenant) & (ledger.c.idempotency_key == key)
+
+
+def ledger_begin(c: Connection, tenant: str, key: str, approval_id: str, action: str,
+                 args_hash: str, now: float) -> LedgerClaim:
+    """Claim ``key`` of ``tenant`` for a run of ``action`` with these arguments."""
+    r = c.execute(select(ledger).where(_ledger_row(tenant, key))).first()
     if r is None:
-        c.execute(ledger.insert().values(idempotency_key=key, approval_id=approval_id,
-                                         action=action, started_at=now, attempts=1))
-        return None
-    if r._mapping["finished_at"] is not None:
-        return _plain(r)
-    c.execute(update(ledger).where(ledger.c.idempotency_key == key)
+        c.execute(ledger.insert().values(tenant=tenant, idempotency_key=key,
+                                         approval_id=approval_id, action=action,
+                                         args_hash=args_hash, started_at=now, attempts=1))
+        return LedgerClaim()
+    m = r._mapping
+    if m["action"] != action or (m["args_hash"] is not None and m["args_hash"] != args_hash):
+        return LedgerClaim(mismatch=True)
+    if m["finished_at"] is not None:
+        return LedgerClaim(prior=_plain(r))
+    c.execute(update(ledger).where(_ledger_row(tenant, key))
               .values(attempts=ledger.c.attempts + 1, started_at=now))
-    return None
+    return LedgerClaim()
 
 
-def ledger_forget(c: Connection, key: str) -> None:
+def ledger_forget(c: Connection, tenant: str, key: str) -> None:
     """Drop a claim whose run did not happen, so the approval can be used again."""
-    c.execute(ledger.delete().where(ledger.c.idempotency_key == key))
+    c.execute(ledger.delete().where(_ledger_row(tenant, key)))
 
 
-def ledger_end(c: Connection, key: str, result: Any, error: str | None, now: float) -> None:
-    c.execute(update(ledger).where(ledger.c.idempotency_key == key).values(
+def ledger_end(c: Connection, tenant: str, key: str, result: Any, error: str | None,
+               now: float) -> None:
+    c.execute(update(ledger).where(_ledger_row(tenant, key)).values(
         finished_at=now, result=orjson.dumps(result).decode(), error=error))
+
+
+def key_used_for_other(c: Connection, p: Proposal) -> Approval | None:
+    """An approval of ``p``'s tenant filed under ``p``'s idempotency key for another
+    action or other arguments (None when the key is new or was used for this request)."""
+    if p.idempotency_key is None:
+        return None
+    r = c.execute(select(approvals).where(
+        approvals.c.tenant == p.tenant, approvals.c.idempotency_key == p.idempotency_key,
+        (approvals.c.action != p.action) | (approvals.c.args_hash != p.arguments_hash()),
+    ).limit(1)).first()
+    return _row(r) if r else None

@@ -11,7 +11,7 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
 from keel.errors import KeelError
-from keel.web.shell import ConsoleShell, NavItem, csrf_token
+from keel.web.shell import ConsoleShell, NavItem
 
 if TYPE_CHECKING:
     from keel.approvals.service import ApprovalsService
@@ -49,7 +49,7 @@ class ApprovalsPage:
         return self.shell.render(
             "approvals.html", active="/console/approvals", principal=p, enabled=True,
             pending=pending, history=history, audit=audit, statuses=STATUSES, q=dict(q),
-            now=time.time(), csrf=csrf_token(request),
+            now=time.time(), csrf=self.shell.csrf(request),
             message=q.get("msg"), error=q.get("err"))
 
     async def decide(self, request: Request) -> Response:

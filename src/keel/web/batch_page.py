@@ -9,7 +9,7 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
 from keel.errors import KeelError
-from keel.web.shell import ConsoleShell, NavItem, csrf_token
+from keel.web.shell import ConsoleShell, NavItem
 
 if TYPE_CHECKING:
     from fastapi import APIRouter
@@ -44,7 +44,7 @@ class BatchPage:
         return self.shell.render(
             "batches.html", active="/console/batches", principal=p,
             batches=listing["data"], selected=selected, cost=cost,
-            csrf=csrf_token(request))
+            csrf=self.shell.csrf(request))
 
     async def cancel(self, request: Request) -> Response:
         post = await self.shell.admin_post(request)

@@ -30,10 +30,12 @@ from keel.metering.request_log import (
 )
 from keel.web.shell import (
     COOKIE,
+    CROSS_SITE,
     SESSION_TTL_S,
     ConsoleShell,
     NavItem,
     bar_chart,
+    same_origin,
     session_key,
 )
 
@@ -72,6 +74,8 @@ class ConsoleRoutes:
         return self.render("login.html", error=None, active="")
 
     async def login(self, request: Request) -> Response:
+        if not same_origin(request, self.svc.trusted_proxies):  # no sign-in forged elsewhere
+            return self.render("login.html", status=403, error=CROSS_SITE, active="")
         try:
             form = await self.form(request)
         except PayloadTooLarge as exc:
@@ -98,6 +102,8 @@ class ConsoleRoutes:
         return resp
 
     async def logout(self, request: Request) -> Response:
+        if not same_origin(request, self.svc.trusted_proxies):
+            return Response(CROSS_SITE, status_code=403)
         token = request.cookies.get(COOKIE)
         if token:
             await self.svc.kv.delete(session_key(token))

@@ -9,7 +9,7 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
 from keel.firewall.export import flag_hits, recent_blocks, rule_hits
-from keel.web.shell import ConsoleShell, NavItem, csrf_token
+from keel.web.shell import ConsoleShell, NavItem
 
 if TYPE_CHECKING:
     from keel.firewall.state import FirewallState
@@ -41,7 +41,7 @@ class FirewallPage:
             "firewall.html", active="/console/firewall", principal=p, blocks=blocks[:50],
             hits=rule_hits(blocks), flags=flag_hits(blocks), bans=bans, watched=watched,
             enabled=True,
-            csrf=csrf_token(request), message=request.query_params.get("msg"),
+            csrf=self.shell.csrf(request), message=request.query_params.get("msg"),
         )
 
     async def unban(self, request: Request) -> Response:

@@ -14,7 +14,7 @@ from starlette.responses import RedirectResponse, Response
 from keel.degrade import audit
 from keel.errors import InvalidRequest, KeelError
 from keel.metering.request_log import LogFilter, spend_by_hour
-from keel.web.shell import ConsoleShell, NavItem, bar_chart, csrf_token
+from keel.web.shell import ConsoleShell, NavItem, bar_chart
 
 if TYPE_CHECKING:
     from keel.degrade.service import Degrader
@@ -118,4 +118,4 @@ class ModePage:
             flips=flips[:50], chart=bar_chart(hourly),
             timeline=timeline(flips, status["levels"]),
             ladder_json=orjson.dumps(status["ladder"], option=orjson.OPT_INDENT_2).decode(),
-            csrf=csrf_token(request), message=q.get("msg"), error=q.get("err"))
+            csrf=self.shell.csrf(request), message=q.get("msg"), error=q.get("err"))

@@ -11,7 +11,7 @@ from starlette.responses import RedirectResponse, Response
 
 from keel.errors import InvalidRequest, KeelError
 from keel.qa import runs
-from keel.web.shell import ConsoleShell, NavItem, csrf_token
+from keel.web.shell import ConsoleShell, NavItem
 
 
 class QaPage:
@@ -56,5 +56,5 @@ class QaPage:
                                 limit=100)))
         return self.shell.render(
             "qa.html", active="/console/qa", principal=p, admin=True, runs=recent,
-            stats=stats, failed=failed, csrf=csrf_token(request), message=q.get("msg"),
+            stats=stats, failed=failed, csrf=self.shell.csrf(request), message=q.get("msg"),
             error=q.get("err"))

@@ -14,7 +14,7 @@ from starlette.responses import RedirectResponse, Response
 
 from keel.errors import InvalidRequest, KeelError
 from keel.gateway.context import Principal
-from keel.web.shell import ConsoleShell, NavItem, csrf_token
+from keel.web.shell import ConsoleShell, NavItem
 
 if TYPE_CHECKING:
     from keel.tuning.feedback import FeedbackService
@@ -55,7 +55,7 @@ class TuningPage:
         mine = next((v for v in votes if v["key_id"] == principal.key_id), None)
         q = request.query_params
         return self.shell.env.get_template("_feedback_panel.html").render(
-            r=row, votes=votes, mine=mine, csrf=csrf_token(request),
+            r=row, votes=votes, mine=mine, csrf=self.shell.csrf(request),
             message=q.get("fb_msg"), error=q.get("fb_err"),
             require_correction=self.feedback.settings.require_correction)
 
