@@ -121,6 +121,23 @@ async def test_bad_feedback_is_a_400_naming_the_field(
     assert (await client.get("/v1/feedback", headers=auth(key))).json()["data"] == []
 
 
+async def test_a_wrong_typed_request_id_and_unknown_fields_are_named(
+        client: httpx.AsyncClient, services: Services):
+    key = services.keys.create("acme").secret
+    r = await client.post("/v1/feedback", headers=auth(key),
+                          json={"request_id": 5, "rating": -1, "correction": "x"})
+    assert r.status_code == 400, r.text
+    err = r.json()["error"]
+    assert err["param"] == "request_id" and "must be a string" in err["message"]
+    rid = await answer(client, key)
+    r = await client.post("/v1/feedback", headers=auth(key), json={
+        "request_id": rid, "rating": -1, "correction": "8080", "tenant": "globex"})
+    assert r.status_code == 400, r.text
+    err = r.json()["error"]
+    assert err["param"] == "tenant" and "`tenant`" in err["message"]
+    assert (await client.get("/v1/feedback", headers=auth(key))).json()["data"] == []
+
+
 async def test_a_huge_correction_is_a_413_naming_the_setting_that_limits_it(
         client: httpx.AsyncClient, services: Services):
     key = services.keys.create("acme").secret

@@ -132,3 +132,40 @@ def test_short_names_with_a_cue_and_the_full_stop_after_a_name(san: Sanitizer) -
     r = san.sanitize("The founder is Marta Velez.")
     assert r.text.endswith(">.") and r.text.count("<PERSON_") == 1
     assert san.sanitize("Marta Velez").text in r.text  # the same pseudonym either way
+
+
+@pytest.mark.parametrize(("text", "etype", "value"), [
+    ("she is at priya dot r at gmail dot com", "EMAIL_ADDRESS", "priya dot r at gmail dot com"),
+    ("write to bob at example dot com today", "EMAIL_ADDRESS", "bob at example dot com"),
+    ("mail j [at] acme [dot] org", "EMAIL_ADDRESS", "j [at] acme [dot] org"),
+    ("reach jane.doe at acme dot co dot uk", "EMAIL_ADDRESS", "jane.doe at acme dot co dot uk"),
+    ("it is priya.r at gmail.com", "EMAIL_ADDRESS", "priya.r at gmail.com"),
+    ("her number is four one five five five five zero one nine nine", "PHONE_NUMBER",
+     "four one five five five five zero one nine nine"),
+    ("call oh seven seven double nine one two three four five six", "PHONE_NUMBER",
+     "oh seven seven double nine one two three four five six"),
+    ("ring four one five 555 0199 after six", "PHONE_NUMBER", "four one five 555 0199"),
+    ("text nine one seven, eight eight two, zero four one three", "PHONE_NUMBER",
+     "nine one seven, eight eight two, zero four one three"),
+])
+def test_spelled_out_emails_and_phone_numbers_are_found(san: Sanitizer, text: str,
+                                                        etype: str, value: str) -> None:
+    assert (etype, value) in found(san, text)
+
+
+@pytest.mark.parametrize("text", [
+    "meet at 10", "one or two", "pick one, two or three of the five options",
+    "it costs one hundred and five", "one two three four", "look at example.com",
+    "The port is 8080 and the timeout is five seconds", "version one point two",
+    "Step one: open the door. Step two: sit.", "we are at home dot",
+    "look at the docs dot com", "page 4 5 6 7 8 9",
+])
+def test_spelled_detection_leaves_ordinary_text_alone(san: Sanitizer, text: str) -> None:
+    assert [t for t, _ in found(san, text) if t in ("EMAIL_ADDRESS", "PHONE_NUMBER")] == []
+
+
+def test_a_spelled_phone_links_to_the_written_one_and_not_to_other_numbers(
+        san: Sanitizer) -> None:
+    spelled = san.sanitize("four one five five five five zero one nine nine").text
+    assert spelled == san.sanitize("ring four one five 555 0199").text.split()[-1]
+    assert spelled != san.sanitize("oh seven seven double nine one two three").text

@@ -50,6 +50,23 @@ def test_pii_is_scrubbed_from_prompts_and_corrections_before_anything_is_written
     assert out.name == ds.hash and len(ds.hash) == 64
 
 
+def test_answers_with_spelled_out_contact_details_are_left_out(tmp_path: Path):
+    leaky = [ex("Who handles billing?",
+                "Ask priya ramanathan, she is at priya dot r at gmail dot com"),
+             ex("Who handles refunds?", "nijito asano handles it, her number is four one "
+                                        "five five five five zero one nine nine"),
+             ex("Who handles the vendor?", "write to ops at vendorco dot io"),
+             ex("Who is on call?", "call him on oh seven seven double nine one two three "
+                                   "four five six")]
+    kept = ex("Who handles the meeting?", "meet at 10 in room one or two")
+    ds = build([*ROWS, *leaky, kept], [], Sanitizer(key=KEY), min_rows=8)
+    text = "".join(p.read_text() for p in ds.write(tmp_path).glob("*.jsonl"))
+    assert ds.pii_answers == 4
+    for word in ("priya", "gmail", "four one five", "vendorco", "double nine"):
+        assert word not in text
+    assert "meet at 10 in room one or two" in text  # ordinary text is still taught
+
+
 def test_duplicates_collapse_and_the_hash_is_the_content(tmp_path: Path):
     s = Sanitizer(key=KEY)
     a = build([*ROWS, ROWS[0], ex("what is the port of service alpha", "7001")], [], s)

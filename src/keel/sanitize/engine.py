@@ -8,7 +8,8 @@ recovered or confirmed by guessing. Entity offsets refer to the input text.
 
 Recognizers (presidio ``AnalyzerEngine`` with the no-op NLP engine: no spaCy model):
 presidio's IP, US SSN, UK NHS/NINO and URL recognizers; keel's phone, card, IBAN, email
-(offline), ID/secret patterns (:mod:`keel.sanitize.patterns`) and person names
+(offline), spelled-out emails and phone numbers ("x dot y at gmail dot com", "four one
+five ..."), ID/secret patterns (:mod:`keel.sanitize.patterns`) and person names
 (:mod:`keel.sanitize.names`). Overlaps are resolved by score, then length; the survivors
 go through presidio's ``AnonymizerEngine`` with a keyed ``custom`` operator per type.
 """
@@ -43,6 +44,9 @@ from keel.sanitize.patterns import (
     KeelIbanRecognizer,
     KeelIdRecognizer,
     KeelPhoneRecognizer,
+    KeelSpelledEmailRecognizer,
+    KeelSpelledPhoneRecognizer,
+    spelled_digits,
 )
 
 ENTITY_TYPES: tuple[str, ...] = (
@@ -80,7 +84,9 @@ class SanitizeResult:
 
 
 def _normalise(entity_type: str, value: str) -> str:
-    if entity_type in ("PHONE_NUMBER", "CREDIT_CARD", "US_SSN", "UK_NHS"):
+    if entity_type == "PHONE_NUMBER":  # written or spelled out: keyed on its digits
+        return spelled_digits(re.sub(r"\s*x\s*\d{1,5}$", "", value))
+    if entity_type in ("CREDIT_CARD", "US_SSN", "UK_NHS"):
         return re.sub(r"\D", "", value.split("x")[0])
     if entity_type in ("IBAN_CODE", "UK_NINO"):
         return re.sub(r"\s", "", value).upper()
@@ -108,6 +114,7 @@ class Sanitizer:
         for rec in (IpRecognizer(), UsSsnRecognizer(), NhsRecognizer(), UkNinoRecognizer(),
                     UrlRecognizer(), KeelEmailRecognizer(), KeelPhoneRecognizer(),
                     KeelCardRecognizer(), KeelIbanRecognizer(), KeelIdRecognizer(),
+                    KeelSpelledEmailRecognizer(), KeelSpelledPhoneRecognizer(),
                     KeelNameRecognizer(NameLexicon())):
             registry.add_recognizer(rec)
         nlp = NoOpNlpEngine(models=[{"lang_code": "en", "model_name": "none"}])

@@ -170,3 +170,86 @@ class KeelEmailRecognizer(EmailRecognizer):
 
     def validate_result(self, pattern_text: str) -> bool:
         return bool(_TLD.search(pattern_text))
+
+
+# Spelled-out contact details ("priya dot r at gmail dot com", "four one five five five
+# five zero one nine nine"): people write them this way to dodge filters, and a model
+# trained on them learns them all the same.
+_TLDS = ("com|org|net|edu|gov|io|co|ai|dev|app|me|info|biz|us|uk|ca|de|fr|es|it|nl|be|ch|"
+         "at|se|no|dk|fi|pl|pt|ie|in|jp|cn|au|nz|br|mx|ru|eu")
+_SP_DOT = r"(?:\s*[\[(]\s*dot\s*[\])]\s*|\s+dot\s+)"
+_SP_AT = r"(?:\s*[\[(]\s*at\s*[\])]\s*|\s+at\s+)"
+_LABEL = r"[a-z0-9](?:[a-z0-9_\-]{0,62})"
+
+
+class KeelSpelledEmailRecognizer(PatternRecognizer):
+    """``x at y dot com``, ``x dot y at gmail dot com``, ``x [at] y [dot] org``, and
+    ``priya.r at gmail.com``. The domain must end in ``dot <tld>`` (or ``.tld``) from a
+    list of common TLDs, so "meet at 10" or "look at the docs" never match."""
+
+    PATTERNS: ClassVar[list[Pattern]] = [
+        Pattern("spelled email",
+                rf"(?i)\b{_LABEL}(?:(?:{_SP_DOT}|[._\-]){_LABEL}){{0,4}}{_SP_AT}"
+                rf"{_LABEL}(?:(?:{_SP_DOT}|\.){_LABEL}){{0,3}}(?:{_SP_DOT}|\.)(?:{_TLDS})\b",
+                0.7),
+    ]
+
+    def __init__(self) -> None:
+        super().__init__(supported_entity="EMAIL_ADDRESS", patterns=self.PATTERNS,
+                         context=["email", "mail", "address", "contact", "write"],
+                         name="KeelSpelledEmailRecognizer")
+
+    def validate_result(self, pattern_text: str) -> bool:
+        # "look at example.com" is prose: a real-dotted domain counts only after an
+        # address-like local part ("priya.r at gmail.com") or a bracketed "[at]"
+        if re.search(r"(?i)\s+dot\s+|[\[(]\s*(?:dot|at)\s*[\])]", pattern_text):
+            return True
+        local = re.split(r"(?i)\s+at\s+", pattern_text, maxsplit=1)[0]
+        return bool(re.search(r"[._\d]", local))
+
+
+_DIGIT_WORDS = {"zero": "0", "oh": "0", "o": "0", "nought": "0", "one": "1", "two": "2",
+                "three": "3", "four": "4", "five": "5", "six": "6", "seven": "7",
+                "eight": "8", "nine": "9"}
+_DIGIT_WORD = r"(?:zero|oh|o|nought|one|two|three|four|five|six|seven|eight|nine)"
+_PHONE_TOKEN = rf"(?:(?:double|triple)[ \-]+{_DIGIT_WORD}|{_DIGIT_WORD}|\d{{1,4}})"
+
+
+class KeelSpelledPhoneRecognizer(PatternRecognizer):
+    """Phone numbers written as digit words: 7 to 15 digits in a row, spelled ("four one
+    five five five five zero one nine nine", "oh seven seven double nine ...") or mixed
+    with digit groups ("four one five 555 0199"). "one or two" or "meet at 10" never
+    reach 7 digits; a run of plain digits is :class:`KeelPhoneRecognizer`'s."""
+
+    PATTERNS: ClassVar[list[Pattern]] = [
+        Pattern("spelled phone",
+                rf"(?i)(?<![\w\-]){_PHONE_TOKEN}(?:[ ,\-]+{_PHONE_TOKEN}){{3,20}}(?![\w])",
+                0.6),
+    ]
+
+    def __init__(self) -> None:
+        super().__init__(supported_entity="PHONE_NUMBER", patterns=self.PATTERNS,
+                         context=KeelPhoneRecognizer.CONTEXT,
+                         name="KeelSpelledPhoneRecognizer")
+
+    def validate_result(self, pattern_text: str) -> bool:
+        digits = spelled_digits(pattern_text)
+        # at least one spelled digit: "4 5 6 7 8 9 0" is the digit recognizers' business
+        return 7 <= len(digits) <= 15 and bool(re.search(r"[a-z]", pattern_text.lower()))
+
+
+def spelled_digits(text: str) -> str:
+    """The digits a phone number spells: "oh seven double nine 12" -> "079912" (what its
+    pseudonym is keyed on, so the spelled and the written number link up)."""
+    out: list[str] = []
+    repeat = 1
+    for tok in re.findall(r"[a-z]+|\d+", text.lower()):
+        if tok in ("double", "triple"):
+            repeat = 2 if tok == "double" else 3
+            continue
+        if tok.isdigit():
+            out.append(tok * repeat if len(tok) == 1 else tok)
+        elif tok in _DIGIT_WORDS:
+            out.append(_DIGIT_WORDS[tok] * repeat)
+        repeat = 1
+    return "".join(out)

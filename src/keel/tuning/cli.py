@@ -49,6 +49,11 @@ def _with_loop(settings: Settings, fn: Callable[[Any], Awaitable[T]]) -> T:
         fail(exc.message)
 
 
+_TENANT_HELP = ("Use only this tenant's feedback (needed when several tenants rated the "
+                "model and [tuning] shared_tenants / the model's trigger `tenants` do not "
+                "say which may share it).")
+
+
 def build_feedback() -> typer.Typer:
     app = typer.Typer(no_args_is_help=True)
 
@@ -82,12 +87,12 @@ def build_feedback() -> typer.Typer:
 
     @app.command("export")
     def export(ctx: typer.Context, model: str = typer.Argument(..., help="Public model name."),
-               ) -> None:
+               tenant: str = typer.Option(None, help=_TENANT_HELP)) -> None:
         """Build the training dataset of MODEL (PII scrubbed, deduplicated, split by prompt
         cluster) under the data directory; prints its content hash and path."""
 
         async def go(lp: Any) -> Any:
-            ds, path = await lp.build_dataset(model)
+            ds, path = await lp.build_dataset(model, tenant)
             return {"hash": ds.hash, "path": str(path), "train": len(ds.train),
                     "eval": len(ds.eval), "regression": len(ds.regression),
                     "scrubbed_entities": ds.scrubbed, "duplicates_dropped": ds.duplicates,
@@ -127,11 +132,12 @@ def build_train() -> typer.Typer:
 
     @app.command("round")
     def round_(ctx: typer.Context, model: str = typer.Argument("gemma-3-270m"),
-               max_steps: int = typer.Option(0, help="Cap the steps (0: epochs decide).")
-               ) -> None:
+               max_steps: int = typer.Option(0, help="Cap the steps (0: epochs decide)."),
+               tenant: str = typer.Option(None, help=_TENANT_HELP)) -> None:
         """One round now: dataset -> train -> evaluate -> register -> promote if it passes."""
         extra = {"max_steps": max_steps} if max_steps else {}
-        res = _with_loop(settings_from(ctx), lambda lp: lp.run_round(model, **extra))
+        res = _with_loop(settings_from(ctx),
+                         lambda lp: lp.run_round(model, tenant, **extra))
         typer.echo(json.dumps({"status": res.status, "reason": res.reason,
                                "version": res.version.id if res.version else None,
                                "dataset": res.dataset_hash}, indent=2))
@@ -184,7 +190,11 @@ def build_versions() -> typer.Typer:
     @app.command("rollback")
     def rollback(ctx: typer.Context, model: str = typer.Argument("gemma-3-270m")) -> None:
         """Serve what MODEL served before its current version (no restart)."""
-        v = _with_loop(settings_from(ctx), lambda lp: lp.registry.rollback(model))
+        settings = settings_from(ctx)
+        if model not in {m.name for m in settings.model_table()}:
+            fail(f"unknown model {model!r}: it is not in the model table (`keel models` "
+                 "lists it)")
+        v = _with_loop(settings, lambda lp: lp.registry.rollback(model))
         console.print(f"{model} now serves {v.id if v else 'its base model'}")
 
     return app

@@ -29,11 +29,23 @@ class FeedbackIn:
     comment: str | None = None
 
 
+_FIELDS = frozenset({"request_id", "rating", "correction", "comment"})
+
+
 def parse_feedback(body: Any, settings: TuningSettings) -> FeedbackIn:
     """Validate a ``POST /v1/feedback`` body; every problem is a 400 naming the field."""
     if not isinstance(body, dict):
         raise WrongType("the body must be a JSON object")
+    unknown = sorted(set(body) - _FIELDS)
+    if unknown:  # a misspelt or unsupported field (e.g. "tenant") must not pass unnoticed
+        raise InvalidRequest(
+            f"unknown field(s) {', '.join(f'`{k}`' for k in unknown)}; feedback takes "
+            + ", ".join(f"`{k}`" for k in sorted(_FIELDS))
+            + " (the tenant is the API key's own)", param=unknown[0])
     rid = body.get("request_id")
+    if rid is not None and not isinstance(rid, str):
+        raise WrongType("`request_id` must be a string (the x-keel-request-id of the "
+                        "answer)", param="request_id")
     if not isinstance(rid, str) or not rid.strip():
         raise MissingField("`request_id` (the x-keel-request-id of the answer) is required",
                            param="request_id")
@@ -173,8 +185,12 @@ def list_feedback(c: Connection, f: FeedbackFilter) -> list[dict[str, Any]]:
     return [{str(k): v for k, v in r._asdict().items()} for r in c.execute(q)]
 
 
-def count_trainable(c: Connection, model: str, since: float) -> int:
+def count_trainable(c: Connection, model: str, since: float,
+                    tenants: tuple[str, ...] | None = None) -> int:
+    """New trainable corrections of ``model`` (only ``tenants``' when given)."""
     t = store.feedback
     q = select(func.count()).select_from(t).where(
         t.c.model == model, t.c.trainable.is_(True), t.c.updated > since)
+    if tenants is not None:
+        q = q.where(t.c.tenant.in_(tenants))
     return int(c.execute(q).scalar_one())

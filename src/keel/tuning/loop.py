@@ -21,7 +21,7 @@ import orjson
 from sqlalchemy import Connection, select
 
 from keel.config import ModelSpec, Settings
-from keel.errors import InvalidRequest, KeelError
+from keel.errors import ConfigError, InvalidRequest, KeelError
 from keel.metering.request_log import requests as request_log
 from keel.providers.model_files import resolve_model_path
 from keel.storage.sql import Database
@@ -29,6 +29,7 @@ from keel.tuning import store
 from keel.tuning.dataset import Dataset, Example, Scrubber, build, prompt_messages, read_split
 from keel.tuning.gate import evaluate
 from keel.tuning.registry import Version, VersionRegistry
+from keel.tuning.settings import TuningSettings
 from keel.tuning.spec import TrainSpec
 from keel.tuning.trigger import Due, TriggerLoop, due, rule
 
@@ -60,22 +61,106 @@ class LocalAnswerer:
         return str(resp["choices"][0]["message"]["content"] or "")
 
 
-def collect(c: Connection, model: str) -> tuple[list[Example], list[Example]]:
-    """(corrections, approved answers) of ``model`` from feedback joined to the request log."""
+DEFAULT_TENANT = "default"  # the one tenant of an install without per-tenant keys
+
+
+@dataclass(frozen=True)
+class Scope:
+    """Whose feedback one model's round trains on, and whether their system prompts may
+    stay in the training prompts."""
+
+    tenants: tuple[str, ...]
+    keep_system_prompts: bool
+
+
+def feedback_tenants(c: Connection, model: str, *, trainable_only: bool = False) -> list[str]:
+    """The tenants with feedback (or trainable corrections) for ``model``, sorted."""
+    f = store.feedback
+    q = select(f.c.tenant).where(f.c.model == model).distinct()
+    if trainable_only:
+        q = q.where(f.c.trainable.is_(True))
+    return sorted(str(t) for t in c.execute(q).scalars())
+
+
+def allowed_tenants(settings: TuningSettings, model: str) -> list[str]:
+    """The tenants the operator lets share ``model``'s training data (empty: none
+    configured, so one tenant at a time)."""
+    own = settings.triggers.get(model)
+    if own is not None and own.tenants is not None:
+        return list(own.tenants)
+    return list(settings.shared_tenants)
+
+
+def scope(settings: TuningSettings, model: str, present: list[str],
+          tenant: str | None = None) -> Scope:
+    """Fail closed: a tuned version serves every tenant that calls ``model``, so its
+    training data is one tenant's feedback unless the operator listed tenants that may
+    share it. ``present`` are the tenants with feedback for the model; ``tenant`` is an
+    explicit choice (``--tenant``). Several tenants and no choice is a clear error."""
+    allowed = allowed_tenants(settings, model)
+    own = settings.triggers.get(model)
+    keep_cfg = (own.keep_system_prompts if own is not None
+                and own.keep_system_prompts is not None else settings.keep_system_prompts)
+    if tenant is not None:
+        if allowed and tenant not in allowed:
+            raise InvalidRequest(
+                f"tenant {tenant!r} is not among the tenants allowed to train {model!r} "
+                f"({', '.join(allowed)}); add it to tenants of [tuning.triggers.\"{model}\"] "
+                "or [tuning] shared_tenants", param="tenant")
+        chosen: tuple[str, ...] = (tenant,)
+    elif allowed:
+        chosen = tuple(sorted(set(allowed)))
+    elif len(present) > 1:
+        raise InvalidRequest(
+            f"feedback for {model!r} comes from {len(present)} tenants "
+            f"({', '.join(present)}); a tuned version serves every tenant, so a round uses "
+            "one tenant's feedback: choose it with --tenant TENANT, or list the tenants "
+            f"that may share its training data in tenants of [tuning.triggers.\"{model}\"] "
+            "(or [tuning] shared_tenants)", param="tenant")
+    else:
+        chosen = tuple(present) or (DEFAULT_TENANT,)
+    keep = keep_cfg or chosen == (DEFAULT_TENANT,)
+    return Scope(chosen, keep)
+
+
+def collect(c: Connection, model: str, tenants: tuple[str, ...] | None = None, *,
+            keep_system_prompts: bool = True) -> tuple[list[Example], list[Example]]:
+    """(corrections, approved answers) of ``model`` from feedback joined to the request log,
+    only ``tenants``' feedback when given; without ``keep_system_prompts`` the system (and
+    developer) messages of the logged prompts are left out."""
     f, r = store.feedback, request_log
     q = (select(f.c.rating, f.c.correction, r.c.request_body, r.c.route, r.c.response_text)
          .join(r, r.c.id == f.c.request_id).where(f.c.model == model)
          .order_by(f.c.updated))
+    if tenants is not None:
+        q = q.where(f.c.tenant.in_(tenants))
     corrections, approved = [], []
     for row in c.execute(q):
         msgs = prompt_messages(row.request_body, row.route)
         if msgs is None:
             continue
+        if not keep_system_prompts:
+            msgs = [m for m in msgs if m.get("role") not in ("system", "developer")]
+            if not msgs:
+                continue
         if row.rating == -1 and row.correction:
             corrections.append(Example(msgs, row.correction))
         elif row.rating == 1 and row.response_text:
             approved.append(Example(msgs, row.response_text))
     return corrections, approved
+
+
+def check_triggers(settings: Settings) -> None:
+    """Refuse ``[tuning.triggers."<model>"]`` tables that name no local chat model: a typo
+    would otherwise leave the intended model on the defaults without a word."""
+    tunable = {m.name for m in settings.model_table()
+               if m.provider == "local" and m.kind == "chat"}
+    unknown = sorted(set(settings.tuning.triggers) - tunable)
+    if unknown:
+        raise ConfigError(
+            "[tuning.triggers] names " + ", ".join(f'"{m}"' for m in unknown)
+            + ", not a local chat model of the model table; tunable models: "
+            + (", ".join(sorted(tunable)) or "none"))
 
 
 def cost(metrics: dict[str, Any], cpu_usd_per_hour: float, gpu_usd_per_hour: float) -> float:
@@ -109,6 +194,7 @@ async def _wait(handle: Any) -> RoundResult:
 class TuningLoop:
     def __init__(self, settings: Settings, db: Database, registry: VersionRegistry,
                  provider_for: Any, scrubber: Scrubber) -> None:
+        check_triggers(settings)
         self.settings = settings
         self.tuning = settings.tuning
         self.db = db
@@ -141,8 +227,8 @@ class TuningLoop:
                 return {"error": exc.message}
 
         @DBOS.step(name="keel.tuning.dataset")
-        async def dataset_step(model: str) -> dict[str, Any]:
-            return await guarded(lambda: loop._dataset_dir(model))
+        async def dataset_step(model: str, tenant: str | None = None) -> dict[str, Any]:
+            return await guarded(lambda: loop._dataset_dir(model, tenant))
 
         @DBOS.step(name="keel.tuning.plan")
         async def plan_step(model: str, ds_dir: str, overrides: dict[str, Any]
@@ -169,7 +255,11 @@ class TuningLoop:
 
         @DBOS.workflow(name="keel.tuning.round")
         async def round_workflow(model: str, overrides: dict[str, Any]) -> dict[str, Any]:
-            ds = await dataset_step(model)
+            # the tenant whose feedback the round trains on travels with the overrides
+            # (the workflow's inputs stay the same shape for recovery)
+            overrides = dict(overrides)
+            tenant = overrides.pop("tenant", None)
+            ds = await dataset_step(model, tenant)
             if "error" in ds:
                 return {"status": "failed", "reason": ds["error"]}
             spec = await plan_step(model, ds["ok"], overrides)
@@ -185,18 +275,22 @@ class TuningLoop:
 
         self._workflow = round_workflow
 
-    async def _dataset_dir(self, model: str) -> str:
-        _, path = await self.build_dataset(model)
+    async def _dataset_dir(self, model: str, tenant: str | None = None) -> str:
+        _, path = await self.build_dataset(model, tenant)
         return str(path)
 
-    async def start_round(self, model: str, **overrides: Any) -> Any:
-        """Start the durable round for ``model``; returns the DBOS workflow handle."""
+    async def start_round(self, model: str, tenant: str | None = None,
+                          **overrides: Any) -> Any:
+        """Start the durable round for ``model`` (on ``tenant``'s feedback when given);
+        returns the DBOS workflow handle."""
         from dbos import DBOS
 
         if self.runtime is None:
             raise KeelError("no job runtime: rounds run durably only inside an app")
         self._spec(model)  # a model that cannot be tuned fails here, before any work
         await self.runtime.ensure_started()
+        if tenant is not None:
+            overrides["tenant"] = tenant
         return await DBOS.start_workflow_async(self._workflow, model, overrides)
 
     def dataset(self, corrections: list[Example], approved: list[Example]) -> Dataset:
@@ -205,8 +299,16 @@ class TuningLoop:
                      min_rows=self.tuning.min_dataset_rows,
                      replay_fraction=self.tuning.replay_fraction)
 
-    async def build_dataset(self, model: str) -> tuple[Dataset, Path]:
-        corrections, approved = await self.db.run(lambda c: collect(c, model))
+    async def scope(self, model: str, tenant: str | None = None) -> Scope:
+        """Whose feedback ``model``'s next round uses (see :func:`scope`)."""
+        present = await self.db.run(lambda c: feedback_tenants(c, model))
+        return scope(self.tuning, model, present, tenant)
+
+    async def build_dataset(self, model: str, tenant: str | None = None
+                            ) -> tuple[Dataset, Path]:
+        sc = await self.scope(model, tenant)
+        corrections, approved = await self.db.run(
+            lambda c: collect(c, model, sc.tenants, keep_system_prompts=sc.keep_system_prompts))
         ds = self.dataset(corrections, approved)
         path = await asyncio.to_thread(ds.write, self.root / "datasets")
         return ds, path
@@ -269,10 +371,11 @@ class TuningLoop:
             return RoundResult("promoted", version, dataset_hash=ds_dir.name)
         return RoundResult("candidate", version, dataset_hash=ds_dir.name)
 
-    async def run_round(self, model: str, **overrides: Any) -> RoundResult:
+    async def run_round(self, model: str, tenant: str | None = None,
+                        **overrides: Any) -> RoundResult:
         """dataset -> train (child process) -> evaluate -> register -> promote."""
         try:
-            _, ds_dir = await self.build_dataset(model)
+            _, ds_dir = await self.build_dataset(model, tenant)
             champion = await self.registry.serving(model)
             spec_path = self.plan(model, ds_dir, champion.id if champion else "", **overrides)
             await run_spec_subprocess(spec_path)
@@ -293,7 +396,13 @@ class TuningLoop:
         versions = await self.registry.list(model)
         last = versions[0] if versions else None
         since = last.created if last else 0.0
-        n = await self.db.run(lambda c: count_trainable(c, model, since))
+        present = await self.db.run(lambda c: feedback_tenants(c, model))
+        try:
+            sc = scope(self.tuning, model, present)
+        except InvalidRequest as exc:  # several tenants, none chosen: never mix them
+            log.warning("tuning trigger for %s not started: %s", model, exc.message)
+            return None
+        n = await self.db.run(lambda c: count_trainable(c, model, since, sc.tenants))
         return due(model, rule(self.tuning, model), last, n,
                    time.time() if now is None else now)
 

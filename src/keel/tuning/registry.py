@@ -6,6 +6,10 @@ the process that made the change): no restart, and every replica converges. The 
 swaps the adapter into the request's model spec, so the local provider loads the tuned
 engine next to the base one, and names the version in the ``x-keel-model-version``
 response header ("base" when no tuned version serves).
+
+A promoted version serves **every tenant** that calls the model's public name: that is
+why a round trains on one tenant's feedback unless the operator lists tenants that may
+share a model (``keel.tuning.loop.scope``).
 """
 
 from __future__ import annotations

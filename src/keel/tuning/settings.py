@@ -22,6 +22,13 @@ class TriggerSettings(Section):
 
     min_new_corrections: int | None = Field(default=None, ge=1)
     every_hours: float | None = Field(default=None, ge=0.0)
+    # whose feedback this model may be trained on (None: the [tuning] value); the tuned
+    # version serves every tenant that calls the model, so this is the operator's consent
+    # that these tenants share one model's training data
+    tenants: list[str] | None = None
+    # keep the system prompts of the feedback's requests in the training prompts (None:
+    # the [tuning] value); only for a model no other tenant is served
+    keep_system_prompts: bool | None = None
 
 
 class TuningSettings(Section):
@@ -39,6 +46,14 @@ class TuningSettings(Section):
     # correction arrived since the model's last version (0: no schedule)
     every_hours: float = Field(default=0.0, ge=0.0)
     triggers: dict[str, TriggerSettings] = Field(default_factory=dict)  # per model
+    # tenants whose feedback may be mixed into one model's training data. Empty (the
+    # default): a round or export uses ONE tenant's feedback; with feedback from several
+    # tenants it needs an explicit `--tenant` (or this list) and refuses otherwise
+    shared_tenants: list[str] = Field(default_factory=list)
+    # system prompts are kept in training prompts only when the data is the single
+    # tenant "default" (an install without per-tenant keys) or this is true: a tuned
+    # version serves every tenant, and a tenant's system prompt is its own
+    keep_system_prompts: bool = False
     # how often each process checks the triggers (one COUNT query per tuned model)
     check_every_s: float = Field(default=60.0, gt=0.0)
     min_dataset_rows: int = Field(default=8, ge=2)  # fewer cannot be split into train and eval
