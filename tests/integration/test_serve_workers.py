@@ -70,3 +70,51 @@ def test_two_workers_share_state(tmp_path: Path, fake_upstream: FakeUpstream) ->
         out, _ = proc.communicate(timeout=20)
         print(out.decode()[-3000:] if out else "")
     assert load_settings(cfg).data_dir == tmp_path / "data"
+
+
+def _raw(port: int, data: bytes) -> bytes:
+    import socket
+
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(data)
+        out = b""
+        while chunk := s.recv(65536):
+            out += chunk
+            if b"\r\n\r\n" in out and (b"431" in out[:40] or len(out) > 200):
+                break
+        return out
+
+
+def test_a_huge_request_head_is_refused_before_it_is_buffered(tmp_path: Path) -> None:
+    cfg = tmp_path / "keel.toml"
+    cfg.write_text(f'data_dir = "{tmp_path / "data"}"\n[firewall]\nsemantic = false\n')
+    port = free_port()
+    env = {**os.environ, "KEEL_CONFIG": str(cfg)}
+    proc = subprocess.Popen([KEEL, "serve", "--port", str(port), "--log-level", "warning"],
+                            env=env, cwd=tmp_path, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(base + "/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert proc.poll() is None, proc.stdout.read().decode() if proc.stdout else ""
+            assert time.monotonic() < deadline, "gateway did not start"
+            time.sleep(0.1)
+        # a 1 MiB header (uvicorn alone buffered any size, 64 MB in a review)
+        big = b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * (1 << 20) + b"\r\n\r\n"
+        assert _raw(port, big).startswith(b"HTTP/1.1 431")
+        # ordinary heads pass, and a large body is not a large head
+        assert httpx.get(base + "/healthz", headers={"X-Ok": "b" * 8000}).status_code == 200
+        body = b'{"model": "m", "messages": [{"role": "user", "content": "' + b"c" * 300_000 \
+            + b'"}]}'
+        r = httpx.post(base + "/v1/chat/completions", content=body,
+                       headers={"content-type": "application/json"}, timeout=10)
+        assert r.status_code != 431 and r.status_code < 500
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=30)

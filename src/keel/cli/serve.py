@@ -128,6 +128,7 @@ def register(app: typer.Typer) -> None:
                       f"(workers={s.workers}, console: /console, API: /v1)")
         uvicorn.run(
             "keel.cli.serve:factory", factory=True, host=s.host, port=s.port,
-            workers=s.workers if s.workers > 1 else None, loop="uvloop", http="httptools",
+            workers=s.workers if s.workers > 1 else None, loop="uvloop",
+            http="keel.gateway.http_protocol:BoundedHttpToolsProtocol",
             access_log=s.access_log, log_level=log_level, timeout_graceful_shutdown=10,
         )
