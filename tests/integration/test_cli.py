@@ -72,6 +72,14 @@ def test_doctor_reports_and_points_at_fixes(config: Path, fake_upstream: FakeUps
     fake_upstream.stop()
     code, out = run(config, "doctor")
     assert code == 0 and "unreachable" in out  # optional check: a warning, not a failure
+    assert "anyone who can reach it" not in out
+    # an unauthenticated gateway on every interface, metrics names public: said, not "ok"
+    config.write_text(config.read_text().replace(
+        'models_dir', 'auth_required = false\nmodels_dir', 1)
+        + '\n[server]\nhost = "0.0.0.0"\n[metrics]\nhost = "0.0.0.0"\nport = 19464\n')
+    code, out = run(config, "doctor")
+    assert code == 0 and "anyone who can reach it is admin" in out, out
+    assert "without [metrics] token" in out
 
 
 def test_chat_against_running_gateway_streams(config: Path, fake_upstream: FakeUpstream) -> None:

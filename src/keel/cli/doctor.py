@@ -95,6 +95,31 @@ def _checks(settings: Settings) -> list[Check]:
             raise CheckFailed("; ".join(bad) + " — check base_url in keel.toml")
         return f"{len(remote)} upstream model(s) reachable"
 
+    def exposure() -> str:
+        import ipaddress
+
+        def public(host: str) -> bool:
+            if host in ("localhost", ""):
+                return host == ""  # "" binds every interface
+            try:
+                return not ipaddress.ip_address(host).is_loopback
+            except ValueError:
+                return True  # a host name: assume it is reachable from elsewhere
+
+        problems = []
+        if not settings.auth_required and public(settings.server.host):
+            problems.append(f"auth_required = false while serving on {settings.server.host}: "
+                            "anyone who can reach it is admin; set auth_required = true or "
+                            "bind to 127.0.0.1")
+        m = settings.metrics
+        if m.port and m.token is None and public(m.host):
+            problems.append(f"metrics on {m.host}:{m.port} without [metrics] token: tenant "
+                            "and agent names are public; set a token or bind to 127.0.0.1")
+        if problems:
+            raise CheckFailed("; ".join(problems))
+        return (f"gateway on {settings.server.host}"
+                + ("" if settings.auth_required else " (auth off, loopback only)"))
+
     def chromium() -> str:
         path = shutil.which("chromium") or shutil.which("chromium-browser")
         if not path:
@@ -111,6 +136,7 @@ def _checks(settings: Settings) -> list[Check]:
         Check("capabilities", True, capabilities),
         *(check for cap in capabilities_mod.available() if cap.enabled(settings)
           for check in cap.doctor_checks(settings)),
+        Check("exposure", False, exposure),
         Check("upstream models", False, upstreams),
         Check("chromium (tests)", False, chromium),
     ]
