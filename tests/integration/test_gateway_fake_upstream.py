@@ -50,6 +50,8 @@ async def test_chat_non_stream_meters_cost_and_logs(
     assert len(rows) == 1
     row = rows[0]
     assert row["id"] == r.headers["x-keel-request-id"]
+    # the name OpenAI's SDKs read for response.request_id / APIError.request_id
+    assert r.headers["x-request-id"] == row["id"]
     assert (row["tenant"], row["agent"], row["status"]) == ("acme", "bot-1", 200)
     assert (row["prompt_tokens"], row["completion_tokens"]) == (11, 7)
     assert row["cost_usd"] == pytest.approx(expected)
@@ -214,6 +216,7 @@ async def test_admin_endpoints_need_admin(
 ) -> None:
     r = await client.get("/v1/admin/keys", headers=auth(user_key))
     assert r.status_code == 403
+    assert r.headers["x-keel-request-id"] == r.headers["x-request-id"]  # every answer has one
     r = await client.post("/v1/admin/keys", json={"tenant": "beta"}, headers=auth(admin_key))
     assert r.status_code == 201
     new = r.json()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import secrets
 from typing import Any
 
 import orjson
@@ -21,11 +22,19 @@ class ORJSONResponse(Response):
         return orjson.dumps(content)
 
 
+def request_id_headers(request_id: str) -> dict[str, str]:
+    """keel's request id under its own name and the one OpenAI's SDKs read
+    (``x-request-id``: ``response.request_id``, ``APIError.request_id``)."""
+    return {"x-keel-request-id": request_id, "x-request-id": request_id}
+
+
 def error_response(exc: KeelError, *, request_id: str | None = None) -> Response:
-    headers = {"x-keel-request-id": request_id} if request_id else {}
+    # every answer carries a request id, errors outside the model pipeline too (an id
+    # made here is not in the request log, but it is in the access log line)
+    headers = request_id_headers(request_id or "req_" + secrets.token_hex(10))
     if exc.http_status == 401:  # RFC 9110: a 401 names the scheme the client should use
         headers["www-authenticate"] = 'Bearer realm="keel"'
-    return ORJSONResponse(exc.to_dict(), status_code=exc.http_status, headers=headers or None)
+    return ORJSONResponse(exc.to_dict(), status_code=exc.http_status, headers=headers)
 
 
 async def read_body(request: Request, limit: int,

@@ -22,6 +22,7 @@ from keel.gateway.http import (
     forwarded_ip,
     log,
     read_body,
+    request_id_headers,
 )
 from keel.gateway.services import Services
 from keel.gateway.stream_usage import StreamUsage
@@ -116,7 +117,7 @@ class OpenAIRoutes:
         except Exception:
             log.exception("request %s failed", request_id)
             return self._fail(ctx, KeelError(f"internal error (request id {request_id})"))
-        headers = {"x-keel-request-id": ctx.id, **ctx.response_headers}
+        headers = {**request_id_headers(ctx.id), **ctx.response_headers}
         svc.finish(ctx)
         return Response(orjson.dumps(ctx.response), media_type="application/json",
                         headers=headers)
@@ -139,7 +140,7 @@ class OpenAIRoutes:
         except BaseException:
             await chunks.aclose()
             raise
-        headers = {"x-keel-request-id": ctx.id, "cache-control": "no-cache",
+        headers = {**request_id_headers(ctx.id), "cache-control": "no-cache",
                    **ctx.response_headers}
         return StreamingResponse(self._sse(ctx, first, chunks),
                                  media_type="text/event-stream", headers=headers)
