@@ -303,3 +303,36 @@ async def test_spend_is_read_only_when_the_policy_version_reads_it(tmp_path: Pat
         assert await refund(gw, 3000)  # a spending tool reserves under either policy
     finally:
         await gw.aclose()
+
+
+class DefaultingUpstream(FakeUpstream):
+    """A pydantic-typed server's ``amount_cents: int = 9999``: the tool fills the default
+    itself when the caller leaves the argument out."""
+
+    async def start(self, stack: AsyncExitStack) -> list[ToolSpec]:
+        schema = {"type": "object",
+                  "properties": {"customer_id": {"type": "string"},
+                                 "amount_cents": {"type": "integer", "default": 9999}},
+                  "required": ["customer_id"]}
+        return [ToolSpec("refund_cents", "crm", "", schema, spend_arg="amount_cents")]
+
+
+async def test_a_left_out_argument_is_judged_and_sent_with_its_default(tmp_path: Path) -> None:
+    policy = """
+@id("refunds") permit(principal, action == Action::"refund_cents", resource);
+@id("small") forbid(principal, action == Action::"refund_cents", resource)
+when { context has amount_cents && context.amount_cents > 5000 };
+@id("session-cap") forbid(principal, action == Action::"refund_cents", resource)
+when { context has amount_cents && context.session.spend_cents + context.amount_cents > 10000 };
+"""
+    up = DefaultingUpstream()
+    gw = await open_gateway(database(tmp_path / "keel.db"), up, policy)
+    try:
+        with pytest.raises(PolicyDenied):  # judged as 9999 (> 5000), what the tool would run
+            await gw.call(BOT, "refund_cents", {"customer_id": "c1"}, "s1")
+        assert up.calls == []
+        await gw.call(BOT, "refund_cents", {"customer_id": "c1", "amount_cents": 4000}, "s1")
+        assert up.calls == [{"customer_id": "c1", "amount_cents": 4000}]
+        assert await gw.spend.spent_cents("acme", "s:s1") == 4000
+    finally:
+        await gw.aclose()

@@ -305,6 +305,7 @@ class ToolGateway:
                    session_id: str = "") -> tuple[str, AuthzDecision, types.CallToolResult]:
         """Authorize and run one call; returns (decision id, decision, tool result)."""
         check_depth(arguments, where="tool arguments")  # /mcp bodies skip parse_json
+        arguments = with_defaults(self.tools.get(tool), arguments)
         size = len(orjson.dumps(arguments)) if arguments is not None else 0
         if size > self.settings.max_argument_bytes:
             raise PayloadTooLarge(f"tool arguments are {size} bytes; the limit is "
@@ -401,3 +402,20 @@ class ToolGateway:
     def _submit(self, row: dict[str, Any], outcome: str) -> None:
         row["outcome"] = outcome
         self.log.submit(row)
+
+
+def with_defaults(found: tuple[ToolSpec, Any] | None, arguments: Any) -> Any:
+    """``arguments`` with the tool schema's top-level ``default`` values filled in for the
+    properties the caller left out. The tool (a pydantic-typed MCP server) would fill them
+    itself, so without this the policy and the spend counter judged an absent argument
+    while the tool ran with its default: ``amount_cents: int = 9999`` refunded 9,999
+    cents under a cap the policy never saw. The tool then receives exactly what was
+    judged."""
+    if found is None or not isinstance(arguments, dict):
+        return arguments
+    props = found[0].input_schema.get("properties")
+    if not isinstance(props, dict):
+        return arguments
+    missing = {name: prop["default"] for name, prop in props.items()
+               if isinstance(prop, dict) and "default" in prop and name not in arguments}
+    return {**arguments, **missing} if missing else arguments
