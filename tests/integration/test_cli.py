@@ -195,6 +195,15 @@ def test_serve_on_a_busy_port_fails_fast(config: Path, tmp_path: Path) -> None:
     assert not (tmp_path / "data" / "keel.db").exists()
 
 
+def test_tenant_names_that_mean_something_else_are_refused(config: Path) -> None:
+    # "*" is "every tenant" in allow-lists and the breaker's global counters
+    for bad in ("*", "a*", " acme", "ac\nme"):
+        code, out = run(config, "keys", "create", "--tenant", bad)
+        assert code == 1 and "--tenant:" in out, (bad, out)
+    code, out = run(config, "keys", "list")
+    assert code == 0 and "acme" not in out
+
+
 def test_cli_prints_square_brackets_literally(config: Path) -> None:
     code, out = run(config, "keys", "revoke", "[bold]k_1[/]")
     assert code == 1

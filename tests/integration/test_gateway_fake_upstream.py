@@ -225,6 +225,8 @@ async def test_admin_endpoints_need_admin(
     assert all("key_hash" not in k and "key" not in k for k in listed)
     r = await client.post("/v1/admin/keys", json={"tenant": 3}, headers=auth(admin_key))
     assert r.status_code == 400
+    r = await client.post("/v1/admin/keys", json={"tenant": "*"}, headers=auth(admin_key))
+    assert r.status_code == 400 and "every tenant" in r.json()["error"]["message"]
     r = await client.delete(f"/v1/admin/keys/{new['id']}", headers=auth(admin_key))
     assert r.status_code == 200
     r = await client.delete(f"/v1/admin/keys/{new['id']}", headers=auth(admin_key))

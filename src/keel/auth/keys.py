@@ -77,6 +77,23 @@ class NewKey:
     secret: str  # shown once; never stored or logged
 
 
+def tenant_problem(tenant: str) -> str | None:
+    """Why ``tenant`` cannot name a tenant, or None. ``*`` means "every tenant" in
+    allow-lists, metrics and the breaker's global counters: a tenant of that name was
+    counted as the whole app and escaped its own breaker."""
+    if not tenant.strip():
+        return "tenant must not be empty"
+    if tenant != tenant.strip():
+        return f"tenant {tenant!r} must not start or end with spaces"
+    if "*" in tenant:
+        return f"tenant {tenant!r} must not contain '*' (it means every tenant in keel)"
+    if any(ord(ch) < 32 or ord(ch) == 127 for ch in tenant):
+        return "tenant must not contain control characters"
+    if len(tenant) > 128:
+        return f"tenant is {len(tenant)} characters; at most 128"
+    return None
+
+
 class KeyStore:
     def __init__(self, db: Database, *, cache_ttl_s: float = 5.0, cache_size: int = 10_000):
         self.db = db
@@ -90,8 +107,9 @@ class KeyStore:
         self, tenant: str, *, agent: str | None = None, admin: bool = False,
         name: str | None = None,
     ) -> NewKey:
-        if not tenant.strip():
-            raise ValueError("tenant must not be empty")
+        problem = tenant_problem(tenant)
+        if problem is not None:
+            raise ValueError(problem)
         key_id = secrets.token_hex(6)
         secret = KEY_PREFIX + secrets.token_urlsafe(32)
         info = KeyInfo(key_id, secret[-4:], tenant, agent, admin, name, time.time(), None)

@@ -8,7 +8,7 @@ import time
 
 import typer
 
-from keel.auth.keys import KeyStore
+from keel.auth.keys import KeyStore, tenant_problem
 from keel.cli.common import console, fail, new_table, settings_from, styled
 from keel.errors import KeelError
 from keel.storage.private_files import private_dir
@@ -38,8 +38,9 @@ def build() -> typer.Typer:
         as_json: bool = typer.Option(False, "--json", help="Print JSON."),
     ) -> None:
         """Create an API key. The key is printed once and never stored in clear."""
-        if not tenant.strip():
-            fail("--tenant must not be empty")
+        problem = tenant_problem(tenant)
+        if problem is not None:
+            fail(f"--tenant: {problem}")
         new = _store(ctx).create(tenant, agent=agent, admin=admin, name=name)
         if as_json:
             typer.echo(json.dumps({**new.info.__dict__, "key": new.secret}))

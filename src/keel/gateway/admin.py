@@ -10,6 +10,7 @@ from fastapi import APIRouter
 from starlette.requests import Request
 from starlette.responses import Response
 
+from keel.auth.keys import tenant_problem
 from keel.errors import InvalidRequest, NotFound
 from keel.gateway.http import ORJSONResponse, read_body, require_admin
 from keel.gateway.params import choice_param, float_param, int_param
@@ -50,8 +51,9 @@ class AdminRoutes:
         await self._admin(request)
         body = parse_json(await read_body(request, 65536, None))
         tenant = require(body, "tenant", str)
-        if not tenant.strip():
-            raise InvalidRequest("field 'tenant' must not be empty", param="tenant")
+        problem = tenant_problem(tenant)
+        if problem is not None:
+            raise InvalidRequest(f"field 'tenant': {problem}", param="tenant")
         new = self.svc.keys.create(
             tenant, agent=check(body, "agent", str), admin=bool(check(body, "admin", bool)),
             name=check(body, "name", str),
