@@ -210,6 +210,10 @@ def test_cli_prints_square_brackets_literally(config: Path) -> None:
     assert "'[bold]k_1[/]'" in out
     code, out = run(config, "keys", "create", "--tenant", "[red]acme[/]")
     assert code == 0 and "tenant=[red]acme[/]" in out
+    # nor emoji codes: `keel mode log` showed the actor "api:key:<id>" as "api🔑<id>"
+    code, out = run(config, "keys", "create", "--tenant", "t", "--name", "api:key:x")
+    code, out = run(config, "keys", "list")
+    assert code == 0 and "api:key:x" in out and "\U0001f511" not in out
 
 
 def test_tables_are_whole_when_piped_and_json_is_offered(config: Path) -> None:

@@ -20,8 +20,8 @@ from keel.storage.private_files import private_dir
 # printed as it is, tables included. Styling goes through :func:`styled`.
 # Piped output is not cut to 80 columns: the width is unlimited unless COLUMNS says so.
 _PIPE_WIDTH = None if os.isatty(1) or os.environ.get("COLUMNS") else 100_000
-console = Console(markup=False, highlight=False, width=_PIPE_WIDTH)
-err_console = Console(stderr=True, markup=False, highlight=False)
+console = Console(markup=False, highlight=False, emoji=False, width=_PIPE_WIDTH)
+err_console = Console(stderr=True, markup=False, highlight=False, emoji=False)
 
 
 def new_table(*columns: str, **kw: Any) -> Table:
