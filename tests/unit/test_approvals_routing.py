@@ -23,6 +23,13 @@ ORCHESTRATOR = Requester(key_id="k2", agent=None, ip="127.0.0.1")
     ({"total_usd": -7000}, 7000.0),  # a negative amount is still that much money
     ({"amount": "lots"}, math.inf),  # unreadable: unbounded
     ({"order_id": "o1", "count": 99999}, None),
+    # camelCase, currencies and money-named records (a review's ways past the amount rule)
+    ({"amountCents": 5_000_000}, 50000.0),
+    ({"amount_eur": 50000}, 50000.0),
+    ({"totalPrice": 50000}, 50000.0),
+    ({"refund": {"value": 50000}}, 50000.0),
+    ({"grandTotal": "50000"}, 50000.0),
+    ({"setting": {"value": 5}, "quantity": 3}, None),  # a bare "value" is not money
 ])
 def test_money_fields_in_arguments(args: dict[str, Any], amount: float | None) -> None:
     assert argument_amount(args) == amount

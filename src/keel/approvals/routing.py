@@ -6,9 +6,11 @@ Two things a caller could otherwise use to route its own request around a human:
   (``POST /v1/approvals`` with a key that has an agent) never matches an ``auto`` rule unless
   the operator's rule says ``agent_requests = true``;
 * ``min_amount`` rules see the largest money amount of the proposal: the top-level
-  ``amount`` or any money-named field in ``arguments`` (``amount``, ``total``, ``price``,
-  ``cost``, ``*_usd``; ``*_cents`` / 100, ``*_micros`` / 1e6), at any depth, numbers or
-  numeric strings. An amount keel cannot read counts as unbounded.
+  ``amount`` or any money-named field in ``arguments`` (a name with a word such as
+  ``amount``, ``total``, ``price``, ``cost``, ``fee``, ``refund``, ``balance`` or a currency,
+  in snake or camel case; ``cents`` / 100, ``micros`` / 1e6) and every number inside a
+  money-named record, at any depth, numbers or numeric strings. An amount keel cannot read
+  counts as unbounded.
 """
 
 from __future__ import annotations
@@ -22,9 +24,15 @@ from typing import Any
 from keel.approvals.models import Proposal, Requester
 from keel.approvals.settings import ApprovalsSettings, RiskRule, Route
 
-_MONEY = re.compile(r"^(?:.*_)?(amount|total|price|cost|sum|usd|dollars)(?:_usd|_dollars)?$")
-_CENTS = re.compile(r"^(?:.*_)?cents$")
-_MICROS = re.compile(r"^(?:.*_)?micros$")
+# words of a field name that make it money: "amount", "total_price", "amountCents",
+# "refund_eur", "grandTotal"; a number inside a money-named record ({"refund": {"value":
+# 500}}) counts too
+_MONEY_WORDS = frozenset({
+    "amount", "total", "subtotal", "price", "cost", "sum", "fee", "fees", "charge", "payment",
+    "refund", "balance", "credit", "debit", "payout", "transfer", "value", "money",
+    "usd", "eur", "gbp", "jpy", "cad", "aud", "chf", "cny", "inr", "dollars", "euros",
+    "pounds", "cents", "micros"})
+_CAMEL = re.compile(r"(?<=[a-z0-9])(?=[A-Z])")
 _NUMBER = re.compile(r"^\$?[0-9]+(?:\.[0-9]+)?$")
 _MAX_DEPTH = 16
 
@@ -36,14 +44,15 @@ class Routing:
 
 
 def _scale(key: str) -> float | None:
-    k = key.strip().lower()
-    if _CENTS.match(k):
+    """What divides a money-named field's value into dollars, or None (not money)."""
+    words = set(re.split(r"[_\-\s.]+", _CAMEL.sub("_", key.strip()).lower()))
+    if not words & _MONEY_WORDS or words == {"value"}:  # a bare "value" only inside money
+        return None
+    if "cents" in words:
         return 100.0
-    if _MICROS.match(k):
+    if "micros" in words:
         return 1e6
-    if _MONEY.match(k):
-        return 1.0
-    return None
+    return 1.0
 
 
 def _value(v: Any) -> float | None:
@@ -58,8 +67,9 @@ def _value(v: Any) -> float | None:
     return None  # a record or list: searched on its own
 
 
-def argument_amount(arguments: Any, depth: int = 0) -> float | None:
-    """The largest money amount among money-named fields of ``arguments``."""
+def argument_amount(arguments: Any, depth: int = 0, money: bool = False) -> float | None:
+    """The largest money amount among money-named fields of ``arguments`` (``money``: the
+    record is itself money-named, so every number in it counts)."""
     if depth > _MAX_DEPTH:
         return math.inf
     found: float | None = None
@@ -69,11 +79,13 @@ def argument_amount(arguments: Any, depth: int = 0) -> float | None:
     for key, v in items:
         amount: float | None = None
         scale = _scale(key) if isinstance(key, str) else None
+        if scale is None and money and not isinstance(v, dict | list):
+            scale = 1.0
         if scale is not None and v is not None:
             raw = _value(v)
             amount = raw / scale if raw is not None else None
         if amount is None and isinstance(v, dict | list):
-            amount = argument_amount(v, depth + 1)
+            amount = argument_amount(v, depth + 1, money or scale is not None)
         if amount is not None:
             found = amount if found is None else max(found, amount)
     return found
