@@ -38,7 +38,7 @@ class ToolRoutes:
     def router(self) -> APIRouter:
         r = APIRouter()
         r.add_api_route("/v1/tools", self.list_tools, methods=["GET"],
-                        summary="List the tools agents may call (subject to policy)")
+                        summary="List every tool served (each call is still decided by policy)")
         r.add_api_route("/v1/tools/{name}", self.call_tool, methods=["POST"],
                         summary="Call a tool: body {\"arguments\": {...}}; Cedar decides first")
         r.add_api_route("/v1/admin/tool-decisions", self.decisions, methods=["GET"],
