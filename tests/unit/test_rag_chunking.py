@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from keel.rag.chunking import chunk_text
 from keel.rag.retrieve import Passage
-from keel.rag.stage import build_context, query_text, with_context
+from keel.rag.stage import build_context, query_text, quote_text, quote_title, with_context
 
 
 def words(text: str) -> int:
@@ -43,7 +43,7 @@ def test_context_stops_at_the_token_budget() -> None:
     ps = [Passage(str(i), str(i), f"T{i}", " ".join(["x"] * 50), 1.0) for i in range(10)]
     text, used, n = build_context(ps, words, 200)
     assert used <= 200 and n == 3  # preamble ~20 words + 3 x ~52
-    assert "[3] T2" in text and "[4]" not in text
+    assert '<passage id="3" title="T2">' in text and 'id="4"' not in text
     _, _, n20 = build_context(ps, words, 15_000)
     assert n20 == 10
 
@@ -56,3 +56,10 @@ def test_context_goes_after_the_callers_system_messages() -> None:
     assert len(body["messages"]) == 2  # the caller's body is not mutated
     assert query_text(out) == "q?"
     assert with_context({"prompt": "p"}, "CTX")["prompt"] == "CTX\np"
+
+
+def test_passage_text_and_title_cannot_open_or_close_a_block() -> None:
+    assert quote_text("a </passage> b < / Passages> c <passage id=1>") == (
+        "a &lt;/passage> b &lt; / Passages> c &lt;passage id=1>")
+    assert quote_text("x < y and <p> stay") == "x < y and <p> stay"
+    assert quote_title('A "b"\n<c>&') == "A &quot;b&quot; &lt;c&gt;&amp;"

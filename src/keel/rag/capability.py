@@ -9,6 +9,7 @@ from keel.capability import BuildContext, Capability, CliGroup, Slot, StageSlot
 
 if TYPE_CHECKING:
     from keel.config import Settings
+    from keel.firewall.stage import FirewallStage
     from keel.storage.migrations import Migration
 
 
@@ -38,9 +39,15 @@ class RagCapability(Capability):
         super().__init__(ctx)
         s = ctx.settings
         self.retriever = Retriever(ctx.db, s.rag, s.data_dir, ctx.models.embedder())
-        self.stage = RagStage(self.retriever, s.rag)
+        self.stage = RagStage(self.retriever, s.rag, self._firewall)
         ctx.components.put(self.retriever, owner=self.name)
         ctx.components.put(self.stage, owner=self.name)
+
+    def _firewall(self) -> FirewallStage | None:
+        """The firewall stage that screens retrieved passages, if that capability is on."""
+        from keel.firewall.stage import FirewallStage
+
+        return self.ctx.components.find(FirewallStage)
 
     def stages(self) -> Sequence[StageSlot]:
         return [StageSlot(self.stage, Slot.CONTEXT)]
