@@ -21,19 +21,24 @@ from typing import TYPE_CHECKING
 
 from keel.errors import InvalidRequest, PayloadTooLarge
 from keel.gateway.context import Principal
+from keel.hive.files_dir import file_record
+from keel.hive.framing import record_bytes
 from keel.hive.model import (
+    FILES_STREAM,
     FileInfo,
     FileLock,
     HiveConflict,
     HiveFileNotFound,
     HiveQuotaExceeded,
     HiveVersionMismatch,
+    NewRecord,
     SharedFile,
     check_name,
 )
 
 if TYPE_CHECKING:
     from keel.hive.service import HiveService
+
 
 LOCK_TTL_S = 30.0  # a Redis lock whose holder died frees itself after this
 WAIT_S = 10.0  # how long a write waits for another holder's lock
@@ -82,11 +87,20 @@ class HiveFiles:
                                  "(expect=V, 0 to create) or the file's lock")
         if expect is not None and expect < 0:
             raise InvalidRequest("expect must be 0 (create) or a version >= 1", param="expect")
-        await self._quota(principal.tenant, task, name, len(data))
+        rec = self._record_bytes("put", task, name, len(data), self.writer(principal))
+        await self._quota(principal.tenant, task, name, len(data), rec)
         info = await self.store.file_put(principal.tenant, task, name, data, expect,
                                          self.writer(principal), time.time(), lock, WAIT_S)
         self.hive.count_bytes(principal.tenant, len(data))
+        self.hive.count_write(principal.tenant, task, FILES_STREAM, rec)
         return info
+
+    @staticmethod
+    def _record_bytes(op: str, task: str, name: str, size: int, writer: str) -> int:
+        """The bytes of the ``file`` record a change appends to the ``files`` stream (a
+        version of up to 10 digits assumed: the version is known only after the write)."""
+        data = file_record(op, task, FileInfo(name, 10**9, size, 0.0, writer))
+        return record_bytes(NewRecord("file", data, writer))
 
     async def delete(self, principal: Principal, task: str, name: str, *,
                      expect: int | None, lock: FileLock | None = None) -> FileInfo:
@@ -103,12 +117,19 @@ class HiveFiles:
                 raise HiveFileNotFound(f"no file {name!r} in hive task {task!r}") from None
             raise
         self.hive.count_bytes(principal.tenant, -info.size)
+        self.hive.count_write(principal.tenant, task, FILES_STREAM,
+                              self._record_bytes("delete", task, name, info.size,
+                                                 self.writer(principal)))
         return info
 
-    async def _quota(self, tenant: str, task: str, name: str, size: int) -> None:
+    async def _quota(self, tenant: str, task: str, name: str, size: int,
+                     record: int) -> None:
+        """The file's growth plus the ``file`` record appended to the ``files`` stream
+        (itself a stream of the tenant, counted toward ``quota_streams``)."""
+        await self.hive.check_quota(tenant, task, FILES_STREAM, record)
         usage = await self.hive.current_usage(tenant)
         old = next((f.size for f in await self.store.files(tenant, task) if f.name == name), 0)
-        grow = size - old
+        grow = size - old + record
         quota = self.hive.settings.quota_bytes
         if grow > 0 and usage.bytes + grow > quota:
             raise HiveQuotaExceeded(

@@ -25,6 +25,12 @@ HEADER = len(MAGIC) + _HEAD.size
 MAX_PAYLOAD = 64 << 20  # a length above this is a torn or foreign header, not a record
 
 
+def record_bytes(rec: NewRecord) -> int:
+    """What a record costs in a stream: its frame header and JSON payload (exact for the
+    directory backend; what quotas count on every backend)."""
+    return HEADER + len(orjson.dumps({"w": rec.writer, "k": rec.kind, "d": rec.data}))
+
+
 def encode_all(first_seq: int, ts: float, records: Sequence[NewRecord]) -> bytes:
     out = []
     for i, rec in enumerate(records):

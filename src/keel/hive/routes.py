@@ -1,7 +1,8 @@
 """HTTP surface of the hive, tenant-scoped (the key's tenant), under ``/v1/hive``.
 
-- ``POST /v1/hive/tasks`` ``{"name"?, "ttl_s"?}``; ``GET /v1/hive/tasks[/{task}]``;
-  ``DELETE /v1/hive/tasks/{task}``
+- ``POST /v1/hive/tasks`` ``{"name"?, "ttl_s"?}`` (201 created, 200 joined an existing
+  task); ``GET /v1/hive/tasks[/{task}]``; ``DELETE /v1/hive/tasks/{task}`` (a tenant key
+  without an agent, or an admin key: an agent key gets 403)
 - ``POST /v1/hive/tasks/{task}/streams/{stream}``: JSON ``{"kind", "data"}`` or
   ``{"records": [...]}`` appends records; any other body (``text/plain``...) is streamed:
   each piece is appended as a ``tokens`` record as it arrives (``?end=true`` closes the
@@ -81,8 +82,9 @@ class HiveRoutes:
             raise WrongType("field 'name' must be a string", param="name")
         if ttl is not None and (isinstance(ttl, bool) or not isinstance(ttl, int | float)):
             raise WrongType("field 'ttl_s' must be a number of seconds", param="ttl_s")
-        info = await self.hive.create_task(p, name, None if ttl is None else float(ttl))
-        return ORJSONResponse(info.to_dict(), status_code=201)
+        info, created = await self.hive.open_task(p, name,
+                                                  None if ttl is None else float(ttl))
+        return ORJSONResponse(info.to_dict(), status_code=201 if created else 200)
 
     async def list(self, request: Request) -> Response:
         p = await self._who(request)
@@ -95,7 +97,7 @@ class HiveRoutes:
 
     async def delete(self, request: Request, task: str) -> Response:
         p = await self._who(request)
-        freed = await self.hive.delete_task(p.tenant, task)
+        freed = await self.hive.delete_task(p.tenant, task, p)
         return ORJSONResponse({"task": task, "deleted": True, "bytes": freed})
 
     async def append(self, request: Request, task: str, stream: str) -> Response:

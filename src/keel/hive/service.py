@@ -30,6 +30,7 @@ from keel.errors import (
 )
 from keel.gateway.context import Principal
 from keel.hive.files import HiveFiles
+from keel.hive.framing import record_bytes
 from keel.hive.model import (
     FILES_STREAM,
     KINDS,
@@ -121,11 +122,26 @@ class HiveService:
 
     async def create_task(self, principal: Principal, task: str | None = None,
                           ttl_s: float | None = None) -> TaskInfo:
+        return (await self.open_task(principal, task, ttl_s))[0]
+
+    async def open_task(self, principal: Principal, task: str | None = None,
+                        ttl_s: float | None = None) -> tuple[TaskInfo, bool]:
+        """Create the task, or join it when it exists: ``(info, created)``. A new task
+        counts against the tenant's ``max_tasks``."""
         name = check_name(task, "task") if task is not None else "t" + os.urandom(6).hex()
         ttl = self.settings.ttl_s if ttl_s is None else ttl_s
         if not 1 <= ttl <= 30 * 86400:
             raise InvalidRequest("ttl_s must be from 1 to 2592000 (30 days)", param="ttl_s")
-        return await self.store.create_task(principal.tenant, name, ttl, time.time())
+        tenant = principal.tenant
+        existing = await self.store.task(tenant, name)
+        if existing is not None:
+            return existing, False
+        have = len(await self.store.tasks(tenant))
+        if have >= self.settings.max_tasks:
+            raise HiveQuotaExceeded(
+                f"tenant {tenant!r} has {have} hive tasks, the limit ([hive] max_tasks = "
+                f"{self.settings.max_tasks}); delete tasks or run `keel hive gc`")
+        return await self.store.create_task(tenant, name, ttl, time.time()), True
 
     async def task(self, tenant: str, task: str) -> TaskInfo:
         info = await self.store.task(tenant, check_name(task, "task"))
@@ -134,7 +150,20 @@ class HiveService:
                                    "/v1/hive/tasks or `keel hive` first)")
         return info
 
-    async def delete_task(self, tenant: str, task: str) -> int:
+    @staticmethod
+    def check_deleter(principal: Principal) -> None:
+        """Deleting a task removes every agent's streams and files: a tenant key (no
+        agent) or an admin key only."""
+        if principal.agent is not None and not principal.admin:
+            raise PermissionDenied(
+                f"agent {principal.agent!r} may not delete a hive task (it holds other "
+                "agents' streams and files): use a tenant key without an agent, or an "
+                "admin key")
+
+    async def delete_task(self, tenant: str, task: str,
+                          principal: Principal | None = None) -> int:
+        if principal is not None:
+            self.check_deleter(principal)
         await self.task(tenant, task)
         freed = await self.store.delete_task(tenant, task)
         self._usage.pop(tenant, None)
@@ -168,7 +197,15 @@ class HiveService:
         if not records:
             return []
         tenant = principal.tenant
-        size = sum(len(r.data.encode()) + 64 for r in records)
+        size = sum(record_bytes(r) for r in records)
+        await self.check_quota(tenant, task, stream, size)
+        seqs = await self.store.append(tenant, task, stream, records, time.time())
+        self.count_write(tenant, task, stream, size)
+        return seqs
+
+    async def check_quota(self, tenant: str, task: str, stream: str, size: int) -> None:
+        """Raise :class:`HiveQuotaExceeded` when writing ``size`` more bytes to
+        ``task/stream`` would pass the tenant's ``quota_streams`` or ``quota_bytes``."""
         usage = await self.current_usage(tenant)
         key = f"{task}/{stream}"
         if key not in usage.streams and len(usage.streams) >= self.settings.quota_streams:
@@ -181,10 +218,13 @@ class HiveService:
                 f"tenant {tenant!r} uses {usage.bytes} of {self.settings.quota_bytes} hive "
                 f"bytes ([hive] quota_bytes); this write needs {size} more: delete tasks or "
                 "run `keel hive gc`")
-        seqs = await self.store.append(tenant, task, stream, records, time.time())
-        usage.bytes += size
-        usage.streams.add(key)
-        return seqs
+
+    def count_write(self, tenant: str, task: str, stream: str, size: int) -> None:
+        """Count an append against the tenant's cached usage."""
+        u = self._usage.get(tenant)
+        if u is not None:
+            u.bytes += size
+            u.streams.add(f"{task}/{stream}")
 
     def count_bytes(self, tenant: str, delta: int) -> None:
         """Count a write (or a deletion) against the tenant's cached usage."""
@@ -333,7 +373,8 @@ class HiveService:
             row["oldest_s"] = max(row["oldest_s"], round(now - t.created, 1))
             row["expired"] += t.expires() <= now
         return {"tenants": per, "quota_bytes": self.settings.quota_bytes,
-                "quota_streams": self.settings.quota_streams}
+                "quota_streams": self.settings.quota_streams,
+                "max_tasks": self.settings.max_tasks}
 
     async def aclose(self) -> None:
         await self.store.aclose()

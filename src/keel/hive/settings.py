@@ -21,6 +21,7 @@ class HiveSettings(Section):
     gc_interval_s: float = Field(default=3600.0, ge=0)
     quota_bytes: int = Field(default=1 << 30, ge=0)  # per tenant, every task together
     quota_streams: int = Field(default=1000, ge=0)  # per tenant
+    max_tasks: int = Field(default=1000, ge=0)  # per tenant (429 at create above it)
     # directory backend: "end" fsyncs when a stream ends (default), "always" after every
     # append (NFS/EFS shared by machines, or no loss on power cut), "never" leaves it to the OS
     fsync: Literal["never", "end", "always"] = "end"

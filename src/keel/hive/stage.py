@@ -2,11 +2,12 @@
 
 The stage sits right after the firewall (so a blocked prompt writes nothing) and before
 the cache (so a cached answer is teed too). It checks the header, the writer's right to
-the stream and that the task exists before any model work (a 4xx otherwise), then wraps
-the answer: a streamed answer is appended chunk by chunk as the model produces it, so
-the next agent reads it before it is finished; a plain answer is appended whole. An
-``end`` record closes the stream either way. A hive failure in mid-answer (quota, disk)
-stops the tee, never the caller's answer; the request log notes it.
+the stream, that the task exists and the tenant's quotas before any model work (a 4xx
+otherwise), then wraps the answer: a streamed answer is appended chunk by chunk as the
+model produces it, so the next agent reads it before it is finished; a plain answer is
+appended whole. An ``end`` record closes the stream either way. A hive failure in
+mid-answer (quota, disk) stops the tee, never the caller's answer; the request log notes
+it.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from keel.errors import InvalidRequest, KeelError
 from keel.gateway.context import RequestContext
 from keel.gateway.pipeline import Next
 from keel.gateway.validation import content_text
+from keel.hive.framing import record_bytes
 from keel.hive.model import HiveConflict, NewRecord, check_name
 from keel.hive.service import HiveService
 
@@ -64,6 +66,10 @@ class HiveTeeStage:
         if have is not None and have.ended:
             raise HiveConflict(f"hive stream {task}/{stream} has ended; tee into a new stream")
         offset = have.records if have is not None else 0
+        # quota before any model work: a full tenant gets a 429, not an answer whose
+        # header points at a stream that was never written
+        end = NewRecord("end", "", ctx.principal.agent or stream)
+        await self.hive.check_quota(ctx.principal.tenant, task, stream, record_bytes(end))
         await call_next(ctx)
         ctx.response_headers[HEADER] = f"hive://{task}/{stream}@{offset}"
         if ctx.chunks is not None:
