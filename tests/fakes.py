@@ -32,7 +32,11 @@ class FakeUpstream:
     prompt_tokens: int = 11
     completion_tokens: int = 7
     fail_first: int = 0
+    fail_status: int = 503  # the status of the ``fail_first`` failures
     status: int = 200
+    # a Retry-After header sent with every failure (``fail_first`` and ``status``)
+    retry_after: str | None = None
+    delay_s: float = 0.0  # sleep before answering a chat/completions call
     # fields merged into every non-streamed answer and the streamed usage chunk, to script
     # upstream nonsense (``{"usage": {"prompt_tokens": 1e30}}``, ``{"choices": "nope"}``)
     override: dict[str, Any] = field(default_factory=dict)
@@ -48,12 +52,17 @@ class FakeUpstream:
 
     async def _chat(self, request: web.Request) -> web.StreamResponse:
         body = await request.json()
-        self.calls.append({"body": body, "headers": dict(request.headers)})
+        self.calls.append({"body": body, "headers": dict(request.headers),
+                           "at": time.monotonic()})
+        failed = {"retry-after": self.retry_after} if self.retry_after is not None else {}
         if len(self.calls) <= self.fail_first:
-            return web.json_response({"error": {"message": "warming up"}}, status=503)
+            return web.json_response({"error": {"message": "warming up"}},
+                                     status=self.fail_status, headers=failed)
         if self.status != 200:
             return web.json_response({"error": {"message": "scripted failure"}},
-                                     status=self.status)
+                                     status=self.status, headers=failed)
+        if self.delay_s:
+            await asyncio.sleep(self.delay_s)
         usage = {"prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens,
                  "total_tokens": self.prompt_tokens + self.completion_tokens}
         if not body.get("stream"):

@@ -17,10 +17,14 @@ class KeelError(Exception):
     type: ClassVar[str] = "server_error"
     code: ClassVar[str] = "internal_error"
 
-    def __init__(self, message: str, *, param: str | None = None, **extra: Any) -> None:
+    def __init__(self, message: str, *, param: str | None = None,
+                 retry_after: float | None = None, **extra: Any) -> None:
         super().__init__(message)
         self.message = message
         self.param = param
+        # seconds the client should wait before trying again: the gateway sends it as a
+        # Retry-After header, which OpenAI's SDKs use for their backoff
+        self.retry_after = retry_after
         self.extra = extra
 
     def to_dict(self) -> dict[str, Any]:

@@ -8,6 +8,7 @@ import json
 import httpx
 import pytest
 
+from keel.config import Settings
 from keel.gateway.services import Services
 
 from fakes import FakeUpstream
@@ -271,3 +272,79 @@ async def test_admin_request_log_api(
     bad = await client.get("/v1/admin/requests", params={"since": "yesterday"},
                            headers=auth(admin_key))
     assert bad.status_code == 400 and "since" in bad.json()["error"]["message"]
+
+
+async def test_upstream_short_retry_after_is_waited_out(
+    client: httpx.AsyncClient, user_key: str, fake_upstream: FakeUpstream
+) -> None:
+    fake_upstream.fail_first, fake_upstream.fail_status = 1, 429
+    fake_upstream.retry_after = "1"
+    r = await client.post("/v1/chat/completions", json=CHAT, headers=auth(user_key))
+    assert r.status_code == 200, r.text
+    first, second = fake_upstream.calls
+    assert second["at"] - first["at"] >= 0.95  # not keel's own ~0.1 s backoff
+
+
+async def test_upstream_long_retry_after_is_not_retried_and_reaches_the_client(
+    client: httpx.AsyncClient, user_key: str, services: Services, fake_upstream: FakeUpstream
+) -> None:
+    fake_upstream.status, fake_upstream.retry_after = 429, "7"
+    r = await client.post("/v1/chat/completions", json=CHAT, headers=auth(user_key))
+    assert r.status_code == 429
+    assert r.json()["error"]["code"] == "rate_limited"
+    assert r.headers["retry-after"] == "7"  # what OpenAI's SDKs back off by
+    assert len(fake_upstream.calls) == 1
+
+
+def test_retry_after_header_forms() -> None:
+    from keel.providers.openai_compat import retry_after
+
+    assert retry_after({"retry-after": "2.5"}) == 2.5
+    assert retry_after({"retry-after-ms": "250", "retry-after": "9"}) == 0.25
+    assert retry_after({"retry-after": "Wed, 21 Oct 2015 07:28:00 GMT"}) == 0.0
+    assert retry_after({"retry-after": "inf"}) is None
+    assert retry_after({"retry-after": "soon"}) is None
+    assert retry_after({}) is None
+
+
+async def test_client_disconnect_cancels_non_streamed_request(
+    settings: Settings, services: Services, user_key: str, fake_upstream: FakeUpstream
+) -> None:
+    """A client that gives up (OpenAI(timeout=...)) stops the upstream call: no waiting
+    out the upstream, no retry, and the log says 499 like a dropped stream."""
+    from keel.app import create_app
+
+    fake_upstream.delay_s = 3.0
+    app = create_app(settings, services=services)
+    body = json.dumps(CHAT).encode()
+    messages = [{"type": "http.request", "body": body, "more_body": False}]
+    sent: list[dict] = []
+
+    async def receive() -> dict:
+        if messages:
+            return messages.pop(0)
+        await asyncio.sleep(0.3)  # the client gives up
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+
+    scope = {
+        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
+        "scheme": "http", "path": "/v1/chat/completions", "raw_path": b"/v1/chat/completions",
+        "query_string": b"", "root_path": "", "client": ("127.0.0.1", 5555),
+        "server": ("keel", 80),
+        "headers": [(b"host", b"keel"), (b"content-type", b"application/json"),
+                    (b"content-length", str(len(body)).encode()),
+                    (b"authorization", f"Bearer {user_key}".encode())],
+    }
+    loop = asyncio.get_running_loop()
+    async with app.router.lifespan_context(app):
+        started = loop.time()
+        await app(scope, receive, send)
+        took = loop.time() - started
+    assert took < 2.0  # did not wait for the upstream's answer
+    rows = await logged(services)
+    assert rows[0]["status"] == 499
+    await asyncio.sleep(0.5)
+    assert len(fake_upstream.calls) == 1  # the upstream saw the request once

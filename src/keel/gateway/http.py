@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import secrets
 from typing import Any
 
@@ -34,6 +35,8 @@ def error_response(exc: KeelError, *, request_id: str | None = None) -> Response
     headers = request_id_headers(request_id or "req_" + secrets.token_hex(10))
     if exc.http_status == 401:  # RFC 9110: a 401 names the scheme the client should use
         headers["www-authenticate"] = 'Bearer realm="keel"'
+    if exc.retry_after is not None:  # RFC 9110: whole seconds; never "0" for a real wait
+        headers["retry-after"] = str(max(0, math.ceil(exc.retry_after)))
     return ORJSONResponse(exc.to_dict(), status_code=exc.http_status, headers=headers)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import os
 from collections.abc import AsyncGenerator, AsyncIterator
@@ -11,6 +12,7 @@ import orjson
 from fastapi import APIRouter
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
+from starlette.types import Receive
 
 from keel.errors import KeelError
 from keel.gateway.context import ANONYMOUS, JSON, Principal, RequestContext, Route
@@ -109,7 +111,10 @@ class OpenAIRoutes:
             forwarded_ip=forwarded_ip(request, svc.trusted_proxies),
         )
         try:
-            await svc.pipeline(ctx)
+            if ctx.stream:  # the streaming response stops on a disconnect by itself
+                await svc.pipeline(ctx)
+            elif not await self._run_unless_gone(ctx, request.receive):
+                return self._gone(ctx)
             if ctx.chunks is not None:
                 return await self._stream(ctx)
         except KeelError as exc:
@@ -121,6 +126,38 @@ class OpenAIRoutes:
         svc.finish(ctx)
         return Response(orjson.dumps(ctx.response), media_type="application/json",
                         headers=headers)
+
+    async def _run_unless_gone(self, ctx: RequestContext, receive: Receive) -> bool:
+        """Run the pipeline, cancelling it (and so the upstream request, with no retry)
+        if the client disconnects first; False then. Starlette does not cancel handlers
+        on a disconnect, so the pipeline races a wait for ``http.disconnect``: with the
+        body read, the next ASGI message is that (or nothing until the response is sent)."""
+        work = asyncio.ensure_future(self.svc.pipeline(ctx))
+        watch = asyncio.ensure_future(_disconnected(receive))
+        try:
+            await asyncio.wait((work, watch), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            watch.cancel()
+            if not work.done():
+                work.cancel()
+        if work.cancelled() or not work.done():
+            try:  # let the cancelled pipeline unwind (closing the upstream connection)
+                await work
+            except asyncio.CancelledError:
+                if asyncio.current_task().cancelling():  # type: ignore[union-attr]
+                    raise
+            except Exception:
+                pass
+            return False
+        work.result()  # re-raise what the pipeline raised
+        return True
+
+    def _gone(self, ctx: RequestContext) -> Response:
+        # 499: nginx's "client closed request", as the streaming path logs
+        ctx.status = 499
+        ctx.latency_ms = ctx.elapsed_ms()
+        self.svc.finish(ctx)
+        return Response(status_code=499, headers=request_id_headers(ctx.id))
 
     def _fail(self, ctx: RequestContext, exc: KeelError) -> Response:
         ctx.error = exc
@@ -167,6 +204,12 @@ class OpenAIRoutes:
         finally:
             await chunks.aclose()
             self.svc.finish(ctx)
+
+
+async def _disconnected(receive: Receive) -> None:
+    """Return once the client has gone away (the request body was already read)."""
+    while (await receive())["type"] != "http.disconnect":
+        pass
 
 
 def _model_card(spec: Any) -> JSON:

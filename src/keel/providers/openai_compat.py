@@ -2,14 +2,19 @@
 
 One pooled ``aiohttp.ClientSession`` per provider (created lazily inside the running
 loop). Connection failures, 429 and 5xx are retried with exponential backoff before any
-byte has been streamed to the client; upstream 4xx are relayed as client errors.
+byte has been streamed to the client; upstream 4xx are relayed as client errors. An
+upstream Retry-After is honoured: a short one is waited out before the retry, a long one
+ends the retries and is passed on to the client with the error.
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
 import random
+import time
 from collections.abc import AsyncGenerator
+from email.utils import parsedate_to_datetime
 from typing import Any
 
 import aiohttp
@@ -27,6 +32,9 @@ from keel.redaction import Redactor, safe_url
 
 JSON = dict[str, Any]
 _RETRY_STATUS = {429, 500, 502, 503, 504}
+# The longest upstream Retry-After keel waits out itself; past that the client (which
+# gets the Retry-After) decides, rather than keel holding the request open.
+_MAX_RETRY_AFTER_S = 5.0
 
 
 class OpenAICompatProvider:
@@ -86,9 +94,15 @@ class OpenAICompatProvider:
             else:
                 if resp.status < 400:
                     return resp
-                if resp.status not in _RETRY_STATUS or last:
-                    raise await _upstream_error(resp, spec, self._redactor(spec))
+                wait = retry_after(resp.headers)
+                too_long = wait is not None and wait > min(_MAX_RETRY_AFTER_S,
+                                                           self.settings.timeout_s)
+                if resp.status not in _RETRY_STATUS or last or too_long:
+                    raise await _upstream_error(resp, spec, self._redactor(spec), wait)
                 resp.release()
+                if wait is not None:
+                    await asyncio.sleep(wait)
+                    continue
             await asyncio.sleep(min(2.0, 0.1 * 2**attempt) * (0.5 + random.random()))
         raise UpstreamError(f"model {spec.name!r}: upstream failed")  # pragma: no cover
 
@@ -180,8 +194,35 @@ def _message(data: Any) -> str:
     return str(data)[:500]
 
 
+def retry_after(headers: Any) -> float | None:
+    """Seconds an upstream asked to wait: OpenAI's ``retry-after-ms``, else Retry-After
+    as seconds or an HTTP date (None when absent or unreadable)."""
+    ms = headers.get("retry-after-ms")
+    if ms is not None:
+        try:
+            return _seconds(float(ms) / 1000)
+        except ValueError:
+            pass
+    value = headers.get("retry-after")
+    if value is None:
+        return None
+    try:
+        return _seconds(float(value))
+    except ValueError:
+        pass
+    try:
+        return _seconds(parsedate_to_datetime(value).timestamp() - time.time())
+    except (TypeError, ValueError, OverflowError):
+        return None
+
+
+def _seconds(value: float) -> float | None:
+    """A wait clamped at zero; None for "inf"/"nan", which no sleep or header can carry."""
+    return max(0.0, value) if math.isfinite(value) else None
+
+
 async def _upstream_error(resp: aiohttp.ClientResponse, spec: ModelSpec,
-                          redact: Redactor) -> KeelError:
+                          redact: Redactor, wait: float | None = None) -> KeelError:
     """The client-facing error for an upstream 4xx/5xx. The upstream's message is
     untrusted text (it may echo the request, keel's API key included): it is redacted and
     cut to a short summary before any client sees it."""
@@ -194,7 +235,7 @@ async def _upstream_error(resp: aiohttp.ClientResponse, spec: ModelSpec,
         resp.release()
     where = f"model {spec.name!r} (upstream {spec.upstream_model!r})"
     if resp.status == 429:
-        return RateLimited(f"{where} is rate limited upstream: {detail}")
+        return RateLimited(f"{where} is rate limited upstream: {detail}", retry_after=wait)
     if resp.status in (401, 403):
         return UpstreamError(
             f"{where}: upstream refused keel's credentials (HTTP {resp.status}); "
