@@ -84,7 +84,9 @@ async def test_workers_in_other_processes_serve_a_distributed_map(
             assert worker.poll() is None, "".join(lines)
             assert time.monotonic() < deadline, f"the worker did not start: {lines}"
             await asyncio.sleep(0.1)
-        items = list(range(16))
+        # enough items that the gateway alone (2 at a time, 0.3 s each) cannot drain the
+        # queue before the worker's first poll
+        items = list(range(40))
         r = await client.post("/v1/workflows/squares/executions", json={"input": items},
                               headers=h)
         eid = r.json()["id"]
@@ -101,7 +103,7 @@ async def test_workers_in_other_processes_serve_a_distributed_map(
 
         # kill -9 the worker while it holds items: the gateway resumes them
         r = await client.post("/v1/workflows/squares/executions",
-                              json={"input": list(range(100, 116))}, headers=h)
+                              json={"input": list(range(100, 140))}, headers=h)
         eid = r.json()["id"]
         deadline = time.monotonic() + 60
         while True:
@@ -120,7 +122,7 @@ async def test_workers_in_other_processes_serve_a_distributed_map(
                 break
             await asyncio.sleep(0.05)
         assert ex["status"] == "SUCCEEDED", ex
-        assert ex["output"] == [i * i for i in range(100, 116)]
+        assert ex["output"] == [i * i for i in range(100, 140)]
     finally:
         if worker.poll() is None:
             worker.terminate()
