@@ -18,6 +18,20 @@ from fakes import FakeUpstream, free_port
 KEEL = str(Path(sys.executable).with_name("keel"))
 
 
+def wait_until_serving(proc: subprocess.Popen[bytes], base: str) -> None:
+    """Until ``/healthz`` answers 200 (the process must stay up, 60 s at most)."""
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            if httpx.get(base + "/healthz", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        assert proc.poll() is None, proc.stdout.read().decode() if proc.stdout else ""
+        assert time.monotonic() < deadline, "gateway did not start"
+        time.sleep(0.1)
+
+
 def test_two_workers_share_state(tmp_path: Path, fake_upstream: FakeUpstream) -> None:
     cfg = tmp_path / "keel.toml"
     cfg.write_text(
@@ -32,16 +46,7 @@ def test_two_workers_share_state(tmp_path: Path, fake_upstream: FakeUpstream) ->
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(base + "/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert proc.poll() is None, proc.stdout.read().decode() if proc.stdout else ""
-            assert time.monotonic() < deadline, "gateway did not start"
-            time.sleep(0.1)
+        wait_until_serving(proc, base)
         key = (tmp_path / "data" / "admin.key").read_text().strip()
         h = {"Authorization": f"Bearer {key}"}
         body = {"model": "fake-gpt", "messages": [{"role": "user", "content": "hi"}]}
@@ -95,16 +100,7 @@ def test_a_huge_request_head_is_refused_before_it_is_buffered(tmp_path: Path) ->
                             stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(base + "/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert proc.poll() is None, proc.stdout.read().decode() if proc.stdout else ""
-            assert time.monotonic() < deadline, "gateway did not start"
-            time.sleep(0.1)
+        wait_until_serving(proc, base)
         # a 1 MiB header (uvicorn alone buffered any size, 64 MB in a review)
         big = b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * (1 << 20) + b"\r\n\r\n"
         assert _raw(port, big).startswith(b"HTTP/1.1 431")
