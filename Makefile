@@ -7,12 +7,12 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.keel-installed
 export HF_HUB_OFFLINE := 1
 
-.PHONY: run test install model lint typecheck bench clean doctor
+.PHONY: run test install model bytecode lint typecheck bench clean doctor
 
-run: install model
+run: install model bytecode
 	$(BIN)/keel serve
 
-test: install model
+test: install model bytecode
 	$(BIN)/python -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
 
 install: $(STAMP)
@@ -30,6 +30,12 @@ $(STAMP): pyproject.toml | $(BIN)/python
 model: install
 	$(BIN)/python -m keel.providers.model_files .keel/models
 
+# keel's own modules as bytecode, also where PYTHONDONTWRITEBYTECODE is set: an editable
+# install leaves them uncompiled, and each batch worker the scaler starts would compile
+# them again (~0.4 s of its cold start). Incremental: only changed files are recompiled.
+bytecode: install
+	$(BIN)/python -m compileall -q src
+
 doctor: install
 	$(BIN)/keel doctor
 
@@ -37,7 +43,7 @@ lint: install
 	$(BIN)/ruff check src tests bench
 	$(BIN)/mypy src
 
-bench: install model
+bench: install model bytecode
 	$(BIN)/python bench/gateway_overhead.py
 
 clean:
