@@ -147,6 +147,7 @@ async def test_watched_key_is_rate_limited_only_for_anonymous_traffic(
     codes = [(await post(client, key, chat(("user", "hi")))).status_code for _ in range(4)]
     assert codes[:2] == [200, 200] and codes[2:] == [429, 429]
     r = await post(client, key, chat(("user", "hi")))
+    assert 0 < int(r.headers["retry-after"]) <= 60  # the window is a minute
     assert "x-keel-end-user" in r.json()["error"]["message"]
     # requests that name their end user are not limited
     r = await post(client, key, chat(("user", "hi"), user="alice"))

@@ -118,6 +118,8 @@ async def test_an_agent_key_opens_a_few_sessions_a_day_at_the_default_budget(
     third = await stack.open("bot")
     assert third.status_code == 429, third.text
     assert third.json()["error"]["code"] == "session_limit"
+    # the quota is per UTC day: the client is told when it resets
+    assert 0 < int(third.headers["retry-after"]) <= 86_400
     assert "agent_sessions_per_day" in third.json()["error"]["message"]
     # and it cannot widen what it gets
     assert (await stack.open("other", budget_usd="5.00")).status_code == 403

@@ -144,9 +144,20 @@ def test_reservation_refusals_roll_back_everything(svc: WalletService) -> None:
                                              r"reserved \$0.04, price \$0.01"):
         tx(lambda c: ledger.reserve(c, _hold(w.id, 10_000, limit=45_000)))
     tx(lambda c: ledger.reserve(c, _hold(w.id, 1_000, session="loop", max_calls=1)))
-    with pytest.raises(PaymentLoopGuard, match="limit is 1"):
+    with pytest.raises(PaymentLoopGuard, match="limit is 1") as refused:
         tx(lambda c: ledger.reserve(c, _hold(w.id, 1_000, session="loop", max_calls=1)))
-    assert svc.balance(w) == {"available": 9_000, "held": 41_000}
+    assert refused.value.retry_after is None  # a session's calls never come back
+    minute = int(time.time() // 60)
+    per_minute = CounterSpec(f"minute:t:a:{minute}", "per-minute loop guard", None, 1,
+                             (minute + 2) * 60.0, resets_at=(minute + 1) * 60.0)
+    hold = Hold(tenant="t", agent="a", wallet_id=w.id, session_id="m", url="http://x/y",
+                payee="0x" + "ab" * 20, network="eip155:84532", asset="0xusdc", amount=1_000,
+                counters=[per_minute], expires_at=time.time() + 60)
+    tx(lambda c: ledger.reserve(c, hold))
+    with pytest.raises(PaymentLoopGuard, match=r"resets in \d+ s") as refused:
+        tx(lambda c: ledger.reserve(c, hold))
+    assert refused.value.retry_after is not None and 1 <= refused.value.retry_after <= 60
+    assert svc.balance(w) == {"available": 8_000, "held": 42_000}
     assert tx(ledger.check_books).balanced
 
 

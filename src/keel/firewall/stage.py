@@ -15,6 +15,7 @@ meet the ban check, as the run's end user; they are never struck or rate-limited
 from __future__ import annotations
 
 import logging
+import time
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
@@ -166,7 +167,8 @@ class FirewallStage:
                 f"{describe(who.watch)} is watched after repeated blocked prompts that "
                 f"named no end user; its anonymous requests are limited to {limit} per "
                 "minute. Send the end user's id in the `user` field or the "
-                f"{self.settings.end_user_header} header so only the attacker is stopped")
+                f"{self.settings.end_user_header} header so only the attacker is stopped",
+                retry_after=60 - time.time() % 60)
 
     async def _strike(self, ctx: RequestContext, who: Identity, rule: str) -> None:
         if who.subjects:

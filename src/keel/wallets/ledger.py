@@ -17,6 +17,7 @@ and the budget are still there, so concurrent reservations can never overspend.
 from __future__ import annotations
 
 import json
+import math
 import secrets
 import time
 from collections.abc import Sequence
@@ -55,6 +56,7 @@ class CounterSpec:
     limit: int | None  # micro-USD; None = no money limit
     max_calls: int | None  # None = no call limit
     expires_at: float
+    resets_at: float | None = None  # a time window's end (the per-minute guard); None: never
 
 
 @dataclass(frozen=True)
@@ -200,9 +202,12 @@ def reserve(conn: Connection, hold: Hold) -> str:
 def _refuse(conn: Connection, spec: CounterSpec, price: int) -> None:
     row = conn.execute(select(counters).where(counters.c.key == spec.key)).one()
     if spec.max_calls is not None and row.calls + 1 > spec.max_calls:
+        wait = None if spec.resets_at is None else max(1.0, spec.resets_at - time.time())
         raise PaymentLoopGuard(
             f"{spec.label}: {row.calls} paid calls already, the limit is {spec.max_calls}; "
-            "refused before signing", limit=spec.max_calls, calls=row.calls)
+            "refused before signing"
+            + (f" (the window resets in {math.ceil(wait)} s)" if wait is not None else ""),
+            limit=spec.max_calls, calls=row.calls, retry_after=wait)
     assert spec.limit is not None
     raise BudgetExceeded(
         f"{spec.label} {fmt_usd(spec.limit)}: spent {fmt_usd(row.spent)}"

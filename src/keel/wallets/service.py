@@ -235,7 +235,8 @@ class WalletService:
             CounterSpec(f"day:{t}:{a}:{day}", "daily budget", day_limit, None,
                         now + 2 * DAY_S),
             CounterSpec(f"minute:{t}:{a}:{minute}", "per-minute loop guard", None,
-                        s.max_calls_per_minute, (minute + 2) * 60.0),
+                        s.max_calls_per_minute, (minute + 2) * 60.0,
+                        resets_at=(minute + 1) * 60.0),
         ]
 
     async def reserve(self, wallet: Wallet, intent: PaymentIntent,

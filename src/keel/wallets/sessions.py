@@ -89,9 +89,9 @@ def open_session(conn: Connection, *, tenant: str, agent: str, budget: int, max_
             if conn.execute(_QUOTA, params).rowcount != 1:
                 raise SessionLimit(
                     f"agent {agent!r} opened {agent_quota} sessions today, the limit "
-                    "(wallets.agent_sessions_per_day); ask an operator or the orchestrator "
-                    "to open one (POST /v1/wallet/sessions with their key)",
-                    limit=agent_quota)
+                    "(wallets.agent_sessions_per_day, reset at 00:00 UTC); ask an operator "
+                    "or the orchestrator to open one (POST /v1/wallet/sessions with their "
+                    "key)", limit=agent_quota, retry_after=86_400 - now % 86_400)
     if conn.execute(_GET, {"sid": session_id}).first() is not None:
         raise Conflict(f"session {session_id!r} already exists; sessions are opened once "
                        "(omit 'id' and keel generates one)", param="id")
