@@ -32,12 +32,15 @@ HOW = ('send If-Match: "<version>" (the ETag of your last GET) to update, or '
 
 
 def _version(header: str) -> int:
-    """``"3"``, ``W/"3"`` or ``3`` -> 3."""
+    """``"3"`` (or a bare ``3``) -> 3. A weak tag (``W/"3"``) is refused: If-Match compares
+    strongly (RFC 9110 13.1.1), and keel only hands out strong ones."""
     raw = header.strip()
     if raw.startswith("W/"):
-        raw = raw[2:]
-    raw = raw.strip('"')
-    if not raw.isdigit() or int(raw) < 1 or "," in header:
+        raise InvalidRequest(f"If-Match {header[:40]!r} is a weak entity tag, which never "
+                             f"matches for a write; {HOW}", param="If-Match")
+    if raw.startswith('"') and raw.endswith('"') and len(raw) >= 2:
+        raw = raw[1:-1]
+    if not raw.isdigit() or int(raw) < 1:
         raise InvalidRequest(f"If-Match {header[:40]!r} is not one version; {HOW}",
                              param="If-Match")
     return int(raw)
