@@ -115,6 +115,30 @@ def test_bad_sources_are_invalid_requests(tmp_path: Path) -> None:
         read_documents(tmp_path / "empty")
 
 
+def test_text_files_are_decoded_strictly_never_indexed_as_garbage(tmp_path: Path) -> None:
+    latin = tmp_path / "tea.txt"
+    latin.write_bytes("Th\u00e9 vert: 80 \u00b0C.".encode("latin-1"))
+    with pytest.raises(InvalidRequest, match=r"tea.txt is not utf-8 text \(byte 0xe9 at "
+                                             r"offset 2\).*--encoding"):
+        read_documents(latin)
+    assert read_documents(latin, "latin-1")[0].text == "Th\u00e9 vert: 80 \u00b0C."
+    with pytest.raises(InvalidRequest, match="unknown encoding 'klingon'"):
+        read_documents(latin, "klingon")
+    tree = tmp_path / "docs"
+    (tree / "sub").mkdir(parents=True)
+    (tree / "ok.md").write_text("\ufeffGreen tea: 80 degrees.", encoding="utf-8")
+    (tree / "blank.txt").write_text("  \n")
+    (tree / "sub" / "report.txt").write_bytes(b"%PDF-1.7\n\x00\x01binary")
+    with pytest.raises(InvalidRequest, match=r"sub/report.txt looks binary"):
+        read_documents(tree)  # refused by name, nothing read half-way is indexed
+    (tree / "sub" / "report.txt").unlink()
+    docs = read_documents(tree)
+    assert [(d.id, d.text) for d in docs] == [("ok.md", "Green tea: 80 degrees.")]  # no BOM
+    (tmp_path / "empty.txt").write_text("")
+    with pytest.raises(InvalidRequest, match=r"empty\.txt is empty"):
+        read_documents(tmp_path / "empty.txt")
+
+
 async def test_cached_answers_die_with_the_index_version_they_used(
     client: httpx.AsyncClient, services: Services, user_key: str, fake_upstream: FakeUpstream
 ) -> None:

@@ -63,6 +63,10 @@ def build() -> typer.Typer:
                                         "can read it (\"default\" when auth is off)."),
         replace: bool = typer.Option(False, "--replace",
                                      help="Build a fresh generation and swap it in."),
+        encoding: str = typer.Option("utf-8", "--encoding",
+                                     help="Encoding of the .txt/.md/.rst files (.jsonl is "
+                                          "always UTF-8); a file that does not decode is "
+                                          "refused by name."),
         as_json: bool = typer.Option(False, "--json"),
     ) -> None:
         """Chunk, embed and index documents; every ingest publishes a new index version."""
@@ -72,7 +76,7 @@ def build() -> typer.Typer:
         settings = settings_from(ctx)
 
         async def go(db: Any, retriever: Any) -> Any:
-            docs = read_documents(source)
+            docs = read_documents(source, encoding)
             catalog.check_index_name(index)
             vectors = retriever.open_vectors(
                 await db.run(lambda c: catalog.vector_for(c, tenant, index)))

@@ -68,15 +68,39 @@ def read_jsonl(path: Path) -> Iterator[Document]:
             yield Document(str(doc_id), title, text)
 
 
-def read_documents(source: Path) -> list[Document]:
-    """Every document under ``source``; InvalidRequest when there is none or it is bad."""
+def read_text(path: Path, encoding: str, where: str) -> str:
+    """A text file's contents, decoded strictly: a file that is not ``encoding`` text, or
+    is binary (NUL bytes), is refused by name instead of indexed as replacement
+    characters."""
+    data = path.read_bytes()
+    if b"\0" in data[:65_536]:
+        raise InvalidRequest(f"{where} looks binary (it holds NUL bytes), not text; convert it "
+                             "to .txt/.md first or leave it out")
+    try:
+        return data.decode(encoding).removeprefix("\ufeff")
+    except UnicodeDecodeError as exc:
+        raise InvalidRequest(
+            f"{where} is not {encoding} text (byte 0x{data[exc.start]:02x} at offset "
+            f"{exc.start}); convert it (e.g. `iconv -f latin1 -t utf-8`) or pass its "
+            "encoding with --encoding") from None
+    except LookupError:
+        raise InvalidRequest(f"unknown encoding {encoding!r}; use a Python codec name such "
+                             "as utf-8, latin-1 or cp1252", param="encoding") from None
+
+
+def read_documents(source: Path, encoding: str = "utf-8") -> list[Document]:
+    """Every document under ``source``; InvalidRequest when there is none or it is bad
+    (``encoding``: of the .txt/.md/.rst files; .jsonl is always UTF-8)."""
     if not source.exists():
         raise InvalidRequest(f"{source} does not exist: pass a directory or a .jsonl file")
     if source.is_file():
         if source.suffix == ".jsonl":
             docs = list(read_jsonl(source))
         elif source.suffix in TEXT_SUFFIXES:
-            docs = [Document(source.name, source.stem, source.read_text(errors="replace"))]
+            text = read_text(source, encoding, source.name)
+            if not text.strip():
+                raise InvalidRequest(f"{source.name} is empty: there is nothing to index")
+            docs = [Document(source.name, source.stem, text)]
         else:
             raise InvalidRequest(
                 f"{source.name}: unsupported file type; use .jsonl, .txt, .md or .rst"
@@ -88,8 +112,8 @@ def read_documents(source: Path) -> list[Document]:
             if path.suffix == ".jsonl":
                 docs.extend(read_jsonl(path))
             elif path.suffix in TEXT_SUFFIXES:
-                text = path.read_text(errors="replace")
-                if text.strip():
+                text = read_text(path, encoding, rel)
+                if text.strip():  # an empty file in a tree is skipped
                     docs.append(Document(rel, path.stem, text))
     if not docs:
         raise InvalidRequest(f"{source} holds no documents (.jsonl rows or .txt/.md/.rst files)")
