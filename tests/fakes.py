@@ -87,7 +87,7 @@ class FakeUpstream:
         await resp.write(b"data: " + json.dumps(final).encode() + b"\n\n")
         if (body.get("stream_options") or {}).get("include_usage"):
             u = {**final, "choices": [], "usage": usage,
-                 **{k: v for k, v in self.override.items() if k == "usage"}}
+                 **{k: v for k, v in self.override.items() if k != "choices"}}
             await resp.write(b"data: " + json.dumps(u).encode() + b"\n\n")
         await resp.write(b"data: [DONE]\n\n")
         return resp

@@ -13,6 +13,8 @@ from typing import Any
 from keel.gateway.context import RequestContext
 
 JSON = dict[str, Any]
+# fields of OpenAI's usage chunk that describe the response, kept on keel's own
+CARRIED = ("system_fingerprint", "service_tier")
 
 
 def wants_usage(body: JSON) -> bool:
@@ -28,6 +30,7 @@ class StreamUsage:
         self.include = wants_usage(ctx.body)
         self.last: JSON | None = None
         self.seen: JSON | None = None
+        self.carried: JSON = {}  # top-level fields of the upstream's usage chunk
 
     def strip(self, chunk: JSON) -> JSON | None:
         """The chunk as the client sees it; ``None`` for a usage-only chunk."""
@@ -35,6 +38,7 @@ class StreamUsage:
         if "usage" in chunk:
             if isinstance(usage, dict):
                 self.seen = usage
+                self.carried = {k: chunk[k] for k in CARRIED if chunk.get(k) is not None}
             chunk = {k: v for k, v in chunk.items() if k != "usage"}
             if not chunk.get("choices"):
                 return None
@@ -52,9 +56,15 @@ class StreamUsage:
             usage = dict(self.seen)  # a cache replay: the stage that metered is skipped
         usage["total_tokens"] = (int(usage.get("prompt_tokens") or 0)
                                  + int(usage.get("completion_tokens") or 0))
-        if self.seen is not None and "prompt_tokens_details" in self.seen:
-            usage.setdefault("prompt_tokens_details", self.seen["prompt_tokens_details"])
+        if self.seen is not None:  # the upstream's breakdowns (cached, reasoning tokens...)
+            for key, value in self.seen.items():
+                if key.endswith("_details") and isinstance(value, dict):
+                    usage.setdefault(key, value)
         last = self.last
-        return {"id": last.get("id"), "object": last.get("object"),
-                "created": last.get("created"), "model": last.get("model"),
-                "choices": [], "usage": usage}
+        out: JSON = {"id": last.get("id"), "object": last.get("object"),
+                     "created": last.get("created"), "model": last.get("model")}
+        for key in CARRIED:
+            value = self.carried.get(key, last.get(key))
+            if value is not None:
+                out[key] = value
+        return {**out, "choices": [], "usage": usage}
