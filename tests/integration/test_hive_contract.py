@@ -187,7 +187,7 @@ async def test_references_expand_to_the_stream_text(hive: HiveService) -> None:
 
 
 async def test_gc_dry_run_lists_then_deletes_expired_tasks(hive: HiveService) -> None:
-    await hive.create_task(TENANT, "old", ttl_s=1)
+    await hive.create_task(TENANT, "old", ttl_s=5)
     await hive.create_task(TENANT, "fresh", ttl_s=3600)
     await _note(hive, TENANT, "old", "notes", "x" * 100)
     later = time.time() + 10
@@ -200,6 +200,27 @@ async def test_gc_dry_run_lists_then_deletes_expired_tasks(hive: HiveService) ->
         await hive.task("acme", "old")
     rep = await hive.report(None)
     assert rep["tenants"]["acme"]["tasks"] == 1  # type: ignore[index]
+
+
+async def test_an_expired_task_is_gone_before_the_collector_runs(hive: HiveService) -> None:
+    """Idle past its ttl_s, a task's streams and files are unreadable at once, whenever the
+    collector gets to it; its name starts afresh; it can still be deleted."""
+    await hive.create_task(TENANT, "brief", ttl_s=1)
+    await _note(hive, TENANT, "brief", "notes", "the plan")
+    await hive.files.put(TENANT, "brief", "draft", b"v1", expect=0)
+    await asyncio.sleep(1.2)
+    for read in (hive.task("acme", "brief"), hive.read("acme", "brief", "notes"),
+                 hive.expand("acme", "see hive://brief/notes"),
+                 hive.files.get("acme", "brief", "draft")):
+        with pytest.raises(HiveTaskNotFound, match="expired"):
+            await read
+    assert "brief" not in [t.name for t in await hive.live_tasks("acme")]
+    fresh = await hive.create_task(TENANT, "brief", ttl_s=1)
+    assert fresh.streams == [] and fresh.files == []
+    assert await hive.files.list("acme", "brief") == []
+    await asyncio.sleep(1.2)
+    await hive.delete_task("acme", "brief")  # an expired task can be deleted
+    assert await hive.store.task("acme", "brief") is None
 
 
 async def test_delete_task_frees_its_streams(hive: HiveService) -> None:

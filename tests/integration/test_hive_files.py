@@ -216,7 +216,7 @@ async def test_files_count_toward_quota_size_gc_and_delete(
         backend: tuple[str, str], tmp_path: Path) -> None:
     hive = _open(backend, tmp_path, quota_bytes=5000)
     try:
-        await hive.create_task(TENANT, "job", ttl_s=1)
+        await hive.create_task(TENANT, "job", ttl_s=5)
         await hive.files.put(CODER, "job", "big", b"x" * 3000, expect=0)
         with pytest.raises(HiveQuotaExceeded, match="quota_bytes"):
             await hive.files.put(CODER, "job", "more", b"y" * 2500, expect=0)

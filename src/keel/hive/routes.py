@@ -88,7 +88,7 @@ class HiveRoutes:
 
     async def list(self, request: Request) -> Response:
         p = await self._who(request)
-        tasks = await self.hive.store.tasks(p.tenant)
+        tasks = await self.hive.live_tasks(p.tenant)
         return ORJSONResponse({"object": "list", "data": [t.to_dict() for t in tasks]})
 
     async def get(self, request: Request, task: str) -> Response:

@@ -133,10 +133,14 @@ class HiveService:
         if not 1 <= ttl <= 30 * 86400:
             raise InvalidRequest("ttl_s must be from 1 to 2592000 (30 days)", param="ttl_s")
         tenant = principal.tenant
+        now = time.time()
         existing = await self.store.task(tenant, name)
-        if existing is not None:
+        if existing is not None and existing.expires() > now:
             return existing, False
-        have = len(await self.store.tasks(tenant))
+        if existing is not None:  # expired and not collected yet: its contents are gone
+            await self.store.delete_task(tenant, name)
+            self._usage.pop(tenant, None)
+        have = sum(t.expires() > now for t in await self.store.tasks(tenant))
         if have >= self.settings.max_tasks:
             raise HiveQuotaExceeded(
                 f"tenant {tenant!r} has {have} hive tasks, the limit ([hive] max_tasks = "
@@ -144,11 +148,22 @@ class HiveService:
         return await self.store.create_task(tenant, name, ttl, time.time()), True
 
     async def task(self, tenant: str, task: str) -> TaskInfo:
+        """The live task: one idle for longer than its ``ttl_s`` is gone, whether or not
+        the collector has deleted it yet."""
         info = await self.store.task(tenant, check_name(task, "task"))
         if info is None:
             raise HiveTaskNotFound(f"no hive task {task!r} (create it with POST "
                                    "/v1/hive/tasks or `keel hive` first)")
+        if info.expires() <= time.time():
+            raise HiveTaskNotFound(
+                f"hive task {task!r} expired: nothing was written to it for its ttl_s of "
+                f"{info.ttl_s:g} s, so its streams and files are gone; create it again "
+                "(POST /v1/hive/tasks) and pass a longer ttl_s if it idles for long")
         return info
+
+    async def live_tasks(self, tenant: str) -> list[TaskInfo]:
+        now = time.time()
+        return [t for t in await self.store.tasks(tenant) if t.expires() > now]
 
     @staticmethod
     def check_deleter(principal: Principal) -> None:
@@ -164,7 +179,8 @@ class HiveService:
                           principal: Principal | None = None) -> int:
         if principal is not None:
             self.check_deleter(principal)
-        await self.task(tenant, task)
+        if await self.store.task(tenant, check_name(task, "task")) is None:
+            await self.task(tenant, task)  # the 404 with its hint
         freed = await self.store.delete_task(tenant, task)
         self._usage.pop(tenant, None)
         return freed
@@ -245,11 +261,10 @@ class HiveService:
 
     async def read(self, tenant: str, task: str, stream: str, start: int = 0,
                    limit: int = 1000) -> list[Record]:
-        check_name(task, "task")
         check_name(stream, "stream")
+        info = await self.task(tenant, task)
         recs = await self.store.read(tenant, task, stream, start, limit)
         if not recs and start > 0:
-            info = await self.task(tenant, task)
             count = next((s.records for s in info.streams if s.name == stream), 0)
             if start > count:
                 raise InvalidRequest(f"offset {start} is past the end of stream {stream!r} "
