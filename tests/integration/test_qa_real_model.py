@@ -88,9 +88,9 @@ def test_real_local_model_builds_a_suite_from_sanitized_log_lines(tmp_path: Path
         # <PERSON_1a2b3c4d>
         return len(re.sub(r"<[A-Z_]+_[0-9a-f]+>", "x", text))
 
-    for r in rows:
-        assert 3 <= generated_len(r["prompt"]) <= PROMPT_MAX_CHARS, r["prompt"]
-        assert 3 <= generated_len(r["persona"]) <= PERSONA_MAX_CHARS, r["persona"]
+    for r in rows:  # (a placeholder is longer than what it replaced: the lower bound holds)
+        assert len(r["prompt"]) >= 3 and generated_len(r["prompt"]) <= PROMPT_MAX_CHARS, r
+        assert len(r["persona"]) >= 3 and generated_len(r["persona"]) <= PERSONA_MAX_CHARS, r
         assert not any(s in r["prompt"] or s in r["persona"] for s in secrets), r
         prov = r["provenance"]
         assert prov["source"] == "jsonl:log.jsonl" and prov["generator"] == "gemma-3-270m"
