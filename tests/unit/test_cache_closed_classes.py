@@ -63,6 +63,9 @@ NEAR_MISSES = [
     ("Can I use another card?", "Can I use my card?", "possessor"),
     ("Can you email me the receipt?", "Can I email you the receipt?", "direction"),
     ("Can you hear me?", "Can I hear you?", "direction"),
+    ("Can my manager see my calendar?", "Can I see my manager's calendar?", "who it is"),
+    ("Can I send an invoice to a customer?", "Can a customer send an invoice to me?",
+     "who it is"),
     # periods, weekdays and months
     ("What is the daily spending limit?", "What is the monthly spending limit?", "period"),
     ("How many hours a week is support open?", "How many hours a day is support open?",
@@ -131,6 +134,10 @@ PARAPHRASES = [
     ("Can I cancel my subscription at any time?",
      "Can I cancel my subscription whenever I want?"),
     ("How do I delete all my data?", "How can I erase all of my data?"),
+    # a subject that is folded away, passive, or expletive is no role swap
+    ("Can I pause my subscription?", "Is it possible to pause my subscription?"),
+    ("Can I change my username?", "Can my username be changed?"),
+    ("Can I see my calendar?", "Can I see my own calendar?"),
 ]
 
 

@@ -206,6 +206,59 @@ def pronoun_order(a: Words, b: Words) -> str | None:
     return None
 
 
+_SUBJECT_LEAD = _AUXILIARIES | {"does", "is", "was", "has", "might"}
+_DETERMINERS = frozenset({"the", "a", "an", "this", "that", "these", "those"})
+_PASSIVE = frozenset({"be", "been", "being", "get", "got", "gets"})
+_EXPLETIVE = frozenset({"it", "there", "this", "that", "these", "those", "what"})
+
+
+def _base(word: str) -> str:
+    word = word.removesuffix("'s").removesuffix("\u2019s").rstrip("'\u2019")
+    return word[:-1] if word.endswith("s") and len(word) > 3 else word
+
+
+def _subject(words: Words) -> str | None:
+    """Who a yes/no question asks about: "Can I see..." -> "first"; "Can my manager
+    see..." -> "manager"; ``None`` when it does not start with an auxiliary, is passive
+    ("Can my password be changed") or its subject is not a pronoun or a determined noun."""
+    if len(words) < 3 or words[0] not in _SUBJECT_LEAD or _PASSIVE & set(words[2:5]):
+        return None
+    first = words[1]
+    if first in _EXPLETIVE:  # "Is it possible to...", "Is there a way to..."
+        return None
+    if first in _POSSESSORS or first in _DETERMINERS:  # "my manager": the manager
+        first = words[2]
+    elif first in _FIRST:
+        return "first"
+    elif first in _SECOND:
+        return "second"
+    elif first in _PRONOUNS:
+        return "third"
+    else:  # a bare word may be the verb of a folded idiom ("can pause my plan")
+        return None
+    if first in _FUNCTION or first in _PRONOUNS:
+        return None
+    return _base(first)
+
+
+def _mentions(words: Words, who: str) -> bool:
+    if who == "first":
+        return bool(_FIRST & set(words))
+    if who == "second":
+        return bool(_SECOND & set(words))
+    return who in {_base(w) for w in words}
+
+
+def subject_swap(a: Words, b: Words) -> str | None:
+    """The same people or things with the roles turned round: "Can I see my manager's
+    calendar?" / "Can my manager see my calendar?". Both questions name both, but each
+    asks what a different one may do."""
+    sa, sb = _subject(a), _subject(b)
+    if sa and sb and sa != sb and _mentions(a, sb) and _mentions(b, sa):
+        return f"direction swapped: who it is about differs ({sa} / {sb})"
+    return None
+
+
 def _lead_modal(words: Words) -> str | None:
     """The modal a yes/no question starts with; "Do I need/have to" counts as "should".
     "How can I" / "How should I" ask the same thing and are not looked at."""
@@ -266,7 +319,8 @@ def tense(a: Words, b: Words) -> str | None:
 
 
 CHECKS: tuple[Callable[[Words, Words], str | None], ...] = (
-    units, periods, calendar, possessors, pronoun_order, modality, quantifier, tense)
+    units, periods, calendar, possessors, pronoun_order, subject_swap, modality, quantifier,
+    tense)
 
 
 def closed_class_difference(a: Words, b: Words) -> str | None:
