@@ -182,6 +182,14 @@ async def test_flush_namespace_via_admin_api(
 ) -> None:
     await ask(client, user_key, "Which plan includes SSO?")
     await drained(services)
+    # a misspelt optional field is refused, never ignored: without it the flush would
+    # empty every tenant's entries
+    r = await client.post("/v1/admin/cache/flush",
+                          json={"namespace": "default", "tennant": "acme"},
+                          headers=auth(admin_key))
+    assert r.status_code == 400 and r.json()["error"]["param"] == "tennant", r.text
+    assert (await ask(client, user_key, "Which plan includes SSO?")).headers[
+        "x-keel-cache"] == "hit"
     r = await client.post("/v1/admin/cache/flush", json={"namespace": "default"},
                           headers=auth(admin_key))
     assert r.status_code == 200, r.text

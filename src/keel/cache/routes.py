@@ -16,7 +16,7 @@ from keel.gateway.http import ORJSONResponse, read_body, require_admin
 from keel.gateway.params import MAX_HOURS, float_param
 from keel.gateway.routes import authenticate
 from keel.gateway.services import Services
-from keel.gateway.validation import check, parse_json, require
+from keel.gateway.validation import check, only_fields, parse_json, require
 
 
 class CacheAdminRoutes:
@@ -39,6 +39,7 @@ class CacheAdminRoutes:
     async def flush(self, request: Request) -> Response:
         await self._admin(request)
         body = parse_json(await read_body(request, 65536, None))
+        only_fields(body, ("namespace", "tenant"))
         namespace = require(body, "namespace", str)
         tenant = check(body, "tenant", str)
         removed = await self.cache.flush(namespace, tenant)

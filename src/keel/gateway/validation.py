@@ -6,6 +6,7 @@ the provider untouched (OpenAI adds fields often and clients send them).
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 import orjson
@@ -67,6 +68,16 @@ def _type_name(v: Any) -> str:
     return {str: "string", int: "integer", float: "number", list: "array", dict: "object"}.get(
         type(v), type(v).__name__
     )
+
+
+def only_fields(body: JSON, allowed: Iterable[str]) -> None:
+    """Refuse fields an endpoint does not take: a misspelt optional field must not be
+    ignored (a flush without its misspelt ``tenant`` would flush every tenant)."""
+    known = set(allowed)
+    unknown = sorted(set(body) - known)
+    if unknown:
+        raise InvalidRequest(f"unknown field(s) {', '.join(unknown)}; this endpoint takes "
+                             f"{', '.join(sorted(known))}", param=unknown[0])
 
 
 def require(body: JSON, name: str, typ: type, *, where: str = "") -> Any:
