@@ -146,6 +146,18 @@ def test_request_options_map_to_llama_cpp() -> None:
         gemma_chat_prompt([{"role": "user", "content": [{"type": "image_url"}]}])
 
 
+@pytest.mark.parametrize("schema", [{"$ref": "#/$defs/nope"}, {"type": "frobnicate"},
+                                    {"type": "string", "pattern": "(unclosed"}])
+def test_a_schema_llama_cpp_cannot_compile_is_a_400_not_free_text(
+        schema: dict[str, Any]) -> None:
+    """llama.cpp runs a request whose schema llguidance cannot compile unconstrained."""
+    body = {"max_tokens": 5, "response_format": {
+        "type": "json_schema", "json_schema": {"name": "x", "schema": schema}}}
+    with pytest.raises(InvalidRequest, match="cannot be compiled") as refused:
+        llama_request(body, "p", stream=False, default_max=5, turn_stop=None)
+    assert refused.value.param == "response_format"
+
+
 # -- real model ----------------------------------------------------------------------------
 
 HELLO = {"messages": [{"role": "user", "content": "Say hello."}], "temperature": 0}

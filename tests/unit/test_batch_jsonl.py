@@ -9,9 +9,10 @@ import orjson
 import pytest
 
 from keel.batch import jsonl
-from keel.batch.schemas import check_compiles, llama_grammar, output_valid
+from keel.batch.schemas import output_valid
 from keel.config import load_settings
 from keel.errors import InvalidRequest, KeelError, MalformedJSON, PayloadTooLarge
+from keel.providers.grammar_check import check_compiles, llama_grammar
 from keel.providers.registry import ModelRegistry
 
 SCHEMA = {"type": "object", "properties": {"sentiment": {"enum": ["pos", "neg"]}},

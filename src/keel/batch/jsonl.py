@@ -11,9 +11,10 @@ from typing import Any
 
 import orjson
 
-from keel.batch.schemas import check_compiles, response_schema
+from keel.batch.schemas import response_schema
 from keel.errors import InvalidRequest, KeelError, MalformedJSON, MissingField, PayloadTooLarge
 from keel.gateway.validation import check_depth, validate_chat, validate_completion
+from keel.providers.grammar_check import check_compiles
 from keel.providers.registry import ModelRegistry
 
 JSON = dict[str, Any]

@@ -282,6 +282,9 @@ def llama_request(
         req["stop"] = stops
     schema = _json_schema(body)
     if schema is not None:
+        from keel.providers.grammar_check import ensure_compiles
+
+        ensure_compiles(schema)  # llama.cpp would run an uncompilable one unconstrained
         req["json_schema"] = constrained(schema)
     return req
 
