@@ -102,6 +102,9 @@ def test_valid_bodies_pass() -> None:
         {"role": "assistant", "content": None, "tool_calls": []},
     ], "temperature": 0, "max_tokens": 5, "stop": ["\n"], "unknown_field": 1})
     validate_completion({"model": "m", "prompt": ["a", "b"]})
+    # token ids would slip past the firewall, which screens text: refused, and said why
+    with pytest.raises(WrongType, match="keel screens the prompt's text"):
+        validate_completion({"model": "m", "prompt": [651, 7217, 563]})
     assert validate_embeddings({"model": "m", "input": "x"}) == ["x"]
     assert validate_embeddings({"model": "m", "input": [[1, 2]]}) is None
     with pytest.raises(WrongType):

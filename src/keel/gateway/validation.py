@@ -204,7 +204,9 @@ def validate_completion(body: JSON) -> None:
     if not isinstance(prompt, str) and not (
         isinstance(prompt, list) and prompt and all(isinstance(p, str) for p in prompt)
     ):
-        raise WrongType("field 'prompt' must be a string or a non-empty array of strings",
+        # token ids are refused on purpose: the firewall screens prompt text
+        raise WrongType("field 'prompt' must be a string or a non-empty array of strings "
+                        "(token ids are not accepted: keel screens the prompt's text)",
                         param="prompt")
     _common(body)
 

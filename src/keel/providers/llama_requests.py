@@ -322,7 +322,7 @@ def completion_prompt(body: JSON) -> Any:
     if prompt is None:
         raise MissingField("`prompt` is required", param="prompt")
     raise InvalidRequest(
-        "`prompt` must be one string or one list of token ids for the local provider",
+        "`prompt` must be one string for the local provider: send one request per prompt",
         param="prompt",
     )
 
