@@ -105,6 +105,12 @@ async def test_default_ladder_caps_tokens_in_shallow_and_keeps_the_model(
     sent = fake_upstream.calls[-1]["body"]
     assert sent["max_tokens"] == 256 and sent["model"] == "gpt-4o-mini"  # same model
     assert (await a.c.delete("/v1/admin/degrade/mode", headers=admin)).json()["mode"] == "DEEP"
+    # the capped answer was not cached: back in DEEP the same request gets a full answer
+    calls = len(fake_upstream.calls)
+    r = await a.c.post("/v1/chat/completions", json=chat(n=1), headers=admin)
+    assert r.headers["x-keel-mode"] == "DEEP" and r.headers["x-keel-cache"] == "miss"
+    assert len(fake_upstream.calls) == calls + 1
+    assert fake_upstream.calls[-1]["body"]["max_tokens"] == 1000
 
 
 async def test_ladder_changes_at_runtime_reach_another_replica_within_a_second(

@@ -108,7 +108,10 @@ class CacheStage:
         ctx.response_headers.setdefault(CONTROL_HEADER, "miss")
         await call_next(ctx)
         assert plan is not None
-        if ctx.model.name != plan.model:  # the degradation ladder swapped the model
+        if ctx.degraded is not None or ctx.model.name != plan.model:
+            # a degraded answer (smaller model, token cap, shallower RAG) would be served
+            # at full price after recovery, for the whole TTL
+            ctx.decide("cache", "not stored", f"degraded ({ctx.degraded or ctx.model.name})")
             return
         if ctx.chunks is not None:
             ctx.chunks = self._store_stream(ctx, plan, ctx.chunks)

@@ -34,6 +34,8 @@ class DegradeStage:
             await call_next(ctx)
             return
         ctx.depth = level.depth
+        if level.index > 0:  # below the top level: whatever it changes cuts the answer down
+            ctx.degraded = level.name
         served = level.models.get(ctx.model.name)
         if served is not None and served.name != ctx.model.name:
             ctx.decide("degrade", "model", f"{level.name}: {ctx.model.name} -> {served.name}")

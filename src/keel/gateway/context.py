@@ -83,6 +83,9 @@ class RequestContext:
     decisions: list[Decision] = field(default_factory=list)
     response_headers: dict[str, str] = field(default_factory=dict)
     depth: Depth | None = None  # set by the degradation ladder, read by the RAG stage
+    # the degradation level that cut this request down (smaller model, token cap, shallower
+    # RAG), if one did: its answer is not the full one, so the cache does not keep it
+    degraded: str | None = None
     # embeddings computed for this request, shared by the stages that need them
     embeddings: EmbeddingMemo = field(default_factory=EmbeddingMemo)
 
