@@ -129,6 +129,30 @@ async def test_partition_includes_system_prompt_and_params(
     assert r.headers["x-keel-cache"] == "hit"  # `user` does not change the answer by default
 
 
+async def test_an_end_users_question_about_their_own_data_is_never_shared(
+    client: httpx.AsyncClient, user_key: str, services: Services, fake_upstream: FakeUpstream
+) -> None:
+    """With a `user` id, "Where is my order?" bypasses (its answer differs per end user);
+    a how-to question that mentions "my" is still served from the cache."""
+    async def as_user(user: str, text: str) -> httpx.Response:
+        r = await client.post("/v1/chat/completions", json={**chat(text), "user": user},
+                              headers=auth(user_key))
+        assert r.status_code == 200, r.text
+        return r
+
+    first = await as_user("alice", "What is the tracking number of my latest order?")
+    await drained(services)
+    for user in ("alice", "bob"):
+        r = await as_user(user, "What is the tracking number of my latest order?")
+        assert r.headers["x-keel-cache"] == "bypass", r.headers
+    assert first.headers["x-keel-cache"] == "bypass"
+    await as_user("alice", "How do I change my password?")
+    await drained(services)
+    r = await as_user("bob", "How do I change my password?")
+    assert r.headers["x-keel-cache"] == "hit"
+    assert len(fake_upstream.calls) == 4
+
+
 async def test_bypass_header_and_bad_control_values(
     client: httpx.AsyncClient, user_key: str, services: Services, fake_upstream: FakeUpstream
 ) -> None:

@@ -64,6 +64,19 @@ NEAR_MISSES = [
     ("Can you email me the receipt?", "Can I email you the receipt?", "direction"),
     ("Can you hear me?", "Can I hear you?", "direction"),
     ("Can my manager see my calendar?", "Can I see my manager's calendar?", "who it is"),
+    ("Can my boss read my chats?", "Can I read my boss's chats?", "who it is"),
+    ("Can admins see my private notes?", "Can I see the admins' private notes?", "who it is"),
+    # opposites among short words, and a preposition that changes what is asked
+    ("Is shipping free for orders over $50?", "Is shipping free for orders under $50?",
+     "opposites"),
+    ("Can kids over 12 create an account?", "Can kids under 12 create an account?",
+     "opposites"),
+    ("Does the free plan include priority support?",
+     "Does the paid plan include priority support?", "opposites"),
+    ("Are weekend deliveries available?", "Are weekday deliveries available?", "opposites"),
+    ("How do I set up automatic payments?", "How do I set up manual payments?", "opposites"),
+    ("How do I get a refund for a gift card?", "How do I get a refund with a gift card?",
+     "preposition"),
     ("Can I send an invoice to a customer?", "Can a customer send an invoice to me?",
      "who it is"),
     # periods, weekdays and months
@@ -179,6 +192,10 @@ async def test_balanced_still_serves_rewordings(
     ("Can I export all my contacts?", "Can I export some of my contacts?", "quantifier"),
     ("Did my payment go through?", "Will my payment go through?", "tense"),
     ("Was my card charged?", "Will my card be charged?", "tense"),
+    ("Is shipping free for orders over $50?", "Is shipping free for orders under $50?",
+     "opposites"),
+    ("How do I transfer credits from my account to my wife's account?",
+     "How do I transfer credits from my wife's account to my account?", "word order"),
 ])
 def test_strict_refuses_swaps_its_content_check_cannot_see(
     cached: str, query: str, why: str

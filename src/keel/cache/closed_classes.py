@@ -217,7 +217,7 @@ def _base(word: str) -> str:
     return word[:-1] if word.endswith("s") and len(word) > 3 else word
 
 
-def _subject(words: Words) -> str | None:
+def _subject(words: Words, *, bare: bool = False) -> str | None:
     """Who a yes/no question asks about: "Can I see..." -> "first"; "Can my manager
     see..." -> "manager"; ``None`` when it does not start with an auxiliary, is passive
     ("Can my password be changed") or its subject is not a pronoun or a determined noun."""
@@ -234,7 +234,7 @@ def _subject(words: Words) -> str | None:
         return "second"
     elif first in _PRONOUNS:
         return "third"
-    else:  # a bare word may be the verb of a folded idiom ("can pause my plan")
+    elif not bare:  # a bare word may be the verb of a folded idiom ("can pause my plan")
         return None
     if first in _FUNCTION or first in _PRONOUNS:
         return None
@@ -249,13 +249,55 @@ def _mentions(words: Words, who: str) -> bool:
     return who in {_base(w) for w in words}
 
 
+def _subject_against(words: Words, other: Words) -> str | None:
+    """:func:`_subject`, or a bare noun followed by its verb ("Can admins see my notes")
+    when the other question's subject is a person ("Can I see the admins' notes"). A bare
+    word before "my" / "an" is the verb of a folded idiom ("can pause my plan")."""
+    who = _subject(words)
+    if who is None and _subject(other) in ("first", "second") and len(words) > 3 \
+            and words[2] not in _FUNCTION and words[2] not in _POSSESSORS \
+            and words[2] not in _DETERMINERS and words[2] not in _PRONOUNS:
+        who = _subject(words, bare=True)
+    return who
+
+
 def subject_swap(a: Words, b: Words) -> str | None:
     """The same people or things with the roles turned round: "Can I see my manager's
     calendar?" / "Can my manager see my calendar?". Both questions name both, but each
     asks what a different one may do."""
-    sa, sb = _subject(a), _subject(b)
+    sa, sb = _subject_against(a, b), _subject_against(b, a)
     if sa and sb and sa != sb and _mentions(a, sb) and _mentions(b, sa):
         return f"direction swapped: who it is about differs ({sa} / {sb})"
+    return None
+
+
+# prepositions that change what is asked when they are the only difference: "a refund for
+# a gift card" (buying one) / "a refund with a gift card" (paid out as one)
+_CONTRASTING_PREPOSITIONS = frozenset({frozenset({"for", "with"}), frozenset({"for", "from"}),
+                                       frozenset({"for", "by"}), frozenset({"into", "from"})})
+
+
+# opposites among the short words both verifiers treat as function words
+_SMALL_OPPOSITES = (("over", "under"), ("above", "below"), ("before", "after"),
+                    ("more", "less"), ("more", "fewer"), ("on", "off"), ("in", "out"),
+                    ("up", "down"), ("with", "without"))
+
+
+def small_opposites(a: Words, b: Words) -> str | None:
+    """"orders over $50" / "orders under $50": each side has one word of the pair and not
+    the other."""
+    sa, sb = set(a), set(b)
+    for x, y in _SMALL_OPPOSITES:
+        if (x in sa and y not in sa and y in sb and x not in sb) or \
+                (y in sa and x not in sa and x in sb and y not in sb):
+            return f"opposites: {x} / {y}"
+    return None
+
+
+def preposition(a: Words, b: Words) -> str | None:
+    diff = set(a) ^ set(b)
+    if frozenset(diff) in _CONTRASTING_PREPOSITIONS:
+        return "preposition differs (" + " / ".join(sorted(diff)) + ")"
     return None
 
 
@@ -319,8 +361,8 @@ def tense(a: Words, b: Words) -> str | None:
 
 
 CHECKS: tuple[Callable[[Words, Words], str | None], ...] = (
-    units, periods, calendar, possessors, pronoun_order, subject_swap, modality, quantifier,
-    tense)
+    units, periods, calendar, possessors, pronoun_order, subject_swap, small_opposites,
+    preposition, modality, quantifier, tense)
 
 
 def closed_class_difference(a: Words, b: Words) -> str | None:

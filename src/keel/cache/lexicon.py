@@ -50,6 +50,10 @@ light dark, mute unmute, zoom unzoom, wholesale retail, domestic international, 
 ascending descending, horizontal vertical, portrait landscape, front back, top bottom,
 later now, soon late, today tomorrow, today yesterday, better worse, heavy light, thick thin,
 wide narrow, near far, loud quiet, busy quiet, tall short, full empty, warm cool, quick slow,
+over under, above under, over below, free paid, weekend weekday, weekends weekdays,
+manual automatic, manually automatically, sale regular, sale full, discounted regular,
+adult child,
+adults children, adults kids, adult kid, inbound outbound,
 """
 # Adjectives compared through their comparative and superlative forms: "fastest" / "slowest",
 # "cheapest" / "most expensive", "larger" / "smaller" are opposites because fast / slow are.

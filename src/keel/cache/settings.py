@@ -61,6 +61,9 @@ class CacheSettings(Section):
     max_response_bytes: int = 256_000  # larger answers are not stored
     # Treat requests that carry the OpenAI ``user`` field as personal (bypass the cache).
     bypass_on_user_field: bool = False
+    # a request with a `user` id that asks about the asker's own data ("Where is my order?",
+    # "What's my balance?"; not how-to questions) bypasses: its answer differs per end user
+    bypass_personal_questions: bool = True
     namespaces: dict[str, NamespaceSettings] = Field(
         default_factory=lambda: {"default": NamespaceSettings()}
     )

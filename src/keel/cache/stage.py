@@ -20,6 +20,7 @@ import orjson
 
 from keel.cache.judge import Judge
 from keel.cache.keys import CacheKey, cache_key, tenant_tag
+from keel.cache.personal import asks_about_own_data
 from keel.cache.profiles import make_verifier
 from keel.cache.replay import StreamAssembler, fresh, replay
 from keel.cache.settings import DEFAULT_THRESHOLD, CacheSettings, NamespaceSettings, Profile
@@ -29,6 +30,7 @@ from keel.cache.verifier import HitVerifier, Verifier
 from keel.errors import InvalidRequest
 from keel.gateway.context import RequestContext
 from keel.gateway.pipeline import Next
+from keel.gateway.validation import last_user_text
 from keel.ports.embedder import Embedder
 from keel.ports.vector_index import Vectors
 
@@ -141,6 +143,10 @@ class CacheStage:
             return "per-user namespace"
         if self.settings.bypass_on_user_field and ctx.body.get("user"):
             return "request carries a user id"
+        if (self.settings.bypass_personal_questions and ctx.body.get("user")
+                and asks_about_own_data(last_user_text(ctx.body)
+                                        or str(ctx.body.get("prompt") or ""))):
+            return "asks about the end user's own data (my order, my balance)"
         if ctx.body.get("n", 1) not in (1, None):
             return "n > 1"
         return None

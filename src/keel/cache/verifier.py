@@ -155,6 +155,18 @@ _CONTRACTIONS = {"re": "are", "ve": "have", "ll": "will", "d": "would", "m": "am
 
 
 @lru_cache(maxsize=8192)
+def _content_order(f: Features) -> list[str]:
+    """The content words (stemmed) in the order they first appear: strict serves only a
+    rewording that keeps them in place ("from my account to my wife's account" / "from my
+    wife's account to my account" has the same words in another order)."""
+    seen: dict[str, None] = {}
+    for w in f.words:
+        s = _stem(w)
+        if s in f.content:
+            seen.setdefault(s, None)
+    return list(seen)
+
+
 def _stem(word: str) -> str:
     w = word.lower().strip("'-.")
     w = _SYNONYMS.get(w, w)
@@ -342,4 +354,6 @@ class HitVerifier:
         unmatched = (a.content - b.content) | (b.content - a.content)
         if len(unmatched) > self.max_unmatched:
             return "content differs: " + ", ".join(sorted(unmatched)[:3])
+        if _content_order(a) != _content_order(b):  # the same words, other roles
+            return "word order differs (" + " / ".join(_content_order(a)[:3]) + " ...)"
         return None
