@@ -101,6 +101,9 @@ async def test_high_risk_waits_then_approve_runs_action_once(
                           headers=H(user_key))
     assert r.status_code == 403  # deciding needs an admin key
     r = await client.post(f"/v1/approvals/{a['id']}/decision",
+                          json={"decision": "approve", "note": 5}, headers=H(admin_key))
+    assert r.status_code == 400 and r.json()["error"]["param"] == "note"  # nothing decided
+    r = await client.post(f"/v1/approvals/{a['id']}/decision",
                           json={"decision": "approve", "note": "ok"}, headers=H(admin_key))
     assert r.status_code == 200, r.text
     done = (await client.get(f"/v1/approvals/{a['id']}?wait=10", headers=H(user_key))).json()

@@ -30,6 +30,10 @@ ORCHESTRATOR = Requester(key_id="k2", agent=None, ip="127.0.0.1")
     ({"refund": {"value": 50000}}, 50000.0),
     ({"grandTotal": "50000"}, 50000.0),
     ({"setting": {"value": 5}, "quantity": 3}, None),  # a bare "value" is not money
+    # disguised names fail closed: a Cyrillic a, a zero-width space, fullwidth letters
+    ({"\u0430mount": 50000}, 50000.0),
+    ({"amount\u200b": 50000}, 50000.0),
+    ({"\uff41\uff4d\uff4f\uff55\uff4e\uff54": 50000}, 50000.0),  # NFKC: "amount"
 ])
 def test_money_fields_in_arguments(args: dict[str, Any], amount: float | None) -> None:
     assert argument_amount(args) == amount

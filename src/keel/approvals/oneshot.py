@@ -10,6 +10,7 @@ further repeat files a new request. Used by tool calls (:mod:`.tool_hook`) and p
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import time
 from collections.abc import Callable
@@ -60,9 +61,27 @@ class OneShotApprovals:
         self.service = service
         self.wait_s = wait_s
         self.consumer = consumer
+        # one ask at a time per (tenant, key) in this process: parallel repeats of a call
+        # whose approval was just used would each file a new request otherwise
+        self._locks: dict[tuple[str, str], tuple[asyncio.Lock, int]] = {}
 
     async def ask(self, tenant: str, key: str, proposal: Callable[[], Proposal],
                   pending_hint: str) -> ApprovalOutcome:
+        k = (tenant, key)
+        lock, users = self._locks.get(k, (asyncio.Lock(), 0))
+        self._locks[k] = (lock, users + 1)
+        try:
+            async with lock:
+                return await self._ask(tenant, key, proposal, pending_hint)
+        finally:
+            lock, users = self._locks[k]
+            if users <= 1:
+                del self._locks[k]
+            else:
+                self._locks[k] = (lock, users - 1)
+
+    async def _ask(self, tenant: str, key: str, proposal: Callable[[], Proposal],
+                   pending_hint: str) -> ApprovalOutcome:
         engine = self.service.engine
         expected = proposal()
         found = await engine.db.run(lambda c: _latest(c, tenant, key))

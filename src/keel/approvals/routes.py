@@ -135,12 +135,12 @@ class ApprovalRoutes:
             raise InvalidRequest("send {\"decision\": \"approve\"} or {\"decision\": \"deny\"}",
                                  param="decision")
         note = body.get("note")
-        for k in ("error", "cause"):
+        for k in ("note", "error", "cause"):
             if body.get(k) is not None and not isinstance(body[k], str):
                 raise InvalidRequest(f"{k} must be a string", param=k)
         who = Decider(actor=f"key:{p.key_id}", via="api", ip=self._ip(request))
         a = await self.engine.decide(body["decision"], who, approval_id=approval_id,
-                                     note=note if isinstance(note, str) else None,
+                                     note=note,
                                      output=body.get("output"), error=body.get("error"),
                                      cause=body.get("cause"))
         return ORJSONResponse(a.public())

@@ -10,13 +10,15 @@ Two things a caller could otherwise use to route its own request around a human:
   ``amount``, ``total``, ``price``, ``cost``, ``fee``, ``refund``, ``balance`` or a currency,
   in snake or camel case; ``cents`` / 100, ``micros`` / 1e6) and every number inside a
   money-named record, at any depth, numbers or numeric strings. An amount keel cannot read
-  counts as unbounded.
+  counts as unbounded, and a field name that is not ASCII after NFKC normalisation (a
+  homoglyph, a zero-width character) counts as money.
 """
 
 from __future__ import annotations
 
 import math
 import re
+import unicodedata
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from typing import Any
@@ -44,7 +46,13 @@ class Routing:
 
 
 def _scale(key: str) -> float | None:
-    """What divides a money-named field's value into dollars, or None (not money)."""
+    """What divides a money-named field's value into dollars, or None (not money). A name
+    that is not plain ASCII once normalised (a Cyrillic a in "amount", a zero-width
+    space) counts as money: keel cannot tell what it means, so it fails closed."""
+    key = "".join(c for c in unicodedata.normalize("NFKC", key)
+                  if unicodedata.category(c) != "Cf")
+    if not key.isascii():
+        return 1.0
     words = set(re.split(r"[_\-\s.]+", _CAMEL.sub("_", key.strip()).lower()))
     if not words & _MONEY_WORDS or words == {"value"}:  # a bare "value" only inside money
         return None
