@@ -110,6 +110,12 @@ async def _refund_example(mcp: Client, stack: Stack) -> None:
 
     ok = await mcp.call_tool("issue_refund", {"customer_id": "c1", "amount_cents": 4999})
     assert not ok.is_error and "refunded 4999 cents" in ok.content[0].text
+    # the allowed call's row was written before the refund ran, not in the next batch: a
+    # crash right now (nothing flushed) keeps it
+    rows = await stack.svc.db.run(lambda c: logged_rows(c, 0, 1000))
+    assert [(r["action"], r["decision"], r["outcome"]) for r in rows
+            if r["session"] == "sess-1"][-1] in (("issue_refund", "allow", "started"),
+                                                  ("issue_refund", "allow", "ok"))
 
     with pytest.raises(MCPError) as denied:
         await mcp.call_tool("issue_refund", {"customer_id": "c1", "amount_cents": 5001})
@@ -117,23 +123,29 @@ async def _refund_example(mcp: Client, stack: Stack) -> None:
     assert denied.value.data["policy_ids"] == ["no-refunds-over-50"]
     assert "refunded" not in denied.value.message
 
+    with pytest.raises(MCPError) as unknown:  # a bad call (-32602), not a policy denial
+        await mcp.call_tool("drop_tables", {})
+    assert unknown.value.code == -32602 and "no tool named 'drop_tables'" in unknown.value.message
+
     read = await mcp.call_tool("read_customer", {"customer_id": "c1"})
     assert "Ada" in read.content[0].text
     stack.clock[0] = datetime(2026, 3, 3, 20, 0, tzinfo=TZ)
     with pytest.raises(MCPError, match="default deny"):
         await mcp.call_tool("read_customer", {"customer_id": "c1"})
 
-    with pytest.raises(MCPError, match="not valid"):  # a string for a Long
-        await mcp.call_tool("issue_refund", {"customer_id": "c1", "amount_cents": "4999"})
+    # a string, a fraction or an out-of-range number for a Long: denied, saying what to send
+    for bad in ("4999", 100.5, 2**64):
+        with pytest.raises(MCPError, match=r"amount_cents.*(whole number|range)"):
+            await mcp.call_tool("issue_refund", {"customer_id": "c1", "amount_cents": bad})
 
     await stack.svc.get(ToolGateway).log.flush()
     rows = await stack.svc.db.run(lambda c: logged_rows(c, 0, 1000))
     mine = [r for r in rows if r["session"] == "sess-1"]
-    assert [(r["action"], r["decision"]) for r in mine[-5:]] == [
+    assert [(r["action"], r["decision"]) for r in mine[-7:]] == [
         ("issue_refund", "allow"), ("issue_refund", "deny"), ("read_customer", "allow"),
-        ("read_customer", "deny"), ("issue_refund", "deny")]
-    assert mine[-4]["policy_ids"] == '["no-refunds-over-50"]' and mine[-4]["latency_us"] > 0
-    assert mine[-5]["outcome"] == "ok" and len(mine[-5]["args_hash"]) == 64
+        ("read_customer", "deny"), *[("issue_refund", "deny")] * 3]
+    assert mine[-6]["policy_ids"] == '["no-refunds-over-50"]' and mine[-6]["latency_us"] > 0
+    assert mine[-7]["outcome"] == "ok" and len(mine[-7]["args_hash"]) == 64
     # the allowed refund counted towards the session's spend
     assert await stack.svc.get(ToolGateway).spend.spent_cents("acme", "s:sess-1") >= 4999
 

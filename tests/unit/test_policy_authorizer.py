@@ -64,12 +64,13 @@ def test_refund_example(authz: Authorizer) -> None:
 
 
 @pytest.mark.parametrize("args, why", [
-    ({"customer_id": "c1", "amount_cents": "4999"}, "not valid"),  # string for a Long
-    ({"customer_id": "c1", "amount_cents": 49.99}, "build request"),  # float for a Long
-    ({"customer_id": "c1", "amount_cents": True}, "not valid"),  # bool for a Long
+    # a Long argument that is not one: denied, naming the argument and what to send
+    ({"customer_id": "c1", "amount_cents": "4999"}, "amount_cents' must be a whole number"),
+    ({"customer_id": "c1", "amount_cents": 49.99}, "amount_cents' must be a whole number"),
+    ({"customer_id": "c1", "amount_cents": True}, "amount_cents' must be a whole number"),
     ({"customer_id": "c1"}, "amount_cents"),  # missing required field
     ({"customer_id": "c1", "amount_cents": 10, "surprise": 1}, "surprise"),  # unknown field
-    ({"customer_id": "c1", "amount_cents": 2**70}, "build request"),  # beyond i64
+    ({"customer_id": "c1", "amount_cents": 2**70}, "outside the range of Cedar's Long"),
     (["c1", 4999], "JSON object"),  # not an object at all
 ])
 def test_bad_arguments_deny(authz: Authorizer, args: object, why: str) -> None:

@@ -31,7 +31,7 @@ REFUND = ToolSignature("issue_refund", "payments", {
 REFUNDS_OVER_50_NEED_APPROVAL = """
 @id("refunds-up-to-50")
 permit(principal, action == Action::"issue_refund", resource)
-when { context.amount <= decimal("50.00") };
+when { context.amount >= decimal("0.00") && context.amount <= decimal("50.00") };
 
 @id("refunds-over-50-need-approval") @approval("required")
 permit(principal, action == Action::"issue_refund", resource)
@@ -62,11 +62,12 @@ def authz() -> Authorizer:
     (50.01, "approval", "refunds-over-50-need-approval"),
     (5000, "approval", "refunds-over-50-need-approval"),
     (0.0001, "allow", "refunds-up-to-50"),
+    (-100, "deny", ""),  # a refund the other way round: no permit states it
 ])
 def test_refunds_over_50_dollars_need_approval(authz: Authorizer, amount: float,
                                                outcome: str, policy: str) -> None:
     d = authz.authorize(refund({"order_id": "o1", "amount": amount}))
-    assert (d.outcome, d.policy_ids) == (outcome, (policy,)), d.reason
+    assert (d.outcome, d.policy_ids) == (outcome, (policy,) if policy else ()), d.reason
 
 
 def test_schema_says_which_attributes_are_decimal(authz: Authorizer) -> None:
@@ -132,7 +133,8 @@ when { context.now.hour < 6 || context.amount >= decimal("10000.0") };
 def test_review_examples_handle_decimal_fields(authz: Authorizer) -> None:
     ex = examples(authz, authz.snapshot)
     sides = {(str(e.value), e.decision.outcome) for e in ex if e.field == "amount"}
-    assert sides == {("50.00", "allow"), ("50.01", "approval")}
+    assert sides == {("50.00", "allow"), ("50.01", "approval"),  # both sides of each bound
+                     ("0.00", "allow"), ("-0.01", "deny")}
 
 
 def test_policy_test_cases_and_shadow_replay_carry_decimals(authz: Authorizer,

@@ -66,12 +66,31 @@ def cedar_decimal(value: Any, where: str) -> dict[str, Any]:
     return {"__extn": {"fn": "decimal", "arg": text if "." in text else text + ".0"}}
 
 
+LONG = "long"
+_LONG_MIN, _LONG_MAX = -(2**63), 2**63 - 1
+
+
+def cedar_long(value: Any, where: str) -> int:
+    """``value`` as a Cedar Long, or :class:`DecimalMisfit` with what to send instead
+    (Cedar's own error for 100.5 or "100" names neither the argument nor the fix)."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        shown = f"{value!r}"[:40]
+        raise DecimalMisfit(f"argument {where!r} must be a whole number (an integer in the "
+                            f"tool's schema), got {shown}")
+    if not _LONG_MIN <= value <= _LONG_MAX:
+        raise DecimalMisfit(f"argument {where!r} = {value} is outside the range of Cedar's "
+                            "Long (-2^63 .. 2^63-1)")
+    return value
+
+
 def decimal_shape(cedar_type: dict[str, Any]) -> Any:
-    """Where decimals sit in a Cedar type: True (a decimal), a dict of attribute shapes (a
-    record with decimals inside), ``[shape]`` (a set of such), or None (no decimal)."""
+    """Where decimals and Longs sit in a Cedar type: True (a decimal), ``LONG``, a dict of
+    attribute shapes (a record with such inside), ``[shape]`` (a set of such), or None."""
     kind = cedar_type.get("type")
     if kind == "Extension" and cedar_type.get("name") == "decimal":
         return True
+    if kind == "Long":
+        return LONG
     if kind == "Set":
         inner = decimal_shape(cedar_type.get("element") or {})
         return [inner] if inner is not None else None
@@ -88,6 +107,8 @@ def to_cedar(shape: Any, value: Any, where: str) -> Any:
     alone: Cedar, which always gets the schema, refuses them."""
     if shape is True:  # only JSON numbers: Cedar would also read "49.99" as a decimal
         return cedar_decimal(value, where)
+    if shape == LONG:
+        return cedar_long(value, where)
     if isinstance(shape, list) and isinstance(value, list):
         return [to_cedar(shape[0], v, f"{where}[{i}]") for i, v in enumerate(value)]
     if isinstance(shape, dict) and isinstance(value, dict):

@@ -1,4 +1,8 @@
-"""The tool decision log: one row per authorization, written off the hot path in batches.
+"""The tool decision log: one row per authorization.
+
+A call that is allowed to run is written *before* the tool runs (outcome ``started``), so
+a crash can never leave a tool call that happened without its row; its outcome is
+filled in afterwards. Refusals are written off the hot path in batches.
 
 Rows keep the principal, the action (tool), a SHA-256 of the canonical arguments, the
 decision, the deciding policy ids and the latency. With ``tools.policy.log_arguments`` the
@@ -56,6 +60,7 @@ tool_decisions = Table(
     Index("tool_decisions_tenant_ts", "tenant", "ts"),
 )
 _COLUMNS = tuple(c.name for c in tool_decisions.columns)
+_WRITTEN = "_written"  # a row key (not a column): the row is in the table already
 
 MIGRATIONS = [
     Migration("tools/0001_decisions", lambda c: meta.create_all(c, tables=[tool_decisions])),
@@ -89,6 +94,15 @@ class DecisionLog:
         self._queue = asyncio.Queue(maxsize=self.queue_limit)
         self._task = asyncio.create_task(self._run(), name="keel-tool-decisions")
 
+    async def write_ahead(self, row: dict[str, Any]) -> None:
+        """Write ``row`` now (before the tool runs); a later :meth:`submit` of the same row
+        updates its outcome and reason."""
+        if self._queue is None:
+            self.write_now([row])
+        else:
+            await asyncio.to_thread(self.write_now, [row])
+        row[_WRITTEN] = True
+
     def submit(self, row: dict[str, Any]) -> None:
         if self._queue is None:
             self.write_now([row])  # not started (CLI, tests without a loop task)
@@ -100,10 +114,20 @@ class DecisionLog:
 
     def write_now(self, rows: list[dict[str, Any]]) -> None:
         mark = "?" if self.db.dialect == "sqlite" else "%s"
-        sql = (f"INSERT INTO tool_decisions ({', '.join(_COLUMNS)}) "
-               f"VALUES ({', '.join([mark] * len(_COLUMNS))})")
-        values = [tuple(r.get(col) for col in _COLUMNS) for r in rows]
-        self.db.transaction(lambda c: c.exec_driver_sql(sql, values))
+        new = [r for r in rows if not r.get(_WRITTEN)]
+        done = [r for r in rows if r.get(_WRITTEN)]
+        insert = (f"INSERT INTO tool_decisions ({', '.join(_COLUMNS)}) "
+                  f"VALUES ({', '.join([mark] * len(_COLUMNS))})")
+        update = f"UPDATE tool_decisions SET outcome = {mark}, reason = {mark} WHERE id = {mark}"
+
+        def write(c: Connection) -> None:
+            if new:
+                c.exec_driver_sql(insert, [tuple(r.get(col) for col in _COLUMNS) for r in new])
+            if done:
+                c.exec_driver_sql(update, [(r.get("outcome"), r.get("reason"), r["id"])
+                                           for r in done])
+
+        self.db.transaction(write)
 
     async def _run(self) -> None:
         assert self._queue is not None

@@ -33,6 +33,7 @@ from keel.errors import (
     PayloadTooLarge,
     PolicyDenied,
     PromptBlocked,
+    StorageError,
     ToolNotFound,
 )
 from keel.gateway.context import Principal
@@ -304,6 +305,7 @@ class ToolGateway:
     async def call(self, principal: Principal, tool: str, arguments: Any,
                    session_id: str = "") -> tuple[str, AuthzDecision, types.CallToolResult]:
         """Authorize and run one call; returns (decision id, decision, tool result)."""
+        self.spec(tool)  # an unknown tool is a bad call (404 / -32602), not a policy denial
         check_depth(arguments, where="tool arguments")  # /mcp bodies skip parse_json
         arguments = with_defaults(self.tools.get(tool), arguments)
         size = len(orjson.dumps(arguments)) if arguments is not None else 0
@@ -323,6 +325,13 @@ class ToolGateway:
             self._submit(row, "denied")
             raise PolicyDenied(f"tool call denied: {decision.reason}", param=tool,
                                policy_ids=list(decision.policy_ids), decision_id=decision_id)
+        row["outcome"] = "started"
+        try:  # the row is in the table before the tool runs: a crash cannot lose it
+            await self.log.write_ahead(row)
+        except Exception:
+            await self._settle(principal, session_id, reserved, False)
+            raise StorageError("the tool call was not run: its decision could not be "
+                               "recorded (database unavailable); retry shortly") from None
         ok = False
         try:
             result = await self._call_tool(principal, tool, arguments, session_id,
