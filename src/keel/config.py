@@ -80,7 +80,7 @@ class ServerSettings(Section):
 
 
 class LocalModelSettings(Section):
-    threads: int = 0  # 0 = all cores
+    threads: int = Field(default=0, ge=0)  # 0 = all cores
     context: int = 4096
     slots: int = 4  # sequences decoded together (continuous batching), each with `context`
     idle_unload_s: float = 300.0

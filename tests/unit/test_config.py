@@ -54,6 +54,7 @@ def test_env_var_references(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
         ("nonsense_key = 1", "nonsense_key"),
         ('[[models]]\nname = "a"\n[[models]]\nname = "a"', "defined twice"),
         ("[server\n", "not valid TOML"),
+        ("[local]\nthreads = -3", "local.threads"),
     ],
 )
 def test_bad_config_says_what_to_fix(tmp_path: Path, text: str, needle: str) -> None:
@@ -110,3 +111,15 @@ def test_every_settings_table_forbids_unknown_keys() -> None:
                     todo.append(t)
                 stack.extend(getattr(t, "__args__", ()))
     assert len(seen) > 15
+
+
+def test_mode_pin_durations_are_the_apis() -> None:
+    """`keel mode set --for` takes what PUT /v1/admin/degrade/mode takes: (0, 30 days]."""
+    import typer
+
+    from keel.cli.mode import parse_duration
+
+    assert parse_duration("2h") == 7200 and parse_duration("30d") == 30 * 86400
+    for bad in ("0s", "31d", "99999d", "soon"):
+        with pytest.raises(typer.BadParameter):
+            parse_duration(bad)

@@ -20,13 +20,18 @@ from keel.storage.private_files import private_dir
 T = TypeVar("T")
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
 _UNIT = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+MAX_PIN_S = 30 * 86400
 
 
 def parse_duration(text: str) -> float:
     m = _DURATION.match(text.strip().lower())
     if not m:
         raise typer.BadParameter(f"{text!r}: use a number and a unit, e.g. 90s, 30m, 2h, 1d")
-    return float(m.group(1)) * _UNIT[m.group(2)]
+    seconds = float(m.group(1)) * _UNIT[m.group(2)]
+    if not 0 < seconds <= MAX_PIN_S:  # what the HTTP API accepts too
+        raise typer.BadParameter(f"{text!r}: a pin lasts more than 0 s and at most 30d; "
+                                 "omit --for to pin until `keel mode auto`")
+    return seconds
 
 
 def _run(settings: Settings, fn: Callable[[Any], Awaitable[T]]) -> T:

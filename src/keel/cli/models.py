@@ -29,7 +29,8 @@ def build() -> typer.Typer:
         table = new_table("name", "kind", "provider", "upstream", "context", "$/1M in", "$/1M out")
         for m in settings.model_table():
             table.add_row(m.name, m.kind, m.provider, m.upstream_model if m.provider != "local"
-                          else (m.path or "default GGUF"), str(m.context),
+                          else (m.path or ("built-in ONNX" if m.kind == "embedding"
+                                           else "default GGUF")), str(m.context),
                           f"{m.input_usd_per_1m:g}", f"{m.output_usd_per_1m:g}")
         console.print(table)
 

@@ -70,7 +70,7 @@ class Ladder:
                 if spec is None:
                     raise ConfigError(f"{key}: unknown model {target!r}; add it to [[models]]")
                 if spec.kind != "chat":
-                    raise ConfigError(f"{key}: {target!r} is an {spec.kind} model, not chat")
+                    raise ConfigError(f"{key}: {target!r} is an embedding model, not chat")
                 if not (spec.input_usd_per_1m or spec.output_usd_per_1m):
                     raise ConfigError(
                         f"{key}: model {target!r} has no prices; set input_usd_per_1m and "

@@ -63,7 +63,8 @@ class ModelRegistry:
             )
         if spec.kind != kind:
             raise InvalidRequest(
-                f"model {name!r} is an {spec.kind} model and cannot serve this endpoint",
+                f"model {name!r} is {'an' if spec.kind[:1] in 'aeiou' else 'a'} {spec.kind} "
+                "model and cannot serve this endpoint",
                 param="model",
             )
         return spec

@@ -1,8 +1,9 @@
 """The tool decision log: one row per authorization.
 
-A call that is allowed to run is written *before* the tool runs (outcome ``started``), so
-a crash can never leave a tool call that happened without its row; its outcome is
-filled in afterwards. Refusals are written off the hot path in batches.
+Rows are written off the hot path in batches (every ``flush_interval_s``). An allowed call
+of a money tool (one with ``spend_args``) or one that needed an approval is written
+*before* the tool runs (outcome ``started``, filled in afterwards), so a crash can never
+leave such a call that happened without its row.
 
 Rows keep the principal, the action (tool), a SHA-256 of the canonical arguments, the
 decision, the deciding policy ids and the latency. With ``tools.policy.log_arguments`` the

@@ -325,13 +325,17 @@ class ToolGateway:
             self._submit(row, "denied")
             raise PolicyDenied(f"tool call denied: {decision.reason}", param=tool,
                                policy_ids=list(decision.policy_ids), decision_id=decision_id)
-        row["outcome"] = "started"
-        try:  # the row is in the table before the tool runs: a crash cannot lose it
-            await self.log.write_ahead(row)
-        except Exception:
-            await self._settle(principal, session_id, reserved, False)
-            raise StorageError("the tool call was not run: its decision could not be "
-                               "recorded (database unavailable); retry shortly") from None
+        if self.tools[tool][0].spend_arg or decision.outcome == "approval":
+            # a call that moves money or needed a human: its row is in the table before the
+            # tool runs, so a crash cannot lose the record of a refund that happened (other
+            # rows go in the next batch, <= flush_interval_s later)
+            row["outcome"] = "started"
+            try:
+                await self.log.write_ahead(row)
+            except Exception:
+                await self._settle(principal, session_id, reserved, False)
+                raise StorageError("the tool call was not run: its decision could not be "
+                                   "recorded (database unavailable); retry shortly") from None
         ok = False
         try:
             result = await self._call_tool(principal, tool, arguments, session_id,
