@@ -223,6 +223,11 @@ async def test_flush_namespace_via_admin_api(
     r = await client.post("/v1/admin/cache/flush", json={"namespace": "nope"},
                           headers=auth(admin_key))
     assert r.status_code == 400
+    # a misspelt tenant flushes nothing, and says so instead of "0 removed"
+    r = await client.post("/v1/admin/cache/flush",
+                          json={"namespace": "default", "tenant": "acmee"},
+                          headers=auth(admin_key))
+    assert r.status_code == 404 and "no tenant 'acmee'" in r.json()["error"]["message"]
     r = await client.post("/v1/admin/cache/flush", json={"namespace": "default"},
                           headers=auth(user_key))
     assert r.status_code == 403

@@ -332,3 +332,11 @@ def test_serve_takes_config_and_a_setting_only_the_build_checks_is_a_clean_error
     assert proc.returncode == 1, proc.stderr
     assert "error: cache judge 'nope' must be a chat model" in proc.stderr
     assert "Traceback" not in proc.stderr and "│" not in proc.stderr + proc.stdout
+
+
+def test_cache_flush_of_a_misspelt_tenant_says_so(config: Path) -> None:
+    assert run(config, "keys", "create", "--tenant", "acme")[0] == 0
+    code, out = run(config, "cache", "flush", "--namespace", "default", "--tenant", "acmee")
+    assert code == 1 and "no tenant 'acmee'" in out and "acme" in out, out
+    code, out = run(config, "cache", "flush", "--namespace", "default", "--tenant", "acme")
+    assert code == 0 and "0 entries removed" in out, out

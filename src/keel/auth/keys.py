@@ -135,6 +135,11 @@ class KeyStore:
 
         return self.db.transaction(run)
 
+    def tenants(self) -> tuple[str, ...]:
+        """Every tenant that has (or had) an API key."""
+        q = select(api_keys.c.tenant).distinct().order_by(api_keys.c.tenant)
+        return self.db.transaction(lambda c: tuple(r[0] for r in c.execute(q)))
+
     def revoke(self, key_id: str) -> None:
         def run(c: Connection) -> int:
             return c.execute(

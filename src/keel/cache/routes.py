@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any
 
@@ -12,6 +13,7 @@ from starlette.responses import Response
 
 from keel.cache.stage import CacheStage
 from keel.cache.stats import by_hour, summary
+from keel.errors import NotFound
 from keel.gateway.http import ORJSONResponse, read_body, require_admin
 from keel.gateway.params import MAX_HOURS, float_param
 from keel.gateway.routes import authenticate
@@ -43,6 +45,11 @@ class CacheAdminRoutes:
         namespace = require(body, "namespace", str)
         tenant = check(body, "tenant", str)
         removed = await self.cache.flush(namespace, tenant)
+        if tenant and not removed:  # a typo flushes nothing: say so rather than "0 removed"
+            known = await asyncio.to_thread(self.svc.keys.tenants)
+            if tenant not in known and tenant != "default":
+                raise NotFound(f"no tenant {tenant!r} has API keys; tenants: "
+                               f"{', '.join(known[:20]) or 'none'}", param="tenant")
         return ORJSONResponse({"namespace": namespace, "tenant": tenant, "removed": removed})
 
     async def stats(self, request: Request) -> Response:

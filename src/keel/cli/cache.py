@@ -41,7 +41,15 @@ def build() -> typer.Typer:
             stage = build_cache(settings, kv, db, embedder,
                                 GatewayMetrics().registry)
             try:
-                return await stage.flush(namespace, tenant)
+                removed = await stage.flush(namespace, tenant)
+                if tenant and not removed and tenant != "default":
+                    from keel.auth.keys import KeyStore
+
+                    known = KeyStore(db).tenants()
+                    if tenant not in known:
+                        fail(f"no tenant {tenant!r} has API keys (tenants: "
+                             f"{', '.join(known[:20]) or 'none'}); nothing was flushed")
+                return removed
             finally:
                 await stage.store.aclose()
                 await kv.aclose()
