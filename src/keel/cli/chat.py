@@ -69,8 +69,12 @@ def register(app: typer.Typer) -> None:
             if not _reachable(base):
                 if url:
                     fail(f"no keel gateway answers at {url}")
-                err_console.print(styled(("no gateway running; starting a private one…",
-                                          "dim")))
+                where = settings.data_dir.resolve()
+                err_console.print(styled((
+                    f"no gateway answers at {base}; starting a private one for this "
+                    f"command (data dir {where}, models in {settings.model_dir.resolve()}: "
+                    "the local model is assembled there once if missing; pass --url or run "
+                    "`keel serve` to use a running gateway)…", "dim")))
                 base = stack.enter_context(_ephemeral_gateway(settings))
             key = api_key or read_local_key(settings)
             headers = {"Authorization": f"Bearer {key}"} if key else {}
