@@ -109,8 +109,33 @@ _NO_RESTRICTIONS_HEAD = re.compile(
     r"limited|constrained) by|doesn'?t (have|follow|care about)|does not (have|follow|care "
     r"about)|don'?t (have|follow|care about)|not (have|follow) any|lack of|rid of|released "
     r"from|removed) ")
-_GRANTED_ACCESS_TO = re.compile(r"(be|been|being|is|are|was|were|get|gets|got) granted access"
-                                r" to\b")
+_GRANTED_ACCESS_TO = re.compile(r"(be|been|being|is|are|was|were|get|gets|got|have|has|had) "
+                                r"granted access (to|by|for|on|via|through|from)\b")
+# "Translate 'Access granted' for my door-lock UI", "a function that returns 'access
+# granted'": the words as a label in software, not something the model is made to say
+_ACCESS_LABEL_CONTEXT = re.compile(
+    r"\b(css|html|ui|ux|label|labels|button|door|lock|screen|banner|display|displays|shows?|"
+    r"unit tests?|pytest|tests?|functions?|returns?|translat\w*|german|french|spanish|"
+    r"italian|japanese|chinese|animat\w*|log ?in page|message box|dialog|popup|toast)\b")
+_SAY_IT = re.compile(
+    r"\b(say|says|saying|said|respond\w*|repl\w*|output\w*|print\w*|answer\w*|begin\w*|"
+    r"start\w*|type|repeat\w*|state|utter|write only|only write|end with|conclude)\b")
+# the user taking back their own words: "disregard what I said before", "ignore everything
+# above, I pasted the wrong log"
+_OWN_WORDS = re.compile(r"\b(what|everything|anything|all) (i|we) (just )?(said|wrote|typed|"
+                        r"asked|sent|told you|mentioned|pasted)\b")
+_OWN_CORRECTION = re.compile(
+    r"[\s,.;:!-]*(i|we) (just )?(pasted|posted|sent|typed|wrote|copied|uploaded|attached|"
+    r"made a (mistake|typo)|meant|mixed|got it wrong|was wrong)\b")
+# "your password requirements", "the password strength meter": the site's password rules
+_SECRET_FEATURE = re.compile(
+    r" (requirements?|polic(y|ies)|strength|meter|managers?|reset|rules|length|complexity|"
+    r"field|form|format|expiry|expiration|recovery|change|best practices|tips)\b")
+# legal boilerplate: "including but not limited to"
+_NOT_LIMITED_TO = re.compile(r"\bbut (is |are )?$")
+# who or what an everyday "no restrictions on X" would be about instead of the model
+_NO_LIMITS_ON_MODEL = re.compile(r"\b(you|your|yours|yourself|responses?|answers?|replies|"
+                                 r"outputs?|what (you|i)|anything|topics?|content)\b")
 
 
 # "no restrictions on length", "without limits on how long": a size, not the model's rules
@@ -183,9 +208,17 @@ def everyday_usage(rule_id: str, text: str, start: int, end: int) -> bool:
         # the user revising their own instructions; the rest of the text is judged as usual
         return (_OWN_INSTRUCTIONS.match(text, end) is not None
                 or _OWN_DETERMINER.search(hit) is not None)
+    if rule_id == "override.ignore-above":
+        return (_OWN_WORDS.search(hit) is not None
+                or _OWN_CORRECTION.match(text, end) is not None)
+    if rule_id == "extract.secret":
+        return _SECRET_FEATURE.match(text, end) is not None
     if rule_id == "jailbreak.not-restrained":
         if not hit.endswith((" by", " to")):  # its other phrases ("system note") are attacks
             return False
+        if hit.startswith("not limited") and hit.endswith(" to") and \
+                _NOT_LIMITED_TO.search(text[max(0, start - 12):start]):
+            return True  # "including but not limited to"
         # the next six words of the sentence: none of them names a rule
         after = _SENTENCE_END.split(text[end:end + 120], 1)[0]
         words = [w.strip(",()\"'") for w in after.split()[:6]]
@@ -199,11 +232,27 @@ def everyday_usage(rule_id: str, text: str, start: int, end: int) -> bool:
         if (_AMBIGUOUS_LIMIT.match(last) is not None and _LIMIT_DIMENSION.match(text, end)
                 and _LIMIT_SUBJECT.search(_SENTENCE_END.split(text[end:], 1)[0]) is None):
             return True  # "without any restrictions on length", "no limits on how long"
+        if (not middle and hit.startswith("no ") and _AMBIGUOUS_LIMIT.match(last) is not None
+                and text.startswith(" on ", end)):
+            # "no restrictions on carbs / on partial shipments": about a thing in the world,
+            # unless the sentence turns to the model or what it may say
+            sentence = _SENTENCE_END.split(text[end:], 1)[0]
+            before = _SENTENCE_END.split(text[max(0, start - 80):start])[-1]
+            return (_LIMIT_SUBJECT.search(sentence) is None
+                    and _NO_LIMITS_ON_MODEL.search(sentence) is None
+                    and _NO_LIMITS_ON_MODEL.search(before) is None)
         return bool(middle) and _AMBIGUOUS_LIMIT.match(last) is not None and not any(
             _LIMIT_TALK.match(w) for w in middle)
     if rule_id == "hijack.access-granted":
         window = text[max(0, start - 12):end + 4]
-        return _GRANTED_ACCESS_TO.search(window) is not None
+        if _GRANTED_ACCESS_TO.search(window) is not None:
+            return True
+        lo = max(0, start - 200)
+        sentence_start = max((m.end() for m in _SENTENCE_END.finditer(text, lo, start)),
+                             default=lo)
+        sentence = text[sentence_start:start] + " " + _SENTENCE_END.split(text[end:], 1)[0]
+        return (_SAY_IT.search(sentence) is None
+                and _ACCESS_LABEL_CONTEXT.search(sentence) is not None)
     return False
 
 
